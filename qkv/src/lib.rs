@@ -1,0 +1,19 @@
+//! qkv — the Transformer family on candle.
+//!
+//! Layers, each depending only on those before it:
+//! - [`nn`]: building blocks of "Attention Is All You Need" (Vaswani et al., 2017) — attention, masks,
+//!   position encodings, embeddings, dropout, LayerNorm with residual wiring, feed-forward, encoder and decoder.
+//! - [`models`]: whole models assembled from the blocks.
+//! - [`decode`]: turning a trained model into output sequences.
+//! - [`train`]: losses, learning-rate schedules and small training tasks.
+//!
+//! Shapes use the same letters everywhere: B batch, T target/query length, S source/key length,
+//! C model width, H heads, Dh head width, V vocabulary.
+
+pub mod decode;
+pub mod error;
+pub mod models;
+pub mod nn;
+pub mod train;
+
+pub use error::{Error, Result};

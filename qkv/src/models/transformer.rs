@@ -1,0 +1,297 @@
+//! The encoder-decoder Transformer of "Attention Is All You Need" (Vaswani et al., 2017), for sequence-to-
+//! sequence tasks such as translation. Configuration names follow Hugging Face's encoder-decoder configs
+//! (BART / Marian: `d_model`, `encoder_layers`, `encoder_attention_heads`, `encoder_ffn_dim`, ...).
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use crate::nn::{
+    Activation, AttentionMask, Decoder, Dropout, DropoutRates, Embedding, Encoder, LayerConfig, LearnedPosition,
+    Linear, Mode, NormPosition, SinusoidalPosition, WeightInit,
+};
+use crate::{Error, Result};
+
+/// How the model knows where each token is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PositionEncoding {
+    /// Fixed sinusoids added to the embeddings (§3.5).
+    #[default]
+    Sinusoidal,
+    /// A trained table per stack, up to `max_position_embeddings`.
+    Learned,
+    /// Shaw et al. (2018) relative representations inside self-attention; nothing added to embeddings.
+    Relative,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TransformerConfig {
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub encoder_layers: usize,
+    pub decoder_layers: usize,
+    pub encoder_attention_heads: usize,
+    pub decoder_attention_heads: usize,
+    pub encoder_ffn_dim: usize,
+    pub decoder_ffn_dim: usize,
+    pub activation_function: Activation,
+    /// Residual and embedding dropout (the paper's P_drop).
+    pub dropout: f64,
+    pub attention_dropout: f64,
+    pub activation_dropout: f64,
+    pub layer_norm_eps: f64,
+    pub norm_position: NormPosition,
+    pub position_encoding: PositionEncoding,
+    /// Length of the learned position tables (only for `position_encoding = learned`).
+    pub max_position_embeddings: usize,
+    /// Clipping distance k (only for `position_encoding = relative`).
+    pub relative_max_distance: usize,
+    /// Multiply embeddings by √d_model (§3.4).
+    pub scale_embedding: bool,
+    /// One embedding matrix for source and target over a joint vocabulary (§3.4).
+    pub share_encoder_decoder_embeddings: bool,
+    /// The pre-softmax projection is the target embedding matrix (§3.4, Press & Wolf 2017).
+    pub tie_word_embeddings: bool,
+    pub pad_token_id: u32,
+    pub bos_token_id: u32,
+    pub eos_token_id: u32,
+    pub init: WeightInit,
+}
+
+impl Default for TransformerConfig {
+    /// The paper's base model over a 37 000-token joint vocabulary.
+    fn default() -> Self {
+        Self {
+            vocab_size: 37_000,
+            d_model: 512,
+            encoder_layers: 6,
+            decoder_layers: 6,
+            encoder_attention_heads: 8,
+            decoder_attention_heads: 8,
+            encoder_ffn_dim: 2048,
+            decoder_ffn_dim: 2048,
+            activation_function: Activation::Relu,
+            dropout: 0.1,
+            attention_dropout: 0.1,
+            activation_dropout: 0.1,
+            layer_norm_eps: 1e-5,
+            norm_position: NormPosition::Post,
+            position_encoding: PositionEncoding::Sinusoidal,
+            max_position_embeddings: 512,
+            relative_max_distance: 16,
+            scale_embedding: true,
+            share_encoder_decoder_embeddings: true,
+            tie_word_embeddings: true,
+            pad_token_id: 0,
+            bos_token_id: 1,
+            eos_token_id: 2,
+            init: WeightInit::XavierUniform,
+        }
+    }
+}
+
+impl TransformerConfig {
+    fn layer(&self, heads: usize, ffn_dim: usize) -> LayerConfig {
+        LayerConfig {
+            d_model: self.d_model,
+            num_heads: heads,
+            d_ff: ffn_dim,
+            activation: self.activation_function,
+            norm_position: self.norm_position,
+            layer_norm_eps: self.layer_norm_eps,
+            bias: true,
+            dropout: DropoutRates {
+                embedding: self.dropout,
+                attention: self.attention_dropout,
+                residual: self.dropout,
+                activation: self.activation_dropout,
+            },
+            scaled_attention: true,
+            relative_max_distance: match self.position_encoding {
+                PositionEncoding::Relative => Some(self.relative_max_distance),
+                _ => None,
+            },
+            init: self.init,
+        }
+    }
+
+    pub fn encoder_layer(&self) -> LayerConfig {
+        self.layer(self.encoder_attention_heads, self.encoder_ffn_dim)
+    }
+
+    pub fn decoder_layer(&self) -> LayerConfig {
+        self.layer(self.decoder_attention_heads, self.decoder_ffn_dim)
+    }
+
+    fn validate(&self) -> Result<()> {
+        for (option, value) in [
+            ("vocab_size", self.vocab_size),
+            ("encoder_layers", self.encoder_layers),
+            ("decoder_layers", self.decoder_layers),
+        ] {
+            if value == 0 {
+                return Err(Error::config(option, 0, "at least 1"));
+            }
+        }
+        for (option, id) in [
+            ("pad_token_id", self.pad_token_id),
+            ("bos_token_id", self.bos_token_id),
+            ("eos_token_id", self.eos_token_id),
+        ] {
+            if id as usize >= self.vocab_size {
+                return Err(Error::config(option, id, format!("< vocab_size = {}", self.vocab_size)));
+            }
+        }
+        self.encoder_layer().validate()?;
+        self.decoder_layer().validate()
+    }
+}
+
+/// Positions added to the embeddings, if any.
+#[derive(Debug, Clone)]
+enum AddedPositions {
+    Sinusoidal(SinusoidalPosition),
+    Learned {
+        encoder: LearnedPosition,
+        decoder: LearnedPosition,
+    },
+    /// Relative positions live inside attention.
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct Transformer {
+    config: TransformerConfig,
+    source_embedding: Embedding,
+    target_embedding: Embedding,
+    positions: AddedPositions,
+    embedding_dropout: Dropout,
+    encoder: Encoder,
+    decoder: Decoder,
+    /// `None` when tied to the target embedding.
+    lm_head: Option<Linear>,
+}
+
+impl Transformer {
+    /// Parameters: `shared.weight` (or `encoder.embed_tokens.weight` and `decoder.embed_tokens.weight`),
+    /// `encoder.embed_positions.weight` / `decoder.embed_positions.weight` for learned positions,
+    /// `encoder.*`, `decoder.*` and, untied, `lm_head.weight`.
+    pub fn new(config: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
+        config.validate()?;
+        let c = config.d_model;
+        let token =
+            |name: &str| Embedding::token(vb.pp(name), config.vocab_size, c, config.scale_embedding, config.init);
+        let (source_embedding, target_embedding) = if config.share_encoder_decoder_embeddings {
+            (token("shared")?, token("shared")?) // the second lookup returns the same tensor
+        } else {
+            (token("encoder.embed_tokens")?, token("decoder.embed_tokens")?)
+        };
+        let positions = match config.position_encoding {
+            PositionEncoding::Sinusoidal => AddedPositions::Sinusoidal(SinusoidalPosition::new(c)?),
+            PositionEncoding::Learned => {
+                let table =
+                    |name: &str| LearnedPosition::new(vb.pp(name), config.max_position_embeddings, c, config.init);
+                AddedPositions::Learned {
+                    encoder: table("encoder.embed_positions")?,
+                    decoder: table("decoder.embed_positions")?,
+                }
+            }
+            PositionEncoding::Relative => AddedPositions::None,
+        };
+        let final_norm = Encoder::default_final_norm(config.norm_position);
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(Linear::new(vb.pp("lm_head"), c, config.vocab_size, false, config.init)?)
+        };
+        Ok(Self {
+            config: config.clone(),
+            source_embedding,
+            target_embedding,
+            positions,
+            embedding_dropout: Dropout::new(config.dropout, "dropout")?,
+            encoder: Encoder::new(&config.encoder_layer(), config.encoder_layers, final_norm, vb.pp("encoder"))?,
+            decoder: Decoder::new(&config.decoder_layer(), config.decoder_layers, final_norm, vb.pp("decoder"))?,
+            lm_head,
+        })
+    }
+
+    pub fn config(&self) -> &TransformerConfig {
+        &self.config
+    }
+
+    /// Mask over source keys from `src_valid` (B, S), 1 for real tokens.
+    pub fn source_mask(src_valid: &Tensor) -> Result<AttentionMask> {
+        AttentionMask::padding(src_valid)
+    }
+
+    /// Causal mask for `t` target positions.
+    pub fn target_mask(t: usize, device: &Device) -> Result<AttentionMask> {
+        AttentionMask::causal(t, t, device)
+    }
+
+    /// Source ids (B, S) → memory (B, S, C).
+    pub fn encode(&self, src: &Tensor, src_mask: &AttentionMask, mode: &mut Mode) -> Result<Tensor> {
+        let x = self.embed(&self.source_embedding, src, Stack::Encoder, mode)?;
+        self.encoder.forward(&x, Some(src_mask), mode)
+    }
+
+    /// Target ids (B, T), shifted right behind BOS, attend causally to themselves and to memory (B, S, C)
+    /// → decoder states (B, T, C).
+    pub fn decode(&self, tgt: &Tensor, memory: &Tensor, src_mask: &AttentionMask, mode: &mut Mode) -> Result<Tensor> {
+        let x = self.embed(&self.target_embedding, tgt, Stack::Decoder, mode)?;
+        let causal = Self::target_mask(tgt.dim(1)?, tgt.device())?;
+        self.decoder.forward(&x, memory, Some(&causal), Some(src_mask), mode)
+    }
+
+    /// Decoder states (B, T, C) → logits (B, T, V).
+    pub fn project(&self, hidden: &Tensor) -> Result<Tensor> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => {
+                let (b, t, c) = hidden.dims3()?;
+                let logits = hidden.reshape((b * t, c))?.matmul(&self.target_embedding.table().t()?)?;
+                Ok(logits.reshape((b, t, self.config.vocab_size))?)
+            }
+        }
+    }
+
+    /// Teacher forcing: src (B, S) with `src_valid` (B, S), target input (B, T) → logits (B, T, V).
+    pub fn forward(&self, src: &Tensor, src_valid: &Tensor, tgt: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let src_mask = Self::source_mask(src_valid)?;
+        let memory = self.encode(src, &src_mask, mode)?;
+        self.project(&self.decode(tgt, &memory, &src_mask, mode)?)
+    }
+
+    fn embed(&self, embedding: &Embedding, ids: &Tensor, stack: Stack, mode: &mut Mode) -> Result<Tensor> {
+        if ids.rank() != 2 {
+            return Err(Error::shape(stack.ids_name(), "(B, L) token ids", ids.dims()));
+        }
+        let x = embedding.forward(ids)?; // (B, L, C)
+        let len = ids.dim(1)?;
+        let x = match (&self.positions, stack) {
+            (AddedPositions::Sinusoidal(pe), _) => x.broadcast_add(&pe.forward(len, 0, ids.device())?)?,
+            (AddedPositions::Learned { encoder, .. }, Stack::Encoder) => x.broadcast_add(&encoder.forward(len, 0)?)?,
+            (AddedPositions::Learned { decoder, .. }, Stack::Decoder) => x.broadcast_add(&decoder.forward(len, 0)?)?,
+            (AddedPositions::None, _) => x,
+        };
+        self.embedding_dropout.forward(&x, mode)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Stack {
+    Encoder,
+    Decoder,
+}
+
+impl Stack {
+    fn ids_name(self) -> &'static str {
+        match self {
+            Stack::Encoder => "source ids",
+            Stack::Decoder => "target ids",
+        }
+    }
+}

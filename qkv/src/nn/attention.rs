@@ -1,0 +1,201 @@
+//! Attention (§3.2): scaled dot-product attention and multi-head attention with separate Q, K, V and output
+//! projections, for self-attention (keys from the queries' own sequence) and cross-attention (keys from the
+//! encoder's memory).
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    dropout::Dropout,
+    linear::Linear,
+    mask::AttentionMask,
+    mode::Mode,
+    params::WeightInit,
+    position::{RelativePosition, RelativeTerms},
+    softmax::softmax,
+};
+use crate::{Error, Result};
+
+/// Attention(Q, K, V) = softmax(QKᵀ/√Dh + M)·V, eq. (1), with dropout on the probabilities (§5.4).
+#[derive(Debug, Clone)]
+pub struct ScaledDotProduct {
+    scaled: bool,
+    dropout: Dropout,
+}
+
+impl ScaledDotProduct {
+    /// `scaled = false` drops the 1/√Dh factor — the paper's §3.2.1 explains why it is there; experiments
+    /// switch it off to see.
+    pub fn new(scaled: bool, dropout: f64) -> Result<Self> {
+        Ok(Self { scaled, dropout: Dropout::new(dropout, "attention dropout")? })
+    }
+
+    /// q (B, H, T, Dh), k and v (B, H, S, Dh) → output (B, H, T, Dh) and the attention weights (B, H, T, S)
+    /// before dropout. A query whose keys are all masked gets zero weights and a zero output.
+    pub fn forward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&AttentionMask>,
+        relative: Option<&RelativeTerms>,
+        mode: &mut Mode,
+    ) -> Result<(Tensor, Tensor)> {
+        let head_dim = q.dim(3)?;
+        let mut scores = q.matmul(&k.t()?)?; // (B, H, T, S)
+        if let Some(rel) = relative {
+            scores = (scores + rel.key_scores(q)?)?;
+        }
+        if self.scaled {
+            scores = (scores * (1.0 / (head_dim as f64).sqrt()))?;
+        }
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask.bias())?;
+        }
+        let mut weights = softmax(&scores)?;
+        if let Some(rows) = mask.and_then(AttentionMask::visible_rows) {
+            weights = weights.broadcast_mul(rows)?;
+        }
+        let dropped = self.dropout.forward(&weights, mode)?;
+        let mut output = dropped.matmul(v)?; // (B, H, T, Dh)
+        if let Some(rel) = relative {
+            output = (output + rel.weighted_values(&dropped)?)?;
+        }
+        Ok((output, weights))
+    }
+}
+
+/// Shape of a multi-head attention block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttentionConfig {
+    pub d_model: usize,
+    pub num_heads: usize,
+    /// Biases on the four projections (PyTorch and BERT: yes).
+    pub bias: bool,
+    /// Dropout on the attention probabilities.
+    pub dropout: f64,
+    /// Divide scores by √Dh (the paper: yes).
+    pub scaled: bool,
+    /// Clipping distance k of Shaw et al.'s relative position representations; `None` for none.
+    pub relative_max_distance: Option<usize>,
+}
+
+impl AttentionConfig {
+    pub fn new(d_model: usize, num_heads: usize) -> Self {
+        Self { d_model, num_heads, bias: true, dropout: 0.0, scaled: true, relative_max_distance: None }
+    }
+
+    /// Dh = C / H, or an error naming both numbers.
+    pub fn head_dim(&self) -> Result<usize> {
+        if self.num_heads == 0 || self.d_model % self.num_heads != 0 {
+            return Err(Error::config(
+                "num_heads",
+                self.num_heads,
+                format!("a divisor of d_model = {} (each head has width d_model / num_heads)", self.d_model),
+            ));
+        }
+        Ok(self.d_model / self.num_heads)
+    }
+}
+
+/// MultiHead(Q, K, V) = Concat(head₁ … head_h)·W^O with headᵢ = Attention(Q·W^Q_i, K·W^K_i, V·W^V_i), §3.2.2.
+/// The h per-head projections are stored as one (C, C) matrix each for Q, K and V.
+#[derive(Debug, Clone)]
+pub struct MultiHeadAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    attention: ScaledDotProduct,
+    relative: Option<RelativePosition>,
+    num_heads: usize,
+    head_dim: usize,
+    d_model: usize,
+}
+
+impl MultiHeadAttention {
+    /// Parameters `q_proj`, `k_proj`, `v_proj`, `out_proj` (each `weight` (C, C) and optionally `bias` (C)),
+    /// and `relative.{keys,values}` when relative positions are on.
+    pub fn new(config: &AttentionConfig, init: WeightInit, vb: VarBuilder) -> Result<Self> {
+        let head_dim = config.head_dim()?;
+        let c = config.d_model;
+        let projection = |name: &str| Linear::new(vb.pp(name), c, c, config.bias, init);
+        let relative = match config.relative_max_distance {
+            Some(k) => Some(RelativePosition::new(vb.pp("relative"), k, head_dim, init)?),
+            None => None,
+        };
+        Ok(Self {
+            q_proj: projection("q_proj")?,
+            k_proj: projection("k_proj")?,
+            v_proj: projection("v_proj")?,
+            out_proj: projection("out_proj")?,
+            attention: ScaledDotProduct::new(config.scaled, config.dropout)?,
+            relative,
+            num_heads: config.num_heads,
+            head_dim,
+            d_model: c,
+        })
+    }
+
+    /// query (B, T, C) attends over memory (B, S, C) — the same tensor for self-attention → (B, T, C).
+    pub fn forward(
+        &self,
+        query: &Tensor,
+        memory: &Tensor,
+        mask: Option<&AttentionMask>,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        Ok(self.forward_with_weights(query, memory, mask, mode)?.0)
+    }
+
+    /// As [`forward`](Self::forward), also returning the attention weights (B, H, T, S) for visualisation.
+    pub fn forward_with_weights(
+        &self,
+        query: &Tensor,
+        memory: &Tensor,
+        mask: Option<&AttentionMask>,
+        mode: &mut Mode,
+    ) -> Result<(Tensor, Tensor)> {
+        self.check_inputs(query, memory)?;
+        let (t, s) = (query.dim(1)?, memory.dim(1)?);
+        let q = self.split_heads(&self.q_proj.forward(query)?)?;
+        let k = self.split_heads(&self.k_proj.forward(memory)?)?;
+        let v = self.split_heads(&self.v_proj.forward(memory)?)?;
+        let relative = match &self.relative {
+            Some(rel) => Some(rel.terms(t, s)?),
+            None => None,
+        };
+        let (heads, weights) = self.attention.forward(&q, &k, &v, mask, relative.as_ref(), mode)?;
+        let output = self.out_proj.forward(&self.merge_heads(&heads)?)?;
+        Ok((output, weights))
+    }
+
+    pub fn num_heads(&self) -> usize {
+        self.num_heads
+    }
+
+    fn check_inputs(&self, query: &Tensor, memory: &Tensor) -> Result<()> {
+        let expected = format!("(B, L, {})", self.d_model);
+        if query.rank() != 3 || query.dim(2)? != self.d_model {
+            return Err(Error::shape("attention query", expected, query.dims()));
+        }
+        if memory.rank() != 3 || memory.dim(2)? != self.d_model || memory.dim(0)? != query.dim(0)? {
+            let expected = format!("({}, S, {})", query.dim(0)?, self.d_model);
+            return Err(Error::shape("attention memory", expected, memory.dims()));
+        }
+        Ok(())
+    }
+
+    /// (B, L, C) → (B, H, L, Dh)
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
+        Ok(x.reshape((b, l, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+    }
+
+    /// (B, H, L, Dh) → (B, L, C)
+    fn merge_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, _, l, _) = x.dims4()?;
+        Ok(x.transpose(1, 2)?.reshape((b, l, self.d_model))?)
+    }
+}

@@ -1,0 +1,135 @@
+//! The decoder (§3.1): N identical layers of masked self-attention, cross-attention over the encoder's memory
+//! and a feed-forward network, each wrapped in a residual connection with LayerNorm.
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use super::{
+    attention::MultiHeadAttention,
+    feed_forward::FeedForward,
+    layer::LayerConfig,
+    mask::AttentionMask,
+    mode::Mode,
+    norm::{LayerNorm, Residual},
+};
+use crate::Result;
+
+/// Attention weights of one decoder layer, for visualisation.
+#[derive(Debug, Clone)]
+pub struct DecoderWeights {
+    /// (B, H, T, T)
+    pub self_attn: Tensor,
+    /// (B, H, T, S)
+    pub cross_attn: Tensor,
+}
+
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    self_attn: MultiHeadAttention,
+    self_attn_residual: Residual,
+    cross_attn: MultiHeadAttention,
+    cross_attn_residual: Residual,
+    feed_forward: FeedForward,
+    feed_forward_residual: Residual,
+}
+
+impl DecoderLayer {
+    /// Parameters `self_attn.*`, `self_attn_norm.*`, `cross_attn.*`, `cross_attn_norm.*`,
+    /// `feed_forward.{fc1,fc2}.*`, `feed_forward_norm.*`.
+    pub fn new(config: &LayerConfig, vb: VarBuilder) -> Result<Self> {
+        config.validate()?;
+        let residual = |name: &str| -> Result<Residual> {
+            let norm = LayerNorm::new(vb.pp(name), config.d_model, config.layer_norm_eps)?;
+            Ok(Residual::new(norm, config.residual_dropout()?, config.norm_position))
+        };
+        Ok(Self {
+            self_attn: MultiHeadAttention::new(&config.self_attention(), config.init, vb.pp("self_attn"))?,
+            self_attn_residual: residual("self_attn_norm")?,
+            cross_attn: MultiHeadAttention::new(&config.cross_attention(), config.init, vb.pp("cross_attn"))?,
+            cross_attn_residual: residual("cross_attn_norm")?,
+            feed_forward: FeedForward::new(
+                vb.pp("feed_forward"),
+                config.d_model,
+                config.d_ff,
+                config.activation,
+                config.activation_dropout()?,
+                config.bias,
+                config.init,
+            )?,
+            feed_forward_residual: residual("feed_forward_norm")?,
+        })
+    }
+
+    /// x (B, T, C) attends to itself under `self_mask` (causal, usually) and to memory (B, S, C) under
+    /// `memory_mask` (source padding) → (B, T, C).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        memory: &Tensor,
+        self_mask: Option<&AttentionMask>,
+        memory_mask: Option<&AttentionMask>,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        Ok(self.forward_with_weights(x, memory, self_mask, memory_mask, mode)?.0)
+    }
+
+    /// As [`forward`](Self::forward), also returning both attention maps.
+    pub fn forward_with_weights(
+        &self,
+        x: &Tensor,
+        memory: &Tensor,
+        self_mask: Option<&AttentionMask>,
+        memory_mask: Option<&AttentionMask>,
+        mode: &mut Mode,
+    ) -> Result<(Tensor, DecoderWeights)> {
+        let (x, self_attn) = self
+            .self_attn_residual
+            .forward_with(x, mode, |h, mode| self.self_attn.forward_with_weights(h, h, self_mask, mode))?;
+        let (x, cross_attn) = self
+            .cross_attn_residual
+            .forward_with(&x, mode, |h, mode| self.cross_attn.forward_with_weights(h, memory, memory_mask, mode))?;
+        let x = self.feed_forward_residual.forward(&x, mode, |h, mode| self.feed_forward.forward(h, mode))?;
+        Ok((x, DecoderWeights { self_attn, cross_attn }))
+    }
+}
+
+/// N decoder layers, with a final LayerNorm when asked for (see [`super::Encoder`]).
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    layers: Vec<DecoderLayer>,
+    norm: Option<LayerNorm>,
+}
+
+impl Decoder {
+    /// Parameters `layers.{i}.*` and, with `final_norm`, `norm.*`.
+    pub fn new(config: &LayerConfig, num_layers: usize, final_norm: bool, vb: VarBuilder) -> Result<Self> {
+        let layers =
+            (0..num_layers).map(|i| DecoderLayer::new(config, vb.pp(format!("layers.{i}")))).collect::<Result<_>>()?;
+        let norm =
+            if final_norm { Some(LayerNorm::new(vb.pp("norm"), config.d_model, config.layer_norm_eps)?) } else { None };
+        Ok(Self { layers, norm })
+    }
+
+    /// x (B, T, C), memory (B, S, C) → (B, T, C)
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        memory: &Tensor,
+        self_mask: Option<&AttentionMask>,
+        memory_mask: Option<&AttentionMask>,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        let mut x = x.clone();
+        for layer in &self.layers {
+            x = layer.forward(&x, memory, self_mask, memory_mask, mode)?;
+        }
+        match &self.norm {
+            Some(norm) => norm.forward(&x),
+            None => Ok(x),
+        }
+    }
+
+    pub fn layers(&self) -> &[DecoderLayer] {
+        &self.layers
+    }
+}

@@ -1,0 +1,107 @@
+//! The encoder (§3.1): N identical layers of self-attention and a feed-forward network, each wrapped in a
+//! residual connection with LayerNorm.
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use super::{
+    attention::MultiHeadAttention,
+    feed_forward::FeedForward,
+    layer::LayerConfig,
+    mask::AttentionMask,
+    mode::Mode,
+    norm::{LayerNorm, NormPosition, Residual},
+};
+use crate::Result;
+
+#[derive(Debug, Clone)]
+pub struct EncoderLayer {
+    self_attn: MultiHeadAttention,
+    self_attn_residual: Residual,
+    feed_forward: FeedForward,
+    feed_forward_residual: Residual,
+}
+
+impl EncoderLayer {
+    /// Parameters `self_attn.*`, `self_attn_norm.*`, `feed_forward.{fc1,fc2}.*`, `feed_forward_norm.*`.
+    pub fn new(config: &LayerConfig, vb: VarBuilder) -> Result<Self> {
+        config.validate()?;
+        let residual = |name: &str| -> Result<Residual> {
+            let norm = LayerNorm::new(vb.pp(name), config.d_model, config.layer_norm_eps)?;
+            Ok(Residual::new(norm, config.residual_dropout()?, config.norm_position))
+        };
+        Ok(Self {
+            self_attn: MultiHeadAttention::new(&config.self_attention(), config.init, vb.pp("self_attn"))?,
+            self_attn_residual: residual("self_attn_norm")?,
+            feed_forward: FeedForward::new(
+                vb.pp("feed_forward"),
+                config.d_model,
+                config.d_ff,
+                config.activation,
+                config.activation_dropout()?,
+                config.bias,
+                config.init,
+            )?,
+            feed_forward_residual: residual("feed_forward_norm")?,
+        })
+    }
+
+    /// x (B, S, C) with a mask over its keys (usually padding) → (B, S, C).
+    pub fn forward(&self, x: &Tensor, mask: Option<&AttentionMask>, mode: &mut Mode) -> Result<Tensor> {
+        Ok(self.forward_with_weights(x, mask, mode)?.0)
+    }
+
+    /// As [`forward`](Self::forward), also returning the self-attention weights (B, H, S, S).
+    pub fn forward_with_weights(
+        &self,
+        x: &Tensor,
+        mask: Option<&AttentionMask>,
+        mode: &mut Mode,
+    ) -> Result<(Tensor, Tensor)> {
+        let (x, weights) = self
+            .self_attn_residual
+            .forward_with(x, mode, |h, mode| self.self_attn.forward_with_weights(h, h, mask, mode))?;
+        let x = self.feed_forward_residual.forward(&x, mode, |h, mode| self.feed_forward.forward(h, mode))?;
+        Ok((x, weights))
+    }
+}
+
+/// N encoder layers, with a final LayerNorm when asked for (required after pre-LN layers, whose output is
+/// otherwise un-normalised; `torch.nn.Transformer` also adds one after post-LN layers).
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    layers: Vec<EncoderLayer>,
+    norm: Option<LayerNorm>,
+}
+
+impl Encoder {
+    /// Parameters `layers.{i}.*` and, with `final_norm`, `norm.*`.
+    pub fn new(config: &LayerConfig, num_layers: usize, final_norm: bool, vb: VarBuilder) -> Result<Self> {
+        let layers =
+            (0..num_layers).map(|i| EncoderLayer::new(config, vb.pp(format!("layers.{i}")))).collect::<Result<_>>()?;
+        let norm =
+            if final_norm { Some(LayerNorm::new(vb.pp("norm"), config.d_model, config.layer_norm_eps)?) } else { None };
+        Ok(Self { layers, norm })
+    }
+
+    /// Whether a final norm belongs after layers of this arrangement by default.
+    pub fn default_final_norm(position: NormPosition) -> bool {
+        position == NormPosition::Pre
+    }
+
+    /// x (B, S, C) → memory (B, S, C)
+    pub fn forward(&self, x: &Tensor, mask: Option<&AttentionMask>, mode: &mut Mode) -> Result<Tensor> {
+        let mut x = x.clone();
+        for layer in &self.layers {
+            x = layer.forward(&x, mask, mode)?;
+        }
+        match &self.norm {
+            Some(norm) => norm.forward(&x),
+            None => Ok(x),
+        }
+    }
+
+    pub fn layers(&self) -> &[EncoderLayer] {
+        &self.layers
+    }
+}

@@ -1,0 +1,70 @@
+//! Position-wise feed-forward network, eq. (2): FFN(x) = act(x·W₁ + b₁)·W₂ + b₂, applied to every position
+//! separately and identically.
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use super::{dropout::Dropout, linear::Linear, mode::Mode, params::WeightInit};
+use crate::Result;
+
+/// The non-linearity between the two projections. Names follow Hugging Face's `hidden_act` /
+/// `activation_function` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Activation {
+    /// max(0, x): the paper.
+    #[serde(rename = "relu")]
+    Relu,
+    /// x·Φ(x) with the exact normal CDF (erf): BERT.
+    #[serde(rename = "gelu")]
+    Gelu,
+    /// 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))): GPT-2.
+    #[serde(rename = "gelu_new", alias = "gelu_pytorch_tanh", alias = "gelu_tanh")]
+    GeluTanh,
+}
+
+impl Activation {
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::Relu => x.relu()?,
+            Activation::Gelu => x.gelu_erf()?,
+            Activation::GeluTanh => x.gelu()?,
+        })
+    }
+}
+
+/// Linear(C → d_ff) → activation → dropout → Linear(d_ff → C).
+#[derive(Debug, Clone)]
+pub struct FeedForward {
+    fc1: Linear,
+    fc2: Linear,
+    activation: Activation,
+    dropout: Dropout,
+}
+
+impl FeedForward {
+    /// Parameters `fc1` (d_ff, C) and `fc2` (C, d_ff), each with `weight` and optionally `bias`.
+    pub fn new(
+        vb: VarBuilder,
+        d_model: usize,
+        d_ff: usize,
+        activation: Activation,
+        dropout: Dropout,
+        bias: bool,
+        init: WeightInit,
+    ) -> Result<Self> {
+        Ok(Self {
+            fc1: Linear::new(vb.pp("fc1"), d_model, d_ff, bias, init)?,
+            fc2: Linear::new(vb.pp("fc2"), d_ff, d_model, bias, init)?,
+            activation,
+            dropout,
+        })
+    }
+
+    /// (…, C) → (…, C)
+    pub fn forward(&self, x: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let hidden = self.activation.apply(&self.fc1.forward(x)?)?;
+        let hidden = self.dropout.forward(&hidden, mode)?;
+        self.fc2.forward(&hidden)
+    }
+}

@@ -1,0 +1,90 @@
+//! The shape shared by encoder and decoder layers.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    attention::AttentionConfig,
+    dropout::{Dropout, DropoutRates},
+    feed_forward::Activation,
+    norm::NormPosition,
+    params::WeightInit,
+};
+use crate::{Error, Result};
+
+/// One Transformer layer: width, heads, feed-forward size, activation, norm placement, dropout and the
+/// attention variant. The paper's base model is `LayerConfig::new(512, 8, 2048)` with ReLU, post-LN and
+/// dropout 0.1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerConfig {
+    pub d_model: usize,
+    pub num_heads: usize,
+    pub d_ff: usize,
+    pub activation: Activation,
+    pub norm_position: NormPosition,
+    pub layer_norm_eps: f64,
+    /// Biases on the attention and feed-forward projections.
+    pub bias: bool,
+    pub dropout: DropoutRates,
+    /// Divide attention scores by √Dh.
+    pub scaled_attention: bool,
+    /// Shaw et al.'s clipping distance for relative positions in self-attention; `None` for none.
+    pub relative_max_distance: Option<usize>,
+    pub init: WeightInit,
+}
+
+impl LayerConfig {
+    /// The paper's defaults for a given size: ReLU, post-LN, ε = 1e-5, biases, dropout 0.1, scaled attention,
+    /// Xavier-uniform weights.
+    pub fn new(d_model: usize, num_heads: usize, d_ff: usize) -> Self {
+        Self {
+            d_model,
+            num_heads,
+            d_ff,
+            activation: Activation::Relu,
+            norm_position: NormPosition::Post,
+            layer_norm_eps: 1e-5,
+            bias: true,
+            dropout: DropoutRates::default(),
+            scaled_attention: true,
+            relative_max_distance: None,
+            init: WeightInit::XavierUniform,
+        }
+    }
+
+    /// Errors for sizes that cannot work, naming the option.
+    pub fn validate(&self) -> Result<()> {
+        if self.d_model == 0 {
+            return Err(Error::config("d_model", 0, "a positive width"));
+        }
+        if self.d_ff == 0 {
+            return Err(Error::config("d_ff", 0, "a positive feed-forward width"));
+        }
+        self.self_attention().head_dim()?;
+        Ok(())
+    }
+
+    pub fn self_attention(&self) -> AttentionConfig {
+        AttentionConfig {
+            d_model: self.d_model,
+            num_heads: self.num_heads,
+            bias: self.bias,
+            dropout: self.dropout.attention,
+            scaled: self.scaled_attention,
+            relative_max_distance: self.relative_max_distance,
+        }
+    }
+
+    /// Cross-attention relates target to source positions, which have no common origin, so it never uses
+    /// relative positions.
+    pub fn cross_attention(&self) -> AttentionConfig {
+        AttentionConfig { relative_max_distance: None, ..self.self_attention() }
+    }
+
+    pub fn residual_dropout(&self) -> Result<Dropout> {
+        Dropout::new(self.dropout.residual, "dropout.residual")
+    }
+
+    pub fn activation_dropout(&self) -> Result<Dropout> {
+        Dropout::new(self.dropout.activation, "dropout.activation")
+    }
+}

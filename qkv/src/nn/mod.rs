@@ -1,0 +1,33 @@
+//! Building blocks of "Attention Is All You Need" (Vaswani et al., 2017), one module per concept.
+//!
+//! Every block is differentiable through candle's autograd: the softmax, LayerNorm and GELU used here are
+//! composed from primitive ops that all have backward passes.
+
+pub mod attention;
+pub mod decoder;
+pub mod dropout;
+pub mod embedding;
+pub mod encoder;
+pub mod feed_forward;
+pub mod layer;
+pub mod linear;
+pub mod mask;
+pub mod mode;
+pub mod norm;
+pub mod params;
+pub mod position;
+pub mod softmax;
+
+pub use attention::{AttentionConfig, MultiHeadAttention, ScaledDotProduct};
+pub use decoder::{Decoder, DecoderLayer};
+pub use dropout::{Dropout, DropoutRates};
+pub use embedding::Embedding;
+pub use encoder::{Encoder, EncoderLayer};
+pub use feed_forward::{Activation, FeedForward};
+pub use layer::LayerConfig;
+pub use linear::Linear;
+pub use mask::AttentionMask;
+pub use mode::Mode;
+pub use norm::{LayerNorm, NormPosition, Residual};
+pub use params::{seeded_var_builder, WeightInit};
+pub use position::{LearnedPosition, RelativePosition, RelativeTerms, SinusoidalPosition};

@@ -1,0 +1,85 @@
+//! Token-level cross-entropy with label smoothing (Szegedy et al., 2016; the paper's ε_ls = 0.1, §5.4).
+
+use candle_core::{DType, Tensor, D};
+
+use crate::nn::softmax::log_softmax;
+use crate::{Error, Result};
+
+/// Mean over non-ignored targets of (1 − ε)·(−log p_target) + ε·(−mean_v log p_v), which is PyTorch's
+/// `cross_entropy(logits, targets, ignore_index, label_smoothing = ε)`: the smoothing mass is spread over all
+/// V classes, the target included.
+///
+/// logits (N, V), targets (N) u32. Returns a scalar; 0 when every target is ignored.
+pub fn cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    ignore_index: Option<u32>,
+    label_smoothing: f64,
+) -> Result<Tensor> {
+    let (n, v) = logits.dims2()?;
+    if targets.dims() != [n] || targets.dtype() != DType::U32 {
+        return Err(Error::shape("targets", format!("({n}) u32 class ids"), targets.dims()));
+    }
+    if !(0.0..1.0).contains(&label_smoothing) {
+        return Err(Error::config("label_smoothing", label_smoothing, "a value in [0, 1)"));
+    }
+    let keep = match ignore_index {
+        Some(ignore) => targets.ne(ignore)?, // (N) u8
+        None => targets.ones_like()?.to_dtype(DType::U8)?,
+    };
+    // Ignored rows may hold any id; point them at class 0 so the gather stays in range.
+    let safe_targets = (targets * keep.to_dtype(DType::U32)?)?;
+    let max_id = safe_targets.max(0)?.to_scalar::<u32>()?;
+    if max_id as usize >= v {
+        return Err(Error::OutOfRange {
+            what: "target id",
+            found: max_id as i64,
+            expected: format!("< {v} (the number of logits)"),
+        });
+    }
+    let log_probs = log_softmax(logits)?; // (N, V)
+    let nll = log_probs.gather(&safe_targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?; // (N)
+    let per_token = if label_smoothing > 0.0 {
+        let smooth = log_probs.mean(D::Minus1)?.neg()?;
+        ((nll * (1.0 - label_smoothing))? + (smooth * label_smoothing)?)?
+    } else {
+        nll
+    };
+    let weight = keep.to_dtype(DType::F32)?;
+    let count = weight.sum_all()?.to_scalar::<f32>()?.max(1.0);
+    Ok(((per_token * weight)?.sum_all()? / count as f64)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn uniform_logits_give_log_v() {
+        let logits = Tensor::zeros((3, 5), DType::F32, &Device::Cpu).unwrap();
+        let targets = Tensor::new(&[1u32, 4, 0], &Device::Cpu).unwrap();
+        let loss = cross_entropy(&logits, &targets, None, 0.1).unwrap().to_scalar::<f32>().unwrap();
+        assert!((loss - 5f32.ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn ignored_targets_do_not_count() {
+        let logits = Tensor::new(&[[2f32, 0.0], [0.0, 9.0]], &Device::Cpu).unwrap();
+        let targets = Tensor::new(&[0u32, 0], &Device::Cpu).unwrap();
+        let all =
+            cross_entropy(&logits.narrow(0, 0, 1).unwrap(), &targets.narrow(0, 0, 1).unwrap(), None, 0.0).unwrap();
+        let targets = Tensor::new(&[0u32, 7], &Device::Cpu).unwrap(); // 7 is out of range but ignored
+        let masked = cross_entropy(&logits, &targets, Some(7), 0.0).unwrap();
+        assert_eq!(all.to_scalar::<f32>().unwrap(), masked.to_scalar::<f32>().unwrap());
+        let none = cross_entropy(&logits, &Tensor::new(&[7u32, 7], &Device::Cpu).unwrap(), Some(7), 0.0).unwrap();
+        assert_eq!(none.to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn out_of_range_target_is_an_error() {
+        let logits = Tensor::zeros((1, 3), DType::F32, &Device::Cpu).unwrap();
+        let err = cross_entropy(&logits, &Tensor::new(&[3u32], &Device::Cpu).unwrap(), None, 0.0).unwrap_err();
+        assert!(err.to_string().contains("target id: 3"), "{err}");
+    }
+}

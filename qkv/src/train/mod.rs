@@ -1,0 +1,7 @@
+//! Training: losses, learning-rate schedules, and a small built-in sequence task.
+
+pub mod loss;
+pub mod schedule;
+pub mod synthetic;
+
+pub use loss::cross_entropy;
