@@ -17,3 +17,8 @@ pub mod nn;
 pub mod train;
 
 pub use error::{Error, Result};
+
+// The README's Rust example is compiled and run as a doctest so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

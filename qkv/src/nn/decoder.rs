@@ -38,25 +38,13 @@ impl DecoderLayer {
     /// `feed_forward.{fc1,fc2}.*`, `feed_forward_norm.*`.
     pub fn new(config: &LayerConfig, vb: VarBuilder) -> Result<Self> {
         config.validate()?;
-        let residual = |name: &str| -> Result<Residual> {
-            let norm = LayerNorm::new(vb.pp(name), config.d_model, config.layer_norm_eps)?;
-            Ok(Residual::new(norm, config.residual_dropout()?, config.norm_position))
-        };
         Ok(Self {
             self_attn: MultiHeadAttention::new(&config.self_attention(), config.init, vb.pp("self_attn"))?,
-            self_attn_residual: residual("self_attn_norm")?,
+            self_attn_residual: config.residual(vb.pp("self_attn_norm"))?,
             cross_attn: MultiHeadAttention::new(&config.cross_attention(), config.init, vb.pp("cross_attn"))?,
-            cross_attn_residual: residual("cross_attn_norm")?,
-            feed_forward: FeedForward::new(
-                vb.pp("feed_forward"),
-                config.d_model,
-                config.d_ff,
-                config.activation,
-                config.activation_dropout()?,
-                config.bias,
-                config.init,
-            )?,
-            feed_forward_residual: residual("feed_forward_norm")?,
+            cross_attn_residual: config.residual(vb.pp("cross_attn_norm"))?,
+            feed_forward: config.feed_forward(vb.pp("feed_forward"))?,
+            feed_forward_residual: config.residual(vb.pp("feed_forward_norm"))?,
         })
     }
 
@@ -105,9 +93,7 @@ impl Decoder {
     pub fn new(config: &LayerConfig, num_layers: usize, final_norm: bool, vb: VarBuilder) -> Result<Self> {
         let layers =
             (0..num_layers).map(|i| DecoderLayer::new(config, vb.pp(format!("layers.{i}")))).collect::<Result<_>>()?;
-        let norm =
-            if final_norm { Some(LayerNorm::new(vb.pp("norm"), config.d_model, config.layer_norm_eps)?) } else { None };
-        Ok(Self { layers, norm })
+        Ok(Self { layers, norm: config.final_norm(final_norm, vb)? })
     }
 
     /// x (B, T, C), memory (B, S, C) → (B, T, C)

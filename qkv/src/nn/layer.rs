@@ -1,12 +1,13 @@
 //! The shape shared by encoder and decoder layers.
 
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use super::{
     attention::AttentionConfig,
     dropout::{Dropout, DropoutRates},
-    feed_forward::Activation,
-    norm::NormPosition,
+    feed_forward::{Activation, FeedForward},
+    norm::{LayerNorm, NormPosition, Residual},
     params::WeightInit,
 };
 use crate::{Error, Result};
@@ -80,11 +81,23 @@ impl LayerConfig {
         AttentionConfig { relative_max_distance: None, ..self.self_attention() }
     }
 
-    pub fn residual_dropout(&self) -> Result<Dropout> {
-        Dropout::new(self.dropout.residual, "dropout.residual")
+    /// A residual connection around one sub-layer, its LayerNorm's parameters under `vb`.
+    pub fn residual(&self, vb: VarBuilder) -> Result<Residual> {
+        let norm = LayerNorm::new(vb, self.d_model, self.layer_norm_eps)?;
+        Ok(Residual::new(norm, Dropout::new(self.dropout.residual, "dropout.residual")?, self.norm_position))
     }
 
-    pub fn activation_dropout(&self) -> Result<Dropout> {
-        Dropout::new(self.dropout.activation, "dropout.activation")
+    /// The position-wise feed-forward network, parameters under `vb`.
+    pub fn feed_forward(&self, vb: VarBuilder) -> Result<FeedForward> {
+        let dropout = Dropout::new(self.dropout.activation, "dropout.activation")?;
+        FeedForward::new(vb, self.d_model, self.d_ff, self.activation, dropout, self.bias, self.init)
+    }
+
+    /// The LayerNorm closing a stack, parameters `norm.*` under `vb`, if `enabled`.
+    pub fn final_norm(&self, enabled: bool, vb: VarBuilder) -> Result<Option<LayerNorm>> {
+        if !enabled {
+            return Ok(None);
+        }
+        Ok(Some(LayerNorm::new(vb.pp("norm"), self.d_model, self.layer_norm_eps)?))
     }
 }

@@ -65,7 +65,7 @@ impl Default for SyntheticConfig {
             layers: 1,
             dropout: 0.0,
             batch_size: 64,
-            steps: 600,
+            steps: 800,
             warmup: 100,
             lr_factor: 1.0,
             label_smoothing: 0.0,
