@@ -337,3 +337,15 @@ fn encoder_decoder_learns_to_copy_end_to_end() {
     assert!(losses[249] < losses[0] / 5.0, "loss {} → {}", losses[0], losses[249]);
     assert!(report.exact_match_rate() >= 0.9, "exact match {}", report.exact_match_rate());
 }
+
+#[test]
+fn unscaled_attention_equals_scaled_attention_on_queries_times_sqrt_dh() {
+    let (q, k, v) = (randn(&[1, 2, 3, 4], 25), randn(&[1, 2, 5, 4], 26), randn(&[1, 2, 5, 4], 27));
+    let scaled = ScaledDotProduct::new(true, 0.0).unwrap();
+    let unscaled = ScaledDotProduct::new(false, 0.0).unwrap();
+    let (a, wa) = scaled.forward(&(&q * 2.0).unwrap(), &k, &v, None, None, &mut Mode::Eval).unwrap(); // √Dh = 2
+    let (b, wb) = unscaled.forward(&q, &k, &v, None, None, &mut Mode::Eval).unwrap();
+    assert!(max_relative_difference(&a, &b) <= 1e-6 && max_relative_difference(&wa, &wb) <= 1e-6);
+    let (_, plain) = scaled.forward(&q, &k, &v, None, None, &mut Mode::Eval).unwrap();
+    assert!(max_relative_difference(&plain, &wb) > 1e-3, "the option must change the weights");
+}
