@@ -12,6 +12,7 @@
 
 pub mod decode;
 pub mod error;
+pub mod kernels;
 pub mod models;
 pub mod nn;
 pub mod train;

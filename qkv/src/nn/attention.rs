@@ -13,8 +13,8 @@ use super::{
     mode::Mode,
     params::WeightInit,
     position::{RelativePosition, RelativeTerms},
-    softmax::softmax,
 };
+use crate::kernels::softmax::masked_softmax;
 use crate::{Error, Result};
 
 /// Attention(Q, K, V) = softmax(QKᵀ/√Dh + M)·V, eq. (1), with dropout on the probabilities (§5.4).
@@ -47,16 +47,8 @@ impl ScaledDotProduct {
         if let Some(rel) = relative {
             scores = (scores + rel.key_scores(q)?)?;
         }
-        if self.scaled {
-            scores = (scores * (1.0 / (head_dim as f64).sqrt()))?;
-        }
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask.bias())?;
-        }
-        let mut weights = softmax(&scores)?;
-        if let Some(rows) = mask.and_then(AttentionMask::visible_rows) {
-            weights = weights.broadcast_mul(rows)?;
-        }
+        let scale = if self.scaled { 1.0 / (head_dim as f64).sqrt() } else { 1.0 };
+        let weights = masked_softmax(&scores, mask.map(AttentionMask::bias), scale)?;
         let dropped = self.dropout.forward(&weights, mode)?;
         let mut output = dropped.matmul(v)?; // (B, H, T, Dh)
         if let Some(rel) = relative {

@@ -6,6 +6,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use super::{dropout::Dropout, linear::Linear, mode::Mode, params::WeightInit};
+use crate::kernels::gelu;
 use crate::Result;
 
 /// The non-linearity between the two projections. Names follow Hugging Face's `hidden_act` /
@@ -27,8 +28,8 @@ impl Activation {
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Activation::Relu => x.relu()?,
-            Activation::Gelu => x.gelu_erf()?,
-            Activation::GeluTanh => x.gelu()?,
+            Activation::Gelu => gelu::gelu(x)?,
+            Activation::GeluTanh => gelu::gelu_tanh_approx(x)?,
         })
     }
 }

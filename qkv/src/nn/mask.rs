@@ -2,9 +2,9 @@
 //!
 //! A mask is kept as a 0/1 "visible" tensor broadcastable to (B, H, T, S) and turned once into an additive
 //! bias (0 where visible, [`MASKED`] where not). A finite bias rather than −∞ keeps a query whose keys are all
-//! masked away from NaN (−∞ − (−∞)); such rows are then zeroed explicitly with [`AttentionMask::visible_rows`].
+//! masked away from NaN (−∞ − (−∞)); the attention softmax recognises such rows by their bias and zeroes them.
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 
 use crate::{Error, Result};
 
@@ -18,8 +18,6 @@ pub struct AttentionMask {
     visible: Tensor,
     /// (B|1, 1, T|1, S) f32, 0 or MASKED.
     bias: Tensor,
-    /// (B|1, 1, T|1, 1) f32: 0 for a query with no visible key. `None` when every query sees some key.
-    visible_rows: Option<Tensor>,
 }
 
 impl AttentionMask {
@@ -34,10 +32,7 @@ impl AttentionMask {
         };
         let visible = visible.ne(&visible.zeros_like()?)?; // u8
         let bias = visible.to_dtype(DType::F32)?.affine(-MASKED as f64, MASKED as f64)?;
-        let rows = visible.max_keepdim(D::Minus1)?;
-        let every_row_sees_a_key = rows.flatten_all()?.min(0)?.to_scalar::<u8>()? == 1;
-        let visible_rows = if every_row_sees_a_key { None } else { Some(rows.to_dtype(DType::F32)?) };
-        Ok(Self { visible, bias, visible_rows })
+        Ok(Self { visible, bias })
     }
 
     /// Causal mask for `t` queries that are the last `t` of `s` positions: query i sees keys 0 ..= i + (s − t).
@@ -69,11 +64,6 @@ impl AttentionMask {
         &self.bias
     }
 
-    /// (B|1, 1, T|1, 1), 0 for queries that see no key; `None` when there are none.
-    pub fn visible_rows(&self) -> Option<&Tensor> {
-        self.visible_rows.as_ref()
-    }
-
     /// (B|1, 1, T|1, S) u8, 1 where a query may attend.
     pub fn visible(&self) -> &Tensor {
         &self.visible
@@ -89,19 +79,18 @@ mod tests {
         let m = AttentionMask::causal(2, 4, &Device::Cpu).unwrap();
         let v = m.visible().squeeze(0).unwrap().squeeze(0).unwrap().to_vec2::<u8>().unwrap();
         assert_eq!(v, vec![vec![1, 1, 1, 0], vec![1, 1, 1, 1]]);
-        assert!(m.visible_rows().is_none());
         assert!(AttentionMask::causal(3, 2, &Device::Cpu).is_err());
     }
 
     #[test]
-    fn padding_and_causal_combine_and_flag_empty_rows() {
+    fn padding_and_causal_combine() {
         let valid = Tensor::new(&[[1u8, 1, 0], [0, 1, 1]], &Device::Cpu).unwrap();
         let m =
             AttentionMask::padding(&valid).unwrap().and(&AttentionMask::causal(3, 3, &Device::Cpu).unwrap()).unwrap();
         assert_eq!(m.visible().dims(), &[2, 1, 3, 3]);
-        // Sequence 1, query 0 sees only key 0, which is padding.
-        let rows = m.visible_rows().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(rows, vec![1.0, 1.0, 1.0, 0.0, 1.0, 1.0]);
+        // Sequence 1, query 0 sees only key 0, which is padding: its row is empty.
+        let visible = m.visible().flatten_all().unwrap().to_vec1::<u8>().unwrap();
+        assert_eq!(&visible[9..12], &[0, 0, 0]);
         let bias = m.bias().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(&bias[..3], &[0.0, MASKED, MASKED]);
     }

@@ -1,7 +1,7 @@
 //! Building blocks of "Attention Is All You Need" (Vaswani et al., 2017), one module per concept.
 //!
-//! Every block is differentiable through candle's autograd: the softmax, LayerNorm and GELU used here are
-//! composed from primitive ops that all have backward passes.
+//! Every block is differentiable: softmax, LayerNorm and GELU run as [`crate::kernels`] with their own backward
+//! passes on the CPU, and as compositions of candle's differentiable primitives elsewhere.
 
 pub mod attention;
 pub mod decoder;
@@ -16,7 +16,6 @@ pub mod mode;
 pub mod norm;
 pub mod params;
 pub mod position;
-pub mod softmax;
 
 pub use attention::{AttentionConfig, MultiHeadAttention, ScaledDotProduct};
 pub use decoder::{Decoder, DecoderLayer};

@@ -1,15 +1,17 @@
 //! Layer normalisation (Ba, Kiros & Hinton, 2016) and the residual wiring around each sub-layer.
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::{dropout::Dropout, mode::Mode};
+use crate::kernels::layer_norm::layer_norm;
 use crate::{Error, Result};
 
 /// y = (x − mean) / √(var + ε) · γ + β over the last dimension, with the biased variance as PyTorch uses.
 ///
-/// Composed from primitive ops so gradients reach x, γ and β; candle's fused layer norm has no backward.
+/// Runs as [`crate::kernels::layer_norm`], whose backward pass reaches x, γ and β (candle's fused layer norm has
+/// none).
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     weight: Tensor,
@@ -36,10 +38,7 @@ impl LayerNorm {
         if x.dims().last() != Some(&c) {
             return Err(Error::shape("layer norm input", format!("(…, {c})"), x.dims()));
         }
-        let centered = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-        let variance = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        let normalized = centered.broadcast_div(&(variance + self.eps)?.sqrt()?)?;
-        Ok(normalized.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+        layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 

@@ -1,8 +1,7 @@
 //! Token-level cross-entropy with label smoothing (Szegedy et al., 2016; the paper's ε_ls = 0.1, §5.4).
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 
-use crate::nn::softmax::log_softmax;
 use crate::{Error, Result};
 
 /// Mean over non-ignored targets of (1 − ε)·(−log p_target) + ε·(−mean_v log p_v), which is PyTorch's
@@ -37,17 +36,11 @@ pub fn cross_entropy(
             expected: format!("< {v} (the number of logits)"),
         });
     }
-    let log_probs = log_softmax(logits)?; // (N, V)
-    let nll = log_probs.gather(&safe_targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?; // (N)
-    let per_token = if label_smoothing > 0.0 {
-        let smooth = log_probs.mean(D::Minus1)?.neg()?;
-        ((nll * (1.0 - label_smoothing))? + (smooth * label_smoothing)?)?
+    if crate::kernels::fused(logits) {
+        crate::kernels::cross_entropy::fused(logits, targets, ignore_index, label_smoothing)
     } else {
-        nll
-    };
-    let weight = keep.to_dtype(DType::F32)?;
-    let count = weight.sum_all()?.to_scalar::<f32>()?.max(1.0);
-    Ok(((per_token * weight)?.sum_all()? / count as f64)?)
+        crate::kernels::cross_entropy::composed(logits, &safe_targets, &keep, label_smoothing)
+    }
 }
 
 #[cfg(test)]

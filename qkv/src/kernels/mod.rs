@@ -1,0 +1,145 @@
+//! Fused CPU kernels as candle custom ops, each with a backward pass and the composed-op reference it is tested
+//! against.
+//!
+//! Composed ops cost one pass over memory and one fresh allocation per primitive (LayerNorm is eight of them
+//! forward and about fifteen backward); a kernel does the same work in one or two passes. Each public function
+//! here dispatches: the kernel for contiguous f32 tensors on the CPU, the composed twin everywhere else.
+
+pub mod cross_entropy;
+pub mod gelu;
+pub mod layer_norm;
+pub mod softmax;
+
+use candle_core::{CpuStorage, DType, Layout, Tensor};
+use rayon::prelude::*;
+
+/// Below this many elements a kernel runs on the calling thread: waking the pool costs more than it saves.
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 14;
+
+/// Whether the fused kernels can run on `t`.
+pub(crate) fn fused(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// The f32 values of a contiguous CPU storage.
+pub(crate) fn as_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &'static str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(values) = storage else { candle_core::bail!("{op}: expected f32 storage") };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&values[start..end]),
+        None => candle_core::bail!("{op}: expected a contiguous tensor, found strides {:?}", layout.stride()),
+    }
+}
+
+/// The f32 values of a contiguous CPU tensor's storage, as returned by `Tensor::storage_and_layout`.
+pub(crate) fn storage_f32<'a>(
+    storage: &'a candle_core::Storage,
+    layout: &Layout,
+    op: &'static str,
+) -> candle_core::Result<&'a [f32]> {
+    let candle_core::Storage::Cpu(cpu) = storage else { candle_core::bail!("{op}: expected a CPU tensor") };
+    as_f32(cpu, layout, op)
+}
+
+/// For a layout of rank ≥ 1 whose last dimension has stride 1 (a broadcast bias, say), the storage offset of
+/// each row: rows are numbered in row-major order over all but the last dimension.
+pub(crate) fn row_offset(layout: &Layout, row: usize) -> usize {
+    let dims = layout.dims();
+    let strides = layout.stride();
+    let mut rest = row;
+    let mut offset = layout.start_offset();
+    for d in (0..dims.len().saturating_sub(1)).rev() {
+        offset += (rest % dims[d]) * strides[d];
+        rest /= dims[d];
+    }
+    offset
+}
+
+/// Applies `f` element-wise from `input` to `output`, in parallel blocks for large inputs.
+pub(crate) fn map_elements(input: &[f32], output: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
+    const BLOCK: usize = 4096;
+    let block = |(o, i): (&mut [f32], &[f32])| o.iter_mut().zip(i).for_each(|(o, &x)| *o = f(x));
+    if input.len() >= PARALLEL_MIN_ELEMENTS {
+        output.par_chunks_mut(BLOCK).zip(input.par_chunks(BLOCK)).for_each(block);
+    } else {
+        block((output, input));
+    }
+}
+
+/// Applies `f(x, g)` element-wise over two equally long inputs, in parallel blocks for large inputs.
+pub(crate) fn zip_elements(a: &[f32], b: &[f32], output: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync) {
+    const BLOCK: usize = 4096;
+    let block = |(o, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
+        o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&a, &b))| *o = f(a, b))
+    };
+    if a.len() >= PARALLEL_MIN_ELEMENTS {
+        output.par_chunks_mut(BLOCK).zip(a.par_chunks(BLOCK).zip(b.par_chunks(BLOCK))).for_each(block);
+    } else {
+        block((output, (a, b)));
+    }
+}
+
+/// exp(x) for f32 without a libm call, so loops over it vectorise: x = n·ln2 + r with |r| ≤ ln2/2, e^r by a
+/// degree-6 Taylor polynomial (relative error < 2e-7 on that interval), 2^n by building the exponent bits.
+/// Below −87.3 (where e^x leaves the normal range) the result is exactly 0, so masked scores get exactly zero
+/// probability; above 88 it saturates at e^88.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    let clamped = x.clamp(-87.3, 88.0);
+    let n = (clamped * std::f32::consts::LOG2_E).round();
+    let r = clamped - n * 0.693_145_75 - n * 1.428_606_8e-6; // ln2 split in two for an exact product with n
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let e = p * f32::from_bits(((n as i32 + 127) << 23) as u32);
+    if x < -87.3 {
+        0.0
+    } else {
+        e
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod twin {
+    //! Comparing a kernel with its composed twin.
+    use candle_core::{Device, Tensor, Var};
+
+    /// max |a − b| / max |b|
+    pub fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(a.iter().all(|v| v.is_finite()), "non-finite kernel output");
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+        a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    }
+
+    /// A variable of normal values with a seeded generator (candle's CPU generator cannot be seeded).
+    pub fn randn(shape: &[usize], seed: u64, scale: f32) -> Var {
+        use rand::SeedableRng;
+        use rand_distr::{Distribution, StandardNormal};
+        let mut rng = crate::nn::mode::Rng::seed_from_u64(seed);
+        let n = shape.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|_| {
+                let z: f32 = StandardNormal.sample(&mut rng);
+                scale * z
+            })
+            .collect();
+        Var::from_tensor(&Tensor::from_vec(values, shape, &Device::Cpu).unwrap()).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fast_exp_is_accurate_over_the_range_softmax_uses() {
+        let mut worst = 0f32;
+        let mut x = -87.0f32;
+        while x < 87.9 {
+            let rel = (super::exp(x) - x.exp()).abs() / x.exp();
+            worst = worst.max(rel);
+            x += 0.0137;
+        }
+        assert!(worst < 5e-7, "worst relative error {worst:e}");
+        assert_eq!(super::exp(-1e9), 0.0);
+        assert_eq!(super::exp(0.0), 1.0);
+    }
+}
