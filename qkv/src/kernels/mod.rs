@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, DType, Layout, Tensor};
 use rayon::prelude::*;
 
 /// Below this many elements a kernel runs on the calling thread: waking the pool costs more than it saves.
-const PARALLEL_MIN_ELEMENTS: usize = 1 << 14;
+pub(crate) const PARALLEL_MIN_ELEMENTS: usize = 1 << 14;
 
 /// Whether the fused kernels can run on `t`.
 pub(crate) fn fused(t: &Tensor) -> bool {
@@ -57,7 +57,7 @@ pub(crate) fn row_offset(layout: &Layout, row: usize) -> usize {
 /// Applies `f` element-wise from `input` to `output`, in parallel blocks for large inputs.
 pub(crate) fn map_elements(input: &[f32], output: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
     const BLOCK: usize = 4096;
-    let block = |(o, i): (&mut [f32], &[f32])| o.iter_mut().zip(i).for_each(|(o, &x)| *o = f(x));
+    let block = |(o, i): (&mut [f32], &[f32])| vectorized(|| o.iter_mut().zip(i).for_each(|(o, &x)| *o = f(x)));
     if input.len() >= PARALLEL_MIN_ELEMENTS {
         output.par_chunks_mut(BLOCK).zip(input.par_chunks(BLOCK)).for_each(block);
     } else {
@@ -69,7 +69,7 @@ pub(crate) fn map_elements(input: &[f32], output: &mut [f32], f: impl Fn(f32) ->
 pub(crate) fn zip_elements(a: &[f32], b: &[f32], output: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync) {
     const BLOCK: usize = 4096;
     let block = |(o, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
-        o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&a, &b))| *o = f(a, b))
+        vectorized(|| o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&a, &b))| *o = f(a, b)))
     };
     if a.len() >= PARALLEL_MIN_ELEMENTS {
         output.par_chunks_mut(BLOCK).zip(a.par_chunks(BLOCK).zip(b.par_chunks(BLOCK))).for_each(block);
@@ -78,22 +78,33 @@ pub(crate) fn zip_elements(a: &[f32], b: &[f32], output: &mut [f32], f: impl Fn(
     }
 }
 
-/// exp(x) for f32 without a libm call, so loops over it vectorise: x = n·ln2 + r with |r| ≤ ln2/2, e^r by a
-/// degree-6 Taylor polynomial (relative error < 2e-7 on that interval), 2^n by building the exponent bits.
-/// Below −87.3 (where e^x leaves the normal range) the result is exactly 0, so masked scores get exactly zero
-/// probability; above 88 it saturates at e^88.
+/// exp(x) for f32 without a libm call and without branches, so loops over it vectorise: x = n·ln2 + r with
+/// |r| ≤ ln2/2, e^r by a degree-6 Taylor polynomial (relative error < 2e-7 on that interval), 2^n by writing n
+/// into the exponent bits. Below −87.3 (where e^x leaves the normal range) the result is exactly 0, so masked
+/// scores get exactly zero probability; above 88 it saturates at e^88.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
+    // Adding 1.5·2²³ rounds to the nearest integer and leaves it in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
     let clamped = x.clamp(-87.3, 88.0);
-    let n = (clamped * std::f32::consts::LOG2_E).round();
+    let shifted = clamped * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
     let r = clamped - n * 0.693_145_75 - n * 1.428_606_8e-6; // ln2 split in two for an exact product with n
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let e = p * f32::from_bits(((n as i32 + 127) << 23) as u32);
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    let e = p * f32::from_bits(n_bits.wrapping_add(127).wrapping_shl(23));
     if x < -87.3 {
         0.0
     } else {
         e
     }
+}
+
+/// Runs `f` compiled for the widest vector instructions this CPU has (AVX-512, AVX2+FMA, or baseline), so the
+/// plain loops inside it auto-vectorise. `f` must be small enough to inline; the kernels' inner loops are.
+#[inline(always)]
+pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
 }
 
 #[cfg(test)]

@@ -1,0 +1,87 @@
+//! `qkv bench`: timed workloads for the side-by-side comparison with PyTorch (tools/bench/run.sh runs both
+//! and prints the ratios). Each workload prints JSON: {"workload", "threads", "results": [{name, unit, median,
+//! best, higher_is_better}]}.
+
+mod gemm;
+mod train;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+#[derive(Parser)]
+pub struct Args {
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+#[derive(Subcommand)]
+enum Workload {
+    /// f32 matrix products (768³, 768·768·3072, 4096³, and with a transposed right operand) in GFLOP/s
+    Gemm(gemm::Args),
+    /// Training steps of a character-level GPT (nanoGPT's CPU configuration, or a larger one)
+    Train(train::Args),
+}
+
+#[derive(Serialize)]
+pub struct Measurement {
+    pub name: String,
+    pub unit: &'static str,
+    pub median: f64,
+    pub best: f64,
+    pub higher_is_better: bool,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    workload: &'a str,
+    threads: usize,
+    results: Vec<Measurement>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let (workload, results) = match args.workload {
+        Workload::Gemm(args) => ("gemm", gemm::run(&args)?),
+        Workload::Train(args) => ("train", train::run(&args)?),
+    };
+    let report = Report { workload, threads: rayon_threads(), results };
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn rayon_threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
+/// Runs `f` `warmup` times untimed, then `reps` times timed; returns the durations, sorted.
+pub fn time(warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<Duration>> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed());
+    }
+    times.sort();
+    Ok(times)
+}
+
+pub fn median(sorted: &[Duration]) -> Duration {
+    sorted[sorted.len() / 2]
+}
+
+/// Peak resident memory of this process so far (VmHWM), in MiB.
+pub fn peak_memory(label: &str) -> Result<Measurement> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("/proc/self/status has no VmHWM line"))?;
+    let mib = kib / 1024.0;
+    Ok(Measurement { name: format!("peak RSS {label}"), unit: "MiB", median: mib, best: mib, higher_is_better: false })
+}

@@ -1,0 +1,121 @@
+//! One training step of a character-level GPT — forward, cross-entropy, backward, gradient clipping, AdamW —
+//! at nanoGPT's CPU configuration and a larger one (tools/bench/train_gpt.py is the PyTorch side).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use clap::{Parser, ValueEnum};
+use qkv::models::{Gpt2, Gpt2Config};
+use qkv::nn::{params::named_vars, seeded_var_builder, Activation, Mode};
+use qkv::train::{cross_entropy, AdamW, AdamWConfig};
+use rand::{Rng, SeedableRng};
+
+use super::{median, Measurement};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Size {
+    /// nanoGPT's Shakespeare-char CPU run: 4 layers, 4 heads, 128 wide, block 64, batch 12
+    Small,
+    /// 6 layers, 6 heads, 384 wide, block 256, batch 12
+    Large,
+}
+
+#[derive(Parser)]
+pub struct Args {
+    #[arg(long, value_enum, default_value = "small")]
+    config: Size,
+    /// Timed steps (default 50 small, 10 large)
+    #[arg(long)]
+    steps: Option<usize>,
+}
+
+struct Shape {
+    layers: usize,
+    heads: usize,
+    width: usize,
+    block: usize,
+    batch: usize,
+    warmup: usize,
+    steps: usize,
+}
+
+const VOCAB: usize = 65;
+
+pub fn run(args: &Args) -> Result<Vec<Measurement>> {
+    let (label, shape) = match args.config {
+        Size::Small => ("small", Shape { layers: 4, heads: 4, width: 128, block: 64, batch: 12, warmup: 5, steps: 50 }),
+        Size::Large => {
+            ("large", Shape { layers: 6, heads: 6, width: 384, block: 256, batch: 12, warmup: 2, steps: 10 })
+        }
+    };
+    let steps = args.steps.unwrap_or(shape.steps);
+    let config = Gpt2Config {
+        vocab_size: VOCAB,
+        n_positions: shape.block,
+        n_embd: shape.width,
+        n_layer: shape.layers,
+        n_head: shape.heads,
+        activation_function: Activation::Gelu,
+        resid_pdrop: 0.0,
+        embd_pdrop: 0.0,
+        attn_pdrop: 0.0,
+        bias: false,
+        ..Gpt2Config::default()
+    };
+    let vars = VarMap::new();
+    let model = Gpt2::new(&config, seeded_var_builder(&vars, 1337, DType::F32, &Device::Cpu))?;
+    let adamw = AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 };
+    let mut optimizer = AdamW::new(named_vars(&vars), adamw, AdamW::decay_matrices)?;
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(0);
+    let mut phases: Vec<[Duration; 3]> = Vec::new();
+    for step in 0..shape.warmup + steps {
+        let ids: Vec<u32> = (0..shape.batch * (shape.block + 1)).map(|_| rng.random_range(0..VOCAB as u32)).collect();
+        let ids = Tensor::from_vec(ids, (shape.batch, shape.block + 1), &Device::Cpu)?;
+        let (inputs, targets) = (ids.narrow(1, 0, shape.block)?, ids.narrow(1, 1, shape.block)?.flatten_all()?);
+        let start = Instant::now();
+        let logits = model.forward(&inputs, &mut Mode::Eval)?;
+        let loss = cross_entropy(&logits.flatten_to(1)?, &targets, None, 0.0)?;
+        let forward = start.elapsed();
+        let grads = loss.backward()?;
+        let backward = start.elapsed() - forward;
+        optimizer.step(&grads, 1e-3, Some(1.0))?;
+        let optimize = start.elapsed() - forward - backward;
+        if step >= shape.warmup {
+            phases.push([forward, backward, optimize]);
+        }
+    }
+    let tokens = (shape.batch * shape.block) as f64;
+    let mut results = Vec::new();
+    let mut totals: Vec<Duration> = phases.iter().map(|p| p.iter().sum()).collect();
+    totals.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    results.push(Measurement {
+        name: format!("train step {label}"),
+        unit: "ms",
+        median: ms(median(&totals)),
+        best: ms(totals[0]),
+        higher_is_better: false,
+    });
+    results.push(Measurement {
+        name: format!("train tokens/s {label}"),
+        unit: "tokens/s",
+        median: tokens / median(&totals).as_secs_f64(),
+        best: tokens / totals[0].as_secs_f64(),
+        higher_is_better: true,
+    });
+    for (i, phase) in ["forward+loss", "backward", "clip+optimizer"].iter().enumerate() {
+        let mut times: Vec<Duration> = phases.iter().map(|p| p[i]).collect();
+        times.sort();
+        results.push(Measurement {
+            name: format!("train {phase} {label}"),
+            unit: "ms",
+            median: ms(median(&times)),
+            best: ms(times[0]),
+            higher_is_better: false,
+        });
+    }
+    results.push(super::peak_memory(label)?);
+    Ok(results)
+}

@@ -1,0 +1,171 @@
+//! GPT-2 (Radford et al., 2019): the Transformer's decoder without cross-attention — token and learned
+//! position embeddings, pre-LN blocks of causal self-attention and a GELU feed-forward, a final LayerNorm, and
+//! an LM head tied to the token embedding. Matches Hugging Face's `GPT2LMHeadModel`; configuration names
+//! follow its config.json.
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use crate::nn::{
+    Activation, AttentionMask, Dropout, DropoutRates, Embedding, EncoderLayer, LayerConfig, LayerNorm, LearnedPosition,
+    Linear, Mode, NormPosition, WeightInit,
+};
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Gpt2Config {
+    pub vocab_size: usize,
+    /// Longest sequence: rows of the position table.
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    /// Feed-forward width; `None` means 4 · n_embd.
+    pub n_inner: Option<usize>,
+    pub activation_function: Activation,
+    pub resid_pdrop: f64,
+    pub embd_pdrop: f64,
+    pub attn_pdrop: f64,
+    pub layer_norm_epsilon: f64,
+    pub initializer_range: f64,
+    pub tie_word_embeddings: bool,
+    /// Biases on the attention and feed-forward projections. Hugging Face's GPT-2 always has them; nanoGPT
+    /// can drop them (`bias = False`).
+    pub bias: bool,
+    pub bos_token_id: u32,
+    pub eos_token_id: u32,
+}
+
+impl Default for Gpt2Config {
+    /// GPT-2 small (124M parameters).
+    fn default() -> Self {
+        Self {
+            vocab_size: 50257,
+            n_positions: 1024,
+            n_embd: 768,
+            n_layer: 12,
+            n_head: 12,
+            n_inner: None,
+            activation_function: Activation::GeluTanh,
+            resid_pdrop: 0.1,
+            embd_pdrop: 0.1,
+            attn_pdrop: 0.1,
+            layer_norm_epsilon: 1e-5,
+            initializer_range: 0.02,
+            tie_word_embeddings: true,
+            bias: true,
+            bos_token_id: 50256,
+            eos_token_id: 50256,
+        }
+    }
+}
+
+impl Gpt2Config {
+    /// The layer every block shares: pre-LN, causal self-attention, dropout after the attention probabilities
+    /// and after each block's output projection (none inside the feed-forward network, as in GPT-2).
+    pub fn layer(&self) -> LayerConfig {
+        LayerConfig {
+            activation: self.activation_function,
+            norm_position: NormPosition::Pre,
+            layer_norm_eps: self.layer_norm_epsilon,
+            bias: self.bias,
+            dropout: DropoutRates {
+                embedding: self.embd_pdrop,
+                attention: self.attn_pdrop,
+                residual: self.resid_pdrop,
+                activation: 0.0,
+            },
+            init: WeightInit::Normal { std: self.initializer_range },
+            ..LayerConfig::new(self.n_embd, self.n_head, self.n_inner.unwrap_or(4 * self.n_embd))
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        for (option, value) in
+            [("vocab_size", self.vocab_size), ("n_positions", self.n_positions), ("n_layer", self.n_layer)]
+        {
+            if value == 0 {
+                return Err(Error::config(option, 0, "at least 1"));
+            }
+        }
+        self.layer().validate()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Gpt2 {
+    config: Gpt2Config,
+    wte: Embedding,
+    wpe: LearnedPosition,
+    dropout: Dropout,
+    /// A GPT block is an encoder layer (self-attention + feed-forward) run with a causal mask.
+    blocks: Vec<EncoderLayer>,
+    ln_f: LayerNorm,
+    /// `None` when tied to `wte`.
+    lm_head: Option<Linear>,
+}
+
+impl Gpt2 {
+    /// Parameters `wte.weight` (V, C), `wpe.weight` (n_positions, C), `blocks.{i}.*`, `ln_f.*` and, untied,
+    /// `lm_head.weight`.
+    pub fn new(config: &Gpt2Config, vb: VarBuilder) -> Result<Self> {
+        config.validate()?;
+        let layer = config.layer();
+        let init = layer.init;
+        let blocks = (0..config.n_layer)
+            .map(|i| EncoderLayer::new(&layer, vb.pp(format!("blocks.{i}"))))
+            .collect::<Result<_>>()?;
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(Linear::new(vb.pp("lm_head"), config.n_embd, config.vocab_size, false, init)?)
+        };
+        Ok(Self {
+            config: config.clone(),
+            wte: Embedding::token(vb.pp("wte"), config.vocab_size, config.n_embd, false, init)?,
+            wpe: LearnedPosition::new(vb.pp("wpe"), config.n_positions, config.n_embd, init)?,
+            dropout: Dropout::new(config.embd_pdrop, "embd_pdrop")?,
+            blocks,
+            ln_f: LayerNorm::new(vb.pp("ln_f"), config.n_embd, config.layer_norm_epsilon)?,
+            lm_head,
+        })
+    }
+
+    pub fn config(&self) -> &Gpt2Config {
+        &self.config
+    }
+
+    /// input_ids (B, T) → final hidden states (B, T, C), each position seeing only itself and earlier ones.
+    pub fn hidden(&self, input_ids: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        if input_ids.rank() != 2 {
+            return Err(Error::shape("input_ids", "(B, T)", input_ids.dims()));
+        }
+        let t = input_ids.dim(1)?;
+        let x = self.wte.forward(input_ids)?.broadcast_add(&self.wpe.forward(t, 0)?)?;
+        let mut x = self.dropout.forward(&x, mode)?;
+        let causal = AttentionMask::causal(t, t, input_ids.device())?;
+        for block in &self.blocks {
+            x = block.forward(&x, Some(&causal), mode)?;
+        }
+        self.ln_f.forward(&x)
+    }
+
+    /// Hidden states (B, T, C) → logits (B, T, V).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => {
+                let (b, t, c) = hidden.dims3()?;
+                let logits = hidden.reshape((b * t, c))?.matmul(&self.wte.table().t()?)?;
+                Ok(logits.reshape((b, t, self.config.vocab_size))?)
+            }
+        }
+    }
+
+    /// input_ids (B, T) → next-token logits (B, T, V).
+    pub fn forward(&self, input_ids: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        self.logits(&self.hidden(input_ids, mode)?)
+    }
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs qkv and its PyTorch reference on the same workloads, one after the other, and prints a markdown table of
+# medians and ratios per workload.
+#
+#   tools/bench/run.sh [WORKLOAD ...]      workloads: gemm train-small train-large (default: all)
+#
+# Threads: both sides use THREADS (default: all cores). PyTorch comes from the fixtures venv (created if missing).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+threads="${THREADS:-$(nproc)}"
+workloads=("$@")
+[ ${#workloads[@]} -eq 0 ] && workloads=(gemm train-small train-large)
+
+venv="$(tools/fixtures/setup.sh)"
+cargo build --release --quiet --bin qkv
+out="$(mktemp -d)"
+echo "# qkv vs PyTorch — $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $threads threads each"
+echo "# torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)'), qkv $(git rev-parse --short HEAD)"
+for workload in "${workloads[@]}"; do
+    case "$workload" in
+        gemm) qkv_args=(gemm); py_args=(gemm.py) ;;
+        train-small) qkv_args=(train --config small); py_args=(train_gpt.py --config small) ;;
+        train-large) qkv_args=(train --config large); py_args=(train_gpt.py --config large) ;;
+        *) echo "unknown workload $workload" >&2; exit 2 ;;
+    esac
+    ./target/release/qkv --threads "$threads" bench "${qkv_args[@]}" > "$out/qkv.json"
+    (cd tools/bench && OMP_NUM_THREADS="$threads" "$venv/bin/python" "${py_args[@]}" > "$out/torch.json")
+    "$venv/bin/python" tools/bench/table.py "$out/qkv.json" "$out/torch.json"
+done
