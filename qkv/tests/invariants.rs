@@ -148,13 +148,18 @@ fn queries_with_every_key_masked_get_zero_weights_and_outputs() {
     let v = randn(&[2, 2, 5, 4], 12);
     let valid = Tensor::new(&[[1u8, 1, 0, 0, 0], [0, 0, 0, 0, 0]], &Device::Cpu).unwrap();
     let mask = AttentionMask::padding(&valid).unwrap();
-    let (out, weights) = attention.forward(&q, &k, &v, Some(&mask), None, &mut Mode::Eval).unwrap();
+    let (out, weights) = attention.forward((&q, &k, &v), Some(&mask), None, &mut Mode::Eval, true).unwrap();
+    let weights = weights.unwrap();
     assert!(values(&out.get(1).unwrap()).iter().all(|&x| x == 0.0));
     assert!(values(&weights.get(1).unwrap()).iter().all(|&x| x == 0.0));
     let row_sums = values(&weights.get(0).unwrap().sum(D::Minus1).unwrap());
     assert!(row_sums.iter().all(|s| (s - 1.0).abs() < 1e-6));
     let grads = out.sqr().unwrap().sum_all().unwrap().backward().unwrap();
     assert!(values(grads.get(&q).unwrap()).iter().all(|g| g.is_finite()));
+    // The fused path (no weights requested) zeroes the same rows.
+    let (fused, none) = attention.forward((&q, &k, &v), Some(&mask), None, &mut Mode::Eval, false).unwrap();
+    assert!(none.is_none() && max_relative_difference(&fused, &out) <= 1e-6);
+    assert!(values(&fused.get(1).unwrap()).iter().all(|&x| x == 0.0));
 
     // Causal and padding together can also empty a row: a padded first position sees only itself.
     let first_padded = Tensor::new(&[[0u8, 1, 1]], &Device::Cpu).unwrap();
@@ -344,9 +349,10 @@ fn unscaled_attention_equals_scaled_attention_on_queries_times_sqrt_dh() {
     let (q, k, v) = (randn(&[1, 2, 3, 4], 25), randn(&[1, 2, 5, 4], 26), randn(&[1, 2, 5, 4], 27));
     let scaled = ScaledDotProduct::new(true, 0.0).unwrap();
     let unscaled = ScaledDotProduct::new(false, 0.0).unwrap();
-    let (a, wa) = scaled.forward(&(&q * 2.0).unwrap(), &k, &v, None, None, &mut Mode::Eval).unwrap(); // √Dh = 2
-    let (b, wb) = unscaled.forward(&q, &k, &v, None, None, &mut Mode::Eval).unwrap();
+    let (a, wa) = scaled.forward((&(&q * 2.0).unwrap(), &k, &v), None, None, &mut Mode::Eval, true).unwrap(); // √Dh = 2
+    let (b, wb) = unscaled.forward((&q, &k, &v), None, None, &mut Mode::Eval, true).unwrap();
+    let (wa, wb) = (wa.unwrap(), wb.unwrap());
     assert!(max_relative_difference(&a, &b) <= 1e-6 && max_relative_difference(&wa, &wb) <= 1e-6);
-    let (_, plain) = scaled.forward(&q, &k, &v, None, None, &mut Mode::Eval).unwrap();
-    assert!(max_relative_difference(&plain, &wb) > 1e-3, "the option must change the weights");
+    let (_, plain) = scaled.forward((&q, &k, &v), None, None, &mut Mode::Eval, true).unwrap();
+    assert!(max_relative_difference(&plain.unwrap(), &wb) > 1e-3, "the option must change the weights");
 }

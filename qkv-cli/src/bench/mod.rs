@@ -76,12 +76,17 @@ pub fn median(sorted: &[Duration]) -> Duration {
 
 /// Peak resident memory of this process so far (VmHWM), in MiB.
 pub fn peak_memory(label: &str) -> Result<Measurement> {
+    let mib = memory_mib("VmHWM")?;
+    Ok(Measurement { name: format!("peak RSS {label}"), unit: "MiB", median: mib, best: mib, higher_is_better: false })
+}
+
+/// A memory figure from /proc/self/status (VmRSS: resident now, VmHWM: peak), in MiB.
+pub fn memory_mib(key: &str) -> Result<f64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let kib: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("/proc/self/status has no VmHWM line"))?;
-    let mib = kib / 1024.0;
-    Ok(Measurement { name: format!("peak RSS {label}"), unit: "MiB", median: mib, best: mib, higher_is_better: false })
+        .ok_or_else(|| anyhow::anyhow!("/proc/self/status has no {key} line"))?;
+    Ok(kib / 1024.0)
 }

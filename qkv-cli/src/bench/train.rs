@@ -70,7 +70,11 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
     let mut optimizer = AdamW::new(named_vars(&vars), adamw, AdamW::decay_matrices)?;
     let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(0);
     let mut phases: Vec<[Duration; 3]> = Vec::new();
+    let mut resident_after_warmup = 0.0;
     for step in 0..shape.warmup + steps {
+        if step == shape.warmup {
+            resident_after_warmup = super::memory_mib("VmRSS")?;
+        }
         let ids: Vec<u32> = (0..shape.batch * (shape.block + 1)).map(|_| rng.random_range(0..VOCAB as u32)).collect();
         let ids = Tensor::from_vec(ids, (shape.batch, shape.block + 1), &Device::Cpu)?;
         let (inputs, targets) = (ids.narrow(1, 0, shape.block)?, ids.narrow(1, 1, shape.block)?.flatten_all()?);
@@ -117,5 +121,14 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
         });
     }
     results.push(super::peak_memory(label)?);
+    // Memory that training keeps taking step after step would show here (run with --steps 1000).
+    let growth = super::memory_mib("VmRSS")? - resident_after_warmup;
+    results.push(Measurement {
+        name: format!("RSS growth over {steps} steps {label}"),
+        unit: "MiB",
+        median: growth,
+        best: growth,
+        higher_is_better: false,
+    });
     Ok(results)
 }

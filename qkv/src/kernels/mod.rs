@@ -5,16 +5,19 @@
 //! forward and about fifteen backward); a kernel does the same work in one or two passes. Each public function
 //! here dispatches: the kernel for contiguous f32 tensors on the CPU, the composed twin everywhere else.
 
+pub mod attention;
 pub mod cross_entropy;
 pub mod gelu;
 pub mod layer_norm;
+mod matmul;
 pub mod softmax;
 
 use candle_core::{CpuStorage, DType, Layout, Tensor};
 use rayon::prelude::*;
 
-/// Below this many elements a kernel runs on the calling thread: waking the pool costs more than it saves.
-pub(crate) const PARALLEL_MIN_ELEMENTS: usize = 1 << 14;
+/// Below this many elements a kernel runs on the calling thread: waking the pool costs more than it saves
+/// (small GPT training step, 2 cores: 2¹⁴ → 31.5–35 ms, 2¹⁶ → 30.8–31.3 ms, 2¹⁸ → 32.8–38.5 ms).
+pub(crate) const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
 
 /// Whether the fused kernels can run on `t`.
 pub(crate) fn fused(t: &Tensor) -> bool {
@@ -57,7 +60,17 @@ pub(crate) fn row_offset(layout: &Layout, row: usize) -> usize {
 /// Applies `f` element-wise from `input` to `output`, in parallel blocks for large inputs.
 pub(crate) fn map_elements(input: &[f32], output: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
     const BLOCK: usize = 4096;
-    let block = |(o, i): (&mut [f32], &[f32])| vectorized(|| o.iter_mut().zip(i).for_each(|(o, &x)| *o = f(x)));
+    let block = |(o, i): (&mut [f32], &[f32])| {
+        vectorized(
+            #[inline(always)]
+            || {
+                let i = &i[..o.len()];
+                for j in 0..o.len() {
+                    o[j] = f(i[j]);
+                }
+            },
+        )
+    };
     if input.len() >= PARALLEL_MIN_ELEMENTS {
         output.par_chunks_mut(BLOCK).zip(input.par_chunks(BLOCK)).for_each(block);
     } else {
@@ -69,7 +82,15 @@ pub(crate) fn map_elements(input: &[f32], output: &mut [f32], f: impl Fn(f32) ->
 pub(crate) fn zip_elements(a: &[f32], b: &[f32], output: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync) {
     const BLOCK: usize = 4096;
     let block = |(o, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
-        vectorized(|| o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&a, &b))| *o = f(a, b)))
+        vectorized(
+            #[inline(always)]
+            || {
+                let (a, b) = (&a[..o.len()], &b[..o.len()]);
+                for j in 0..o.len() {
+                    o[j] = f(a[j], b[j]);
+                }
+            },
+        )
     };
     if a.len() >= PARALLEL_MIN_ELEMENTS {
         output.par_chunks_mut(BLOCK).zip(a.par_chunks(BLOCK).zip(b.par_chunks(BLOCK))).for_each(block);
@@ -101,7 +122,10 @@ pub(crate) fn exp(x: f32) -> f32 {
 }
 
 /// Runs `f` compiled for the widest vector instructions this CPU has (AVX-512, AVX2+FMA, or baseline), so the
-/// plain loops inside it auto-vectorise. `f` must be small enough to inline; the kernels' inner loops are.
+/// plain loops inside it auto-vectorise. Pass closures marked `#[inline(always)]` and write index loops rather
+/// than iterator adapters inside them: pulp's target-feature function only lends its instruction set to code
+/// inlined into it, and LLVM declines to inline large closures or adapter `fold`s on its own (they then run at
+/// the baseline's 4-wide SSE).
 #[inline(always)]
 pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)

@@ -14,7 +14,7 @@ use super::{
     params::WeightInit,
     position::{RelativePosition, RelativeTerms},
 };
-use crate::kernels::softmax::masked_softmax;
+use crate::kernels::{self, softmax::masked_softmax};
 use crate::{Error, Result};
 
 /// Attention(Q, K, V) = softmax(QKᵀ/√Dh + M)·V, eq. (1), with dropout on the probabilities (§5.4).
@@ -31,30 +31,36 @@ impl ScaledDotProduct {
         Ok(Self { scaled, dropout: Dropout::new(dropout, "attention dropout")? })
     }
 
-    /// q (B, H, T, Dh), k and v (B, H, S, Dh) → output (B, H, T, Dh) and the attention weights (B, H, T, S)
-    /// before dropout. A query whose keys are all masked gets zero weights and a zero output.
+    /// q (B, H, T, Dh), k and v (B, H, S, Dh) → output (B, H, T, Dh) and, with `need_weights`, the attention
+    /// weights (B, H, T, S) before dropout. A query whose keys are all masked gets zero weights and output.
+    ///
+    /// Without weights, relative positions or active dropout this runs as the fused
+    /// [`crate::kernels::attention`], which never materialises the weights.
     pub fn forward(
         &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
         mask: Option<&AttentionMask>,
         relative: Option<&RelativeTerms>,
         mode: &mut Mode,
-    ) -> Result<(Tensor, Tensor)> {
-        let head_dim = q.dim(3)?;
+        need_weights: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let scale = if self.scaled { 1.0 / (q.dim(3)? as f64).sqrt() } else { 1.0 };
+        let bias = mask.map(AttentionMask::bias);
+        let dropout_active = mode.is_train() && self.dropout.p() > 0.0;
+        if !need_weights && relative.is_none() && !dropout_active && kernels::fused(q) {
+            return Ok((kernels::attention::attention(q, k, v, bias, scale)?, None));
+        }
         let mut scores = q.matmul(&k.t()?)?; // (B, H, T, S)
         if let Some(rel) = relative {
             scores = (scores + rel.key_scores(q)?)?;
         }
-        let scale = if self.scaled { 1.0 / (head_dim as f64).sqrt() } else { 1.0 };
-        let weights = masked_softmax(&scores, mask.map(AttentionMask::bias), scale)?;
+        let weights = masked_softmax(&scores, bias, scale)?;
         let dropped = self.dropout.forward(&weights, mode)?;
         let mut output = dropped.matmul(v)?; // (B, H, T, Dh)
         if let Some(rel) = relative {
             output = (output + rel.weighted_values(&dropped)?)?;
         }
-        Ok((output, weights))
+        Ok((output, need_weights.then_some(weights)))
     }
 }
 
@@ -138,7 +144,7 @@ impl MultiHeadAttention {
         mask: Option<&AttentionMask>,
         mode: &mut Mode,
     ) -> Result<Tensor> {
-        Ok(self.forward_with_weights(query, memory, mask, mode)?.0)
+        Ok(self.attend(query, memory, mask, mode, false)?.0)
     }
 
     /// As [`forward`](Self::forward), also returning the attention weights (B, H, T, S) for visualisation.
@@ -149,6 +155,20 @@ impl MultiHeadAttention {
         mask: Option<&AttentionMask>,
         mode: &mut Mode,
     ) -> Result<(Tensor, Tensor)> {
+        let (output, weights) = self.attend(query, memory, mask, mode, true)?;
+        let weights = weights.ok_or_else(|| Error::config("need_weights", true, "attention weights"))?;
+        Ok((output, weights))
+    }
+
+    /// The one forward pass behind both entry points.
+    pub(crate) fn attend(
+        &self,
+        query: &Tensor,
+        memory: &Tensor,
+        mask: Option<&AttentionMask>,
+        mode: &mut Mode,
+        need_weights: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         self.check_inputs(query, memory)?;
         let (t, s) = (query.dim(1)?, memory.dim(1)?);
         let q = self.split_heads(&self.q_proj.forward(query)?)?;
@@ -158,7 +178,7 @@ impl MultiHeadAttention {
             Some(rel) => Some(rel.terms(t, s)?),
             None => None,
         };
-        let (heads, weights) = self.attention.forward(&q, &k, &v, mask, relative.as_ref(), mode)?;
+        let (heads, weights) = self.attention.forward((&q, &k, &v), mask, relative.as_ref(), mode, need_weights)?;
         let output = self.out_proj.forward(&self.merge_heads(&heads)?)?;
         Ok((output, weights))
     }

@@ -12,7 +12,7 @@ use super::{
     mode::Mode,
     norm::{LayerNorm, Residual},
 };
-use crate::Result;
+use crate::{Error, Result};
 
 /// Attention weights of one decoder layer, for visualisation.
 #[derive(Debug, Clone)]
@@ -58,7 +58,7 @@ impl DecoderLayer {
         memory_mask: Option<&AttentionMask>,
         mode: &mut Mode,
     ) -> Result<Tensor> {
-        Ok(self.forward_with_weights(x, memory, self_mask, memory_mask, mode)?.0)
+        Ok(self.run(x, memory, (self_mask, memory_mask), mode, false)?.0)
     }
 
     /// As [`forward`](Self::forward), also returning both attention maps.
@@ -70,14 +70,30 @@ impl DecoderLayer {
         memory_mask: Option<&AttentionMask>,
         mode: &mut Mode,
     ) -> Result<(Tensor, DecoderWeights)> {
+        let (x, weights) = self.run(x, memory, (self_mask, memory_mask), mode, true)?;
+        Ok((x, weights.ok_or_else(|| Error::config("need_weights", true, "attention weights"))?))
+    }
+
+    fn run(
+        &self,
+        x: &Tensor,
+        memory: &Tensor,
+        (self_mask, memory_mask): (Option<&AttentionMask>, Option<&AttentionMask>),
+        mode: &mut Mode,
+        need_weights: bool,
+    ) -> Result<(Tensor, Option<DecoderWeights>)> {
         let (x, self_attn) = self
             .self_attn_residual
-            .forward_with(x, mode, |h, mode| self.self_attn.forward_with_weights(h, h, self_mask, mode))?;
+            .forward_with(x, mode, |h, mode| self.self_attn.attend(h, h, self_mask, mode, need_weights))?;
         let (x, cross_attn) = self
             .cross_attn_residual
-            .forward_with(&x, mode, |h, mode| self.cross_attn.forward_with_weights(h, memory, memory_mask, mode))?;
+            .forward_with(&x, mode, |h, mode| self.cross_attn.attend(h, memory, memory_mask, mode, need_weights))?;
         let x = self.feed_forward_residual.forward(&x, mode, |h, mode| self.feed_forward.forward(h, mode))?;
-        Ok((x, DecoderWeights { self_attn, cross_attn }))
+        let weights = match (self_attn, cross_attn) {
+            (Some(self_attn), Some(cross_attn)) => Some(DecoderWeights { self_attn, cross_attn }),
+            _ => None,
+        };
+        Ok((x, weights))
     }
 }
 

@@ -12,7 +12,7 @@ use super::{
     mode::Mode,
     norm::{LayerNorm, NormPosition, Residual},
 };
-use crate::Result;
+use crate::{Error, Result};
 
 #[derive(Debug, Clone)]
 pub struct EncoderLayer {
@@ -36,7 +36,7 @@ impl EncoderLayer {
 
     /// x (B, S, C) with a mask over its keys (usually padding) → (B, S, C).
     pub fn forward(&self, x: &Tensor, mask: Option<&AttentionMask>, mode: &mut Mode) -> Result<Tensor> {
-        Ok(self.forward_with_weights(x, mask, mode)?.0)
+        Ok(self.run(x, mask, mode, false)?.0)
     }
 
     /// As [`forward`](Self::forward), also returning the self-attention weights (B, H, S, S).
@@ -46,9 +46,20 @@ impl EncoderLayer {
         mask: Option<&AttentionMask>,
         mode: &mut Mode,
     ) -> Result<(Tensor, Tensor)> {
+        let (x, weights) = self.run(x, mask, mode, true)?;
+        Ok((x, weights.ok_or_else(|| Error::config("need_weights", true, "attention weights"))?))
+    }
+
+    fn run(
+        &self,
+        x: &Tensor,
+        mask: Option<&AttentionMask>,
+        mode: &mut Mode,
+        need_weights: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (x, weights) = self
             .self_attn_residual
-            .forward_with(x, mode, |h, mode| self.self_attn.forward_with_weights(h, h, mask, mode))?;
+            .forward_with(x, mode, |h, mode| self.self_attn.attend(h, h, mask, mode, need_weights))?;
         let x = self.feed_forward_residual.forward(&x, mode, |h, mode| self.feed_forward.forward(h, mode))?;
         Ok((x, weights))
     }

@@ -1,0 +1,93 @@
+//! Small single-threaded matrix products on slices, for kernels that parallelise over something else (attention
+//! parallelises over batch × heads). A safe face on gemm's strided entry point.
+
+/// A matrix inside a slice: element (i, j) is `data[i·row_stride + j·col_stride]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// Row-major (rows, cols) starting at `data[0]`.
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self { data, rows, cols, row_stride: cols, col_stride: 1 }
+    }
+
+    /// The transpose, as a view.
+    pub fn t(self) -> Self {
+        Self { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
+    }
+
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// dst (a.rows × b.cols, row-major) = a · b, or dst += a · b with `accumulate`.
+///
+/// # Panics
+/// If the shapes disagree or a view reaches past its slice — callers build views from checked dimensions, so
+/// this is a bug check, not input validation.
+pub(crate) fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert!(b.rows == k && dst.len() >= m * n && a.fits() && b.fits(), "matmul: inconsistent views");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: every index gemm touches is (i·rs + j·cs) for i < rows, j < cols of a view checked by `fits`, or
+    // within dst[..m·n] with row stride n; f32 is one of gemm's supported types.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn products_with_transposed_views_and_accumulation() {
+        let a = [1f32, 2.0, 3.0, 4.0, 5.0, 6.0]; // 2×3
+        let b = [1f32, 0.0, 0.0, 1.0, 1.0, 1.0]; // 3×2
+        let mut c = [0f32; 4];
+        matmul(&mut c, Mat::new(&a, 2, 3), Mat::new(&b, 3, 2), false);
+        assert_eq!(c, [4.0, 5.0, 10.0, 11.0]);
+        matmul(&mut c, Mat::new(&a, 2, 3), Mat::new(&b, 3, 2), true);
+        assert_eq!(c, [8.0, 10.0, 20.0, 22.0]);
+        let mut g = [0f32; 4]; // a · aᵀ
+        matmul(&mut g, Mat::new(&a, 2, 3), Mat::new(&a, 2, 3).t(), false);
+        assert_eq!(g, [14.0, 32.0, 32.0, 77.0]);
+    }
+}
