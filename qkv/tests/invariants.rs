@@ -356,3 +356,48 @@ fn unscaled_attention_equals_scaled_attention_on_queries_times_sqrt_dh() {
     let (_, plain) = scaled.forward((&q, &k, &v), None, None, &mut Mode::Eval, true).unwrap();
     assert!(max_relative_difference(&plain.unwrap(), &wb) > 1e-3, "the option must change the weights");
 }
+
+// ---- GPT-2 (decoder-only) ----
+
+fn tiny_gpt2(tied: bool) -> qkv::models::Gpt2Config {
+    qkv::models::Gpt2Config {
+        vocab_size: 30,
+        n_positions: 12,
+        n_embd: C,
+        n_layer: 2,
+        n_head: 4,
+        tie_word_embeddings: tied,
+        ..qkv::models::Gpt2Config::default()
+    }
+}
+
+#[test]
+fn gpt2_future_tokens_never_change_earlier_logits() {
+    let (_, vb) = fresh(30);
+    let model = qkv::models::Gpt2::new(&tiny_gpt2(true), vb).unwrap();
+    let a = model.forward(&ids(&[&[1, 2, 3, 4, 5, 6]]), &mut Mode::Eval).unwrap();
+    let b = model.forward(&ids(&[&[1, 2, 3, 4, 29, 0]]), &mut Mode::Eval).unwrap();
+    assert_eq!(values(&a.narrow(1, 0, 4).unwrap()), values(&b.narrow(1, 0, 4).unwrap()));
+    assert_ne!(values(&a.narrow(1, 4, 2).unwrap()), values(&b.narrow(1, 4, 2).unwrap()));
+    let err = message(model.forward(&ids(&[&[1; 13]]), &mut Mode::Eval));
+    assert!(err.contains("position: 12") && err.contains("< 12"), "{err}");
+}
+
+#[test]
+fn gpt2_gradients_reach_every_parameter_and_the_head_is_tied() {
+    for tied in [true, false] {
+        let (vars, vb) = fresh(31);
+        let model = qkv::models::Gpt2::new(&tiny_gpt2(tied), vb).unwrap();
+        let names: Vec<String> = named_vars(&vars).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names.iter().any(|n| n.starts_with("lm_head")), !tied, "{names:?}");
+        let logits = model.forward(&ids(&[&[1, 2, 3, 4], &[5, 6, 7, 8]]), &mut Mode::train(1)).unwrap();
+        let targets = Tensor::new(&[2u32, 3, 4, 5, 6, 7, 8, 9], &Device::Cpu).unwrap();
+        let loss = qkv::train::cross_entropy(&logits.flatten_to(1).unwrap(), &targets, None, 0.0).unwrap();
+        let grads = loss.backward().unwrap();
+        for (name, var) in named_vars(&vars) {
+            let g = grads.get(&var).unwrap_or_else(|| panic!("no gradient for {name}"));
+            let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(norm > 0.0 && norm.is_finite(), "tied={tied}: gradient of {name} is {norm}");
+        }
+    }
+}
