@@ -156,11 +156,7 @@ impl Gpt2 {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => {
-                let (b, t, c) = hidden.dims3()?;
-                let logits = hidden.reshape((b * t, c))?.matmul(&self.wte.table().t()?)?;
-                Ok(logits.reshape((b, t, self.config.vocab_size))?)
-            }
+            None => self.wte.unembed(hidden),
         }
     }
 

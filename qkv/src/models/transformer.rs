@@ -250,11 +250,7 @@ impl Transformer {
     pub fn project(&self, hidden: &Tensor) -> Result<Tensor> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => {
-                let (b, t, c) = hidden.dims3()?;
-                let logits = hidden.reshape((b * t, c))?.matmul(&self.target_embedding.table().t()?)?;
-                Ok(logits.reshape((b, t, self.config.vocab_size))?)
-            }
+            None => self.target_embedding.unembed(hidden),
         }
     }
 

@@ -48,6 +48,20 @@ impl Embedding {
         &self.table
     }
 
+    /// The tied output projection (Press & Wolf, 2017): hidden states (…, C) → logits (…, V) = h·Eᵀ, using this
+    /// table itself, so input embedding and pre-softmax projection stay one tensor.
+    pub fn unembed(&self, hidden: &Tensor) -> Result<Tensor> {
+        let (rows, c) = self.table.dims2()?;
+        let dims = hidden.dims();
+        if dims.last() != Some(&c) {
+            return Err(Error::shape("hidden states", format!("(…, {c})"), dims));
+        }
+        let logits = hidden.reshape((hidden.elem_count() / c, c))?.matmul(&self.table.t()?)?;
+        let mut out_dims = dims[..dims.len() - 1].to_vec();
+        out_dims.push(rows);
+        Ok(logits.reshape(out_dims)?)
+    }
+
     /// ids of any shape (integer dtype) → (…, C). An id past the table is an error naming it.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         if !matches!(ids.dtype(), DType::U8 | DType::U32 | DType::I64) {
