@@ -4,7 +4,7 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use clap::Parser;
 
-use super::{median, time, Measurement};
+use super::{time, Measurement};
 
 #[derive(Parser)]
 pub struct Args {
@@ -29,13 +29,7 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
                 a.matmul(&rhs)?;
                 Ok(())
             })?;
-            results.push(Measurement {
-                name: format!("gemm {m}×{k}×{n}{label}"),
-                unit: "GFLOP/s",
-                median: flop / median(&times).as_secs_f64() / 1e9,
-                best: flop / times[0].as_secs_f64() / 1e9,
-                higher_is_better: true,
-            });
+            results.push(Measurement::rate(format!("gemm {m}×{k}×{n}{label}"), "GFLOP/s", flop / 1e9, &times));
         }
     }
     Ok(results)

@@ -34,6 +34,25 @@ pub struct Measurement {
     pub higher_is_better: bool,
 }
 
+impl Measurement {
+    /// Milliseconds per call, from sorted durations.
+    pub fn milliseconds(name: String, sorted: &[Duration]) -> Self {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        Self { name, unit: "ms", median: ms(median(sorted)), best: ms(sorted[0]), higher_is_better: false }
+    }
+
+    /// `amount` per second (tokens/s, GFLOP/s, …), from sorted durations of the calls that each did `amount`.
+    pub fn rate(name: String, unit: &'static str, amount: f64, sorted: &[Duration]) -> Self {
+        let rate = |d: Duration| amount / d.as_secs_f64();
+        Self { name, unit, median: rate(median(sorted)), best: rate(sorted[0]), higher_is_better: true }
+    }
+
+    /// A single reading (memory), reported as both median and best.
+    pub fn reading(name: String, unit: &'static str, value: f64) -> Self {
+        Self { name, unit, median: value, best: value, higher_is_better: false }
+    }
+}
+
 #[derive(Serialize)]
 struct Report<'a> {
     workload: &'a str,
@@ -46,13 +65,9 @@ pub fn run(args: Args) -> Result<()> {
         Workload::Gemm(args) => ("gemm", gemm::run(&args)?),
         Workload::Train(args) => ("train", train::run(&args)?),
     };
-    let report = Report { workload, threads: rayon_threads(), results };
+    let report = Report { workload, threads: candle_core::utils::get_num_threads(), results };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
-}
-
-fn rayon_threads() -> usize {
-    candle_core::utils::get_num_threads()
 }
 
 /// Runs `f` `warmup` times untimed, then `reps` times timed; returns the durations, sorted.
@@ -76,8 +91,7 @@ pub fn median(sorted: &[Duration]) -> Duration {
 
 /// Peak resident memory of this process so far (VmHWM), in MiB.
 pub fn peak_memory(label: &str) -> Result<Measurement> {
-    let mib = memory_mib("VmHWM")?;
-    Ok(Measurement { name: format!("peak RSS {label}"), unit: "MiB", median: mib, best: mib, higher_is_better: false })
+    Ok(Measurement::reading(format!("peak RSS {label}"), "MiB", memory_mib("VmHWM")?))
 }
 
 /// A memory figure from /proc/self/status (VmRSS: resident now, VmHWM: peak), in MiB.

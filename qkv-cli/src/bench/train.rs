@@ -12,7 +12,7 @@ use qkv::nn::{params::named_vars, seeded_var_builder, Activation, Mode};
 use qkv::train::{cross_entropy, AdamW, AdamWConfig};
 use rand::{Rng, SeedableRng};
 
-use super::{median, Measurement};
+use super::Measurement;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Size {
@@ -91,44 +91,20 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
         }
     }
     let tokens = (shape.batch * shape.block) as f64;
-    let mut results = Vec::new();
     let mut totals: Vec<Duration> = phases.iter().map(|p| p.iter().sum()).collect();
     totals.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    results.push(Measurement {
-        name: format!("train step {label}"),
-        unit: "ms",
-        median: ms(median(&totals)),
-        best: ms(totals[0]),
-        higher_is_better: false,
-    });
-    results.push(Measurement {
-        name: format!("train tokens/s {label}"),
-        unit: "tokens/s",
-        median: tokens / median(&totals).as_secs_f64(),
-        best: tokens / totals[0].as_secs_f64(),
-        higher_is_better: true,
-    });
+    let mut results = vec![
+        Measurement::milliseconds(format!("train step {label}"), &totals),
+        Measurement::rate(format!("train tokens/s {label}"), "tokens/s", tokens, &totals),
+    ];
     for (i, phase) in ["forward+loss", "backward", "clip+optimizer"].iter().enumerate() {
         let mut times: Vec<Duration> = phases.iter().map(|p| p[i]).collect();
         times.sort();
-        results.push(Measurement {
-            name: format!("train {phase} {label}"),
-            unit: "ms",
-            median: ms(median(&times)),
-            best: ms(times[0]),
-            higher_is_better: false,
-        });
+        results.push(Measurement::milliseconds(format!("train {phase} {label}"), &times));
     }
     results.push(super::peak_memory(label)?);
     // Memory that training keeps taking step after step would show here (run with --steps 1000).
     let growth = super::memory_mib("VmRSS")? - resident_after_warmup;
-    results.push(Measurement {
-        name: format!("RSS growth over {steps} steps {label}"),
-        unit: "MiB",
-        median: growth,
-        best: growth,
-        higher_is_better: false,
-    });
+    results.push(Measurement::reading(format!("RSS growth over {steps} steps {label}"), "MiB", growth));
     Ok(results)
 }

@@ -4,15 +4,12 @@
 //! (the approach of FlashAttention, Dao et al. 2022, on a CPU's caches instead of a GPU's shared memory).
 //! Working memory is bounded by tile × S per thread whatever the sequence length.
 
-use std::sync::Mutex;
-
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::matmul::{matmul, Mat};
-use super::softmax::masked_softmax_composed;
-use super::{as_f32, exp, row_offset, storage_f32, vectorized};
-use crate::nn::mask::MASKED;
+use super::softmax::{masked_softmax_composed, softmax_row};
+use super::{as_f32, exp, row_offset, storage_f32, vectorized, Saved};
 use crate::Result;
 
 /// Query rows per tile: 128 rows × S keys of scores stay in L2 for S up to a few thousand.
@@ -27,7 +24,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, scal
         Some(bias) => Some(bias.broadcast_as((b, h, t, s))?),
         None => None,
     };
-    let op = FusedAttention { scale: scale as f32, bias, lse: Mutex::new(None) };
+    let op = FusedAttention { scale: scale as f32, bias, lse: Saved::empty() };
     Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
 }
 
@@ -42,7 +39,7 @@ struct FusedAttention {
     /// Broadcast to (B, H, T, S).
     bias: Option<Tensor>,
     /// log Σ exp of each query row's scaled, masked scores; +∞ for a fully masked row.
-    lse: Mutex<Option<Vec<f32>>>,
+    lse: Saved<Vec<f32>>,
 }
 
 const NAME: &str = "qkv-attention";
@@ -79,48 +76,6 @@ impl FusedAttention {
                 f(Some((values, layout)))
             }
         }
-    }
-
-    /// One query row's scores → probabilities in place; returns the row's log-sum-exp (+∞ if fully masked).
-    fn softmax_row(&self, z: &mut [f32], bias: Option<&[f32]>) -> f32 {
-        let scale = self.scale;
-        vectorized(
-            #[inline(always)]
-            || {
-                let n = z.len();
-                match bias {
-                    Some(b) => {
-                        let b = &b[..n];
-                        for j in 0..n {
-                            z[j] = z[j] * scale + b[j];
-                        }
-                    }
-                    None => {
-                        for v in z.iter_mut() {
-                            *v *= scale;
-                        }
-                    }
-                }
-                let mut max = f32::NEG_INFINITY;
-                for &v in z.iter() {
-                    max = max.max(v);
-                }
-                if bias.is_some() && max <= MASKED / 2.0 {
-                    z.fill(0.0);
-                    return f32::INFINITY;
-                }
-                let mut sum = 0f32;
-                for v in z.iter_mut() {
-                    *v = exp(*v - max);
-                    sum += *v;
-                }
-                let inv = 1.0 / sum;
-                for v in z.iter_mut() {
-                    *v *= inv;
-                }
-                max + sum.ln()
-            },
-        )
     }
 
     /// Probabilities of a row from its scores and the saved log-sum-exp, in place.
@@ -180,7 +135,7 @@ impl CustomOp3 for FusedAttention {
                     let p = &mut scores[..rows * d.s];
                     matmul(p, Mat::new(&q[t0 * d.dh..], rows, d.dh), Mat::new(k, d.s, d.dh).t(), false);
                     for (i, z) in p.chunks_mut(d.s).enumerate() {
-                        lse[t0 + i] = self.softmax_row(z, bias_row(bias, bh * d.t + t0 + i, d.s));
+                        lse[t0 + i] = softmax_row(z, bias_row(bias, bh * d.t + t0 + i, d.s), self.scale);
                     }
                     matmul(
                         &mut out[t0 * d.dh..(t0 + rows) * d.dh],
@@ -192,7 +147,7 @@ impl CustomOp3 for FusedAttention {
             });
             Ok(())
         })?;
-        *self.lse.lock().map_err(|_| candle_core::Error::Msg(format!("{NAME}: lock poisoned")))? = Some(lse);
+        self.lse.put(NAME, lse)?;
         Ok((CpuStorage::F32(out), ql.shape().clone()))
     }
 
@@ -206,8 +161,20 @@ impl CustomOp3 for FusedAttention {
         out: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let guard = self.lse.lock().map_err(|_| candle_core::Error::Msg(format!("{NAME}: lock poisoned")))?;
-        let lse = guard.as_ref().ok_or_else(|| candle_core::Error::Msg(format!("{NAME}: backward before forward")))?;
+        self.lse.with(NAME, |lse| self.backward(q, k, v, out, grad, lse))
+    }
+}
+
+impl FusedAttention {
+    fn backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+        lse: &[f32],
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let device = q.device().clone();
         let grad = grad.contiguous()?;
         let (qg, kg, vg, og, gg) = (

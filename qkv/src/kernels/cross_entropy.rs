@@ -1,19 +1,17 @@
 //! Cross-entropy fused with log-softmax over the vocabulary: one pass per row forward (saving the row's
 //! log-sum-exp), one pass backward, instead of materialising log-probabilities for every class.
 
-use std::sync::Mutex;
-
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::softmax::log_softmax;
-use super::{as_f32, exp, storage_f32, PARALLEL_MIN_ELEMENTS};
+use super::{as_f32, exp, row_width, storage_f32, Saved, PARALLEL_MIN_ELEMENTS};
 use crate::Result;
 
 /// Mean over kept rows of (1 − ε)·(−log p_target) + ε·(−mean_v log p_v). logits (N, V) f32, targets (N) u32
-/// already validated (in range wherever kept), keep (N) u8.
+/// already validated (in range wherever not `ignore_index`).
 pub fn fused(logits: &Tensor, targets: &Tensor, ignore_index: Option<u32>, label_smoothing: f64) -> Result<Tensor> {
-    let op = CrossEntropyOp { ignore_index, smoothing: label_smoothing as f32, saved: Mutex::new(None) };
+    let op = CrossEntropyOp { ignore_index, smoothing: label_smoothing as f32, saved: Saved::empty() };
     Ok(logits.contiguous()?.apply_op2(&targets.contiguous()?, op)?)
 }
 
@@ -36,7 +34,7 @@ struct CrossEntropyOp {
     ignore_index: Option<u32>,
     smoothing: f32,
     /// Per-row log-sum-exp and the number of kept rows, from the forward pass.
-    saved: Mutex<Option<(Vec<f32>, f32)>>,
+    saved: Saved<(Vec<f32>, f32)>,
 }
 
 const NAME: &str = "qkv-cross-entropy";
@@ -69,7 +67,7 @@ impl CustomOp2 for CrossEntropyOp {
         let CpuStorage::U32(targets) = ts else { candle_core::bail!("{NAME}: targets must be u32") };
         let Some((start, end)) = tl.contiguous_offsets() else { candle_core::bail!("{NAME}: strided targets") };
         let targets = &targets[start..end];
-        let v = ll.dims().last().copied().unwrap_or(1).max(1);
+        let v = row_width(ll);
         let eps = self.smoothing;
         // (loss of the row if kept else 0, lse)
         let row = |(x, &t): (&[f32], &u32)| {
@@ -89,7 +87,7 @@ impl CustomOp2 for CrossEntropyOp {
         let count = targets.iter().filter(|&&t| self.kept(t)).count().max(1) as f32;
         let total: f64 = rows.iter().map(|&(l, _)| l as f64).sum();
         let lse = rows.into_iter().map(|(_, lse)| lse).collect();
-        *self.saved.lock().map_err(|_| candle_core::Error::Msg(format!("{NAME}: lock poisoned")))? = Some((lse, count));
+        self.saved.put(NAME, (lse, count))?;
         Ok((CpuStorage::F32(vec![(total / count as f64) as f32]), Shape::from(())))
     }
 
@@ -101,30 +99,31 @@ impl CustomOp2 for CrossEntropyOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let guard = self.saved.lock().map_err(|_| candle_core::Error::Msg(format!("{NAME}: lock poisoned")))?;
-        let (lse, count) = guard.as_ref().ok_or_else(|| candle_core::Error::Msg(format!("{NAME}: no forward")))?;
-        let g = grad.to_scalar::<f32>()? / count;
         let targets = targets.to_vec1::<u32>()?;
         let logits = logits.contiguous()?;
         let (ls, ll) = logits.storage_and_layout();
         let x = storage_f32(&ls, ll, NAME)?;
-        let v = ll.dims().last().copied().unwrap_or(1).max(1);
+        let v = row_width(ll);
         let eps = self.smoothing;
         let mut dx = vec![0f32; x.len()];
-        let row = |(r, (dxr, xr)): (usize, (&mut [f32], &[f32]))| {
-            let t = targets[r];
-            if !self.kept(t) {
-                return; // stays zero
+        self.saved.with(NAME, |(lse, count)| {
+            let g = grad.to_scalar::<f32>()? / count;
+            let row = |(r, (dxr, xr)): (usize, (&mut [f32], &[f32]))| {
+                let t = targets[r];
+                if !self.kept(t) {
+                    return; // stays zero
+                }
+                let (lse, uniform) = (lse[r], eps / v as f32);
+                dxr.iter_mut().zip(xr).for_each(|(d, &x)| *d = g * (exp(x - lse) - uniform));
+                dxr[t as usize] -= g * (1.0 - eps);
+            };
+            if x.len() >= PARALLEL_MIN_ELEMENTS {
+                dx.par_chunks_mut(v).zip(x.par_chunks(v)).enumerate().for_each(row);
+            } else {
+                dx.chunks_mut(v).zip(x.chunks(v)).enumerate().for_each(row);
             }
-            let (lse, uniform) = (lse[r], eps / v as f32);
-            dxr.iter_mut().zip(xr).for_each(|(d, &x)| *d = g * (exp(x - lse) - uniform));
-            dxr[t as usize] -= g * (1.0 - eps);
-        };
-        if x.len() >= PARALLEL_MIN_ELEMENTS {
-            dx.par_chunks_mut(v).zip(x.par_chunks(v)).enumerate().for_each(row);
-        } else {
-            dx.chunks_mut(v).zip(x.chunks(v)).enumerate().for_each(row);
-        }
+            Ok(())
+        })?;
         Ok((Some(Tensor::from_vec(dx, ll.shape(), logits.device())?), None))
     }
 }

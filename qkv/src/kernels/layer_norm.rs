@@ -1,18 +1,16 @@
 //! LayerNorm as one kernel: the forward pass saves each row's mean and reciprocal standard deviation, and the
 //! backward pass produces dx, dγ and dβ in one sweep over the rows.
 
-use std::sync::Mutex;
-
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{as_f32, fused, storage_f32, PARALLEL_MIN_ELEMENTS};
+use super::{as_f32, fused, storage_f32, Saved, PARALLEL_MIN_ELEMENTS};
 use crate::Result;
 
 /// y = (x − mean) / √(var + ε) · γ + β over the last dimension of x (…, C), with γ and β of shape (C).
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     if fused(x) && fused(weight) && fused(bias) {
-        let op = LayerNormOp { eps: eps as f32, saved: Mutex::new(None) };
+        let op = LayerNormOp { eps: eps as f32, saved: Saved::empty() };
         Ok(x.contiguous()?.apply_op3(weight, bias, op)?)
     } else {
         layer_norm_composed(x, weight, bias, eps)
@@ -28,14 +26,14 @@ pub fn layer_norm_composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64)
 }
 
 /// Per-row statistics kept from the forward pass for the backward pass.
-struct Saved {
+struct Statistics {
     mean: Vec<f32>,
     rstd: Vec<f32>,
 }
 
 struct LayerNormOp {
     eps: f32,
-    saved: Mutex<Option<Saved>>,
+    saved: Saved<Statistics>,
 }
 
 const NAME: &str = "qkv-layer-norm";
@@ -84,8 +82,7 @@ impl CustomOp3 for LayerNormOp {
             x.chunks(c).zip(y.chunks_mut(c)).zip(stats.iter_mut()).for_each(|(rows, s)| norm_row(rows, s));
         }
         let (mean, rstd) = stats.into_iter().unzip();
-        *self.saved.lock().map_err(|_| candle_core::Error::Msg(format!("{NAME}: lock poisoned")))? =
-            Some(Saved { mean, rstd });
+        self.saved.put(NAME, Statistics { mean, rstd })?;
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -99,15 +96,12 @@ impl CustomOp3 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let guard = self.saved.lock().map_err(|_| candle_core::Error::Msg(format!("{NAME}: lock poisoned")))?;
-        let saved =
-            guard.as_ref().ok_or_else(|| candle_core::Error::Msg(format!("{NAME}: backward before forward")))?;
         let c = weight.elem_count();
         let (x, grad) = (x.contiguous()?, grad.contiguous()?);
         let ((xs, xl), (ws, wl), (gs, gl)) =
             (x.storage_and_layout(), weight.storage_and_layout(), grad.storage_and_layout());
         let (xv, wv, dy) = (storage_f32(&xs, xl, NAME)?, storage_f32(&ws, wl, NAME)?, storage_f32(&gs, gl, NAME)?);
-        let (dx, dw, db) = backward(xv, wv, dy, c, &saved.mean, &saved.rstd);
+        let (dx, dw, db) = self.saved.with(NAME, |saved| Ok(backward(xv, wv, dy, c, &saved.mean, &saved.rstd)))?;
         let device = x.device();
         Ok((
             Some(Tensor::from_vec(dx, x.shape(), device)?),
@@ -139,21 +133,22 @@ fn backward(x: &[f32], w: &[f32], dy: &[f32], c: usize, mean: &[f32], rstd: &[f3
             dxr[j] = s * (dyr[j] * w[j] - mean_g - xhat * mean_gx);
         }
     };
-    let rows_per_chunk = if x.len() >= PARALLEL_MIN_ELEMENTS { (x.len() / c).div_ceil(8).max(1) } else { usize::MAX };
-    let chunk = rows_per_chunk.saturating_mul(c).min(x.len()).max(c);
-    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
-        .par_chunks_mut(chunk)
-        .enumerate()
-        .map(|(k, dx_chunk)| {
-            let (mut dw, mut db) = (vec![0f32; c], vec![0f32; c]);
-            let first = k * chunk / c;
-            for (i, dxr) in dx_chunk.chunks_mut(c).enumerate() {
-                let r = first + i;
-                row(r, &x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c], dxr, &mut dw, &mut db);
-            }
-            (dw, db)
-        })
-        .collect();
+    // Partial (dγ, dβ) per chunk of rows, summed below: eight chunks in parallel, or one on this thread.
+    let rows = x.len() / c;
+    let chunk_rows = if x.len() >= PARALLEL_MIN_ELEMENTS { rows.div_ceil(8) } else { rows }.max(1);
+    let chunk = |(k, dx_chunk): (usize, &mut [f32])| {
+        let (mut dw, mut db) = (vec![0f32; c], vec![0f32; c]);
+        for (i, dxr) in dx_chunk.chunks_mut(c).enumerate() {
+            let r = k * chunk_rows + i;
+            row(r, &x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c], dxr, &mut dw, &mut db);
+        }
+        (dw, db)
+    };
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = if chunk_rows < rows {
+        dx.par_chunks_mut(chunk_rows * c).enumerate().map(chunk).collect()
+    } else {
+        vec![chunk((0, &mut dx))]
+    };
     let (mut dw, mut db) = (vec![0f32; c], vec![0f32; c]);
     for (pw, pb) in partials {
         dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);

@@ -12,6 +12,8 @@ pub mod layer_norm;
 mod matmul;
 pub mod softmax;
 
+use std::sync::{Mutex, OnceLock};
+
 use candle_core::{CpuStorage, DType, Layout, Tensor};
 use rayon::prelude::*;
 
@@ -41,6 +43,32 @@ pub(crate) fn storage_f32<'a>(
 ) -> candle_core::Result<&'a [f32]> {
     let candle_core::Storage::Cpu(cpu) = storage else { candle_core::bail!("{op}: expected a CPU tensor") };
     as_f32(cpu, layout, op)
+}
+
+/// Width of the last dimension: the row length a row-wise kernel works on.
+pub(crate) fn row_width(layout: &Layout) -> usize {
+    layout.dims().last().copied().unwrap_or(1).max(1)
+}
+
+/// What a kernel's forward pass keeps for its backward pass. candle hands both passes the op by shared
+/// reference, hence the lock.
+pub(crate) struct Saved<T>(Mutex<Option<T>>);
+
+impl<T> Saved<T> {
+    pub fn empty() -> Self {
+        Self(Mutex::new(None))
+    }
+
+    pub fn put(&self, op: &'static str, value: T) -> candle_core::Result<()> {
+        *self.0.lock().map_err(|_| candle_core::Error::Msg(format!("{op}: lock poisoned")))? = Some(value);
+        Ok(())
+    }
+
+    /// Runs `f` on the saved value; an error if the forward pass never stored one.
+    pub fn with<R>(&self, op: &'static str, f: impl FnOnce(&T) -> candle_core::Result<R>) -> candle_core::Result<R> {
+        let guard = self.0.lock().map_err(|_| candle_core::Error::Msg(format!("{op}: lock poisoned")))?;
+        f(guard.as_ref().ok_or_else(|| candle_core::Error::Msg(format!("{op}: backward before forward")))?)
+    }
 }
 
 /// For a layout of rank ≥ 1 whose last dimension has stride 1 (a broadcast bias, say), the storage offset of
@@ -126,9 +154,11 @@ pub(crate) fn exp(x: f32) -> f32 {
 /// than iterator adapters inside them: pulp's target-feature function only lends its instruction set to code
 /// inlined into it, and LLVM declines to inline large closures or adapter `fold`s on its own (they then run at
 /// the baseline's 4-wide SSE).
+/// The CPU's features are detected once; kernels call this per row.
 #[inline(always)]
 pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
-    pulp::Arch::new().dispatch(f)
+    static ARCH: OnceLock<pulp::Arch> = OnceLock::new();
+    ARCH.get_or_init(pulp::Arch::new).dispatch(f)
 }
 
 #[cfg(test)]

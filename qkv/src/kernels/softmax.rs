@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::{as_f32, exp, fused, row_offset, storage_f32, PARALLEL_MIN_ELEMENTS};
+use super::{as_f32, exp, fused, row_offset, row_width, storage_f32, vectorized, PARALLEL_MIN_ELEMENTS};
 use crate::nn::mask::MASKED;
 use crate::Result;
 
@@ -53,27 +53,49 @@ struct MaskedSoftmax {
 
 const NAME: &str = "qkv-masked-softmax";
 
-impl MaskedSoftmax {
-    /// One row: z = scale·x + bias, y = softmax(z), or zeros when every bias entry masks.
-    fn row(&self, x: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
-        match bias {
-            Some(b) => x.iter().zip(b).zip(y.iter_mut()).for_each(|((x, b), y)| *y = self.scale * x + b),
-            None => x.iter().zip(y.iter_mut()).for_each(|(x, y)| *y = self.scale * x),
-        }
-        let max = y.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        if bias.is_some() && max <= MASKED / 2.0 {
-            y.fill(0.0);
-            return;
-        }
-        let mut sum = 0f32;
-        for v in y.iter_mut() {
-            *v = exp(*v - max);
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
-        y.iter_mut().for_each(|v| *v *= inv);
-    }
+/// One row of scores z → softmax(scale·z + bias) in place, vectorised; returns the row's log-sum-exp. A row whose
+/// bias masks every entry becomes zeros and returns +∞ (so exp(s − lse) recomputes it as zeros too).
+pub(crate) fn softmax_row(z: &mut [f32], bias: Option<&[f32]>, scale: f32) -> f32 {
+    vectorized(
+        #[inline(always)]
+        || {
+            let n = z.len();
+            match bias {
+                Some(b) => {
+                    let b = &b[..n];
+                    for j in 0..n {
+                        z[j] = z[j] * scale + b[j];
+                    }
+                }
+                None => {
+                    for v in z.iter_mut() {
+                        *v *= scale;
+                    }
+                }
+            }
+            let mut max = f32::NEG_INFINITY;
+            for &v in z.iter() {
+                max = max.max(v);
+            }
+            if bias.is_some() && max <= MASKED / 2.0 {
+                z.fill(0.0);
+                return f32::INFINITY;
+            }
+            let mut sum = 0f32;
+            for v in z.iter_mut() {
+                *v = exp(*v - max);
+                sum += *v;
+            }
+            let inv = 1.0 / sum;
+            for v in z.iter_mut() {
+                *v *= inv;
+            }
+            max + sum.ln()
+        },
+    )
+}
 
+impl MaskedSoftmax {
     fn forward(&self, x: &[f32], width: usize, bias: Option<(&[f32], &Layout)>) -> Vec<f32> {
         let mut y = vec![0f32; x.len()];
         let row = |r: usize, xr: &[f32], yr: &mut [f32]| {
@@ -81,7 +103,8 @@ impl MaskedSoftmax {
                 let start = row_offset(layout, r);
                 &values[start..start + width]
             });
-            self.row(xr, b, yr);
+            yr.copy_from_slice(xr);
+            softmax_row(yr, b, self.scale);
         };
         if x.len() >= PARALLEL_MIN_ELEMENTS {
             y.par_chunks_mut(width).zip(x.par_chunks(width)).enumerate().for_each(|(r, (yr, xr))| row(r, xr, yr));
@@ -96,7 +119,7 @@ impl MaskedSoftmax {
         let (y, grad) = (y.contiguous()?, grad.contiguous()?);
         let ((ys, yl), (gs, gl)) = (y.storage_and_layout(), grad.storage_and_layout());
         let (yv, gv) = (storage_f32(&ys, yl, NAME)?, storage_f32(&gs, gl, NAME)?);
-        let width = yl.dims().last().copied().unwrap_or(1).max(1);
+        let width = row_width(yl);
         let mut dx = vec![0f32; yv.len()];
         let scale = self.scale;
         let row = |(dxr, (yr, gr)): (&mut [f32], (&[f32], &[f32]))| {
@@ -112,17 +135,13 @@ impl MaskedSoftmax {
     }
 }
 
-fn width_of(layout: &Layout) -> usize {
-    layout.dims().last().copied().unwrap_or(1).max(1)
-}
-
 impl CustomOp1 for MaskedSoftmax {
     fn name(&self) -> &'static str {
         NAME
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = self.forward(as_f32(s, l, NAME)?, width_of(l), None);
+        let y = self.forward(as_f32(s, l, NAME)?, row_width(l), None);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -147,7 +166,7 @@ impl CustomOp2 for MaskedSoftmax {
         if bl.dims() != xl.dims() || bl.stride().last() != Some(&1) {
             candle_core::bail!("{NAME}: bias layout {:?}/{:?} for scores {:?}", bl.dims(), bl.stride(), xl.dims())
         }
-        let y = self.forward(as_f32(xs, xl, NAME)?, width_of(xl), Some((bias, bl)));
+        let y = self.forward(as_f32(xs, xl, NAME)?, row_width(xl), Some((bias, bl)));
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 

@@ -64,6 +64,11 @@ impl ScaledDotProduct {
     }
 }
 
+/// The weights a `need_weights = true` pass returns; the composed path always produces them.
+pub(crate) fn requested<T>(weights: Option<T>) -> Result<T> {
+    weights.ok_or_else(|| Error::config("need_weights", true, "attention weights from the composed path"))
+}
+
 /// Shape of a multi-head attention block.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttentionConfig {
@@ -156,8 +161,7 @@ impl MultiHeadAttention {
         mode: &mut Mode,
     ) -> Result<(Tensor, Tensor)> {
         let (output, weights) = self.attend(query, memory, mask, mode, true)?;
-        let weights = weights.ok_or_else(|| Error::config("need_weights", true, "attention weights"))?;
-        Ok((output, weights))
+        Ok((output, requested(weights)?))
     }
 
     /// The one forward pass behind both entry points.

@@ -5,14 +5,14 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use super::{
-    attention::MultiHeadAttention,
+    attention::{requested, MultiHeadAttention},
     feed_forward::FeedForward,
     layer::LayerConfig,
     mask::AttentionMask,
     mode::Mode,
     norm::{LayerNorm, Residual},
 };
-use crate::{Error, Result};
+use crate::Result;
 
 /// Attention weights of one decoder layer, for visualisation.
 #[derive(Debug, Clone)]
@@ -71,7 +71,7 @@ impl DecoderLayer {
         mode: &mut Mode,
     ) -> Result<(Tensor, DecoderWeights)> {
         let (x, weights) = self.run(x, memory, (self_mask, memory_mask), mode, true)?;
-        Ok((x, weights.ok_or_else(|| Error::config("need_weights", true, "attention weights"))?))
+        Ok((x, requested(weights)?))
     }
 
     fn run(

@@ -5,14 +5,14 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use super::{
-    attention::MultiHeadAttention,
+    attention::{requested, MultiHeadAttention},
     feed_forward::FeedForward,
     layer::LayerConfig,
     mask::AttentionMask,
     mode::Mode,
     norm::{LayerNorm, NormPosition, Residual},
 };
-use crate::{Error, Result};
+use crate::Result;
 
 #[derive(Debug, Clone)]
 pub struct EncoderLayer {
@@ -47,7 +47,7 @@ impl EncoderLayer {
         mode: &mut Mode,
     ) -> Result<(Tensor, Tensor)> {
         let (x, weights) = self.run(x, mask, mode, true)?;
-        Ok((x, weights.ok_or_else(|| Error::config("need_weights", true, "attention weights"))?))
+        Ok((x, requested(weights)?))
     }
 
     fn run(
