@@ -185,6 +185,32 @@ fn two_layer_transformer_pre_ln_matches_torch() {
     transformer_parity("transformer_pre_gelu");
 }
 
+/// The decoder-only model against the benchmark's PyTorch twin (tools/bench/train_gpt.py): logits and every
+/// parameter's gradient, so `qkv bench train` and its reference time the same computation.
+#[test]
+fn gpt_matches_the_torch_benchmark_model() {
+    let fx = Fixture::load("gpt_char");
+    let config = qkv::models::Gpt2Config {
+        vocab_size: fx.config_usize("vocab_size"),
+        n_positions: fx.config_usize("n_positions"),
+        n_embd: fx.config_usize("n_embd"),
+        n_layer: fx.config_usize("n_layer"),
+        n_head: fx.config_usize("n_head"),
+        activation_function: Activation::Gelu,
+        resid_pdrop: 0.0,
+        embd_pdrop: 0.0,
+        attn_pdrop: 0.0,
+        bias: false,
+        ..qkv::models::Gpt2Config::default()
+    };
+    let (model, vars) = fx.build(|vb| qkv::models::Gpt2::new(&config, vb));
+    let logits = model.forward(&fx.input("ids"), &mut Mode::Eval).unwrap();
+    let out_err = fx.check_output("logits", &logits, OUTPUT_TOL);
+    let grads = fx.loss(&[("logits", &logits)]).backward().unwrap();
+    let grad_err = fx.check_grads(&grads, &vars, &[], GRAD_TOL);
+    fx.report(out_err, grad_err);
+}
+
 #[test]
 fn layer_norm_matches_torch() {
     let fx = Fixture::load("layer_norm");
