@@ -74,8 +74,10 @@ pub fn run(args: Args) -> Result<()> {
             "loss {:.4}  lr {:.2e}  {:.0} tok/s",
             step.loss, step.learning_rate, step.tokens_per_second
         ));
-    })?;
+    });
+    // Close the bar either way, so an error message starts on its own line.
     bar.finish();
+    let report = report?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

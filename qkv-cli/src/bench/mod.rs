@@ -72,6 +72,7 @@ pub fn run(args: Args) -> Result<()> {
 
 /// Runs `f` `warmup` times untimed, then `reps` times timed; returns the durations, sorted.
 pub fn time(warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<Duration>> {
+    anyhow::ensure!(reps >= 1, "--reps must be at least 1, got {reps}");
     for _ in 0..warmup {
         f()?;
     }

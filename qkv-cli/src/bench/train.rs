@@ -51,6 +51,7 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
         }
     };
     let steps = args.steps.unwrap_or(shape.steps);
+    anyhow::ensure!(steps >= 1, "--steps must be at least 1, got {steps}");
     let config = Gpt2Config {
         vocab_size: VOCAB,
         n_positions: shape.block,
