@@ -20,6 +20,14 @@ pub enum Error {
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 
+    /// A user's file that cannot be used as it is: `path:line: message` (the line, 1-based, where there is one).
+    #[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Input { path: PathBuf, line: Option<usize>, message: String },
+
+    /// An error reported by the Hugging Face `tokenizers` crate, with what qkv was doing.
+    #[error("tokenizer: {context}: {message}")]
+    Tokenizer { context: String, message: String },
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
@@ -29,6 +37,18 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     pub(crate) fn config(option: &'static str, value: impl ToString, expected: impl ToString) -> Self {
         Error::Config { option, value: value.to_string(), expected: expected.to_string() }
+    }
+
+    pub(crate) fn input(path: impl Into<PathBuf>, line: Option<usize>, message: impl ToString) -> Self {
+        Error::Input { path: path.into(), line, message: message.to_string() }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+
+    pub(crate) fn tokenizer(context: impl ToString, message: impl ToString) -> Self {
+        Error::Tokenizer { context: context.to_string(), message: message.to_string() }
     }
 
     pub(crate) fn shape(tensor: &'static str, expected: impl ToString, found: &[usize]) -> Self {

@@ -5,7 +5,9 @@
 //!   position encodings, embeddings, dropout, LayerNorm with residual wiring, feed-forward, encoder and decoder.
 //! - [`models`]: whole models assembled from the blocks.
 //! - [`decode`]: turning a trained model into output sequences.
-//! - [`train`]: losses, learning-rate schedules and small training tasks.
+//! - [`text`]: corpora, subword tokenizers (Hugging Face `tokenizers`) and batches.
+//! - [`train`]: losses, learning-rate schedules, checkpoints and training loops.
+//! - [`metrics`]: BLEU, chrF and other scores; pure functions, no tensors.
 //!
 //! Shapes use the same letters everywhere: B batch, T target/query length, S source/key length,
 //! C model width, H heads, Dh head width, V vocabulary.
@@ -13,8 +15,10 @@
 pub mod decode;
 pub mod error;
 pub mod kernels;
+pub mod metrics;
 pub mod models;
 pub mod nn;
+pub mod text;
 pub mod train;
 
 pub use error::{Error, Result};

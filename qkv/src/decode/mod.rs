@@ -1,5 +1,61 @@
-//! Turning a trained model into output sequences.
+//! Turning a trained model into output sequences: greedy decoding and beam search, both incremental (a key/value
+//! cache per decoder layer) unless told otherwise.
 
+pub mod beam_search;
 pub mod greedy;
+mod incremental;
 
+use serde::{Deserialize, Serialize};
+
+pub use beam_search::beam_search;
 pub use greedy::greedy;
+
+use crate::{Error, Result};
+
+/// How long outputs may grow and how beams are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DecodeOptions {
+    /// Hypotheses kept per source; 1 is greedy decoding.
+    pub beam: usize,
+    /// GNMT length penalty α (Wu et al., 2016): finished hypotheses are ranked by log p / ((5 + |y|) / 6)^α.
+    /// 0 ranks by log-probability alone, which favours short outputs.
+    pub length_penalty: f64,
+    /// At most `max_len_a · |source| + max_len_b` tokens per output (EOS not counted).
+    pub max_len_a: f64,
+    pub max_len_b: usize,
+    /// Reuse earlier steps' keys and values (the default). Off recomputes the whole prefix at every step: the
+    /// reference the cache is tested against.
+    pub use_cache: bool,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self { beam: 4, length_penalty: 0.6, max_len_a: 1.5, max_len_b: 10, use_cache: true }
+    }
+}
+
+impl DecodeOptions {
+    /// Greedy decoding with the default length limit.
+    pub fn greedy() -> Self {
+        Self { beam: 1, ..Self::default() }
+    }
+
+    /// Most output tokens for a source of `source_len` real tokens.
+    pub fn max_len(&self, source_len: usize) -> usize {
+        (self.max_len_a * source_len as f64 + self.max_len_b as f64).floor().max(1.0) as usize
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.beam == 0 {
+            return Err(Error::config("beam", 0, "at least 1"));
+        }
+        if !(self.max_len_a >= 0.0 && self.max_len_a.is_finite()) {
+            return Err(Error::config("max_len_a", self.max_len_a, "a finite number ≥ 0"));
+        }
+        if !self.length_penalty.is_finite() {
+            return Err(Error::config("length_penalty", self.length_penalty, "a finite number"));
+        }
+        Ok(())
+    }
+}

@@ -17,6 +17,9 @@ const TILE: usize = 128;
 
 /// softmax(scale·q·kᵀ + bias)·v for q (B, H, T, Dh), k and v (B, H, S, Dh); `bias` (0 or [`MASKED`]) broadcasts
 /// to (B, H, T, S). Rows whose keys are all masked give zeros. Gradients flow to q, k and v.
+///
+/// k and v may be views with spare rows between heads (a [`crate::nn::KvCache`]'s first S of its capacity): they
+/// are read in place rather than copied.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, scale: f64) -> Result<Tensor> {
     let (b, h, t, _) = q.dims4()?;
     let s = k.dim(2)?;
@@ -25,7 +28,36 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, scal
         None => None,
     };
     let op = FusedAttention { scale: scale as f32, bias, lse: Saved::empty() };
-    Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
+    Ok(q.contiguous()?.apply_op3(&rows_per_head(k)?, &rows_per_head(v)?, op)?)
+}
+
+/// `x` itself when each head's rows are contiguous and heads are evenly spaced, else a contiguous copy.
+fn rows_per_head(x: &Tensor) -> Result<Tensor> {
+    Ok(match head_spacing(x.layout()) {
+        Some(_) => x.clone(),
+        None => x.contiguous()?,
+    })
+}
+
+/// For a (B, H, S, Dh) layout whose (S, Dh) blocks are contiguous and evenly spaced: the distance between
+/// consecutive heads' first elements.
+fn head_spacing(layout: &Layout) -> Option<usize> {
+    let (dims, stride) = (layout.dims(), layout.stride());
+    let [b, h, s, dh] = *dims else { return None };
+    let rows_contiguous = (stride[3] == 1 || dh == 1) && (stride[2] == dh || s == 1);
+    let spacing = if h > 1 { stride[1] } else { stride[0] };
+    let heads_even = (h == 1 || b == 1 || stride[0] == h * stride[1]) && (b * h == 1 || spacing >= s * dh);
+    (rows_contiguous && heads_even).then_some(if b * h == 1 { s * dh } else { spacing })
+}
+
+/// The values of a (B, H, S, Dh) tensor laid out as [`head_spacing`] accepts, from its first element, and the
+/// spacing between heads.
+fn heads_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<(&'a [f32], usize)> {
+    let CpuStorage::F32(values) = storage else { candle_core::bail!("{NAME}: expected f32 storage") };
+    match head_spacing(layout) {
+        Some(spacing) => Ok((&values[layout.start_offset()..], spacing)),
+        None => candle_core::bail!("{NAME}: keys/values with strides {:?} are not rows per head", layout.stride()),
+    }
 }
 
 /// The composed reference: matmul, masked softmax, matmul.
@@ -123,12 +155,13 @@ impl CustomOp3 for FusedAttention {
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = dims(ql, kl, vl)?;
-        let (q, k, v) = (as_f32(qs, ql, NAME)?, as_f32(ks, kl, NAME)?, as_f32(vs, vl, NAME)?);
+        let q = as_f32(qs, ql, NAME)?;
+        let ((k, k_spacing), (v, v_spacing)) = (heads_f32(ks, kl)?, heads_f32(vs, vl)?);
         let mut out = vec![0f32; d.heads * d.t * d.dh];
         let mut lse = vec![0f32; d.heads * d.t];
         self.with_bias(|bias| {
             out.par_chunks_mut(d.t * d.dh).zip(lse.par_chunks_mut(d.t)).enumerate().for_each(|(bh, (out, lse))| {
-                let (q, k, v) = (&q[bh * d.t * d.dh..], &k[bh * d.s * d.dh..], &v[bh * d.s * d.dh..]);
+                let (q, k, v) = (&q[bh * d.t * d.dh..], &k[bh * k_spacing..], &v[bh * v_spacing..]);
                 let mut scores = vec![0f32; TILE.min(d.t) * d.s];
                 for t0 in (0..d.t).step_by(TILE) {
                     let rows = TILE.min(d.t - t0);
@@ -176,7 +209,7 @@ impl FusedAttention {
         lse: &[f32],
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let device = q.device().clone();
-        let grad = grad.contiguous()?;
+        let (k, v, grad) = (k.contiguous()?, v.contiguous()?, grad.contiguous()?);
         let (qg, kg, vg, og, gg) = (
             q.storage_and_layout(),
             k.storage_and_layout(),

@@ -7,8 +7,8 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::nn::{
-    Activation, AttentionMask, Decoder, Dropout, DropoutRates, Embedding, Encoder, LayerConfig, LearnedPosition,
-    Linear, Mode, NormPosition, SinusoidalPosition, WeightInit,
+    decoder::DecoderWeights, Activation, AttentionMask, Decoder, DecoderCache, Dropout, DropoutRates, Embedding,
+    Encoder, LayerConfig, LearnedPosition, Linear, Mode, NormPosition, SinusoidalPosition, WeightInit,
 };
 use crate::{Error, Result};
 
@@ -234,16 +234,49 @@ impl Transformer {
 
     /// Source ids (B, S) → memory (B, S, C).
     pub fn encode(&self, src: &Tensor, src_mask: &AttentionMask, mode: &mut Mode) -> Result<Tensor> {
-        let x = self.embed(&self.source_embedding, src, Stack::Encoder, mode)?;
+        let x = self.embed(&self.source_embedding, src, Stack::Encoder, 0, mode)?;
         self.encoder.forward(&x, Some(src_mask), mode)
     }
 
     /// Target ids (B, T), shifted right behind BOS, attend causally to themselves and to memory (B, S, C)
     /// → decoder states (B, T, C).
     pub fn decode(&self, tgt: &Tensor, memory: &Tensor, src_mask: &AttentionMask, mode: &mut Mode) -> Result<Tensor> {
-        let x = self.embed(&self.target_embedding, tgt, Stack::Decoder, mode)?;
+        let x = self.embed(&self.target_embedding, tgt, Stack::Decoder, 0, mode)?;
         let causal = Self::target_mask(tgt.dim(1)?, tgt.device())?;
         self.decoder.forward(&x, memory, Some(&causal), Some(src_mask), mode)
+    }
+
+    /// An empty cache for [`decode_step`](Self::decode_step).
+    pub fn new_cache(&self) -> DecoderCache {
+        DecoderCache::new(self.config.decoder_layers)
+    }
+
+    /// Incremental decoding (inference): `tgt` (B, t) holds the target positions after those already in `cache`
+    /// (the whole prefix behind BOS at the first step, one token after) → decoder states (B, t, C) for them,
+    /// equal to the matching rows of [`decode`](Self::decode) over the whole prefix.
+    pub fn decode_step(
+        &self,
+        tgt: &Tensor,
+        memory: &Tensor,
+        src_mask: &AttentionMask,
+        cache: &mut DecoderCache,
+    ) -> Result<Tensor> {
+        let (offset, t) = (cache.len(), tgt.dim(1)?);
+        let x = self.embed(&self.target_embedding, tgt, Stack::Decoder, offset, &mut Mode::Eval)?;
+        // One new query sees every cached key; several must not see each other's future.
+        let causal = if t > 1 { Some(AttentionMask::causal(t, offset + t, tgt.device())?) } else { None };
+        self.decoder.forward_step(&x, memory, (causal.as_ref(), Some(src_mask)), cache, &mut Mode::Eval)
+    }
+
+    /// Teacher-forced pass in eval mode returning every decoder layer's self- and cross-attention weights
+    /// (B, H, T, T) and (B, H, T, S), for visualisation.
+    pub fn attention_maps(&self, src: &Tensor, src_valid: &Tensor, tgt: &Tensor) -> Result<Vec<DecoderWeights>> {
+        let mode = &mut Mode::Eval;
+        let src_mask = Self::source_mask(src_valid)?;
+        let memory = self.encode(src, &src_mask, mode)?;
+        let x = self.embed(&self.target_embedding, tgt, Stack::Decoder, 0, mode)?;
+        let causal = Self::target_mask(tgt.dim(1)?, tgt.device())?;
+        Ok(self.decoder.forward_with_weights(&x, &memory, Some(&causal), Some(&src_mask), mode)?.1)
     }
 
     /// Decoder states (B, T, C) → logits (B, T, V).
@@ -261,16 +294,28 @@ impl Transformer {
         self.project(&self.decode(tgt, &memory, &src_mask, mode)?)
     }
 
-    fn embed(&self, embedding: &Embedding, ids: &Tensor, stack: Stack, mode: &mut Mode) -> Result<Tensor> {
+    /// Token embeddings of `ids` (B, L) at positions offset .. offset + L, plus added positions → (B, L, C).
+    fn embed(
+        &self,
+        embedding: &Embedding,
+        ids: &Tensor,
+        stack: Stack,
+        offset: usize,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
         if ids.rank() != 2 {
             return Err(Error::shape(stack.ids_name(), "(B, L) token ids", ids.dims()));
         }
         let x = embedding.forward(ids)?; // (B, L, C)
         let len = ids.dim(1)?;
         let x = match (&self.positions, stack) {
-            (AddedPositions::Sinusoidal(pe), _) => x.broadcast_add(&pe.forward(len, 0, ids.device())?)?,
-            (AddedPositions::Learned { encoder, .. }, Stack::Encoder) => x.broadcast_add(&encoder.forward(len, 0)?)?,
-            (AddedPositions::Learned { decoder, .. }, Stack::Decoder) => x.broadcast_add(&decoder.forward(len, 0)?)?,
+            (AddedPositions::Sinusoidal(pe), _) => x.broadcast_add(&pe.forward(len, offset, ids.device())?)?,
+            (AddedPositions::Learned { encoder, .. }, Stack::Encoder) => {
+                x.broadcast_add(&encoder.forward(len, offset)?)?
+            }
+            (AddedPositions::Learned { decoder, .. }, Stack::Decoder) => {
+                x.broadcast_add(&decoder.forward(len, offset)?)?
+            }
             (AddedPositions::None, _) => x,
         };
         self.embedding_dropout.forward(&x, mode)

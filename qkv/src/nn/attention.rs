@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     dropout::Dropout,
+    kv_cache::KvCache,
     linear::Linear,
     mask::AttentionMask,
     mode::Mode,
@@ -50,6 +51,7 @@ impl ScaledDotProduct {
         if !need_weights && relative.is_none() && !dropout_active && kernels::fused(q) {
             return Ok((kernels::attention::attention(q, k, v, bias, scale)?, None));
         }
+        let (k, v) = (&k.contiguous()?, &v.contiguous()?); // cache views have spare rows between heads
         let mut scores = q.matmul(&k.t()?)?; // (B, H, T, S)
         if let Some(rel) = relative {
             scores = (scores + rel.key_scores(q)?)?;
@@ -62,6 +64,14 @@ impl ScaledDotProduct {
         }
         Ok((output, need_weights.then_some(weights)))
     }
+}
+
+/// What an attention block reuses from earlier decoding steps.
+pub(crate) enum StepCache<'a> {
+    /// Self-attention: this step's keys and values are appended to those of earlier positions.
+    Grow(&'a mut KvCache),
+    /// Cross-attention: the memory's keys and values, projected at the first step and reused after.
+    Memory(&'a mut Option<(Tensor, Tensor)>),
 }
 
 /// The weights a `need_weights = true` pass returns; the composed path always produces them.
@@ -149,7 +159,7 @@ impl MultiHeadAttention {
         mask: Option<&AttentionMask>,
         mode: &mut Mode,
     ) -> Result<Tensor> {
-        Ok(self.attend(query, memory, mask, mode, false)?.0)
+        Ok(self.attend(query, memory, mask, mode, false, None)?.0)
     }
 
     /// As [`forward`](Self::forward), also returning the attention weights (B, H, T, S) for visualisation.
@@ -160,11 +170,12 @@ impl MultiHeadAttention {
         mask: Option<&AttentionMask>,
         mode: &mut Mode,
     ) -> Result<(Tensor, Tensor)> {
-        let (output, weights) = self.attend(query, memory, mask, mode, true)?;
+        let (output, weights) = self.attend(query, memory, mask, mode, true, None)?;
         Ok((output, requested(weights)?))
     }
 
-    /// The one forward pass behind both entry points.
+    /// The one forward pass behind every entry point. With a cache, `query` holds only this step's positions
+    /// and keys/values come from the cache as described by [`StepCache`].
     pub(crate) fn attend(
         &self,
         query: &Tensor,
@@ -172,12 +183,25 @@ impl MultiHeadAttention {
         mask: Option<&AttentionMask>,
         mode: &mut Mode,
         need_weights: bool,
+        cache: Option<StepCache>,
     ) -> Result<(Tensor, Option<Tensor>)> {
         self.check_inputs(query, memory)?;
-        let (t, s) = (query.dim(1)?, memory.dim(1)?);
         let q = self.split_heads(&self.q_proj.forward(query)?)?;
-        let k = self.split_heads(&self.k_proj.forward(memory)?)?;
-        let v = self.split_heads(&self.v_proj.forward(memory)?)?;
+        let project = |x: &Tensor| -> Result<(Tensor, Tensor)> {
+            Ok((self.split_heads(&self.k_proj.forward(x)?)?, self.split_heads(&self.v_proj.forward(x)?)?))
+        };
+        let (k, v) = match cache {
+            None => project(memory)?,
+            Some(StepCache::Grow(cache)) => {
+                let (k, v) = project(memory)?;
+                cache.append(&k, &v)?
+            }
+            Some(StepCache::Memory(slot)) => match slot {
+                Some(kv) => kv.clone(),
+                None => slot.insert(project(memory)?).clone(),
+            },
+        };
+        let (t, s) = (q.dim(2)?, k.dim(2)?);
         let relative = match &self.relative {
             Some(rel) => Some(rel.terms(t, s)?),
             None => None,

@@ -5,8 +5,9 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use super::{
-    attention::{requested, MultiHeadAttention},
+    attention::{requested, MultiHeadAttention, StepCache},
     feed_forward::FeedForward,
+    kv_cache::{DecoderCache, DecoderLayerCache},
     layer::LayerConfig,
     mask::AttentionMask,
     mode::Mode,
@@ -58,7 +59,7 @@ impl DecoderLayer {
         memory_mask: Option<&AttentionMask>,
         mode: &mut Mode,
     ) -> Result<Tensor> {
-        Ok(self.run(x, memory, (self_mask, memory_mask), mode, false)?.0)
+        Ok(self.run(x, memory, (self_mask, memory_mask), mode, false, None)?.0)
     }
 
     /// As [`forward`](Self::forward), also returning both attention maps.
@@ -70,7 +71,7 @@ impl DecoderLayer {
         memory_mask: Option<&AttentionMask>,
         mode: &mut Mode,
     ) -> Result<(Tensor, DecoderWeights)> {
-        let (x, weights) = self.run(x, memory, (self_mask, memory_mask), mode, true)?;
+        let (x, weights) = self.run(x, memory, (self_mask, memory_mask), mode, true, None)?;
         Ok((x, requested(weights)?))
     }
 
@@ -81,13 +82,18 @@ impl DecoderLayer {
         (self_mask, memory_mask): (Option<&AttentionMask>, Option<&AttentionMask>),
         mode: &mut Mode,
         need_weights: bool,
+        cache: Option<&mut DecoderLayerCache>,
     ) -> Result<(Tensor, Option<DecoderWeights>)> {
-        let (x, self_attn) = self
-            .self_attn_residual
-            .forward_with(x, mode, |h, mode| self.self_attn.attend(h, h, self_mask, mode, need_weights))?;
-        let (x, cross_attn) = self
-            .cross_attn_residual
-            .forward_with(&x, mode, |h, mode| self.cross_attn.attend(h, memory, memory_mask, mode, need_weights))?;
+        let (self_cache, cross_cache) = match cache {
+            Some(c) => (Some(StepCache::Grow(&mut c.self_attn)), Some(StepCache::Memory(&mut c.cross_attn))),
+            None => (None, None),
+        };
+        let (x, self_attn) = self.self_attn_residual.forward_with(x, mode, |h, mode| {
+            self.self_attn.attend(h, h, self_mask, mode, need_weights, self_cache)
+        })?;
+        let (x, cross_attn) = self.cross_attn_residual.forward_with(&x, mode, |h, mode| {
+            self.cross_attn.attend(h, memory, memory_mask, mode, need_weights, cross_cache)
+        })?;
         let x = self.feed_forward_residual.forward(&x, mode, |h, mode| self.feed_forward.forward(h, mode))?;
         let weights = match (self_attn, cross_attn) {
             (Some(self_attn), Some(cross_attn)) => Some(DecoderWeights { self_attn, cross_attn }),
@@ -121,14 +127,63 @@ impl Decoder {
         memory_mask: Option<&AttentionMask>,
         mode: &mut Mode,
     ) -> Result<Tensor> {
+        Ok(self.run(x, memory, (self_mask, memory_mask), mode, false, None)?.0)
+    }
+
+    /// Incremental decoding: x (B, t, C) holds only the positions after those in `cache`; `self_mask` covers
+    /// (t, cached + t) keys (none is needed for t = 1). Appends this step to the cache → (B, t, C).
+    pub fn forward_step(
+        &self,
+        x: &Tensor,
+        memory: &Tensor,
+        (self_mask, memory_mask): (Option<&AttentionMask>, Option<&AttentionMask>),
+        cache: &mut DecoderCache,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        Ok(self.run(x, memory, (self_mask, memory_mask), mode, false, Some(cache))?.0)
+    }
+
+    /// As [`forward`](Self::forward), also returning every layer's attention maps.
+    pub fn forward_with_weights(
+        &self,
+        x: &Tensor,
+        memory: &Tensor,
+        self_mask: Option<&AttentionMask>,
+        memory_mask: Option<&AttentionMask>,
+        mode: &mut Mode,
+    ) -> Result<(Tensor, Vec<DecoderWeights>)> {
+        let (x, weights) = self.run(x, memory, (self_mask, memory_mask), mode, true, None)?;
+        Ok((x, weights.into_iter().map(requested).collect::<Result<_>>()?))
+    }
+
+    fn run(
+        &self,
+        x: &Tensor,
+        memory: &Tensor,
+        masks: (Option<&AttentionMask>, Option<&AttentionMask>),
+        mode: &mut Mode,
+        need_weights: bool,
+        mut cache: Option<&mut DecoderCache>,
+    ) -> Result<(Tensor, Vec<Option<DecoderWeights>>)> {
+        if let Some(cache) = &cache {
+            if cache.layers_len() != self.layers.len() {
+                let expected = format!("{} layers, like the decoder", self.layers.len());
+                return Err(crate::Error::config("decoder cache", cache.layers_len(), expected));
+            }
+        }
         let mut x = x.clone();
-        for layer in &self.layers {
-            x = layer.forward(&x, memory, self_mask, memory_mask, mode)?;
+        let mut weights = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_mut().map(|c| &mut c.layers_mut()[i]);
+            let (y, w) = layer.run(&x, memory, masks, mode, need_weights, layer_cache)?;
+            x = y;
+            weights.push(w);
         }
-        match &self.norm {
-            Some(norm) => norm.forward(&x),
-            None => Ok(x),
-        }
+        let x = match &self.norm {
+            Some(norm) => norm.forward(&x)?,
+            None => x,
+        };
+        Ok((x, weights))
     }
 
     pub fn layers(&self) -> &[DecoderLayer] {

@@ -59,7 +59,7 @@ impl EncoderLayer {
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (x, weights) = self
             .self_attn_residual
-            .forward_with(x, mode, |h, mode| self.self_attn.attend(h, h, mask, mode, need_weights))?;
+            .forward_with(x, mode, |h, mode| self.self_attn.attend(h, h, mask, mode, need_weights, None))?;
         let x = self.feed_forward_residual.forward(&x, mode, |h, mode| self.feed_forward.forward(h, mode))?;
         Ok((x, weights))
     }

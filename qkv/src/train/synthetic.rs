@@ -11,7 +11,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 use rand::{Rng as _, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::decode::greedy;
+use crate::decode::{greedy, DecodeOptions};
 use crate::models::{Transformer, TransformerConfig};
 use crate::nn::{mode::Rng, seeded_var_builder, Mode};
 use crate::train::{cross_entropy, schedule::inverse_sqrt};
@@ -262,7 +262,8 @@ fn evaluate(model: &Transformer, config: &SyntheticConfig, device: &Device) -> R
         let size = remaining.min(250);
         remaining -= size;
         let (sources, batch) = held_out.batch(size, device)?;
-        let decoded = greedy(model, &batch.src, &batch.src_valid, config.max_len + 1)?;
+        let options = DecodeOptions { max_len_a: 0.0, max_len_b: config.max_len + 1, ..DecodeOptions::greedy() };
+        let decoded = greedy(model, &batch.src, &batch.src_valid, &options)?;
         for (src, got) in sources.into_iter().zip(decoded) {
             let expected = held_out.target(&src);
             exact += usize::from(got == expected);
