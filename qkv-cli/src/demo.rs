@@ -1,100 +1,200 @@
-//! `qkv demo`: the built-in end-to-end check — real training on a synthetic task, no data needed.
+//! `qkv demo`: the README's main job. Trains a small Transformer to translate English number words into German
+//! ("four hundred twenty-two" → "vierhundertzweiundzwanzig": German says the units before the tens, so the model
+//! must learn to reorder), scores it on numbers it never saw, and draws its cross-attention. No data needed.
 
-use anyhow::{ensure, Result};
-use clap::{Parser, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
-use qkv::train::synthetic::{self, SyntheticConfig, Task};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
 
-#[derive(Clone, Copy, ValueEnum)]
-enum TaskArg {
-    Reverse,
-    Copy,
-}
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::Parser;
+use qkv::decode::DecodeOptions;
+use qkv::models::TransformerConfig;
+use qkv::text::batch::{Batch, Example};
+use qkv::text::number_words::{self, NumberPair};
+use qkv::train::translation::{TranslationModel, TranslationTrainer, TranslationTraining};
+use rand::SeedableRng;
+use serde::Serialize;
+
+use crate::{plot, train::train_with_progress};
 
 #[derive(Parser)]
 pub struct Args {
-    /// What the model must learn to do with the source sequence
-    #[arg(long, value_enum, default_value = "reverse")]
-    task: TaskArg,
-    /// Optimiser steps
-    #[arg(long, default_value_t = SyntheticConfig::default().steps)]
-    steps: usize,
-    /// Sequences per batch
-    #[arg(long, default_value_t = SyntheticConfig::default().batch_size)]
-    batch_size: usize,
-    /// Longest sequence (shortest is 3)
-    #[arg(long, default_value_t = SyntheticConfig::default().max_len)]
-    max_len: usize,
+    /// Directory for the generated data, the run (checkpoints, log, loss.png) and attention.png
+    #[arg(long, default_value = "runs/demo")]
+    out: PathBuf,
+    /// Training pairs (numbers 0 – 999 999 drawn at random)
+    #[arg(long, default_value_t = 20_000)]
+    train_size: usize,
+    /// Held-out numbers, never trained on, for the exact-match score
+    #[arg(long, default_value_t = 500)]
+    test_size: usize,
+    /// Passes over the training pairs
+    #[arg(long, default_value_t = 6)]
+    epochs: usize,
     /// Model width d_model
-    #[arg(long, default_value_t = SyntheticConfig::default().d_model)]
+    #[arg(long, default_value_t = 128)]
     d_model: usize,
     /// Encoder and decoder layers
-    #[arg(long, default_value_t = SyntheticConfig::default().layers)]
+    #[arg(long, default_value_t = 2)]
     layers: usize,
     /// Attention heads
-    #[arg(long, default_value_t = SyntheticConfig::default().heads)]
+    #[arg(long, default_value_t = 4)]
     heads: usize,
-    /// Dropout everywhere the paper applies it
-    #[arg(long, default_value_t = SyntheticConfig::default().dropout)]
-    dropout: f64,
-    /// Seed for initialisation, data and dropout
-    #[arg(long, default_value_t = 0)]
+    /// Seed for data, initialisation and dropout
+    #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Print the report as JSON instead of text
+    /// Print the report as JSON
     #[arg(long)]
     json: bool,
 }
 
+/// Marks a directory as the demo's own, so a rerun may clear it.
+const MARKER: &str = ".qkv-demo";
+const VALID_SIZE: usize = 300;
+
+#[derive(Serialize)]
+struct Report {
+    train_pairs: usize,
+    held_out: usize,
+    exact_match: usize,
+    exact_match_rate: f64,
+    train_seconds: f64,
+    examples: Vec<(String, String, String)>,
+    attention_png: PathBuf,
+    loss_png: PathBuf,
+}
+
 pub fn run(args: Args) -> Result<()> {
-    let config = SyntheticConfig {
-        task: match args.task {
-            TaskArg::Reverse => Task::Reverse,
-            TaskArg::Copy => Task::Copy,
-        },
-        steps: args.steps,
-        batch_size: args.batch_size,
-        max_len: args.max_len,
-        min_len: 3.min(args.max_len),
-        d_model: args.d_model,
-        layers: args.layers,
-        heads: args.heads,
-        dropout: args.dropout,
+    prepare_out_dir(&args.out)?;
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(args.seed);
+    let sample =
+        number_words::pairs(0..number_words::MAX + 1, args.train_size + VALID_SIZE + args.test_size, &mut rng)?;
+    let (rest, test) = number_words::split_held_out(sample, args.test_size)?;
+    let (train, valid) = number_words::split_held_out(rest, VALID_SIZE)?;
+    let data = args.out.join("data");
+    for (split, pairs) in [("train", &train), ("valid", &valid), ("test", &test)] {
+        write_side(&data.join(format!("{split}.en")), pairs, |p| &p.1)?;
+        write_side(&data.join(format!("{split}.de")), pairs, |p| &p.2)?;
+    }
+
+    let training = TranslationTraining {
+        train_source: data.join("train.en"),
+        train_target: data.join("train.de"),
+        valid_source: data.join("valid.en"),
+        valid_target: data.join("valid.de"),
+        // Small enough that number words split into their parts (fünf|und|fünfzig), so alignments show.
+        vocab_size: 160,
+        max_tokens: 3000,
+        epochs: args.epochs,
+        warmup: 400,
+        lr_factor: 1.0,
+        max_len: 64,
         seed: args.seed,
-        ..SyntheticConfig::default()
+        keep_last: 2,
+        ..TranslationTraining::default()
     };
-    ensure!(config.max_len >= 1, "--max-len must be at least 1");
-    let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(config.steps as u64) };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}]")
-            .expect("static template"),
-    );
-    let report = synthetic::run(&config, |step| {
-        bar.set_position(step.step as u64);
-        bar.set_message(format!(
-            "loss {:.4}  lr {:.2e}  {:.0} tok/s",
-            step.loss, step.learning_rate, step.tokens_per_second
-        ));
-    });
-    // Close the bar either way, so an error message starts on its own line.
-    bar.finish();
-    let report = report?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let model = TransformerConfig {
+        d_model: args.d_model,
+        encoder_layers: args.layers,
+        decoder_layers: args.layers,
+        encoder_attention_heads: args.heads,
+        decoder_attention_heads: args.heads,
+        encoder_ffn_dim: 4 * args.d_model,
+        decoder_ffn_dim: 4 * args.d_model,
+        ..TransformerConfig::small()
+    };
+    let run_dir = args.out.join("run");
+    let started = Instant::now();
+    let mut trainer = TranslationTrainer::create(&run_dir, training, model)?;
+    train_with_progress(&mut trainer, &AtomicBool::new(false), &run_dir)?;
+    let train_seconds = started.elapsed().as_secs_f64();
+
+    let model = TranslationModel::load(&run_dir)?;
+    let sources: Vec<String> = test.iter().map(|p| p.1.clone()).collect();
+    let translations = model.translate(&sources, &DecodeOptions::greedy(), 4096)?;
+    let exact_match = test.iter().zip(&translations).filter(|(p, t)| p.2 == **t).count();
+    let examples = test.iter().zip(&translations).take(6).map(|(p, t)| (p.1.clone(), p.2.clone(), t.clone())).collect();
+    let attention_png = args.out.join("attention.png");
+    // Short enough to read in a heatmap, with units and tens to reorder.
+    let n = 3_456;
+    let example = (n, number_words::english(n)?, number_words::german(n)?);
+    draw_cross_attention(&model, &example, &attention_png)?;
+    let report = Report {
+        train_pairs: train.len(),
+        held_out: test.len(),
+        exact_match,
+        exact_match_rate: exact_match as f64 / test.len().max(1) as f64,
+        train_seconds,
+        examples,
+        attention_png,
+        loss_png: run_dir.join("loss.png"),
+    };
+    print_report(&report, args.json)
+}
+
+fn print_report(report: &Report, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());
     }
-    println!(
-        "trained {} parameters for {} steps in {:.1} s, final loss {:.4}",
-        report.parameters, report.steps, report.train_seconds, report.final_loss
-    );
-    for (src, expected, got) in &report.examples {
-        println!("  source {src:?} → expected {expected:?}, decoded {got:?}");
+    println!("trained on {} pairs in {:.0} s", report.train_pairs, report.train_seconds);
+    for (english, german, got) in &report.examples {
+        let mark = if german == got { "✓" } else { "✗" };
+        println!(
+            "  {mark} {english:<55} → {got}{}",
+            if german == got { String::new() } else { format!("  (expected {german})") }
+        );
     }
     println!(
-        "exact match on {} held-out sequences: {:.1}% ({}/{})",
-        report.evaluated,
-        100.0 * report.exact_match_rate(),
+        "exact match on {} held-out numbers: {:.1}% ({}/{})",
+        report.held_out,
+        100.0 * report.exact_match_rate,
         report.exact_match,
-        report.evaluated
+        report.held_out
     );
+    println!("cross-attention: {}\nloss curve:      {}", report.attention_png.display(), report.loss_png.display());
     Ok(())
+}
+
+/// Clears a previous demo run in `out`; refuses to touch a directory that is not the demo's.
+fn prepare_out_dir(out: &Path) -> Result<()> {
+    if out.exists() {
+        let empty = std::fs::read_dir(out).with_context(|| format!("reading {}", out.display()))?.next().is_none();
+        if !empty && !out.join(MARKER).exists() {
+            bail!("{} exists and is not a qkv demo directory; choose another --out", out.display());
+        }
+        std::fs::remove_dir_all(out).with_context(|| format!("clearing {}", out.display()))?;
+    }
+    std::fs::create_dir_all(out.join("data")).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(out.join(MARKER), b"").with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
+fn write_side(path: &Path, pairs: &[NumberPair], side: impl Fn(&NumberPair) -> &String) -> Result<()> {
+    let text: String = pairs.iter().map(|p| format!("{}\n", side(p))).collect();
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Every decoder layer's and head's cross-attention while the model reads its own translation of `example`.
+fn draw_cross_attention(model: &TranslationModel, example: &NumberPair, path: &Path) -> Result<()> {
+    let t = &model.tokenizer;
+    let target = t.encode(&model.translate(std::slice::from_ref(&example.1), &DecodeOptions::greedy(), 4096)?[0])?;
+    let example_ids = Example { source: t.encode(&example.1)?, target };
+    let batch = Batch::new(&[&example_ids], t.pad_id(), t.bos_id(), t.eos_id(), &Device::Cpu)?;
+    let maps = model.model.attention_maps(&batch.source, &batch.source_valid, &batch.decoder_input)?;
+    let mut weights = Vec::with_capacity(maps.len());
+    for layer in &maps {
+        // (1, H, T, S) → [head][target][source]
+        weights.push(layer.cross_attn.squeeze(0)?.to_vec3::<f32>()?);
+    }
+    let label = |id: &u32| t.id_to_token(*id).unwrap_or_else(|| format!("#{id}"));
+    let mut source_tokens: Vec<String> = example_ids.source.iter().map(label).collect();
+    source_tokens.push(label(&t.eos_id()));
+    // Row i is the query that predicts output token i.
+    let mut target_tokens: Vec<String> = example_ids.target.iter().map(label).collect();
+    target_tokens.push(label(&t.eos_id()));
+    let title = format!("cross-attention reading \"{}\"", example.1);
+    plot::attention_grid(&weights, &source_tokens, &target_tokens, &title, path)
 }

@@ -4,8 +4,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod average;
 mod bench;
+mod bleu;
 mod demo;
+mod plot;
+mod train;
+mod translate;
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -41,8 +46,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a small encoder-decoder Transformer to reverse (or copy) random digit strings and report exact match
+    /// Train a small Transformer to translate English number words into German, score it on unseen numbers and
+    /// draw its cross-attention (no data needed)
     Demo(demo::Args),
+    /// Train a model: `qkv train translation ...`
+    Train(train::Args),
+    /// Translate sentences (stdin or --input, one per line) with a trained model directory
+    Translate(translate::Args),
+    /// Average the parameters of a run's last checkpoints into one model directory
+    Average(average::Args),
+    /// Draw PNG plots: `qkv plot loss` (a run's log.jsonl) or `qkv plot attention` (attention weights as JSON)
+    Plot(plot::Args),
+    /// Score a system output against references: corpus BLEU and chrF, as sacreBLEU computes them
+    Bleu(bleu::Args),
     /// Time qkv's side of a benchmark workload and print JSON (tools/bench/run.sh compares it with PyTorch)
     Bench(bench::Args),
 }
@@ -54,6 +70,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Bleu(args) => bleu::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Translate(args) => translate::run(args),
+        Command::Average(args) => average::run(args),
+        Command::Plot(args) => plot::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,8 +17,9 @@ pub enum Error {
     #[error("{what}: {found} is out of range, expected {expected}")]
     OutOfRange { what: &'static str, found: i64, expected: String },
 
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    /// The message already carries the OS error, so it is not chained as a source (which would print it twice).
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
 
     /// A user's file that cannot be used as it is: `path:line: message` (the line, 1-based, where there is one).
     #[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
@@ -43,8 +44,8 @@ impl Error {
         Error::Input { path: path.into(), line, message: message.to_string() }
     }
 
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+    pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        Error::Io { path: path.into(), error }
     }
 
     pub(crate) fn tokenizer(context: impl ToString, message: impl ToString) -> Self {

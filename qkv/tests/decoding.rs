@@ -7,7 +7,12 @@ use qkv::decode::{beam_search, greedy, DecodeOptions};
 use qkv::models::{PositionEncoding, Transformer, TransformerConfig};
 use qkv::nn::{seeded_var_builder, Mode, NormPosition};
 
-fn model(position_encoding: PositionEncoding, norm_position: NormPosition, vocab_size: usize, seed: u64) -> Transformer {
+fn model(
+    position_encoding: PositionEncoding,
+    norm_position: NormPosition,
+    vocab_size: usize,
+    seed: u64,
+) -> Transformer {
     let config = TransformerConfig {
         vocab_size,
         d_model: 16,
@@ -65,7 +70,12 @@ fn cached_steps_give_the_logits_of_full_recomputation() {
             let expected = full.narrow(1, start, step).unwrap();
             let diff = (cached - &expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             let scale = expected.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(diff / scale <= tolerance, "{kind:?} {norm:?} positions {start}..{}: {}", start + step, diff / scale);
+            assert!(
+                diff / scale <= tolerance,
+                "{kind:?} {norm:?} positions {start}..{}: {}",
+                start + step,
+                diff / scale
+            );
             start += step;
             assert_eq!(cache.len(), start);
         }
@@ -83,7 +93,10 @@ fn cached_and_uncached_decoding_give_identical_tokens() {
             let uncached = DecodeOptions { use_cache: false, ..cached };
             let a = beam_search(&model, &src, &valid, &cached).unwrap();
             let b = beam_search(&model, &src, &valid, &uncached).unwrap();
-            assert_eq!(a.iter().map(|h| &h.tokens).collect::<Vec<_>>(), b.iter().map(|h| &h.tokens).collect::<Vec<_>>());
+            assert_eq!(
+                a.iter().map(|h| &h.tokens).collect::<Vec<_>>(),
+                b.iter().map(|h| &h.tokens).collect::<Vec<_>>()
+            );
             tokens_compared += a.iter().map(|h| h.tokens.len()).sum::<usize>();
         }
         let g1 = greedy(&model, &src, &valid, &DecodeOptions::greedy()).unwrap();
@@ -166,7 +179,8 @@ fn an_unpruned_beam_finds_the_exhaustive_optimum() {
                     }
                 }
             }
-            prefixes = prefixes.iter().flat_map(|p| non_eos.iter().map(move |&t| [p.clone(), vec![t]].concat())).collect();
+            prefixes =
+                prefixes.iter().flat_map(|p| non_eos.iter().map(move |&t| [p.clone(), vec![t]].concat())).collect();
         }
         assert_eq!(found.tokens, best.1, "seed {seed}");
         assert!((found.score - best.0).abs() < 1e-4, "seed {seed}: {} vs {}", found.score, best.0);

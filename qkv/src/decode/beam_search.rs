@@ -74,7 +74,7 @@ pub fn beam_search(
                 }
             }
             let generated = state.prefixes()[beams[0].row].len(); // tokens after this step, BOS excluded
-            if finished[*source].len() >= k || kept.is_empty() {
+            if kept.is_empty() {
                 continue;
             }
             if generated >= limits[*source] {
@@ -83,6 +83,9 @@ pub fn beam_search(
                     tokens.push(c.token);
                     finished[*source].push(hypothesis(tokens, c.log_prob, false, options));
                 }
+                continue;
+            }
+            if cannot_improve(&finished[*source], &kept, generated, options) {
                 continue;
             }
             let mut beams = Vec::with_capacity(kept.len());
@@ -100,6 +103,21 @@ pub fn beam_search(
         live = next_live;
     }
     Ok(finished.into_iter().map(best).collect())
+}
+
+/// Whether a source is done: it has `beam` finished hypotheses and the best live one, scored at its current
+/// length, does not beat the `beam`-th best of them (Hugging Face's default stopping rule). Stopping at the first
+/// `beam` finished hypotheses instead (fairseq's rule) can end on poor ones while a confident beam is still
+/// running: when every candidate but one is unlikely, EOS fills the spare ranks.
+fn cannot_improve(finished: &[Hypothesis], kept: &[Candidate], generated: usize, options: &DecodeOptions) -> bool {
+    if finished.len() < options.beam {
+        return false;
+    }
+    let mut scores: Vec<f64> = finished.iter().map(|h| h.score).collect();
+    scores.sort_by(|a, b| b.total_cmp(a));
+    let threshold = scores[options.beam - 1];
+    let penalty = ((5.0 + generated as f64) / 6.0).powf(options.length_penalty);
+    kept.iter().all(|c| c.log_prob / penalty <= threshold)
 }
 
 /// The `n` best one-token extensions of a source's beams, best first; ties go to the lower row, then the lower

@@ -93,6 +93,34 @@ impl Default for TransformerConfig {
 }
 
 impl TransformerConfig {
+    /// The paper's base model (6 layers, d_model 512, 8 heads, d_ff 2048, dropout 0.1), = `default()`.
+    pub fn base() -> Self {
+        Self::default()
+    }
+
+    /// A model sized for a 2-core CPU: 3 + 3 layers, d_model 256, 4 heads, d_ff 1024, dropout 0.1.
+    pub fn small() -> Self {
+        Self {
+            d_model: 256,
+            encoder_layers: 3,
+            decoder_layers: 3,
+            encoder_attention_heads: 4,
+            decoder_attention_heads: 4,
+            encoder_ffn_dim: 1024,
+            decoder_ffn_dim: 1024,
+            ..Self::default()
+        }
+    }
+
+    /// A named preset: `base` or `small`.
+    pub fn preset(name: &str) -> Result<Self> {
+        match name {
+            "base" => Ok(Self::base()),
+            "small" => Ok(Self::small()),
+            other => Err(Error::config("preset", other, "one of: base, small")),
+        }
+    }
+
     fn layer(&self, heads: usize, ffn_dim: usize) -> LayerConfig {
         LayerConfig {
             d_model: self.d_model,

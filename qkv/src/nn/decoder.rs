@@ -88,9 +88,9 @@ impl DecoderLayer {
             Some(c) => (Some(StepCache::Grow(&mut c.self_attn)), Some(StepCache::Memory(&mut c.cross_attn))),
             None => (None, None),
         };
-        let (x, self_attn) = self.self_attn_residual.forward_with(x, mode, |h, mode| {
-            self.self_attn.attend(h, h, self_mask, mode, need_weights, self_cache)
-        })?;
+        let (x, self_attn) = self
+            .self_attn_residual
+            .forward_with(x, mode, |h, mode| self.self_attn.attend(h, h, self_mask, mode, need_weights, self_cache))?;
         let (x, cross_attn) = self.cross_attn_residual.forward_with(&x, mode, |h, mode| {
             self.cross_attn.attend(h, memory, memory_mask, mode, need_weights, cross_cache)
         })?;

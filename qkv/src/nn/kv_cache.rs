@@ -179,7 +179,8 @@ mod tests {
     fn mismatched_steps_are_errors() -> Result<()> {
         let dev = Device::Cpu;
         let mut cache = KvCache::new();
-        cache.append(&Tensor::zeros((1, 2, 1, 4), DType::F32, &dev)?, &Tensor::zeros((1, 2, 1, 4), DType::F32, &dev)?)?;
+        cache
+            .append(&Tensor::zeros((1, 2, 1, 4), DType::F32, &dev)?, &Tensor::zeros((1, 2, 1, 4), DType::F32, &dev)?)?;
         let wrong = Tensor::zeros((1, 3, 1, 4), DType::F32, &dev)?;
         assert!(cache.append(&wrong, &wrong).is_err());
         Ok(())

@@ -1,9 +1,11 @@
 //! Training: losses, learning-rate schedules, and a small built-in sequence task.
 
+pub mod checkpoint;
 pub mod loss;
 pub mod optim;
 pub mod schedule;
 pub mod synthetic;
+pub mod translation;
 
 pub use loss::cross_entropy;
 pub use optim::{AdamW, AdamWConfig};

@@ -112,6 +112,49 @@ impl AdamW {
         Ok(StepStats { grad_norm })
     }
 
+    /// The moments as named tensors (`m.{param}`, `v.{param}`) and the step count, for a checkpoint.
+    pub fn state(&self) -> Result<(usize, Vec<(String, candle_core::Tensor)>)> {
+        let mut tensors = Vec::with_capacity(2 * self.params.len());
+        for p in &self.params {
+            let shape = p.var.shape();
+            tensors.push((
+                format!("m.{}", p.name),
+                candle_core::Tensor::from_slice(&p.m, shape, &candle_core::Device::Cpu)?,
+            ));
+            tensors.push((
+                format!("v.{}", p.name),
+                candle_core::Tensor::from_slice(&p.v, shape, &candle_core::Device::Cpu)?,
+            ));
+        }
+        Ok((self.step, tensors))
+    }
+
+    /// Restores what [`state`](Self::state) saved. Every parameter must have both moments with its shape; a
+    /// moment for a parameter this optimizer does not have is an error too (a checkpoint of another model).
+    pub fn load_state(
+        &mut self,
+        step: usize,
+        mut tensors: std::collections::HashMap<String, candle_core::Tensor>,
+    ) -> Result<()> {
+        for p in &mut self.params {
+            for (prefix, dst) in [("m", &mut p.m), ("v", &mut p.v)] {
+                let name = format!("{prefix}.{}", p.name);
+                let t = tensors
+                    .remove(&name)
+                    .ok_or_else(|| Error::config("optimizer state", &name, "a moment for every parameter (missing)"))?;
+                if t.dims() != p.var.dims() {
+                    return Err(Error::shape("optimizer moment", format!("{name} {:?}", p.var.dims()), t.dims()));
+                }
+                *dst = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            }
+        }
+        if let Some(name) = tensors.keys().next() {
+            return Err(Error::config("optimizer state", name, "only moments of this model's parameters"));
+        }
+        self.step = step;
+        Ok(())
+    }
+
     /// √(Σ ‖g‖²) over every parameter's gradient.
     fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
         let mut total = 0f64;

@@ -1,0 +1,53 @@
+//! `qkv average`: averages the parameters of a run's last N checkpoints into one model directory.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use qkv::train::checkpoint::{average_parameters, replace_dir_atomically, save_tensors};
+use qkv::train::translation::step_checkpoints;
+
+#[derive(Parser)]
+pub struct Args {
+    /// Run directory whose checkpoints/ to average
+    #[arg(long, conflicts_with = "inputs")]
+    run: Option<PathBuf>,
+    /// How many of the run's newest checkpoints
+    #[arg(long, default_value_t = 10)]
+    last: usize,
+    /// Model directories to average instead of a run's checkpoints
+    #[arg(long, num_args = 1..)]
+    inputs: Vec<PathBuf>,
+    /// Output model directory
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let inputs = match &args.run {
+        Some(run) => {
+            let all = step_checkpoints(run)?;
+            if all.is_empty() {
+                bail!("{}: no checkpoints under checkpoints/", run.display());
+            }
+            all[all.len().saturating_sub(args.last)..].to_vec()
+        }
+        None if !args.inputs.is_empty() => args.inputs.clone(),
+        None => bail!("give --run DIR or --inputs DIR..."),
+    };
+    let files: Vec<PathBuf> = inputs.iter().map(|d| d.join("model.safetensors")).collect();
+    let averaged = average_parameters(&files)?;
+    replace_dir_atomically(&args.out, |tmp| {
+        for name in ["config.json", "tokenizer.json"] {
+            let from = inputs[0].join(name);
+            std::fs::copy(&from, tmp.join(name)).map_err(|e| qkv::Error::io(&from, e))?;
+        }
+        save_tensors(&averaged, &tmp.join("model.safetensors"))
+    })
+    .with_context(|| format!("writing {}", args.out.display()))?;
+    println!("averaged {} checkpoints into {}", inputs.len(), args.out.display());
+    for input in &inputs {
+        println!("  {}", input.display());
+    }
+    Ok(())
+}

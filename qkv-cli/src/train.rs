@@ -1,0 +1,284 @@
+//! `qkv train translation`: trains an encoder-decoder Transformer on a parallel corpus into a run directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use qkv::models::{PositionEncoding, TransformerConfig};
+use qkv::nn::NormPosition;
+use qkv::text::tokenizer::SubwordModel;
+use qkv::train::translation::{Event, Finish, TranslationTrainer, TranslationTraining};
+
+use crate::plot;
+
+#[derive(Parser)]
+pub struct Args {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// An encoder-decoder Transformer on parallel text files (one sentence per line)
+    Translation(Box<TranslationArgs>),
+}
+
+#[derive(Parser)]
+pub struct TranslationArgs {
+    /// Run directory: checkpoints, best model, log.jsonl and loss.png go here
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the run in --out from its latest checkpoint (every other option comes from the run)
+    #[arg(long)]
+    resume: bool,
+    /// Training source sentences
+    #[arg(long, required_unless_present = "resume")]
+    train_src: Option<PathBuf>,
+    /// Training target sentences, line-aligned with --train-src
+    #[arg(long, required_unless_present = "resume")]
+    train_tgt: Option<PathBuf>,
+    /// Validation source sentences (loss and BLEU after each epoch)
+    #[arg(long, required_unless_present = "resume")]
+    valid_src: Option<PathBuf>,
+    /// Validation target sentences
+    #[arg(long, required_unless_present = "resume")]
+    valid_tgt: Option<PathBuf>,
+    /// Training options as JSON (the fields of training.json); flags below override it
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Model size: small (3+3 layers, 256 wide) or base (the paper's 6+6, 512)
+    #[arg(long, default_value = "small")]
+    preset: String,
+    /// Model config.json overriding the preset
+    #[arg(long)]
+    model_config: Option<PathBuf>,
+    #[arg(long)]
+    layers: Option<usize>,
+    #[arg(long)]
+    d_model: Option<usize>,
+    #[arg(long)]
+    heads: Option<usize>,
+    #[arg(long)]
+    d_ff: Option<usize>,
+    /// Dropout (residual and embeddings; attention and activation dropout too)
+    #[arg(long)]
+    dropout: Option<f64>,
+    #[arg(long, value_parser = ["sinusoidal", "learned", "relative"])]
+    positions: Option<String>,
+    #[arg(long, value_parser = ["post", "pre"])]
+    norm: Option<String>,
+    /// Separate source and target embedding matrices (default: one shared matrix)
+    #[arg(long)]
+    no_share_embeddings: bool,
+    /// A separate output projection (default: tied to the target embedding)
+    #[arg(long)]
+    no_tie_output: bool,
+    #[arg(long, value_parser = ["bpe", "wordpiece"])]
+    subword: Option<String>,
+    #[arg(long)]
+    vocab_size: Option<usize>,
+    /// Tokens per batch, padding included
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Batches per optimizer step (gradient accumulation)
+    #[arg(long)]
+    accumulate: Option<usize>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// lr = factor · d_model^-0.5 · min(step^-0.5, step · warmup^-1.5)
+    #[arg(long)]
+    lr_factor: Option<f64>,
+    #[arg(long)]
+    warmup: Option<usize>,
+    #[arg(long)]
+    label_smoothing: Option<f64>,
+    /// Clip the gradient norm to this (0 turns clipping off)
+    #[arg(long)]
+    clip_norm: Option<f64>,
+    /// Skip training pairs longer than this many subword tokens (counted and reported)
+    #[arg(long)]
+    max_len: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Step checkpoints to keep (for averaging)
+    #[arg(long)]
+    keep_last: Option<usize>,
+    /// Also checkpoint every N steps
+    #[arg(long)]
+    save_every: Option<usize>,
+    /// Beam size for the validation BLEU (1 = greedy)
+    #[arg(long)]
+    eval_beam: Option<usize>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    match args.task {
+        Task::Translation(args) => translation(*args),
+    }
+}
+
+fn translation(args: TranslationArgs) -> Result<()> {
+    let mut trainer = if args.resume {
+        TranslationTrainer::resume(&args.out).with_context(|| format!("resuming {}", args.out.display()))?
+    } else {
+        let training = training_options(&args)?;
+        let model = model_config(&args)?;
+        TranslationTrainer::create(&args.out, training, model)?
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond Ctrl-C: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: finishing this step, writing a checkpoint, then exiting (again to abort)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    let finish = train_with_progress(&mut trainer, &stop, &args.out)?;
+    if finish == Finish::Interrupted {
+        println!("interrupted; continue with: qkv train translation --out {} --resume", args.out.display());
+    }
+    Ok(())
+}
+
+/// Runs the trainer with a progress bar and messages, then draws loss.png from the run's log.
+pub fn train_with_progress(trainer: &mut TranslationTrainer, stop: &AtomicBool, out: &Path) -> Result<Finish> {
+    let bar = ProgressBar::hidden();
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]")
+            .expect("static template"),
+    );
+    let mut total_steps = 0u64;
+    let result = trainer.run(stop, |event| match event {
+        Event::Ready { train_pairs, skipped, valid_pairs, parameters, steps_per_epoch } => {
+            if *skipped > 0 {
+                eprintln!("warning: skipped {skipped} training pairs longer than max_len tokens");
+            }
+            eprintln!(
+                "{train_pairs} training pairs, {valid_pairs} validation pairs, {parameters} parameters, \
+                 {steps_per_epoch} steps per epoch"
+            );
+            total_steps = *steps_per_epoch as u64;
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+        Event::Step(record) => {
+            if bar.length().is_none_or(|len| record.step as u64 > len) {
+                bar.set_length(total_steps * record.epoch as u64);
+            }
+            bar.set_position(record.step as u64);
+            bar.set_message(format!(
+                "epoch {}  loss {:.3}  lr {:.2e}  {:.0} tok/s",
+                record.epoch, record.loss, record.lr, record.tokens_per_s
+            ));
+        }
+        // Printed around the bar (not through it) so they also reach a log file when stderr is not a terminal.
+        Event::Eval(eval) => bar.suspend(|| {
+            eprintln!(
+                "epoch {} (step {}): valid loss {:.3}  BLEU {:.2}  chrF2 {:.2}  ({:.1} s)",
+                eval.epoch, eval.step, eval.val_loss, eval.val_bleu, eval.val_chrf, eval.seconds
+            )
+        }),
+        Event::Checkpoint { path, best, .. } => {
+            if *best {
+                bar.suspend(|| eprintln!("  new best → {}", path.display()));
+            }
+        }
+    });
+    bar.finish_and_clear();
+    let finish = result?;
+    let log = plot::read_log(&out.join("log.jsonl"))?;
+    plot::loss_curve(&log, "translation training", &out.join("loss.png"))?;
+    eprintln!("loss curve: {}", out.join("loss.png").display());
+    Ok(finish)
+}
+
+fn training_options(args: &TranslationArgs) -> Result<TranslationTraining> {
+    let mut t: TranslationTraining = match &args.config {
+        Some(path) => {
+            serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
+                .with_context(|| format!("{}: not a training config", path.display()))?
+        }
+        None => TranslationTraining::default(),
+    };
+    let path = |p: &Option<PathBuf>| p.clone().unwrap_or_default();
+    t.train_source = path(&args.train_src);
+    t.train_target = path(&args.train_tgt);
+    t.valid_source = path(&args.valid_src);
+    t.valid_target = path(&args.valid_tgt);
+    if let Some(subword) = &args.subword {
+        t.subword = if subword == "bpe" { SubwordModel::Bpe } else { SubwordModel::WordPiece };
+    }
+    macro_rules! set {
+        ($($field:ident = $arg:expr),*) => { $(if let Some(v) = $arg { t.$field = v; })* };
+    }
+    set!(
+        vocab_size = args.vocab_size,
+        max_tokens = args.max_tokens,
+        accumulate = args.accumulate,
+        epochs = args.epochs,
+        lr_factor = args.lr_factor,
+        warmup = args.warmup,
+        label_smoothing = args.label_smoothing,
+        max_len = args.max_len,
+        seed = args.seed,
+        keep_last = args.keep_last
+    );
+    if args.max_steps.is_some() {
+        t.max_steps = args.max_steps;
+    }
+    if args.save_every.is_some() {
+        t.save_every = args.save_every;
+    }
+    if let Some(clip) = args.clip_norm {
+        t.clip_norm = (clip > 0.0).then_some(clip);
+    }
+    if let Some(beam) = args.eval_beam {
+        t.eval_decode.beam = beam;
+    }
+    Ok(t)
+}
+
+fn model_config(args: &TranslationArgs) -> Result<TransformerConfig> {
+    let mut c = match &args.model_config {
+        Some(path) => {
+            serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
+                .with_context(|| format!("{}: not a model config", path.display()))?
+        }
+        None => TransformerConfig::preset(&args.preset)?,
+    };
+    if let Some(layers) = args.layers {
+        (c.encoder_layers, c.decoder_layers) = (layers, layers);
+    }
+    if let Some(d) = args.d_model {
+        c.d_model = d;
+    }
+    if let Some(h) = args.heads {
+        (c.encoder_attention_heads, c.decoder_attention_heads) = (h, h);
+    }
+    if let Some(f) = args.d_ff {
+        (c.encoder_ffn_dim, c.decoder_ffn_dim) = (f, f);
+    }
+    if let Some(p) = args.dropout {
+        (c.dropout, c.attention_dropout, c.activation_dropout) = (p, p, p);
+    }
+    if let Some(positions) = &args.positions {
+        c.position_encoding = match positions.as_str() {
+            "sinusoidal" => PositionEncoding::Sinusoidal,
+            "learned" => PositionEncoding::Learned,
+            "relative" => PositionEncoding::Relative,
+            other => bail!("--positions {other}: expected sinusoidal, learned or relative"),
+        };
+    }
+    if let Some(norm) = &args.norm {
+        c.norm_position = if norm == "pre" { NormPosition::Pre } else { NormPosition::Post };
+    }
+    c.share_encoder_decoder_embeddings &= !args.no_share_embeddings;
+    c.tie_word_embeddings &= !args.no_tie_output;
+    Ok(c)
+}

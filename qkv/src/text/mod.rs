@@ -1,0 +1,10 @@
+//! Text in and out of the models: corpora read from files, subword tokenizers and padded batches.
+
+pub mod batch;
+pub mod corpus;
+pub mod number_words;
+pub mod tokenizer;
+
+pub use batch::{token_batches, Batch, Example};
+pub use corpus::{read_lines, read_parallel, SentencePair};
+pub use tokenizer::{SubwordModel, Tokenizer};
