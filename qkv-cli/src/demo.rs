@@ -11,9 +11,9 @@ use candle_core::Device;
 use clap::Parser;
 use qkv::decode::DecodeOptions;
 use qkv::models::TransformerConfig;
-use qkv::text::batch::{Batch, Example};
+use qkv::text::batch::Example;
 use qkv::text::number_words::{self, NumberPair};
-use qkv::train::translation::{TranslationModel, TranslationTrainer, TranslationTraining};
+use qkv::train::translation::{batch_of, TranslationModel, TranslationTrainer, TranslationTraining};
 use rand::SeedableRng;
 use serde::Serialize;
 
@@ -182,7 +182,7 @@ fn draw_cross_attention(model: &TranslationModel, example: &NumberPair, path: &P
     let t = &model.tokenizer;
     let target = t.encode(&model.translate(std::slice::from_ref(&example.1), &DecodeOptions::greedy(), 4096)?[0])?;
     let example_ids = Example { source: t.encode(&example.1)?, target };
-    let batch = Batch::new(&[&example_ids], t.pad_id(), t.bos_id(), t.eos_id(), &Device::Cpu)?;
+    let batch = batch_of(t, std::slice::from_ref(&example_ids), &[0], &Device::Cpu)?;
     let maps = model.model.attention_maps(&batch.source, &batch.source_valid, &batch.decoder_input)?;
     let mut weights = Vec::with_capacity(maps.len());
     for layer in &maps {

@@ -443,9 +443,7 @@ impl TranslationTrainer {
     }
 
     fn batch(&self, indices: &[usize]) -> Result<Batch> {
-        let examples: Vec<&Example> = indices.iter().map(|&i| &self.train[i]).collect();
-        let t = &self.tokenizer;
-        Batch::new(&examples, t.pad_id(), t.bos_id(), t.eos_id(), &self.device)
+        batch_of(&self.tokenizer, &self.train, indices, &self.device)
     }
 
     /// Mean cross-entropy per real target token of one batch.
@@ -465,9 +463,7 @@ impl TranslationTrainer {
         let (mut loss_sum, mut tokens) = (0.0, 0usize);
         let mut hypotheses = vec![String::new(); self.valid.len()];
         for indices in &batches {
-            let examples: Vec<&Example> = indices.iter().map(|&i| &self.valid[i]).collect();
-            let t = &self.tokenizer;
-            let batch = Batch::new(&examples, t.pad_id(), t.bos_id(), t.eos_id(), &self.device)?;
+            let batch = batch_of(&self.tokenizer, &self.valid, indices, &self.device)?;
             let loss = self.loss(&batch, &mut Mode::Eval, 0.0)?.to_scalar::<f32>()? as f64;
             loss_sum += loss * batch.target_tokens as f64;
             tokens += batch.target_tokens;
@@ -543,6 +539,12 @@ fn encode_pairs(
         }
     }
     Ok((examples, skipped))
+}
+
+/// The padded batch of `examples[indices]`, with the tokenizer's special ids.
+pub fn batch_of(tokenizer: &Tokenizer, examples: &[Example], indices: &[usize], device: &Device) -> Result<Batch> {
+    let chosen: Vec<&Example> = indices.iter().map(|&i| &examples[i]).collect();
+    Batch::new(&chosen, tokenizer.pad_id(), tokenizer.bos_id(), tokenizer.eos_id(), device)
 }
 
 /// Step checkpoint directories of a run, oldest first.
@@ -638,8 +640,7 @@ impl TranslationModel {
         let budget = max_tokens.max(lengths.iter().map(|&(s, _)| s + 1).max().unwrap_or(1));
         let mut output = vec![String::new(); sentences.len()];
         for indices in token_batches(&lengths, budget, None::<&mut Rng>)? {
-            let batch: Vec<&Example> = indices.iter().map(|&i| &examples[i]).collect();
-            let batch = Batch::new(&batch, t.pad_id(), t.bos_id(), t.eos_id(), &Device::Cpu)?;
+            let batch = batch_of(t, &examples, &indices, &Device::Cpu)?;
             let decoded = beam_search(&self.model, &batch.source, &batch.source_valid, options)?;
             for (&i, hypothesis) in indices.iter().zip(decoded) {
                 output[i] = t.decode(&hypothesis.tokens)?;
