@@ -8,7 +8,10 @@ mod average;
 mod bench;
 mod bleu;
 mod demo;
+mod embed;
+mod forward;
 mod plot;
+mod sts;
 mod train;
 mod translate;
 
@@ -59,6 +62,12 @@ enum Command {
     Plot(plot::Args),
     /// Score a system output against references: corpus BLEU and chrF, as sacreBLEU computes them
     Bleu(bleu::Args),
+    /// Sentence embeddings from a sentence-transformers or BERT directory (JSON lines or .npy)
+    Embed(embed::Args),
+    /// Semantic similarity: Spearman correlation of embedding cosines with gold scores (STS-B style CSV)
+    Sts(sts::Args),
+    /// Run a Hugging Face checkpoint on token ids from a safetensors file; write its outputs to another
+    Forward(forward::Args),
     /// Time qkv's side of a benchmark workload and print JSON (tools/bench/run.sh compares it with PyTorch)
     Bench(bench::Args),
 }
@@ -75,6 +84,9 @@ fn main() -> ExitCode {
         Command::Translate(args) => translate::run(args),
         Command::Average(args) => average::run(args),
         Command::Plot(args) => plot::run(args),
+        Command::Embed(args) => embed::run(args),
+        Command::Sts(args) => sts::run(args),
+        Command::Forward(args) => forward::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

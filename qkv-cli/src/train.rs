@@ -90,6 +90,9 @@ pub struct TranslationArgs {
     epochs: Option<usize>,
     #[arg(long)]
     max_steps: Option<usize>,
+    /// Stop after this many minutes of training in all (evaluates and checkpoints first)
+    #[arg(long)]
+    time_limit: Option<f64>,
     /// lr = factor · d_model^-0.5 · min(step^-0.5, step · warmup^-1.5)
     #[arg(long)]
     lr_factor: Option<f64>,
@@ -229,6 +232,9 @@ fn training_options(args: &TranslationArgs) -> Result<TranslationTraining> {
         seed = args.seed,
         keep_last = args.keep_last
     );
+    if args.time_limit.is_some() {
+        t.time_limit_minutes = args.time_limit;
+    }
     if args.max_steps.is_some() {
         t.max_steps = args.max_steps;
     }

@@ -14,6 +14,7 @@
 
 pub mod decode;
 pub mod error;
+pub mod hub;
 pub mod kernels;
 pub mod metrics;
 pub mod models;

@@ -162,3 +162,49 @@ fn bad_inputs_are_errors_that_name_the_file_and_line() {
     let err = TranslationTrainer::create(&dir.join("c"), missing, tiny_model(0.0)).err().unwrap().to_string();
     assert!(err.contains("nope.txt"), "{err}");
 }
+
+/// Summing the gradients of several small batches (accumulate) takes the same optimizer steps as one batch
+/// holding all of them: the losses agree to float rounding (the batches pad differently).
+#[test]
+fn gradient_accumulation_equals_one_large_batch() {
+    let run = |name: &str, max_tokens: usize, accumulate: usize| {
+        let dir = scratch(name);
+        let training = TranslationTraining { epochs: 5, max_tokens, accumulate, ..write_corpus(&dir) };
+        let mut trainer = TranslationTrainer::create(&dir.join("run"), training, tiny_model(0.0)).unwrap();
+        let mut batches_per_step = 0;
+        let stop = AtomicBool::new(false);
+        let mut losses = Vec::new();
+        trainer
+            .run(&stop, |event| match event {
+                Event::Ready { steps_per_epoch, .. } => batches_per_step = *steps_per_epoch,
+                Event::Step(r) => losses.push(r.loss),
+                _ => {}
+            })
+            .unwrap();
+        (batches_per_step, losses)
+    };
+    let (steps_per_epoch, large) = run("one-batch", 1000, 1);
+    assert_eq!(steps_per_epoch, 1, "all pairs must fit one batch");
+    let (_, split) = run("accumulated", 40, 100);
+    let (small_batches, _) = run("small-batches", 40, 1);
+    assert!(small_batches >= 3, "the test needs several batches per epoch; got {small_batches}");
+    assert_eq!(large.len(), 5);
+    assert_eq!(split.len(), 5);
+    for (step, (a, b)) in large.iter().zip(&split).enumerate() {
+        assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "step {}: one batch {a}, accumulated {b}", step + 1);
+    }
+}
+
+/// The time limit ends a run like max_steps does: evaluation and a checkpoint, then `Completed`.
+#[test]
+fn a_time_limit_stops_training_with_a_checkpoint() {
+    let dir = scratch("time-limit");
+    let training = TranslationTraining { epochs: 1000, time_limit_minutes: Some(0.02), ..write_corpus(&dir) };
+    let mut trainer = TranslationTrainer::create(&dir.join("run"), training, tiny_model(0.0)).unwrap();
+    let (finish, losses) = train(&mut trainer, None);
+    assert_eq!(finish, Finish::Completed);
+    assert!(!losses.is_empty() && losses.len() < 1000, "{} steps", losses.len());
+    let state = trainer.state();
+    assert!(state.seconds >= 1.2, "recorded {} s", state.seconds);
+    assert!(latest_checkpoint(&dir.join("run")).unwrap().is_some());
+}

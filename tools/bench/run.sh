@@ -2,7 +2,7 @@
 # Runs qkv and its PyTorch reference on the same workloads, one after the other, and prints a markdown table of
 # medians and ratios per workload.
 #
-#   tools/bench/run.sh [WORKLOAD ...]      workloads: gemm train-small train-large (default: all)
+#   tools/bench/run.sh [WORKLOAD ...]      workloads: gemm train-small train-large translation embed (default: all)
 #
 # Threads: both sides use THREADS (default: all cores). PyTorch comes from the fixtures venv (created if missing).
 set -euo pipefail
@@ -10,7 +10,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 threads="${THREADS:-$(nproc)}"
 workloads=("$@")
-[ ${#workloads[@]} -eq 0 ] && workloads=(gemm train-small train-large)
+[ ${#workloads[@]} -eq 0 ] && workloads=(gemm train-small train-large translation embed)
 
 venv="$(tools/fixtures/setup.sh)"
 cargo build --release --quiet --bin qkv
@@ -22,6 +22,11 @@ for workload in "${workloads[@]}"; do
         gemm) qkv_args=(gemm); py_args=(gemm.py) ;;
         train-small) qkv_args=(train --config small); py_args=(train_gpt.py --config small) ;;
         train-large) qkv_args=(train --config large); py_args=(train_gpt.py --config large) ;;
+        translation) qkv_args=(translation); py_args=(train_translation.py) ;;
+        embed)
+            minilm="$(tools/models/fetch_minilm.sh)"
+            qkv_args=(embed --model "$minilm" --pairs "$root/../shared/data/stsb/dev.csv")
+            py_args=(embed.py --model "$minilm" --pairs "$root/../shared/data/stsb/dev.csv") ;;
         *) echo "unknown workload $workload" >&2; exit 2 ;;
     esac
     ./target/release/qkv --threads "$threads" bench "${qkv_args[@]}" > "$out/qkv.json"

@@ -2,8 +2,10 @@
 //! and prints the ratios). Each workload prints JSON: {"workload", "threads", "results": [{name, unit, median,
 //! best, higher_is_better}]}.
 
+mod embed;
 mod gemm;
 mod train;
+mod translation;
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +25,10 @@ enum Workload {
     Gemm(gemm::Args),
     /// Training steps of a character-level GPT (nanoGPT's CPU configuration, or a larger one)
     Train(train::Args),
+    /// Training steps of the encoder-decoder Transformer's `small` preset on Multi30k-shaped batches
+    Translation(translation::Args),
+    /// Sentence embeddings with a sentence-transformers model (all-MiniLM-L6-v2): batch throughput and latency
+    Embed(embed::Args),
 }
 
 #[derive(Serialize)]
@@ -64,6 +70,8 @@ pub fn run(args: Args) -> Result<()> {
     let (workload, results) = match args.workload {
         Workload::Gemm(args) => ("gemm", gemm::run(&args)?),
         Workload::Train(args) => ("train", train::run(&args)?),
+        Workload::Translation(args) => ("translation", translation::run(&args)?),
+        Workload::Embed(args) => ("embed", embed::run(&args)?),
     };
     let report = Report { workload, threads: candle_core::utils::get_num_threads(), results };
     println!("{}", serde_json::to_string_pretty(&report)?);

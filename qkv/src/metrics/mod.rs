@@ -2,12 +2,14 @@
 //!
 //! - [`bleu`]: corpus BLEU (Papineni et al., 2002) as sacreBLEU computes it, with its 13a tokenizer.
 //! - [`chrf`]: corpus chrF (Popović, 2015) and chrF++ (Popović, 2017) as sacreBLEU computes them.
+//! - [`correlation`]: Spearman's ρ and Pearson's r, as SciPy computes them (STS benchmarks).
 //!
 //! Both follow sacreBLEU 2.x to the printed digit (tests/metrics.rs checks them against its output), so scores
 //! can be compared with published ones.
 
 pub mod bleu;
 pub mod chrf;
+pub mod correlation;
 
 pub use bleu::{corpus_bleu, tokenize_13a, BleuOptions, BleuScore, Smoothing, Tokenize};
 pub use chrf::{corpus_chrf, ChrfOptions, ChrfScore};

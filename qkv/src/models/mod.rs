@@ -1,5 +1,6 @@
 //! Whole models assembled from the [`crate::nn`] blocks.
 
+pub mod bert;
 pub mod gpt2;
 pub mod transformer;
 

@@ -209,8 +209,13 @@ impl Transformer {
     pub fn new(config: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
         config.validate()?;
         let c = config.d_model;
+        // Scaled by √C, token vectors start at unit variance only if the table is N(0, 1/C) — tensor2tensor's and
+        // fairseq's initialisation. Xavier's far smaller values (V ≫ C) leave positions dominating the input
+        // and the tied output near zero: on Multi30k that trained several times slower.
+        let embedding_init =
+            if config.scale_embedding { WeightInit::Normal { std: (c as f64).powf(-0.5) } } else { config.init };
         let token =
-            |name: &str| Embedding::token(vb.pp(name), config.vocab_size, c, config.scale_embedding, config.init);
+            |name: &str| Embedding::token(vb.pp(name), config.vocab_size, c, config.scale_embedding, embedding_init);
         let (source_embedding, target_embedding) = if config.share_encoder_decoder_embeddings {
             (token("shared")?, token("shared")?) // the second lookup returns the same tensor
         } else {

@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod corpus;
+pub mod labeled;
 pub mod number_words;
 pub mod tokenizer;
 

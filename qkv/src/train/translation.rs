@@ -52,6 +52,8 @@ pub struct TranslationTraining {
     pub epochs: usize,
     /// Stop after this many optimizer steps even mid-epoch.
     pub max_steps: Option<usize>,
+    /// Stop (evaluate, checkpoint) once training has run this many minutes in all, resumes included.
+    pub time_limit_minutes: Option<f64>,
     /// lr = lr_factor · d_model^−0.5 · min(step^−0.5, step · warmup^−1.5), eq. (3).
     pub lr_factor: f64,
     pub warmup: usize,
@@ -84,6 +86,7 @@ impl Default for TranslationTraining {
             accumulate: 1,
             epochs: 20,
             max_steps: None,
+            time_limit_minutes: None,
             lr_factor: 1.0,
             warmup: 4000,
             // The paper's Adam: β₂ = 0.98, ε = 10⁻⁹, no weight decay.
@@ -118,6 +121,11 @@ impl TranslationTraining {
             let expected = format!("≥ max_len + 1 = {} so the longest kept pair fits a batch", self.max_len + 1);
             return Err(Error::config("max_tokens", self.max_tokens, expected));
         }
+        if let Some(minutes) = self.time_limit_minutes {
+            if !(minutes > 0.0 && minutes.is_finite()) {
+                return Err(Error::config("time_limit_minutes", minutes, "a positive number of minutes"));
+            }
+        }
         if !(self.lr_factor > 0.0 && self.lr_factor.is_finite()) {
             return Err(Error::config("lr_factor", self.lr_factor, "a positive number"));
         }
@@ -141,6 +149,9 @@ pub struct TrainState {
     #[serde(default)]
     pub best_val_loss: Option<f64>,
     pub best_step: Option<usize>,
+    /// Wall-clock seconds spent in `run` so far, over all resumes (for `time_limit_minutes`).
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// What the training loop reports as it goes.
@@ -212,6 +223,8 @@ pub struct TranslationTrainer {
     skipped: usize,
     state: TrainState,
     device: Device,
+    /// When this session's `run` began and the training seconds before it.
+    clock: Option<(Instant, f64)>,
 }
 
 impl TranslationTrainer {
@@ -242,6 +255,7 @@ impl TranslationTrainer {
             best_bleu: None,
             best_val_loss: None,
             best_step: None,
+            seconds: 0.0,
         };
         Self::assemble(run_dir, training, model_config, tokenizer, pairs, state)
     }
@@ -299,6 +313,7 @@ impl TranslationTrainer {
             skipped,
             state,
             device,
+            clock: None,
         })
     }
 
@@ -334,6 +349,7 @@ impl TranslationTrainer {
             steps_per_epoch,
         });
         let mut log = LogFile::open(&self.run_dir.join("log.jsonl"))?;
+        self.clock = Some((Instant::now(), self.state.seconds));
         while self.state.epoch < self.training.epochs && !self.steps_exhausted() {
             let batches = self.epoch_batches(self.state.epoch)?;
             while self.state.batches_done < batches.len() {
@@ -376,8 +392,18 @@ impl TranslationTrainer {
         Ok(Finish::Completed)
     }
 
+    /// True once `max_steps` steps are taken or `time_limit_minutes` has passed.
     fn steps_exhausted(&self) -> bool {
-        self.training.max_steps.is_some_and(|max| self.state.step >= max)
+        let out_of_time = self.training.time_limit_minutes.is_some_and(|m| self.elapsed_seconds() >= m * 60.0);
+        out_of_time || self.training.max_steps.is_some_and(|max| self.state.step >= max)
+    }
+
+    /// Training seconds over the whole run: those of earlier sessions plus this one's.
+    fn elapsed_seconds(&self) -> f64 {
+        match self.clock {
+            Some((started, before)) => before + started.elapsed().as_secs_f64(),
+            None => self.state.seconds,
+        }
     }
 
     /// One optimizer step over `group` (indices of batches of the current epoch's list).
@@ -486,7 +512,8 @@ impl TranslationTrainer {
     }
 
     /// Writes `checkpoints/step-N` (and `best/` when `best`), then deletes step checkpoints beyond `keep_last`.
-    fn save_checkpoint(&self, best: bool, on_event: &mut impl FnMut(&Event)) -> Result<()> {
+    fn save_checkpoint(&mut self, best: bool, on_event: &mut impl FnMut(&Event)) -> Result<()> {
+        self.state.seconds = self.elapsed_seconds();
         let dir = self.run_dir.join("checkpoints").join(format!("step-{:08}", self.state.step));
         fs::create_dir_all(self.run_dir.join("checkpoints")).map_err(|e| Error::io(&self.run_dir, e))?;
         replace_dir_atomically(&dir, |tmp| {
@@ -647,5 +674,59 @@ impl TranslationModel {
             }
         }
         Ok(output)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A parameter turned NaN makes the next loss NaN: training stops with an error that says so, and the
+    /// checkpoint written before is left exactly as it was.
+    #[test]
+    fn a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint() {
+        let dir = std::env::temp_dir().join(format!("qkv-nan-loss-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("src.txt"), "the cat sleeps.\na dog runs.\ntwo men play.\n").unwrap();
+        fs::write(dir.join("tgt.txt"), "die Katze schläft.\nein Hund rennt.\nzwei Männer spielen.\n").unwrap();
+        let training = TranslationTraining {
+            train_source: dir.join("src.txt"),
+            train_target: dir.join("tgt.txt"),
+            valid_source: dir.join("src.txt"),
+            valid_target: dir.join("tgt.txt"),
+            vocab_size: 80,
+            max_tokens: 64,
+            max_len: 30,
+            max_steps: Some(1),
+            save_every: Some(1),
+            ..TranslationTraining::default()
+        };
+        let config = TransformerConfig {
+            d_model: 16,
+            encoder_layers: 1,
+            decoder_layers: 1,
+            encoder_attention_heads: 2,
+            decoder_attention_heads: 2,
+            encoder_ffn_dim: 32,
+            decoder_ffn_dim: 32,
+            ..TransformerConfig::default()
+        };
+        let mut trainer = TranslationTrainer::create(&dir.join("run"), training, config).unwrap();
+        let stop = AtomicBool::new(false);
+        assert_eq!(trainer.run(&stop, |_| {}).unwrap(), Finish::Completed);
+        let good = latest_checkpoint(&dir.join("run")).unwrap().unwrap();
+        let saved = fs::read(good.join("model.safetensors")).unwrap();
+
+        // The feed-forward output bias reaches the logits directly, so the very next loss is NaN.
+        let name = "decoder.layers.0.feed_forward.fc2.bias";
+        let var = trainer.vars.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap();
+        var.set(&var.as_tensor().affine(0.0, f64::NAN).unwrap()).unwrap();
+        trainer.training.max_steps = Some(3);
+        let message = trainer.run(&stop, |_| {}).unwrap_err().to_string();
+        assert!(message.contains("training loss") && message.contains("finite number at step 2"), "{name}: {message}");
+        assert_eq!(latest_checkpoint(&dir.join("run")).unwrap().unwrap(), good);
+        assert_eq!(fs::read(good.join("model.safetensors")).unwrap(), saved);
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,0 +1,93 @@
+//! `qkv embed`: sentence embeddings from a sentence-transformers (or plain BERT) directory, as JSON lines or a
+//! .npy matrix.
+
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::Parser;
+use qkv::hub::sentence_transformers::SentenceEncoder;
+use qkv::text::corpus::read_lines;
+
+#[derive(Parser)]
+pub struct Args {
+    /// Model directory (config.json, model.safetensors, tokenizer.json; modules.json and 1_Pooling/ when it is a
+    /// sentence-transformers model)
+    #[arg(long)]
+    model: PathBuf,
+    /// Sentences, one per line (default: stdin)
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Output file: .npy writes an (N, C) float32 matrix, anything else JSON lines (default: JSON lines on stdout)
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Sentences per forward pass
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let sentences = match &args.input {
+        Some(path) => read_lines(path)?,
+        None => read_stdin()?,
+    };
+    let encoder = load(&args.model)?;
+    let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let embeddings = encoder.encode(&refs, args.batch_size)?;
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{} sentences → {}-dimensional embeddings in {seconds:.2} s ({:.0} sentences/s)",
+        sentences.len(),
+        encoder.dimension(),
+        sentences.len() as f64 / seconds
+    );
+    match &args.output {
+        Some(path) if path.extension().is_some_and(|e| e == "npy") => {
+            let tmp = path.with_extension("npy.tmp");
+            embeddings.write_npy(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Some(path) => {
+            let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+            write_jsonl(BufWriter::new(file), &sentences, &embeddings.to_vec2()?)?;
+        }
+        None => write_jsonl(BufWriter::new(std::io::stdout().lock()), &sentences, &embeddings.to_vec2()?)?,
+    }
+    Ok(())
+}
+
+/// Loads the encoder and warns about checkpoint tensors it does not use.
+pub fn load(dir: &Path) -> Result<SentenceEncoder> {
+    let encoder = SentenceEncoder::load(dir, &Device::Cpu).with_context(|| format!("loading {}", dir.display()))?;
+    if !encoder.report.unused.is_empty() {
+        eprintln!(
+            "warning: {} tensor(s) of the checkpoint unused: {:?}",
+            encoder.report.unused.len(),
+            encoder.report.unused
+        );
+    }
+    Ok(encoder)
+}
+
+fn read_stdin() -> Result<Vec<String>> {
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text).context("reading sentences from stdin (not UTF-8?)")?;
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    if lines.is_empty() {
+        bail!("no sentences on stdin: give one per line, or --input FILE");
+    }
+    Ok(lines)
+}
+
+/// One `{"text": ..., "embedding": [...]}` object per line.
+fn write_jsonl(mut out: impl Write, sentences: &[String], rows: &[Vec<f32>]) -> Result<()> {
+    for (text, embedding) in sentences.iter().zip(rows) {
+        serde_json::to_writer(&mut out, &serde_json::json!({ "text": text, "embedding": embedding }))?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,445 @@
+//! BERT (Devlin et al., 2019): the Transformer's encoder over token + learned position + segment embeddings,
+//! a [CLS] pooler, and the task heads of Hugging Face's `modeling_bert.py` (`BertModel`,
+//! `BertForSequenceClassification`, `BertForTokenClassification`, `BertForQuestionAnswering`,
+//! `BertForMaskedLM`, `BertForPreTraining`). Configuration names and defaults follow its config.json; loading
+//! and saving Hugging Face directories is [`crate::hub::bert`]'s job.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use candle_core::{DType, Tensor, D};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use crate::nn::{
+    Activation, AttentionMask, Dropout, DropoutRates, Embedding, Encoder, LayerConfig, LayerNorm, LearnedPosition,
+    Linear, Mode, NormPosition, WeightInit,
+};
+use crate::{Error, Result};
+
+/// Hugging Face's `BertConfig`. Unknown keys of a config.json are kept in `extra` and written back on save.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub hidden_act: Activation,
+    pub hidden_dropout_prob: f64,
+    pub attention_probs_dropout_prob: f64,
+    pub max_position_embeddings: usize,
+    pub type_vocab_size: usize,
+    pub initializer_range: f64,
+    pub layer_norm_eps: f64,
+    pub pad_token_id: u32,
+    /// Only "absolute" (learned positions) is supported.
+    pub position_embedding_type: String,
+    /// Dropout before the classifier of the classification heads; `None` means `hidden_dropout_prob`.
+    pub classifier_dropout: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub architectures: Option<Vec<String>>,
+    pub model_type: String,
+    /// Class names by index, as strings ("0" → "LABEL_0"); its size is the number of labels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id2label: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label2id: Option<BTreeMap<String, i64>>,
+    /// Read when a config gives it without `id2label`; never written (Hugging Face derives it).
+    #[serde(skip_serializing)]
+    pub num_labels: Option<usize>,
+    pub tie_word_embeddings: bool,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Default for BertConfig {
+    /// bert-base-uncased.
+    fn default() -> Self {
+        Self {
+            vocab_size: 30522,
+            hidden_size: 768,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            intermediate_size: 3072,
+            hidden_act: Activation::Gelu,
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            max_position_embeddings: 512,
+            type_vocab_size: 2,
+            initializer_range: 0.02,
+            layer_norm_eps: 1e-12,
+            pad_token_id: 0,
+            position_embedding_type: "absolute".into(),
+            classifier_dropout: None,
+            architectures: None,
+            model_type: "bert".into(),
+            id2label: None,
+            label2id: None,
+            num_labels: None,
+            tie_word_embeddings: true,
+            extra: serde_json::Map::new(),
+        }
+    }
+}
+
+impl BertConfig {
+    /// Classes of the classification heads: `id2label`'s size, else `num_labels`, else Hugging Face's 2.
+    pub fn labels(&self) -> usize {
+        self.id2label.as_ref().map(BTreeMap::len).or(self.num_labels).unwrap_or(2)
+    }
+
+    /// The name of class `index` (`id2label`, else "LABEL_{index}" as Hugging Face names them).
+    pub fn label_name(&self, index: usize) -> String {
+        self.id2label
+            .as_ref()
+            .and_then(|m| m.get(&index.to_string()).cloned())
+            .unwrap_or_else(|| format!("LABEL_{index}"))
+    }
+
+    /// Sets `labels` classes with the given names (`LABEL_i` when `names` is empty).
+    pub fn set_labels(&mut self, names: &[String], labels: usize) {
+        let name = |i: usize| names.get(i).cloned().unwrap_or_else(|| format!("LABEL_{i}"));
+        self.id2label = Some((0..labels).map(|i| (i.to_string(), name(i))).collect());
+        self.label2id = Some((0..labels).map(|i| (name(i), i as i64)).collect());
+        self.num_labels = None;
+    }
+
+    /// Every encoder layer: post-LN, GELU, dropout on attention probabilities and on each sub-layer's output
+    /// (none after the activation), N(0, initializer_range²) weights.
+    pub fn layer(&self) -> LayerConfig {
+        LayerConfig {
+            activation: self.hidden_act,
+            norm_position: NormPosition::Post,
+            layer_norm_eps: self.layer_norm_eps,
+            dropout: DropoutRates {
+                embedding: self.hidden_dropout_prob,
+                attention: self.attention_probs_dropout_prob,
+                residual: self.hidden_dropout_prob,
+                activation: 0.0,
+            },
+            init: self.init(),
+            ..LayerConfig::new(self.hidden_size, self.num_attention_heads, self.intermediate_size)
+        }
+    }
+
+    fn init(&self) -> WeightInit {
+        WeightInit::Normal { std: self.initializer_range }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        for (option, value) in [
+            ("vocab_size", self.vocab_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ] {
+            if value == 0 {
+                return Err(Error::config(option, 0, "at least 1"));
+            }
+        }
+        if self.position_embedding_type != "absolute" {
+            return Err(Error::config(
+                "position_embedding_type",
+                &self.position_embedding_type,
+                "\"absolute\" (relative_key variants are not supported)",
+            ));
+        }
+        self.layer().validate()
+    }
+}
+
+/// The Hugging Face classes a BERT checkpoint can be, by their `architectures` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BertArchitecture {
+    Base,
+    SequenceClassification,
+    TokenClassification,
+    QuestionAnswering,
+    MaskedLm,
+    PreTraining,
+}
+
+impl BertArchitecture {
+    pub const ALL: [Self; 6] = [
+        Self::Base,
+        Self::SequenceClassification,
+        Self::TokenClassification,
+        Self::QuestionAnswering,
+        Self::MaskedLm,
+        Self::PreTraining,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Base => "BertModel",
+            Self::SequenceClassification => "BertForSequenceClassification",
+            Self::TokenClassification => "BertForTokenClassification",
+            Self::QuestionAnswering => "BertForQuestionAnswering",
+            Self::MaskedLm => "BertForMaskedLM",
+            Self::PreTraining => "BertForPreTraining",
+        }
+    }
+
+    /// Whether the class has the [CLS] pooler (Hugging Face builds the token-level heads without one).
+    pub fn has_pooler(self) -> bool {
+        matches!(self, Self::Base | Self::SequenceClassification | Self::PreTraining)
+    }
+}
+
+impl FromStr for BertArchitecture {
+    type Err = Error;
+
+    fn from_str(name: &str) -> Result<Self> {
+        Self::ALL.into_iter().find(|a| a.name() == name).ok_or_else(|| {
+            let known: Vec<_> = Self::ALL.iter().map(|a| a.name()).collect();
+            Error::config("architectures", name, format!("one of {}", known.join(", ")))
+        })
+    }
+}
+
+/// A batch of token ids as a BERT tokenizer produces them; each (B, S).
+#[derive(Debug, Clone)]
+pub struct BertInput {
+    /// Integer ids (u32 or i64).
+    pub input_ids: Tensor,
+    /// 1 for real tokens, 0 for padding; `None` means no padding.
+    pub attention_mask: Option<Tensor>,
+    /// Segment of each token (0 = sentence A, 1 = sentence B); `None` means all 0.
+    pub token_type_ids: Option<Tensor>,
+}
+
+/// Word + position + segment embeddings, summed, then LayerNorm and dropout.
+#[derive(Debug, Clone)]
+struct BertEmbeddings {
+    word: Embedding,
+    position: LearnedPosition,
+    segment: Embedding,
+    norm: LayerNorm,
+    dropout: Dropout,
+}
+
+impl BertEmbeddings {
+    fn new(config: &BertConfig, vb: VarBuilder) -> Result<Self> {
+        let (c, init) = (config.hidden_size, config.init());
+        Ok(Self {
+            word: Embedding::token(vb.pp("word"), config.vocab_size, c, false, init)?,
+            position: LearnedPosition::new(vb.pp("position"), config.max_position_embeddings, c, init)?,
+            segment: Embedding::segment(vb.pp("segment"), config.type_vocab_size, c, init)?,
+            norm: LayerNorm::new(vb.pp("norm"), c, config.layer_norm_eps)?,
+            dropout: Dropout::new(config.hidden_dropout_prob, "hidden_dropout_prob")?,
+        })
+    }
+
+    /// ids and segments (B, S) → (B, S, C). A sequence longer than the position table is an error naming it.
+    fn forward(&self, ids: &Tensor, segments: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let s = ids.dim(1)?;
+        if s > self.position.max_len() {
+            return Err(Error::config(
+                "input_ids",
+                format!("{s} tokens"),
+                format!("at most max_position_embeddings = {} (truncate the input)", self.position.max_len()),
+            ));
+        }
+        let x = self.word.forward(ids)?.broadcast_add(&self.position.forward(s, 0)?)?;
+        let x = (x + self.segment.forward(segments)?)?;
+        self.dropout.forward(&self.norm.forward(&x)?, mode)
+    }
+}
+
+/// The masked-language-model head: dense → activation → LayerNorm, then the word embedding matrix (tied)
+/// plus a bias over the vocabulary.
+#[derive(Debug, Clone)]
+struct MlmHead {
+    transform: Linear,
+    activation: Activation,
+    norm: LayerNorm,
+    bias: Tensor,
+}
+
+impl MlmHead {
+    fn new(config: &BertConfig, vb: VarBuilder) -> Result<Self> {
+        let c = config.hidden_size;
+        Ok(Self {
+            transform: Linear::new(vb.pp("transform"), c, c, true, config.init())?,
+            activation: config.hidden_act,
+            norm: LayerNorm::new(vb.pp("norm"), c, config.layer_norm_eps)?,
+            bias: vb.get_with_hints(config.vocab_size, "bias", candle_nn::Init::Const(0.0))?,
+        })
+    }
+
+    /// (B, S, C) → (B, S, V)
+    fn forward(&self, hidden: &Tensor, word: &Embedding) -> Result<Tensor> {
+        let h = self.norm.forward(&self.activation.apply(&self.transform.forward(hidden)?)?)?;
+        Ok(word.unembed(&h)?.broadcast_add(&self.bias)?)
+    }
+}
+
+/// What sits on top of the encoder.
+#[derive(Debug, Clone)]
+enum Head {
+    None,
+    /// Dropout, then a linear map to the labels: of the pooled [CLS] vector (sequence) or of every token.
+    Classifier {
+        dropout: Dropout,
+        classifier: Linear,
+    },
+    /// Start and end logits for every token.
+    Span(Linear),
+    MaskedLm(MlmHead),
+    PreTraining {
+        mlm: MlmHead,
+        next_sentence: Linear,
+    },
+}
+
+/// A BERT encoder with one of Hugging Face's heads.
+///
+/// Parameter names (the checkpoint mapping is in [`crate::hub::bert`]): `embeddings.{word,position,segment,
+/// norm}.*`, `encoder.layers.{i}.*` as [`crate::nn::EncoderLayer`] names them, `pooler.*`, and per head
+/// `classifier.*`, `qa_outputs.*`, `mlm.{transform,norm}.*` + `mlm.bias`, `next_sentence.*`.
+#[derive(Debug, Clone)]
+pub struct Bert {
+    config: BertConfig,
+    architecture: BertArchitecture,
+    embeddings: BertEmbeddings,
+    encoder: Encoder,
+    pooler: Option<Linear>,
+    head: Head,
+}
+
+impl Bert {
+    pub fn new(config: &BertConfig, architecture: BertArchitecture, vb: VarBuilder) -> Result<Self> {
+        config.validate()?;
+        let (c, init) = (config.hidden_size, config.init());
+        let pooler =
+            if architecture.has_pooler() { Some(Linear::new(vb.pp("pooler"), c, c, true, init)?) } else { None };
+        let classifier_dropout = || {
+            let p = config.classifier_dropout.unwrap_or(config.hidden_dropout_prob);
+            Dropout::new(p, "classifier_dropout")
+        };
+        let head = match architecture {
+            BertArchitecture::Base => Head::None,
+            BertArchitecture::SequenceClassification | BertArchitecture::TokenClassification => Head::Classifier {
+                dropout: classifier_dropout()?,
+                classifier: Linear::new(vb.pp("classifier"), c, config.labels(), true, init)?,
+            },
+            BertArchitecture::QuestionAnswering => Head::Span(Linear::new(vb.pp("qa_outputs"), c, 2, true, init)?),
+            BertArchitecture::MaskedLm => Head::MaskedLm(MlmHead::new(config, vb.pp("mlm"))?),
+            BertArchitecture::PreTraining => Head::PreTraining {
+                mlm: MlmHead::new(config, vb.pp("mlm"))?,
+                next_sentence: Linear::new(vb.pp("next_sentence"), c, 2, true, init)?,
+            },
+        };
+        Ok(Self {
+            config: config.clone(),
+            architecture,
+            embeddings: BertEmbeddings::new(config, vb.pp("embeddings"))?,
+            encoder: Encoder::new(&config.layer(), config.num_hidden_layers, false, vb.pp("encoder"))?,
+            pooler,
+            head,
+        })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    pub fn architecture(&self) -> BertArchitecture {
+        self.architecture
+    }
+
+    /// The encoder's output (B, S, C) and, with a pooler, tanh(W·h_[CLS] + b) (B, C).
+    pub fn encode(&self, input: &BertInput, mode: &mut Mode) -> Result<(Tensor, Option<Tensor>)> {
+        let ids = &input.input_ids;
+        if ids.rank() != 2 {
+            return Err(Error::shape("input_ids", "(batch, sequence)", ids.dims()));
+        }
+        let segments = match &input.token_type_ids {
+            Some(t) if t.dims() != ids.dims() => {
+                return Err(Error::shape("token_type_ids", format!("{:?} like input_ids", ids.dims()), t.dims()))
+            }
+            Some(t) => t.clone(),
+            None => ids.zeros_like()?,
+        };
+        let mask = match &input.attention_mask {
+            Some(m) if m.dims() != ids.dims() => {
+                return Err(Error::shape("attention_mask", format!("{:?} like input_ids", ids.dims()), m.dims()))
+            }
+            Some(m) => Some(AttentionMask::padding(m)?),
+            None => None,
+        };
+        let x = self.embeddings.forward(ids, &segments, mode)?;
+        let hidden = self.encoder.forward(&x, mask.as_ref(), mode)?;
+        let pooled = match &self.pooler {
+            Some(pooler) => Some(pooler.forward(&hidden.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?),
+            None => None,
+        };
+        Ok((hidden, pooled))
+    }
+
+    /// Every output the Hugging Face class returns, under its name: `last_hidden_state` and `pooler_output`
+    /// (BertModel), `logits` (classification, masked LM), `start_logits` / `end_logits` (question
+    /// answering), `prediction_logits` / `seq_relationship_logits` (pre-training).
+    pub fn forward(&self, input: &BertInput, mode: &mut Mode) -> Result<BTreeMap<&'static str, Tensor>> {
+        let (hidden, pooled) = self.encode(input, mode)?;
+        let mut out = BTreeMap::new();
+        let pooled_or_err = || pooled.clone().ok_or_else(|| Error::config("pooler", "missing", "a pooler"));
+        match &self.head {
+            Head::None => {
+                out.insert("last_hidden_state", hidden);
+                if let Some(p) = pooled {
+                    out.insert("pooler_output", p);
+                }
+            }
+            Head::Classifier { dropout, classifier } => {
+                let features = match self.architecture {
+                    BertArchitecture::SequenceClassification => pooled_or_err()?, // (B, C)
+                    _ => hidden,                                                  // (B, S, C)
+                };
+                out.insert("logits", classifier.forward(&dropout.forward(&features, mode)?)?);
+            }
+            Head::Span(qa) => {
+                let logits = qa.forward(&hidden)?; // (B, S, 2)
+                out.insert("start_logits", logits.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?);
+                out.insert("end_logits", logits.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?);
+            }
+            Head::MaskedLm(mlm) => {
+                out.insert("logits", mlm.forward(&hidden, &self.embeddings.word)?);
+            }
+            Head::PreTraining { mlm, next_sentence } => {
+                out.insert("prediction_logits", mlm.forward(&hidden, &self.embeddings.word)?);
+                out.insert("seq_relationship_logits", next_sentence.forward(&pooled_or_err()?)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Mean of the token vectors (B, S, C) over the real tokens of each sequence (mask (B, S), 1 = real) → (B, C):
+/// sentence-transformers' mean pooling. A sequence without real tokens gets a zero vector.
+pub fn mean_pool(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let mask = mask.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?; // (B, S, 1)
+    let summed = hidden.broadcast_mul(&mask)?.sum(1)?; // (B, C)
+    let counts = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?; // (B, 1)
+    Ok(summed.broadcast_div(&counts)?)
+}
+
+/// The [CLS] vector of each sequence: (B, S, C) → (B, C).
+pub fn cls_pool(hidden: &Tensor) -> Result<Tensor> {
+    Ok(hidden.narrow(1, 0, 1)?.squeeze(1)?)
+}
+
+/// Element-wise maximum over the real tokens: (B, S, C) → (B, C).
+pub fn max_pool(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    // Padding gets −1e9 so it never wins (sentence-transformers does the same).
+    let bias = mask.to_dtype(DType::F32)?.affine(1e9, -1e9)?.unsqueeze(D::Minus1)?;
+    Ok(hidden.broadcast_add(&bias)?.max(1)?)
+}
+
+/// Rows scaled to unit L2 norm (a zero row stays zero): (B, C) → (B, C).
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
+    Ok(x.broadcast_div(&norm)?)
+}

