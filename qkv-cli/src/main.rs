@@ -9,6 +9,7 @@ mod bench;
 mod bleu;
 mod demo;
 mod embed;
+mod finetune;
 mod forward;
 mod plot;
 mod sts;
@@ -62,6 +63,8 @@ enum Command {
     Plot(plot::Args),
     /// Score a system output against references: corpus BLEU and chrF, as sacreBLEU computes them
     Bleu(bleu::Args),
+    /// Fine-tune a pre-trained model: `qkv finetune classify ...` (BERT sequence classification)
+    Finetune(finetune::Args),
     /// Sentence embeddings from a sentence-transformers or BERT directory (JSON lines or .npy)
     Embed(embed::Args),
     /// Semantic similarity: Spearman correlation of embedding cosines with gold scores (STS-B style CSV)
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::Average(args) => average::run(args),
         Command::Plot(args) => plot::run(args),
         Command::Embed(args) => embed::run(args),
+        Command::Finetune(args) => finetune::run(args),
         Command::Sts(args) => sts::run(args),
         Command::Forward(args) => forward::run(args),
     };

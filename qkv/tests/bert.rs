@@ -270,3 +270,46 @@ fn minilm_embeddings_match_sentence_transformers() {
     assert!(max_abs <= 1e-5, "max abs difference {max_abs:e}");
     assert!(min_cosine >= 0.99999, "min cosine {min_cosine}");
 }
+
+// ---- fine-tuning ----
+
+/// `qkv finetune classify`'s output loads in transformers with the same logits: the fixture script ran the
+/// command on the toy task, reloaded the directory with AutoModelForSequenceClassification and recorded its
+/// logits. Fine-tuning again here reproduces the committed model (within 1e-4: thread counts may differ).
+#[test]
+fn fine_tuned_models_round_trip_through_transformers() {
+    use qkv::train::classification::{fine_tune, load_classifier, ClassifierTraining};
+    let committed = fixtures().join("finetuned");
+    let expected = candle_core::safetensors::load(committed.join("expected.safetensors"), &Device::Cpu).unwrap();
+    let input = BertInput {
+        input_ids: expected["input.input_ids"].clone(),
+        attention_mask: Some(expected["input.attention_mask"].clone()),
+        token_type_ids: Some(expected["input.token_type_ids"].clone()),
+    };
+    let model = load_classifier(&committed).unwrap();
+    let ours = model.forward(&input, &mut Mode::Eval).unwrap().remove("logits").unwrap();
+    let err = error(&ours, &expected["output.logits"]);
+    assert!(err <= OUTPUT_TOL, "committed model vs transformers: {err:e}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(committed.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "BertForSequenceClassification");
+    assert_eq!(config["id2label"]["1"], "1");
+
+    let out = std::env::temp_dir().join(format!("qkv-finetune-{}", std::process::id()));
+    let training = ClassifierTraining {
+        train_file: fixtures().join("toy.tsv"),
+        dev_file: fixtures().join("toy.tsv"),
+        num_train_epochs: 2,
+        per_device_train_batch_size: 4,
+        learning_rate: 1e-3,
+        seed: 1,
+        ..ClassifierTraining::default()
+    };
+    let done = fine_tune(&fixtures().join("BertModel"), &out, &training, |_| {}).unwrap();
+    assert_eq!(done.evaluations.len(), 2);
+    let again = load_classifier(&out).unwrap().forward(&input, &mut Mode::Eval).unwrap().remove("logits").unwrap();
+    let err = error(&again, &ours);
+    assert!(err <= 1e-4, "fine-tuning again: {err:e}");
+    assert!(out.join("checkpoint-1/model.safetensors").exists() && out.join("log.jsonl").exists());
+    std::fs::remove_dir_all(&out).unwrap();
+}

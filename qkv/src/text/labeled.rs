@@ -1,5 +1,6 @@
-//! Labelled text files: sentence pairs with a similarity score (STS-B's `sentence1,sentence2,score`), read as
-//! RFC 4180 CSV (quoted fields may hold commas, quotes and line breaks), or tab-separated.
+//! Labelled text files, read as RFC 4180 CSV (quoted fields may hold commas, quotes and line breaks) or, for
+//! `.tsv`, tab-separated: sentence pairs with a similarity score (STS-B's `sentence1,sentence2,score`) and
+//! texts with a class label (`text[,text_b],label`, GLUE-style).
 
 use std::path::Path;
 
@@ -56,6 +57,65 @@ pub fn read_scored_pairs(path: &Path) -> Result<Vec<ScoredPair>> {
     Ok(pairs)
 }
 
+/// A text (or text pair) and its class label, as written in the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabeledText {
+    pub text: String,
+    pub text_b: Option<String>,
+    pub label: String,
+}
+
+/// Reads `text,label` or `text,text_b,label` rows (the label is the last field). With `header`, the first row is
+/// skipped. TSV files are read without quoting, as GLUE's are (CoLA's sentences hold bare quote marks).
+/// Errors name the file and line: a row with fewer than two fields, an empty label, no rows.
+pub fn read_labeled_texts(path: &Path, header: bool) -> Result<Vec<LabeledText>> {
+    let tsv = delimiter_for(path) == b'\t';
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(header)
+        .flexible(true)
+        .delimiter(delimiter_for(path))
+        .quoting(!tsv)
+        .from_path(path)
+        .map_err(|e| csv_error(path, e))?;
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| csv_error(path, e))?;
+        let line = record.position().map(|p| p.line() as usize);
+        let fields: Vec<&str> = record.iter().collect();
+        let (label, texts) = match fields.split_last() {
+            Some((label, texts)) if !texts.is_empty() && texts.len() <= 2 => (label.trim(), texts),
+            _ => {
+                let message = format!("expected text,label or text,text_b,label; found {} field(s)", fields.len());
+                return Err(Error::input(path, line, message));
+            }
+        };
+        if label.is_empty() {
+            return Err(Error::input(path, line, "the label (last field) is empty"));
+        }
+        rows.push(LabeledText {
+            text: texts[0].to_string(),
+            text_b: texts.get(1).map(|t| t.to_string()),
+            label: label.to_string(),
+        });
+    }
+    if rows.is_empty() {
+        return Err(Error::input(path, None, "holds no labelled texts"));
+    }
+    Ok(rows)
+}
+
+/// The distinct labels of `rows` in class-id order: numerically when every label is an integer (so "0", "1"
+/// keep their meaning), alphabetically otherwise.
+pub fn label_set(rows: &[LabeledText]) -> Vec<String> {
+    let mut labels: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
+    labels.sort();
+    labels.dedup();
+    if labels.iter().all(|l| l.parse::<i64>().is_ok()) {
+        labels.sort_by_key(|l| l.parse::<i64>().unwrap_or(0));
+    }
+    labels
+}
+
 fn csv_error(path: &Path, error: csv::Error) -> Error {
     let line = error.position().map(|p| p.line() as usize);
     match error.into_kind() {
@@ -81,6 +141,24 @@ mod tests {
         let pairs = read_scored_pairs(&path).unwrap();
         assert_eq!(pairs.len(), 2);
         assert_eq!(pairs[0], ScoredPair { first: "A, b".into(), second: "He said \"hi\"".into(), score: 4.5 });
+    }
+
+    #[test]
+    fn labelled_texts_from_tsv_and_csv() {
+        let path = write("cola.tsv", "they said \"hi\" loudly\t1\nhim went\t0\n");
+        let rows = read_labeled_texts(&path, false).unwrap();
+        assert_eq!(rows[0].text, "they said \"hi\" loudly");
+        assert_eq!(rows[1].label, "0");
+        assert_eq!(label_set(&rows), vec!["0", "1"]);
+        let path = write("pairs.csv", "premise,hypothesis,label\n\"a, b\",c,entailment\nd,e,neutral\n");
+        let rows = read_labeled_texts(&path, true).unwrap();
+        assert_eq!(rows[0].text_b.as_deref(), Some("c"));
+        assert_eq!(label_set(&rows), vec!["entailment", "neutral"]);
+        let path = write("bad.tsv", "fine\t1\nno label here\n");
+        let message = read_labeled_texts(&path, false).unwrap_err().to_string();
+        assert!(message.contains("bad.tsv:2") && message.contains("1 field"), "{message}");
+        let labels = ["10", "9", "-1"].map(|l| LabeledText { text: String::new(), text_b: None, label: l.into() });
+        assert_eq!(label_set(&labels), vec!["-1", "9", "10"]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Training: losses, learning-rate schedules, and a small built-in sequence task.
 
 pub mod checkpoint;
+pub mod classification;
 pub mod loss;
 pub mod optim;
 pub mod schedule;

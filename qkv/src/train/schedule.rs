@@ -8,9 +8,30 @@ pub fn inverse_sqrt(step: usize, d_model: usize, warmup: usize, factor: f64) -> 
     factor * (d_model as f64).powf(-0.5) * step.powf(-0.5).min(step * warmup.powf(-1.5))
 }
 
+/// Hugging Face's `get_linear_schedule_with_warmup`: the learning rate of update `step` (counting from 1)
+/// rises linearly from 0 over `warmup` updates, then falls linearly to 0 at update `total` + 1. Like the
+/// Trainer, update k uses the multiplier of scheduler step k − 1, so with warm-up the first update has lr 0.
+pub fn linear_warmup_decay(step: usize, warmup: usize, total: usize, peak: f64) -> f64 {
+    let current = step.saturating_sub(1) as f64;
+    if current < warmup as f64 {
+        return peak * current / warmup.max(1) as f64;
+    }
+    let remaining = (total as f64 - current).max(0.0);
+    peak * remaining / (total.saturating_sub(warmup)).max(1) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn linear_schedule_matches_transformers() {
+        // get_linear_schedule_with_warmup(warmup=2, total=6): multipliers 0, .5, 1, .75, .5, .25 for updates 1..6.
+        let lrs: Vec<f64> = (1..=6).map(|k| linear_warmup_decay(k, 2, 6, 1.0)).collect();
+        assert_eq!(lrs, vec![0.0, 0.5, 1.0, 0.75, 0.5, 0.25]);
+        assert_eq!(linear_warmup_decay(1, 0, 4, 2.0), 2.0);
+        assert_eq!(linear_warmup_decay(9, 0, 4, 2.0), 0.0);
+    }
 
     #[test]
     fn peaks_at_warmup_then_decays() {
