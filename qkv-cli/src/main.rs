@@ -7,8 +7,10 @@ use clap::{Parser, Subcommand};
 mod average;
 mod bench;
 mod bleu;
+mod classify;
 mod demo;
 mod embed;
+mod fill_mask;
 mod finetune;
 mod forward;
 mod plot;
@@ -69,6 +71,10 @@ enum Command {
     Embed(embed::Args),
     /// Semantic similarity: Spearman correlation of embedding cosines with gold scores (STS-B style CSV)
     Sts(sts::Args),
+    /// The most likely tokens for each [MASK] of a text (BertForMaskedLM)
+    FillMask(fill_mask::Args),
+    /// Label probabilities for texts or text pairs (BertForSequenceClassification)
+    Classify(classify::Args),
     /// Run a Hugging Face checkpoint on token ids from a safetensors file; write its outputs to another
     Forward(forward::Args),
     /// Time qkv's side of a benchmark workload and print JSON (tools/bench/run.sh compares it with PyTorch)
@@ -91,6 +97,8 @@ fn main() -> ExitCode {
         Command::Finetune(args) => finetune::run(args),
         Command::Sts(args) => sts::run(args),
         Command::Forward(args) => forward::run(args),
+        Command::FillMask(args) => fill_mask::run(args),
+        Command::Classify(args) => classify::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,6 +19,7 @@ pub mod kernels;
 pub mod metrics;
 pub mod models;
 pub mod nn;
+pub mod pipeline;
 pub mod text;
 pub mod train;
 

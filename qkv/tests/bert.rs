@@ -313,3 +313,78 @@ fn fine_tuned_models_round_trip_through_transformers() {
     assert!(out.join("checkpoint-1/model.safetensors").exists() && out.join("log.jsonl").exists());
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+// ---- pipelines ----
+
+#[derive(serde::Deserialize)]
+struct PipelineFixture {
+    fill_mask: Vec<FillMaskCase>,
+    classify: Vec<ClassifyCase>,
+}
+
+#[derive(serde::Deserialize)]
+struct FillMaskCase {
+    text: String,
+    masks: Vec<Vec<qkv_fill::Prediction>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ClassifyCase {
+    text: String,
+    labels: Vec<qkv_fill::Label>,
+}
+
+mod qkv_fill {
+    #[derive(serde::Deserialize)]
+    pub struct Prediction {
+        pub score: f64,
+        pub token: u32,
+        pub token_str: String,
+        pub sequence: String,
+    }
+
+    #[derive(serde::Deserialize)]
+    pub struct Label {
+        pub label: String,
+        pub score: f64,
+    }
+}
+
+fn pipeline_fixture() -> PipelineFixture {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("pipelines.json")).unwrap()).unwrap()
+}
+
+/// transformers' fill-mask pipeline: the same top-5 tokens, strings and filled sequences, scores within 1e-5.
+#[test]
+fn fill_mask_matches_the_transformers_pipeline() {
+    use qkv::pipeline::Pipeline;
+    let pipeline = Pipeline::load(&fixtures().join("BertForMaskedLM"), BertArchitecture::MaskedLm).unwrap();
+    for case in pipeline_fixture().fill_mask {
+        let got = pipeline.fill_mask(&case.text, 5).unwrap();
+        assert_eq!(got.len(), case.masks.len(), "{}", case.text);
+        for (ours, theirs) in got.iter().zip(&case.masks) {
+            for (a, b) in ours.iter().zip(theirs) {
+                assert_eq!((a.token, &a.token_str, &a.sequence), (b.token, &b.token_str, &b.sequence), "{}", case.text);
+                assert!((a.score - b.score).abs() <= 1e-5, "{}: {} vs {}", case.text, a.score, b.score);
+            }
+        }
+    }
+    let message = pipeline.fill_mask("no mask here", 5).unwrap_err().to_string();
+    assert!(message.contains("[MASK]"), "{message}");
+}
+
+/// transformers' text-classification pipeline (top_k=None): every label's probability within 1e-5.
+#[test]
+fn classification_matches_the_transformers_pipeline() {
+    use qkv::pipeline::Pipeline;
+    let pipeline = Pipeline::load(&fixtures().join("finetuned"), BertArchitecture::SequenceClassification).unwrap();
+    let cases = pipeline_fixture().classify;
+    let texts: Vec<(&str, Option<&str>)> = cases.iter().map(|c| (c.text.as_str(), None)).collect();
+    let got = pipeline.classify(&texts).unwrap();
+    for (ours, case) in got.iter().zip(&cases) {
+        for (a, b) in ours.iter().zip(&case.labels) {
+            assert_eq!(a.label, b.label, "{}", case.text);
+            assert!((a.score - b.score).abs() <= 1e-5, "{}: {} vs {}", case.text, a.score, b.score);
+        }
+    }
+}

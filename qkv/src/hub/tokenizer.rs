@@ -121,6 +121,11 @@ impl PretrainedTokenizer {
         self.inner.decode(ids, true).map_err(|e| Error::tokenizer("decoding", e))
     }
 
+    /// Text of `ids` with the special tokens written out.
+    pub fn decode_with_specials(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, false).map_err(|e| Error::tokenizer("decoding", e))
+    }
+
     /// Encodes sentences (`second` = `None`) or pairs, with the model's special tokens ([CLS] A [SEP] B [SEP]
     /// for BERT), padded on the right to the longest. Longer than `max_length` tokens: an error naming the
     /// input's index and length, or cut as `truncation` says.

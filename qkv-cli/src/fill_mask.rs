@@ -1,0 +1,42 @@
+//! `qkv fill-mask`: the most likely tokens for each [MASK] of a text, from a BertForMaskedLM directory.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use qkv::models::bert::BertArchitecture;
+use qkv::pipeline::Pipeline;
+
+#[derive(Parser)]
+pub struct Args {
+    /// Model directory with a masked-LM head (BertForMaskedLM or BertForPreTraining checkpoints)
+    #[arg(long)]
+    model: PathBuf,
+    /// Candidates per mask
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+    /// Print the candidates as JSON (as transformers' fill-mask pipeline returns them)
+    #[arg(long)]
+    json: bool,
+    /// Text with one or more [MASK] tokens
+    text: String,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let pipeline = Pipeline::load(&args.model, BertArchitecture::MaskedLm)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let masks = pipeline.fill_mask(&args.text, args.top_k)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&masks)?);
+        return Ok(());
+    }
+    for (i, candidates) in masks.iter().enumerate() {
+        if masks.len() > 1 {
+            println!("mask {}:", i + 1);
+        }
+        for c in candidates {
+            println!("{:.4}  {:<15} {}", c.score, c.token_str, c.sequence);
+        }
+    }
+    Ok(())
+}
