@@ -14,6 +14,7 @@ mod fill_mask;
 mod finetune;
 mod forward;
 mod plot;
+mod qa;
 mod sts;
 mod train;
 mod translate;
@@ -75,6 +76,8 @@ enum Command {
     FillMask(fill_mask::Args),
     /// Label probabilities for texts or text pairs (BertForSequenceClassification)
     Classify(classify::Args),
+    /// Extractive question answering over a context of any length (BertForQuestionAnswering)
+    Qa(qa::Args),
     /// Run a Hugging Face checkpoint on token ids from a safetensors file; write its outputs to another
     Forward(forward::Args),
     /// Time qkv's side of a benchmark workload and print JSON (tools/bench/run.sh compares it with PyTorch)
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
         Command::Forward(args) => forward::run(args),
         Command::FillMask(args) => fill_mask::run(args),
         Command::Classify(args) => classify::run(args),
+        Command::Qa(args) => qa::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! Task pipelines over a BERT model directory, computing what transformers' pipelines of the same names
-//! return: `fill-mask` (the most likely tokens for each [MASK]) and `text-classification` (every label's
-//! probability).
+//! return: `fill-mask` (the most likely tokens for each [MASK]), `text-classification` (every label's
+//! probability) and `question-answering` (the best span of a context, over overlapping windows when the context
+//! is longer than the model).
 
 use std::path::Path;
 
@@ -8,7 +9,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::ops::softmax_last_dim;
 
 use crate::hub::bert::{self, LoadOptions};
-use crate::hub::tokenizer::{PretrainedTokenizer, Truncation};
+use crate::hub::tokenizer::{PretrainedTokenizer, QuestionWindow, Truncation};
 use crate::models::bert::{Bert, BertArchitecture, BertInput};
 use crate::nn::Mode;
 use crate::{Error, Result};
@@ -36,6 +37,35 @@ pub struct MaskPrediction {
 pub struct LabelScore {
     pub label: String,
     pub score: f64,
+}
+
+/// An answer span of the context.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Answer {
+    /// p(start) · p(end) within its window, summed over windows that give the same text.
+    pub score: f64,
+    /// Character offsets of the answer in the context: `context[start..end]` in characters.
+    pub start: usize,
+    pub end: usize,
+    pub answer: String,
+}
+
+/// Question-answering options, with transformers' defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QaOptions {
+    pub top_k: usize,
+    /// Tokens per window (question, context and specials); transformers uses min(model limit, 384).
+    pub max_seq_len: usize,
+    /// Context tokens shared by consecutive windows; transformers uses min(max_seq_len / 2, 128).
+    pub doc_stride: usize,
+    /// Longest answer in tokens.
+    pub max_answer_len: usize,
+}
+
+impl Default for QaOptions {
+    fn default() -> Self {
+        Self { top_k: 1, max_seq_len: 384, doc_stride: 128, max_answer_len: 15 }
+    }
 }
 
 impl Pipeline {
@@ -113,4 +143,85 @@ impl Pipeline {
             })
             .collect())
     }
+
+    /// The `top_k` best answers to `question` in `context`. Each window's start and end logits become
+    /// probabilities over its context tokens (and [CLS], whose probability is then zeroed); a span's score is
+    /// p(start)·p(end) for start ≤ end < start + max_answer_len; spans widen to whole words; equal answers from
+    /// different windows add up.
+    pub fn answer(&self, question: &str, context: &str, options: &QaOptions) -> Result<Vec<Answer>> {
+        if options.top_k == 0 || options.max_answer_len == 0 {
+            return Err(Error::config("question answering", "top_k or max_answer_len = 0", "at least 1"));
+        }
+        let max_seq_len = options.max_seq_len.min(self.model.config().max_position_embeddings);
+        let stride = options.doc_stride.min(max_seq_len / 2);
+        let windows = self.tokenizer.question_windows(question, context, max_seq_len, stride)?;
+        let characters: Vec<char> = context.chars().collect();
+        let mut answers: Vec<Answer> = Vec::new();
+        for window in &windows.windows {
+            let (starts, ends) = self.span_logits(window)?;
+            // Tokens that may begin or end an answer: the context's, and [CLS] (zeroed below).
+            let desired: Vec<bool> =
+                window.context_tokens.iter().enumerate().map(|(i, token)| i == 0 || token.is_some()).collect();
+            let mut p_start = masked_softmax(&starts, &desired);
+            let mut p_end = masked_softmax(&ends, &desired);
+            (p_start[0], p_end[0]) = (0.0, 0.0);
+            let spans = best_spans(&p_start, &p_end, &desired, 2 * options.top_k + 10, options.max_answer_len);
+            for (s, e, score) in spans {
+                let (first, last) = match (window.context_tokens[s], window.context_tokens[e]) {
+                    (Some(first), Some(last)) => windows.word_chars(first, last),
+                    _ => (0, 0), // a span at [CLS]: transformers falls back to its (0, 0) offsets
+                };
+                let text: String = characters[first.min(characters.len())..last.min(characters.len())].iter().collect();
+                match answers.iter_mut().find(|a| a.answer.to_lowercase() == text.to_lowercase()) {
+                    Some(existing) => existing.score += score,
+                    None => answers.push(Answer { score, start: first, end: last, answer: text }),
+                }
+            }
+        }
+        answers.sort_by(|a, b| b.score.total_cmp(&a.score));
+        answers.truncate(options.top_k);
+        Ok(answers)
+    }
+
+    /// Start and end logits of one window.
+    fn span_logits(&self, window: &QuestionWindow) -> Result<(Vec<f64>, Vec<f64>)> {
+        let row = |values: &[u32]| Tensor::from_vec(values.to_vec(), (1, values.len()), &self.device);
+        let input = BertInput {
+            input_ids: row(&window.input_ids)?,
+            attention_mask: None,
+            token_type_ids: Some(row(&window.token_type_ids)?),
+        };
+        let outputs = self.model.forward(&input, &mut Mode::Eval)?;
+        let get = |name: &str| -> Result<Vec<f64>> {
+            let t = outputs.get(name).ok_or_else(|| Error::config("pipeline", "no span logits", "a QA head"))?;
+            Ok(t.get(0)?.to_vec1::<f32>()?.into_iter().map(f64::from).collect())
+        };
+        Ok((get("start_logits")?, get("end_logits")?))
+    }
+}
+
+/// Softmax over all positions after undesired ones are set to −10 000 (transformers' masking).
+fn masked_softmax(logits: &[f64], desired: &[bool]) -> Vec<f64> {
+    let masked: Vec<f64> = logits.iter().zip(desired).map(|(&l, &d)| if d { l } else { -10_000.0 }).collect();
+    let max = masked.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let exp: Vec<f64> = masked.iter().map(|l| (l - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}
+
+/// The `k` highest p(start)·p(end) spans with start ≤ end < start + max_len, best first, then those whose ends
+/// are both desired tokens (transformers filters after choosing the k).
+fn best_spans(p_start: &[f64], p_end: &[f64], desired: &[bool], k: usize, max_len: usize) -> Vec<(usize, usize, f64)> {
+    let n = p_start.len();
+    let mut spans: Vec<(usize, usize, f64)> = Vec::with_capacity(n * max_len);
+    for (s, &ps) in p_start.iter().enumerate() {
+        for (e, &pe) in p_end.iter().enumerate().take(n.min(s + max_len)).skip(s) {
+            spans.push((s, e, ps * pe));
+        }
+    }
+    // Ties keep the row-major order numpy's stable ranking gives.
+    spans.sort_by(|a, b| b.2.total_cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
+    spans.truncate(k);
+    spans.retain(|&(s, e, _)| desired[s] && desired[e]);
+    spans
 }

@@ -320,6 +320,15 @@ fn fine_tuned_models_round_trip_through_transformers() {
 struct PipelineFixture {
     fill_mask: Vec<FillMaskCase>,
     classify: Vec<ClassifyCase>,
+    question_answering: Vec<QaCase>,
+}
+
+#[derive(serde::Deserialize)]
+struct QaCase {
+    question: String,
+    context: String,
+    options: HashMap<String, usize>,
+    answers: Vec<qkv_fill::Answer>,
 }
 
 #[derive(serde::Deserialize)]
@@ -341,6 +350,14 @@ mod qkv_fill {
         pub token: u32,
         pub token_str: String,
         pub sequence: String,
+    }
+
+    #[derive(serde::Deserialize)]
+    pub struct Answer {
+        pub score: f64,
+        pub start: usize,
+        pub end: usize,
+        pub answer: String,
     }
 
     #[derive(serde::Deserialize)]
@@ -385,6 +402,32 @@ fn classification_matches_the_transformers_pipeline() {
         for (a, b) in ours.iter().zip(&case.labels) {
             assert_eq!(a.label, b.label, "{}", case.text);
             assert!((a.score - b.score).abs() <= 1e-5, "{}: {} vs {}", case.text, a.score, b.score);
+        }
+    }
+}
+
+/// transformers' question-answering pipeline, including contexts split into overlapping windows: the same
+/// answers, character offsets and order, scores within 1e-5.
+#[test]
+fn question_answering_matches_the_transformers_pipeline() {
+    use qkv::pipeline::{Pipeline, QaOptions};
+    let pipeline =
+        Pipeline::load(&fixtures().join("BertForQuestionAnswering"), BertArchitecture::QuestionAnswering).unwrap();
+    for case in pipeline_fixture().question_answering {
+        let defaults = QaOptions::default();
+        let option = |name: &str, default: usize| case.options.get(name).copied().unwrap_or(default);
+        let max_seq_len = option("max_seq_len", defaults.max_seq_len);
+        let options = QaOptions {
+            top_k: option("top_k", 1),
+            max_seq_len,
+            doc_stride: option("doc_stride", (max_seq_len / 2).min(128)),
+            max_answer_len: option("max_answer_len", defaults.max_answer_len),
+        };
+        let got = pipeline.answer(&case.question, &case.context, &options).unwrap();
+        assert_eq!(got.len(), case.answers.len(), "{}", case.question);
+        for (a, b) in got.iter().zip(&case.answers) {
+            assert_eq!((&a.answer, a.start, a.end), (&b.answer, b.start, b.end), "{}", case.question);
+            assert!((a.score - b.score).abs() <= 1e-5, "{}: {} vs {}", case.question, a.score, b.score);
         }
     }
 }

@@ -176,6 +176,107 @@ impl PretrainedTokenizer {
     }
 }
 
+/// Windows of [CLS] question [SEP] context-piece [SEP] over a long context, as transformers' question-answering
+/// pipeline builds them, with what is needed to map tokens back to the context's characters.
+#[derive(Debug, Clone)]
+pub struct QuestionWindows {
+    pub windows: Vec<QuestionWindow>,
+    /// Character offsets of each context token in the context.
+    pub context_offsets: Vec<(usize, usize)>,
+    /// The word (of the pre-tokenizer) each context token belongs to.
+    pub context_words: Vec<Option<u32>>,
+}
+
+/// One model input: ids and segments, and for each position the context token it holds (`None` for [CLS],
+/// question tokens and [SEP]).
+#[derive(Debug, Clone)]
+pub struct QuestionWindow {
+    pub input_ids: Vec<u32>,
+    pub token_type_ids: Vec<u32>,
+    pub context_tokens: Vec<Option<usize>>,
+}
+
+impl QuestionWindows {
+    /// Characters of the words holding context tokens `first` and `last`.
+    pub fn word_chars(&self, first: usize, last: usize) -> (usize, usize) {
+        let word_bounds = |token: usize| {
+            let word = self.context_words[token];
+            let tokens = (0..self.context_words.len()).filter(|&t| word.is_some() && self.context_words[t] == word);
+            let (mut start, mut end) = self.context_offsets[token];
+            for t in tokens {
+                start = start.min(self.context_offsets[t].0);
+                end = end.max(self.context_offsets[t].1);
+            }
+            (start, end)
+        };
+        (word_bounds(first).0, word_bounds(last).1)
+    }
+}
+
+impl PretrainedTokenizer {
+    /// [CLS] question [SEP] context [SEP] windows of at most `max_length` tokens. The context is cut into pieces of
+    /// `max_length − |question| − 3` tokens starting every `piece − stride` tokens, the last piece ending with the
+    /// context: the windows the `tokenizers` library made for transformers' pipelines through its 0.22 releases
+    /// (0.23's overflow for pairs drops the end of long contexts, so the windows are built here). Offsets are in
+    /// characters.
+    pub fn question_windows(
+        &self,
+        question: &str,
+        context: &str,
+        max_length: usize,
+        stride: usize,
+    ) -> Result<QuestionWindows> {
+        let encode = |text: &str| {
+            self.inner
+                .encode_char_offsets(text, false)
+                .map_err(|e| Error::tokenizer("encoding question and context", e))
+        };
+        let (question, context) = (encode(question)?, encode(context)?);
+        let (cls, sep) = match (self.cls_id(), ["[SEP]", "</s>"].into_iter().find_map(|t| self.inner.token_to_id(t))) {
+            (Some(cls), Some(sep)) => (cls, sep),
+            _ => return Err(Error::tokenizer("question answering", "the vocabulary has no [CLS] or [SEP] token")),
+        };
+        let piece = max_length.saturating_sub(question.len() + 3);
+        if piece == 0 || stride >= piece {
+            let message = format!(
+                "max_seq_len {max_length} leaves {piece} context tokens beside a {}-token question; stride {stride} needs more",
+                question.len()
+            );
+            return Err(Error::config("question answering", message, "a longer max_seq_len or a shorter question"));
+        }
+        let total = context.len();
+        let mut windows = Vec::new();
+        let mut start = 0;
+        loop {
+            let stop = (start + piece).min(total);
+            let mut input_ids = vec![cls];
+            input_ids.extend(question.get_ids());
+            input_ids.push(sep);
+            let mut token_type_ids = vec![0; input_ids.len()];
+            let mut context_tokens = vec![None; input_ids.len()];
+            input_ids.extend(&context.get_ids()[start..stop]);
+            input_ids.push(sep);
+            token_type_ids.resize(input_ids.len(), 1);
+            context_tokens.extend((start..stop).map(Some));
+            context_tokens.push(None);
+            windows.push(QuestionWindow { input_ids, token_type_ids, context_tokens });
+            if stop == total {
+                break;
+            }
+            start += piece - stride;
+        }
+        Ok(QuestionWindows {
+            windows,
+            context_offsets: context.get_offsets().to_vec(),
+            context_words: context.get_word_ids().to_vec(),
+        })
+    }
+
+    pub fn cls_id(&self) -> Option<u32> {
+        ["[CLS]", "<s>"].into_iter().find_map(|t| self.inner.token_to_id(t))
+    }
+}
+
 /// BERT's pipeline from a WordPiece vocabulary: BertNormalizer (clean text, Chinese characters, lower case
 /// and accents as configured), BertPreTokenizer, WordPiece with `##` continuations, [CLS] A [SEP] (B [SEP]).
 fn bert_from_vocab(vocab: &Path, config: &BertTokenizerConfig) -> Result<tokenizers::Tokenizer> {
