@@ -24,6 +24,8 @@ pub struct Args {
 enum Task {
     /// An encoder-decoder Transformer on parallel text files (one sentence per line)
     Translation(Box<TranslationArgs>),
+    /// A BERT pre-trained from scratch with the masked-language-model objective (WordPiece vocabulary included)
+    Mlm(Box<crate::mlm::MlmArgs>),
 }
 
 #[derive(Parser)]
@@ -122,6 +124,7 @@ pub struct TranslationArgs {
 pub fn run(args: Args) -> Result<()> {
     match args.task {
         Task::Translation(args) => translation(*args),
+        Task::Mlm(args) => crate::mlm::run(*args),
     }
 }
 

@@ -272,6 +272,59 @@ impl PretrainedTokenizer {
         })
     }
 
+    /// Trains a BERT WordPiece vocabulary of `vocab_size` entries on `texts` with BERT's pipeline (BertNormalizer
+    /// with `lowercase`, BertPreTokenizer, `##` continuations, [CLS] A [SEP] B [SEP]); the specials [PAD] [UNK]
+    /// [CLS] [SEP] [MASK] get ids 0–4.
+    pub fn train_bert_wordpiece(texts: &[String], vocab_size: usize, lowercase: bool) -> Result<Self> {
+        use tokenizers::models::wordpiece::WordPieceTrainer;
+        const SPECIALS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+        if vocab_size <= SPECIALS.len() {
+            return Err(Error::config("vocab_size", vocab_size, "more than the 5 special tokens"));
+        }
+        let model =
+            WordPiece::builder().unk_token("[UNK]".into()).build().map_err(|e| Error::tokenizer("WordPiece", e))?;
+        let mut inner = tokenizers::Tokenizer::new(model);
+        inner
+            .with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)))
+            .map_err(|e| Error::tokenizer("BERT normalizer", e))?;
+        inner.with_pre_tokenizer(Some(BertPreTokenizer));
+        inner.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
+        let specials: Vec<tokenizers::AddedToken> =
+            SPECIALS.iter().map(|t| tokenizers::AddedToken::from(*t, true)).collect();
+        let mut trainer: tokenizers::models::TrainerWrapper = WordPieceTrainer::builder()
+            .vocab_size(vocab_size)
+            .special_tokens(specials)
+            .show_progress(false)
+            .build()
+            .into();
+        inner.train(&mut trainer, texts.iter()).map_err(|e| Error::tokenizer("training WordPiece", e))?;
+        let id = |inner: &tokenizers::Tokenizer, t: &str| {
+            inner.token_to_id(t).ok_or_else(|| Error::tokenizer("training WordPiece", format!("no {t}")))
+        };
+        let (cls, sep, pad) = (id(&inner, "[CLS]")?, id(&inner, "[SEP]")?, id(&inner, "[PAD]")?);
+        inner.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
+        Ok(Self { pad: (pad, "[PAD]".into()), inner })
+    }
+
+    /// Writes tokenizer.json (atomically) into `dir`, plus a tokenizer_config.json naming the BERT tokenizer
+    /// class so that transformers' AutoTokenizer loads it.
+    pub fn save_to_dir(&self, dir: &Path, lowercase: bool) -> Result<()> {
+        let path = dir.join("tokenizer.json");
+        let json = self.inner.to_string(true).map_err(|e| Error::tokenizer("serialising tokenizer.json", e))?;
+        crate::train::checkpoint::write_atomically(&path, json.as_bytes())?;
+        let config = serde_json::json!({
+            "tokenizer_class": "BertTokenizer", "do_lower_case": lowercase, "unk_token": "[UNK]",
+            "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]",
+            "model_max_length": 512,
+        });
+        super::write_json(&dir.join("tokenizer_config.json"), &config)
+    }
+
+    /// Ids of the special tokens (never masked or drawn as random replacements).
+    pub fn special_ids(&self) -> Vec<u32> {
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].into_iter().filter_map(|t| self.inner.token_to_id(t)).collect()
+    }
+
     pub fn cls_id(&self) -> Option<u32> {
         ["[CLS]", "<s>"].into_iter().find_map(|t| self.inner.token_to_id(t))
     }

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod classification;
 pub mod loss;
+pub mod mlm;
 pub mod optim;
 pub mod schedule;
 pub mod synthetic;
