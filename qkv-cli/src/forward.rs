@@ -42,8 +42,21 @@ pub fn run(args: Args) -> Result<()> {
         };
         let outputs = loaded.model.forward(&input, &mut Mode::Eval)?;
         outputs.into_iter().map(|(name, t)| (name.to_string(), t)).collect()
+    } else if architecture.starts_with("GPT2") || architecture == "gpt2" {
+        let loaded =
+            qkv::hub::gpt2::load(&args.model, &device).with_context(|| format!("loading {}", args.model.display()))?;
+        let mask = inputs.remove("attention_mask");
+        let hidden = loaded.model.hidden_masked(&input_ids, mask.as_ref(), &mut Mode::Eval)?;
+        if architecture == "GPT2Model" {
+            vec![("last_hidden_state".to_string(), hidden)]
+        } else {
+            vec![("logits".to_string(), loaded.model.logits(&hidden)?)]
+        }
     } else {
-        bail!("{}: architecture {architecture} is not supported (BertModel and BertFor* are)", args.model.display());
+        bail!(
+            "{}: architecture {architecture} is not supported (BertModel, BertFor*, GPT2Model and GPT2LMHeadModel are)",
+            args.model.display()
+        );
     };
     if let Some(name) = inputs.keys().next() {
         eprintln!("warning: input tensor `{name}` is not used");

@@ -36,6 +36,12 @@ pub struct Gpt2Config {
     pub bias: bool,
     pub bos_token_id: u32,
     pub eos_token_id: u32,
+    pub model_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub architectures: Option<Vec<String>>,
+    /// Keys of a config.json that qkv does not use, kept so that saving writes them back.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Default for Gpt2Config {
@@ -58,6 +64,9 @@ impl Default for Gpt2Config {
             bias: true,
             bos_token_id: 50256,
             eos_token_id: 50256,
+            model_type: "gpt2".into(),
+            architectures: None,
+            extra: serde_json::Map::new(),
         }
     }
 }
@@ -139,15 +148,37 @@ impl Gpt2 {
 
     /// input_ids (B, T) → final hidden states (B, T, C), each position seeing only itself and earlier ones.
     pub fn hidden(&self, input_ids: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        self.hidden_masked(input_ids, None, mode)
+    }
+
+    /// As [`hidden`](Self::hidden), with `attention_mask` (B, T) marking real tokens (1) and padding (0):
+    /// padding is never attended to. Positions count from 0 at the first column, as in transformers when no
+    /// position_ids are given (so pad on the right).
+    pub fn hidden_masked(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
         if input_ids.rank() != 2 {
             return Err(Error::shape("input_ids", "(B, T)", input_ids.dims()));
         }
         let t = input_ids.dim(1)?;
         let x = self.wte.forward(input_ids)?.broadcast_add(&self.wpe.forward(t, 0)?)?;
         let mut x = self.dropout.forward(&x, mode)?;
-        let causal = AttentionMask::causal(t, t, input_ids.device())?;
+        let mut mask = AttentionMask::causal(t, t, input_ids.device())?;
+        if let Some(valid) = attention_mask {
+            if valid.dims() != input_ids.dims() {
+                return Err(Error::shape(
+                    "attention_mask",
+                    format!("{:?} like input_ids", input_ids.dims()),
+                    valid.dims(),
+                ));
+            }
+            mask = mask.and(&AttentionMask::padding(valid)?)?;
+        }
         for block in &self.blocks {
-            x = block.forward(&x, Some(&causal), mode)?;
+            x = block.forward(&x, Some(&mask), mode)?;
         }
         self.ln_f.forward(&x)
     }

@@ -1,0 +1,154 @@
+//! GPT-2 checkpoints as transformers writes them (`GPT2Model`, `GPT2LMHeadModel`): the one place that maps
+//! their tensors to qkv's parameters. transformers keeps GPT-2's projections in `Conv1D` modules whose weights
+//! are stored (in, out) — the transpose of a Linear's (out, in) — and fuses Q, K and V into one `c_attn`; both
+//! are undone here on load and redone on save.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+
+use super::{assign, load_weights, read_config, save_safetensors, write_json, LoadReport};
+use crate::models::{Gpt2, Gpt2Config};
+use crate::nn::{params::named_vars, seeded_var_builder};
+use crate::{Error, Result};
+
+/// Per block: checkpoint module under `h.{i}.` → qkv module under `blocks.{i}.`, and whether the weight is a
+/// Conv1D (stored transposed). `attn.c_attn` is split into the three projections separately.
+const BLOCK: [(&str, &str, bool); 5] = [
+    ("ln_1", "self_attn_norm", false),
+    ("attn.c_proj", "self_attn.out_proj", true),
+    ("ln_2", "feed_forward_norm", false),
+    ("mlp.c_fc", "feed_forward.fc1", true),
+    ("mlp.c_proj", "feed_forward.fc2", true),
+];
+
+/// Top-level tensors with the same meaning on both sides.
+const TOP: [&str; 3] = ["wte", "wpe", "ln_f"];
+
+/// A GPT-2 loaded from a directory, with its trainable parameters.
+pub struct LoadedGpt2 {
+    pub model: Gpt2,
+    pub vars: Vec<(String, Var)>,
+    pub report: LoadReport,
+}
+
+/// Reads config.json (`model_type` "gpt2") and the weights of `dir`. The LM head is the token embedding unless
+/// `tie_word_embeddings` is false, in which case `lm_head.weight` must be in the checkpoint.
+pub fn load(dir: &Path, device: &Device) -> Result<LoadedGpt2> {
+    let config: Gpt2Config = read_config(dir)?;
+    if config.model_type != "gpt2" {
+        let message = format!("model_type is {:?}; this loader reads \"gpt2\"", config.model_type);
+        return Err(Error::input(dir.join("config.json"), None, message));
+    }
+    let varmap = VarMap::new();
+    let model = Gpt2::new(&config, seeded_var_builder(&varmap, 0, DType::F32, device))?;
+    let vars = named_vars(&varmap);
+    let weights = from_checkpoint(load_weights(dir, device)?, dir, config.tie_word_embeddings)?;
+    let report = assign(&vars, weights, dir, |name| name.to_string(), |_| false)?;
+    Ok(LoadedGpt2 { model, vars, report })
+}
+
+/// Checkpoint tensors renamed to qkv's parameters: the `transformer.` prefix dropped, Conv1D weights
+/// transposed, `c_attn` split into Q, K, V, buffers (`attn.bias`, `attn.masked_bias`) and a tied `lm_head`
+/// left out.
+fn from_checkpoint(weights: HashMap<String, Tensor>, dir: &Path, tied: bool) -> Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    for (key, tensor) in weights {
+        let name = key.strip_prefix("transformer.").unwrap_or(&key);
+        if name == "lm_head.weight" {
+            if !tied {
+                out.insert(name.to_string(), tensor);
+            }
+            continue;
+        }
+        if TOP.iter().any(|top| name.strip_prefix(top).is_some_and(|rest| rest.starts_with('.'))) {
+            out.insert(name.to_string(), tensor);
+            continue;
+        }
+        let Some((index, inner)) = name.strip_prefix("h.").and_then(|rest| rest.split_once('.')) else {
+            out.insert(name.to_string(), tensor); // reported as unused
+            continue;
+        };
+        let block = format!("blocks.{index}");
+        if inner == "attn.bias" || inner == "attn.masked_bias" {
+            continue; // causal-mask buffers of older checkpoints
+        }
+        if let Some(part) = inner.strip_prefix("attn.c_attn.") {
+            // weight (C, 3C) → three (C, C) Linear weights; bias (3C) → three (C).
+            let fused = if part == "weight" { tensor.t()?.contiguous()? } else { tensor };
+            let c = fused.dim(0)? / 3;
+            if c * 3 != fused.dim(0)? {
+                return Err(Error::input(dir, None, format!("tensor `{key}` has shape {:?}: not 3 × C", fused.dims())));
+            }
+            for (i, projection) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
+                out.insert(format!("{block}.self_attn.{projection}.{part}"), fused.narrow(0, i * c, c)?.contiguous()?);
+            }
+            continue;
+        }
+        match BLOCK
+            .iter()
+            .find_map(|(theirs, ours, conv)| inner.strip_prefix(theirs)?.strip_prefix('.').map(|p| (ours, conv, p)))
+        {
+            Some((ours, conv, part)) => {
+                let tensor = if *conv && part == "weight" { tensor.t()?.contiguous()? } else { tensor };
+                out.insert(format!("{block}.{ours}.{part}"), tensor);
+            }
+            None => {
+                out.insert(name.to_string(), tensor);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// qkv's parameters under transformers' `GPT2LMHeadModel` names, Conv1D weights transposed and Q, K, V fused.
+pub fn to_checkpoint(vars: &[(String, Var)]) -> Result<Vec<(String, Tensor)>> {
+    let by_name: HashMap<&str, &Tensor> = vars.iter().map(|(n, v)| (n.as_str(), v.as_tensor())).collect();
+    let mut out = Vec::new();
+    for (name, var) in vars {
+        let tensor = var.as_tensor();
+        if TOP.iter().any(|top| name.starts_with(&format!("{top}."))) || name == "lm_head.weight" {
+            let key = if name == "lm_head.weight" { name.clone() } else { format!("transformer.{name}") };
+            out.push((key, tensor.clone()));
+            continue;
+        }
+        let Some((index, inner)) = name.strip_prefix("blocks.").and_then(|rest| rest.split_once('.')) else {
+            return Err(Error::config("parameter", name, "a GPT-2 parameter"));
+        };
+        let prefix = format!("transformer.h.{index}");
+        if let Some(part) = inner.strip_prefix("self_attn.q_proj.") {
+            // Q, K, V fused back into c_attn when Q is seen.
+            let get = |p: &str| {
+                by_name.get(format!("blocks.{index}.self_attn.{p}.{part}").as_str()).copied().ok_or_else(|| {
+                    Error::config("parameter", format!("blocks.{index}.self_attn.{p}.{part}"), "present")
+                })
+            };
+            let fused = Tensor::cat(&[get("q_proj")?, get("k_proj")?, get("v_proj")?], 0)?;
+            let fused = if part == "weight" { fused.t()?.contiguous()? } else { fused };
+            out.push((format!("{prefix}.attn.c_attn.{part}"), fused));
+            continue;
+        }
+        if inner.starts_with("self_attn.k_proj.") || inner.starts_with("self_attn.v_proj.") {
+            continue;
+        }
+        let Some((theirs, conv, part)) = BLOCK
+            .iter()
+            .find_map(|(theirs, ours, conv)| inner.strip_prefix(ours)?.strip_prefix('.').map(|p| (theirs, conv, p)))
+        else {
+            return Err(Error::config("parameter", name, "a GPT-2 parameter"));
+        };
+        let tensor = if *conv && part == "weight" { tensor.t()?.contiguous()? } else { tensor.clone() };
+        out.push((format!("{prefix}.{theirs}.{part}"), tensor));
+    }
+    Ok(out)
+}
+
+/// Writes config.json (architectures = GPT2LMHeadModel) and model.safetensors into the existing `dir`.
+pub fn save(dir: &Path, model: &Gpt2, vars: &[(String, Var)]) -> Result<()> {
+    let mut config = model.config().clone();
+    config.architectures = Some(vec!["GPT2LMHeadModel".into()]);
+    save_safetensors(&to_checkpoint(vars)?, &dir.join(super::WEIGHTS))?;
+    write_json(&dir.join("config.json"), &config)
+}
