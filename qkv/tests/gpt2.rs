@@ -77,3 +77,29 @@ fn saved_models_reload_identically() {
         std::fs::remove_dir_all(&out).unwrap();
     }
 }
+
+/// Incremental decoding: a 4-token prompt, then one token at a time, gives at every step the logits of
+/// recomputing the whole prefix (≤ 1e-5); going past n_positions is an error naming it.
+#[test]
+fn cached_decoding_equals_full_recomputation() {
+    let loaded = gpt2::load(&fixture("GPT2LMHeadModel"), &Device::Cpu).unwrap();
+    let model = &loaded.model;
+    let ids: Vec<u32> = vec![5, 17, 3, 88, 41, 2, 60, 9, 33, 71];
+    let row = |s: &[u32]| Tensor::from_vec(s.to_vec(), (1, s.len()), &Device::Cpu).unwrap();
+    let mut cache = model.new_cache();
+    let prompt = model.forward_step(&row(&ids[..4]), &mut cache, &mut Mode::Eval).unwrap();
+    let full = model.forward(&row(&ids[..4]), &mut Mode::Eval).unwrap();
+    assert!(error(&prompt, &full) <= TOL);
+    for end in 5..=ids.len() {
+        let step = model.forward_step(&row(&ids[end - 1..end]), &mut cache, &mut Mode::Eval).unwrap();
+        let full = model.forward(&row(&ids[..end]), &mut Mode::Eval).unwrap();
+        let last = full.narrow(1, end - 1, 1).unwrap();
+        let err = error(&step, &last);
+        assert!(err <= TOL, "position {}: {err:e}", end - 1);
+    }
+    // n_positions = 20: ten more tokens fit, the eleventh does not.
+    let more = row(&[1; 10]);
+    model.forward_step(&more, &mut cache, &mut Mode::Eval).unwrap();
+    let message = model.forward_step(&row(&[1]), &mut cache, &mut Mode::Eval).unwrap_err().to_string();
+    assert!(message.contains("n_positions = 20"), "{message}");
+}

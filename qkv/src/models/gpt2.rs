@@ -8,8 +8,8 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::nn::{
-    Activation, AttentionMask, Dropout, DropoutRates, Embedding, EncoderLayer, LayerConfig, LayerNorm, LearnedPosition,
-    Linear, Mode, NormPosition, WeightInit,
+    Activation, AttentionMask, Dropout, DropoutRates, Embedding, EncoderLayer, KvCache, LayerConfig, LayerNorm,
+    LearnedPosition, Linear, Mode, NormPosition, WeightInit,
 };
 use crate::{Error, Result};
 
@@ -181,6 +181,39 @@ impl Gpt2 {
             x = block.forward(&x, Some(&mask), mode)?;
         }
         self.ln_f.forward(&x)
+    }
+
+    /// An empty key/value cache, one per block, for [`forward_step`](Self::forward_step).
+    pub fn new_cache(&self) -> Vec<KvCache> {
+        (0..self.blocks.len()).map(|_| KvCache::new()).collect()
+    }
+
+    /// Incremental decoding: `input_ids` (B, T) are the next T tokens after the `cache`d ones, which sit at
+    /// positions 0 … cached − 1; returns their logits (B, T, V) and appends their keys and values to the cache.
+    /// Going past `n_positions` is an error naming the limit.
+    pub fn forward_step(&self, input_ids: &Tensor, cache: &mut [KvCache], mode: &mut Mode) -> Result<Tensor> {
+        if cache.len() != self.blocks.len() {
+            return Err(Error::config(
+                "GPT-2 cache",
+                cache.len(),
+                format!("{} layers, like the model", self.blocks.len()),
+            ));
+        }
+        let (t, offset) = (input_ids.dim(1)?, cache[0].len());
+        if offset + t > self.config.n_positions {
+            return Err(Error::config(
+                "sequence length",
+                offset + t,
+                format!("at most n_positions = {} (the learned position table)", self.config.n_positions),
+            ));
+        }
+        let x = self.wte.forward(input_ids)?.broadcast_add(&self.wpe.forward(t, offset)?)?;
+        let mut x = self.dropout.forward(&x, mode)?;
+        let mask = AttentionMask::causal(t, offset + t, input_ids.device())?;
+        for (block, layer_cache) in self.blocks.iter().zip(cache.iter_mut()) {
+            x = block.forward_step(&x, Some(&mask), layer_cache, mode)?;
+        }
+        self.logits(&self.ln_f.forward(&x)?)
     }
 
     /// Hidden states (B, T, C) → logits (B, T, V).

@@ -5,8 +5,9 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use super::{
-    attention::{requested, MultiHeadAttention},
+    attention::{requested, MultiHeadAttention, StepCache},
     feed_forward::FeedForward,
+    kv_cache::KvCache,
     layer::LayerConfig,
     mask::AttentionMask,
     mode::Mode,
@@ -36,7 +37,20 @@ impl EncoderLayer {
 
     /// x (B, S, C) with a mask over its keys (usually padding) → (B, S, C).
     pub fn forward(&self, x: &Tensor, mask: Option<&AttentionMask>, mode: &mut Mode) -> Result<Tensor> {
-        Ok(self.run(x, mask, mode, false)?.0)
+        Ok(self.run(x, mask, mode, false, None)?.0)
+    }
+
+    /// Incremental decoding with this layer as a decoder-only block (GPT-2): `x` (B, T, C) holds the newest T
+    /// positions, `cache` the keys and values of the earlier ones, to which this step's are appended; `mask`
+    /// covers (T, cached + T) keys.
+    pub fn forward_step(
+        &self,
+        x: &Tensor,
+        mask: Option<&AttentionMask>,
+        cache: &mut KvCache,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        Ok(self.run(x, mask, mode, false, Some(cache))?.0)
     }
 
     /// As [`forward`](Self::forward), also returning the self-attention weights (B, H, S, S).
@@ -46,7 +60,7 @@ impl EncoderLayer {
         mask: Option<&AttentionMask>,
         mode: &mut Mode,
     ) -> Result<(Tensor, Tensor)> {
-        let (x, weights) = self.run(x, mask, mode, true)?;
+        let (x, weights) = self.run(x, mask, mode, true, None)?;
         Ok((x, requested(weights)?))
     }
 
@@ -56,10 +70,12 @@ impl EncoderLayer {
         mask: Option<&AttentionMask>,
         mode: &mut Mode,
         need_weights: bool,
+        cache: Option<&mut KvCache>,
     ) -> Result<(Tensor, Option<Tensor>)> {
+        let step = cache.map(StepCache::Grow);
         let (x, weights) = self
             .self_attn_residual
-            .forward_with(x, mode, |h, mode| self.self_attn.attend(h, h, mask, mode, need_weights, None))?;
+            .forward_with(x, mode, |h, mode| self.self_attn.attend(h, h, mask, mode, need_weights, step))?;
         let x = self.feed_forward_residual.forward(&x, mode, |h, mode| self.feed_forward.forward(h, mode))?;
         Ok((x, weights))
     }
