@@ -13,6 +13,7 @@ mod embed;
 mod fill_mask;
 mod finetune;
 mod forward;
+mod generate;
 mod mlm;
 mod plot;
 mod qa;
@@ -77,6 +78,8 @@ enum Command {
     FillMask(fill_mask::Args),
     /// Label probabilities for texts or text pairs (BertForSequenceClassification)
     Classify(classify::Args),
+    /// Generate text with a GPT-2 directory (greedy or sampled), streamed as it is produced
+    Generate(generate::Args),
     /// Extractive question answering over a context of any length (BertForQuestionAnswering)
     Qa(qa::Args),
     /// Run a Hugging Face checkpoint on token ids from a safetensors file; write its outputs to another
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
         Command::FillMask(args) => fill_mask::run(args),
         Command::Classify(args) => classify::run(args),
         Command::Qa(args) => qa::run(args),
+        Command::Generate(args) => generate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -103,3 +103,48 @@ fn cached_decoding_equals_full_recomputation() {
     let message = model.forward_step(&row(&[1]), &mut cache, &mut Mode::Eval).unwrap_err().to_string();
     assert!(message.contains("n_positions = 20"), "{message}");
 }
+
+/// Greedy generation equals transformers' `generate(do_sample=False)` token for token (with and without a
+/// repetition penalty), cached or not; sampling with top_k = 1 is greedy; a seed makes sampling repeatable.
+#[test]
+fn generation_matches_transformers_generate() {
+    use qkv::decode::generate::{generate, GenerateOptions, StopReason};
+    for name in ["GPT2LMHeadModel", "GPT2LMHeadModel-untied"] {
+        let loaded = gpt2::load(&fixture(name), &Device::Cpu).unwrap();
+        let io = io(name);
+        let prompt: Vec<u32> =
+            io["generate.prompt"].flatten_all().unwrap().to_dtype(candle_core::DType::U32).unwrap().to_vec1().unwrap();
+        for (key, penalty) in [("generate.greedy", 1.0), ("generate.greedy_penalty_1.3", 1.3)] {
+            let expected: Vec<u32> =
+                io[key].flatten_all().unwrap().to_dtype(candle_core::DType::U32).unwrap().to_vec1().unwrap();
+            for use_cache in [true, false] {
+                let options = GenerateOptions {
+                    max_new_tokens: 12,
+                    greedy: true,
+                    repetition_penalty: penalty,
+                    use_cache,
+                    ..GenerateOptions::default()
+                };
+                let mut streamed = Vec::new();
+                let (tokens, reason) = generate(&loaded.model, &prompt, &options, |t| {
+                    streamed.push(t);
+                    Ok(true)
+                })
+                .unwrap();
+                assert_eq!(reason, StopReason::MaxNewTokens);
+                assert_eq!(tokens, streamed);
+                assert_eq!([prompt.clone(), tokens].concat(), expected, "{name} {key} cache {use_cache}");
+            }
+        }
+        let greedy = GenerateOptions { max_new_tokens: 12, greedy: true, ..GenerateOptions::default() };
+        let top1 = GenerateOptions { greedy: false, top_k: Some(1), temperature: 0.7, seed: 9, ..greedy.clone() };
+        let run = |o: &GenerateOptions| generate(&loaded.model, &prompt, o, |_| Ok(true)).unwrap().0;
+        assert_eq!(run(&top1), run(&greedy));
+        let sampled = GenerateOptions { greedy: false, top_p: Some(0.9), seed: 4, ..greedy.clone() };
+        assert_eq!(run(&sampled), run(&sampled));
+        let first = run(&greedy)[0];
+        let stop = GenerateOptions { eos_token_id: Some(first), ..greedy.clone() };
+        let (tokens, reason) = generate(&loaded.model, &prompt, &stop, |_| Ok(true)).unwrap();
+        assert_eq!((tokens, reason), (vec![first], StopReason::Eos));
+    }
+}

@@ -116,6 +116,12 @@ impl PretrainedTokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// Token ids of `text` without special tokens (a generation prompt).
+    pub fn ids(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self.inner.encode(text, false).map_err(|e| Error::tokenizer("encoding", e))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
     /// Text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, true).map_err(|e| Error::tokenizer("decoding", e))

@@ -1,0 +1,143 @@
+//! `qkv generate`: text from a GPT-2 directory, streamed to stdout as it is produced.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::Parser;
+use qkv::decode::generate::{generate, GenerateOptions, StopReason};
+use qkv::hub::{gpt2, tokenizer::PretrainedTokenizer};
+
+#[derive(Parser)]
+pub struct Args {
+    /// GPT-2 directory (config.json, model.safetensors; tokenizer.json for --prompt)
+    #[arg(long)]
+    model: PathBuf,
+    /// Prompt text (needs the directory's tokenizer.json)
+    #[arg(long, required_unless_present = "prompt_ids", conflicts_with = "prompt_ids")]
+    prompt: Option<String>,
+    /// Prompt as token ids, e.g. 12,7,99 (no tokenizer needed; output is ids too unless one is present)
+    #[arg(long, value_delimiter = ',')]
+    prompt_ids: Option<Vec<u32>>,
+    #[arg(long, default_value_t = 50)]
+    max_new_tokens: usize,
+    /// Always take the most likely token (otherwise sample)
+    #[arg(long)]
+    greedy: bool,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when the generated text contains this string (repeatable); the string is not printed
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Do not stop at the end-of-text token
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Recompute the whole sequence at every step instead of caching keys and values
+    #[arg(long)]
+    no_cache: bool,
+    /// Print {"prompt_ids", "generated_ids", "text", "stop_reason", "tokens_per_s"} instead of streaming
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let loaded = gpt2::load(&args.model, &Device::Cpu).with_context(|| format!("loading {}", args.model.display()))?;
+    let tokenizer = match PretrainedTokenizer::from_dir(&args.model) {
+        Ok(t) => Some(t),
+        Err(_) if args.prompt.is_none() => None,
+        Err(e) => return Err(e).context("--prompt needs the model's tokenizer.json (or give --prompt-ids)"),
+    };
+    let prompt = match (&args.prompt, &args.prompt_ids, &tokenizer) {
+        (Some(text), _, Some(t)) => t.ids(text)?,
+        (_, Some(ids), _) => ids.clone(),
+        _ => bail!("give --prompt TEXT or --prompt-ids 1,2,3"),
+    };
+    let vocab = loaded.model.config().vocab_size as u32;
+    let eos = loaded.model.config().eos_token_id;
+    let options = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        greedy: args.greedy,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        repetition_penalty: args.repetition_penalty,
+        seed: args.seed,
+        eos_token_id: (!args.ignore_eos && eos < vocab).then_some(eos),
+        use_cache: !args.no_cache,
+    };
+    let mut out = std::io::stdout().lock();
+    let mut generated: Vec<u32> = Vec::new();
+    let mut printed = 0; // bytes of the decoded text already written
+    let mut text = String::new();
+    let started = Instant::now();
+    let (tokens, mut reason) = generate(&loaded.model, &prompt, &options, |token| {
+        generated.push(token);
+        match &tokenizer {
+            Some(t) => {
+                text = t.decode(&generated)?;
+                // Byte offsets into the decoded text; `get` declines offsets that are not character boundaries.
+                let fresh = text.get(printed..).unwrap_or("");
+                let cut = args.stop.iter().filter_map(|s| fresh.find(s.as_str()).map(|i| i + printed)).min();
+                let end = cut.unwrap_or(text.len());
+                // A token may end inside a multi-byte character: wait for the rest (decoding gives U+FFFD).
+                if let Some(piece) =
+                    text.get(printed..end).filter(|p| !args.json && !p.is_empty() && !p.ends_with('\u{fffd}'))
+                {
+                    out.write_all(piece.as_bytes())
+                        .and_then(|_| out.flush())
+                        .map_err(|e| qkv::Error::io("stdout", e))?;
+                    printed = end;
+                }
+                if let Some(end) = cut {
+                    text.truncate(end);
+                    return Ok(false);
+                }
+            }
+            None if !args.json => {
+                write!(out, "{}{token}", if generated.len() > 1 { "," } else { "" })
+                    .and_then(|_| out.flush())
+                    .map_err(|e| qkv::Error::io("stdout", e))?;
+            }
+            None => {}
+        }
+        Ok(true)
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    if reason == StopReason::Caller && args.stop.is_empty() {
+        reason = StopReason::MaxNewTokens;
+    }
+    let reason_name = match reason {
+        StopReason::MaxNewTokens => "max_new_tokens",
+        StopReason::Eos => "eos",
+        StopReason::ContextFull => "n_positions",
+        StopReason::Caller => "stop_string",
+    };
+    if args.json {
+        let record = serde_json::json!({
+            "prompt_ids": prompt, "generated_ids": tokens, "text": tokenizer.as_ref().map(|_| &text),
+            "stop_reason": reason_name, "tokens_per_s": tokens.len() as f64 / seconds,
+        });
+        println!("{record}");
+    } else {
+        if let Some(rest) = text.get(printed..).filter(|_| tokenizer.is_some()) {
+            write!(out, "{rest}")?;
+        }
+        writeln!(out)?;
+        eprintln!(
+            "[{} tokens in {seconds:.2} s, {:.1} tokens/s; stopped: {reason_name}]",
+            tokens.len(),
+            tokens.len() as f64 / seconds
+        );
+    }
+    Ok(())
+}

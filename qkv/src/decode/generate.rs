@@ -1,0 +1,259 @@
+//! Text generation with a decoder-only model (GPT-2), one token at a time over its key/value cache: greedy
+//! decoding or sampling with temperature, top-k and top-p (nucleus), and a repetition penalty — applied in the
+//! order of transformers' logits processors (penalty, temperature, top-k, top-p).
+
+use candle_core::{Device, Tensor};
+use rand::{Rng as _, SeedableRng};
+
+use crate::models::Gpt2;
+use crate::nn::mode::Rng;
+use crate::nn::Mode;
+use crate::{Error, Result};
+
+/// How to pick each next token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    /// Pick the most likely token (transformers' do_sample=False); otherwise sample.
+    pub greedy: bool,
+    pub temperature: f64,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f64>,
+    /// Values above 1 discourage tokens already in the text (CTRL, Keskar et al. 2019): a positive logit is
+    /// divided by it, a negative one multiplied.
+    pub repetition_penalty: f64,
+    pub seed: u64,
+    /// Generation stops after this token (it is kept in the output).
+    pub eos_token_id: Option<u32>,
+    /// Recompute the whole sequence at every step instead of using the cache (slow; for checking).
+    pub use_cache: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 50,
+            greedy: false,
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
+            repetition_penalty: 1.0,
+            seed: 0,
+            eos_token_id: None,
+            use_cache: true,
+        }
+    }
+}
+
+impl GenerateOptions {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            return Err(Error::config("temperature", self.temperature, "a positive number"));
+        }
+        if self.top_k == Some(0) {
+            return Err(Error::config("top_k", 0, "at least 1"));
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(Error::config("top_p", p, "a probability in (0, 1]"));
+            }
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return Err(Error::config("repetition_penalty", self.repetition_penalty, "a positive number"));
+        }
+        Ok(())
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    MaxNewTokens,
+    Eos,
+    /// The model's position table (n_positions) is full.
+    ContextFull,
+    /// `on_token` asked to stop (a stop string was written).
+    Caller,
+}
+
+/// Generates after `prompt`, calling `on_token` with each new token as soon as it is chosen (return false to
+/// stop). Returns the new tokens and why generation ended.
+pub fn generate(
+    model: &Gpt2,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    mut on_token: impl FnMut(u32) -> Result<bool>,
+) -> Result<(Vec<u32>, StopReason)> {
+    options.validate()?;
+    if prompt.is_empty() {
+        return Err(Error::config("prompt", "no tokens", "at least one token"));
+    }
+    let limit = model.config().n_positions;
+    if prompt.len() > limit {
+        return Err(Error::config(
+            "prompt",
+            format!("{} tokens", prompt.len()),
+            format!("at most n_positions = {limit}"),
+        ));
+    }
+    let device = Device::Cpu;
+    let row = |ids: &[u32]| Tensor::from_vec(ids.to_vec(), (1, ids.len()), &device);
+    let mut rng = Rng::seed_from_u64(options.seed);
+    let mut cache = model.new_cache();
+    let mut tokens = prompt.to_vec();
+    let mut generated = Vec::new();
+    let mut logits = last_logits(&if options.use_cache {
+        model.forward_step(&row(prompt)?, &mut cache, &mut Mode::Eval)?
+    } else {
+        model.forward(&row(prompt)?, &mut Mode::Eval)?
+    })?;
+    loop {
+        if generated.len() == options.max_new_tokens {
+            return Ok((generated, StopReason::MaxNewTokens));
+        }
+        let token = choose(&mut logits, &tokens, options, &mut rng)?;
+        tokens.push(token);
+        generated.push(token);
+        if !on_token(token)? {
+            return Ok((generated, StopReason::Caller));
+        }
+        if options.eos_token_id == Some(token) {
+            return Ok((generated, StopReason::Eos));
+        }
+        if generated.len() == options.max_new_tokens {
+            return Ok((generated, StopReason::MaxNewTokens));
+        }
+        if tokens.len() >= limit {
+            return Ok((generated, StopReason::ContextFull));
+        }
+        logits = last_logits(&if options.use_cache {
+            model.forward_step(&row(&[token])?, &mut cache, &mut Mode::Eval)?
+        } else {
+            model.forward(&row(&tokens)?, &mut Mode::Eval)?
+        })?;
+    }
+}
+
+/// The last position's logits as f64: (1, T, V) → V.
+fn last_logits(logits: &Tensor) -> Result<Vec<f64>> {
+    let t = logits.dim(1)?;
+    Ok(logits.get(0)?.get(t - 1)?.to_vec1::<f32>()?.into_iter().map(f64::from).collect())
+}
+
+/// The next token from `logits` (modified in place by the processors).
+fn choose(logits: &mut [f64], context: &[u32], options: &GenerateOptions, rng: &mut Rng) -> Result<u32> {
+    apply_repetition_penalty(logits, context, options.repetition_penalty);
+    if options.greedy {
+        return Ok(argmax(logits));
+    }
+    for l in logits.iter_mut() {
+        *l /= options.temperature;
+    }
+    if let Some(k) = options.top_k {
+        keep_top_k(logits, k);
+    }
+    if let Some(p) = options.top_p {
+        keep_top_p(logits, p);
+    }
+    let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let weights: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    let mut draw = rng.random::<f64>() * total;
+    for (token, w) in weights.iter().enumerate() {
+        if draw < *w {
+            return Ok(token as u32);
+        }
+        draw -= w;
+    }
+    Ok(argmax(logits)) // rounding left the draw past the end
+}
+
+fn argmax(values: &[f64]) -> u32 {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// transformers' RepetitionPenaltyLogitsProcessor: every token present in `context` has its logit divided by
+/// `penalty` when positive and multiplied by it when negative.
+pub fn apply_repetition_penalty(logits: &mut [f64], context: &[u32], penalty: f64) {
+    if penalty == 1.0 {
+        return;
+    }
+    let mut seen = vec![false; logits.len()];
+    for &t in context {
+        if let Some(s) = seen.get_mut(t as usize) {
+            *s = true;
+        }
+    }
+    for (l, s) in logits.iter_mut().zip(seen) {
+        if s {
+            *l = if *l < 0.0 { *l * penalty } else { *l / penalty };
+        }
+    }
+}
+
+/// Keeps the `k` largest logits (and any tied with the k-th), the rest set to −∞.
+pub fn keep_top_k(logits: &mut [f64], k: usize) {
+    if k >= logits.len() {
+        return;
+    }
+    let mut sorted: Vec<f64> = logits.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let threshold = sorted[k - 1];
+    for l in logits.iter_mut() {
+        if *l < threshold {
+            *l = f64::NEG_INFINITY;
+        }
+    }
+}
+
+/// Nucleus sampling's filter: keeps the most likely tokens whose probabilities sum to at least `p` (always at
+/// least one), the rest set to −∞.
+pub fn keep_top_p(logits: &mut [f64], p: f64) {
+    let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let probs: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+    let total: f64 = probs.iter().sum();
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    let mut cumulative = 0.0;
+    let mut keep = vec![false; logits.len()];
+    for &i in &order {
+        keep[i] = true;
+        cumulative += probs[i] / total;
+        if cumulative >= p {
+            break;
+        }
+    }
+    for (l, k) in logits.iter_mut().zip(keep) {
+        if !k {
+            *l = f64::NEG_INFINITY;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processors_filter_as_described() {
+        let mut l = vec![2.0, -1.0, 0.5, 3.0];
+        apply_repetition_penalty(&mut l, &[0, 1, 1], 2.0);
+        assert_eq!(l, vec![1.0, -2.0, 0.5, 3.0]);
+        let mut l = vec![1.0, 4.0, 3.0, 2.0];
+        keep_top_k(&mut l, 2);
+        assert_eq!(l, vec![f64::NEG_INFINITY, 4.0, 3.0, f64::NEG_INFINITY]);
+        // Probabilities ∝ e^0, e^1, e^2: 0.09, 0.245, 0.665 — top-p 0.7 keeps the two largest.
+        let mut l = vec![0.0, 1.0, 2.0];
+        keep_top_p(&mut l, 0.7);
+        assert_eq!(l, vec![f64::NEG_INFINITY, 1.0, 2.0]);
+        let mut l = vec![0.0, 1.0, 2.0];
+        keep_top_p(&mut l, 0.1);
+        assert_eq!(l, vec![f64::NEG_INFINITY, f64::NEG_INFINITY, 2.0]);
+    }
+}
