@@ -1,14 +1,12 @@
 //! `qkv classify`: label probabilities from a BertForSequenceClassification directory (e.g. one written by
 //! `qkv finetune classify`) for texts or text pairs, one per line (pairs separated by a tab).
 
-use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use qkv::models::bert::BertArchitecture;
 use qkv::pipeline::Pipeline;
-use qkv::text::corpus::read_lines;
 
 #[derive(Parser)]
 pub struct Args {
@@ -26,17 +24,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let lines = match &args.input {
-        Some(path) => read_lines(path)?,
-        None => {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).context("reading stdin (not UTF-8?)")?;
-            text.lines().map(str::to_string).collect()
-        }
-    };
-    if lines.is_empty() {
-        bail!("no texts to classify: give one per line on stdin or with --input");
-    }
+    let lines = crate::progress::input_lines(args.input.as_deref())?;
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }

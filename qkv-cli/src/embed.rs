@@ -1,15 +1,14 @@
 //! `qkv embed`: sentence embeddings from a sentence-transformers (or plain BERT) directory, as JSON lines or a
 //! .npy matrix.
 
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::Parser;
 use qkv::hub::sentence_transformers::SentenceEncoder;
-use qkv::text::corpus::read_lines;
 
 #[derive(Parser)]
 pub struct Args {
@@ -29,10 +28,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let sentences = match &args.input {
-        Some(path) => read_lines(path)?,
-        None => read_stdin()?,
-    };
+    let sentences = crate::progress::input_lines(args.input.as_deref())?;
     let encoder = load(&args.model)?;
     let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let started = Instant::now();
@@ -72,16 +68,6 @@ pub fn load(dir: &Path) -> Result<SentenceEncoder> {
         );
     }
     Ok(encoder)
-}
-
-fn read_stdin() -> Result<Vec<String>> {
-    let mut text = String::new();
-    std::io::stdin().read_to_string(&mut text).context("reading sentences from stdin (not UTF-8?)")?;
-    let lines: Vec<String> = text.lines().map(str::to_string).collect();
-    if lines.is_empty() {
-        bail!("no sentences on stdin: give one per line, or --input FILE");
-    }
-    Ok(lines)
 }
 
 /// One `{"text": ..., "embedding": [...]}` object per line.

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 use qkv::train::classification::{fine_tune, ClassifierEvent, ClassifierTraining, Metric};
 
 #[derive(Parser)]
@@ -81,13 +80,8 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn options(args: &ClassifyArgs) -> Result<ClassifierTraining> {
-    let mut t: ClassifierTraining = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            serde_json::from_str(&text).with_context(|| format!("{}: not a fine-tuning config", path.display()))?
-        }
-        None => ClassifierTraining::default(),
-    };
+    let mut t: ClassifierTraining =
+        crate::progress::json_config(args.config.as_deref(), "fine-tuning config")?.unwrap_or_default();
     t.train_file = args.train.clone();
     t.dev_file = args.dev.clone();
     t.header |= args.header;
@@ -119,11 +113,7 @@ fn options(args: &ClassifyArgs) -> Result<ClassifierTraining> {
 
 fn classify(args: ClassifyArgs) -> Result<()> {
     let training = options(&args)?;
-    let bar = ProgressBar::hidden();
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]")
-            .expect("static template"),
-    );
+    let bar = crate::progress::steps_bar();
     let result = fine_tune(&args.model, &args.out, &training, |event| match event {
         ClassifierEvent::Ready { train, dev, labels, total_steps } => {
             eprintln!("{train} training rows, {dev} dev rows, labels {labels:?}, {total_steps} steps");

@@ -16,6 +16,7 @@ mod forward;
 mod generate;
 mod mlm;
 mod plot;
+mod progress;
 mod qa;
 mod sts;
 mod train;

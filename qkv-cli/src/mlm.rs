@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
 use qkv::train::mlm::{pretrain, small_config, MlmEvent, MlmTraining};
 
 #[derive(Parser)]
@@ -65,11 +64,7 @@ pub fn run(args: MlmArgs) -> Result<()> {
         intermediate_size: 4 * args.hidden_size,
         ..small_config(0, args.max_length)
     };
-    let bar = ProgressBar::hidden();
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]")
-            .expect("static template"),
-    );
+    let bar = crate::progress::steps_bar();
     let result = pretrain(&args.out, &training, config, |event| match event {
         MlmEvent::Ready { sequences, held_out, parameters, total_steps } => {
             eprintln!("{sequences} sequences ({held_out} held out), {parameters} parameters, {total_steps} steps");

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use qkv::models::{PositionEncoding, TransformerConfig};
 use qkv::nn::NormPosition;
 use qkv::text::tokenizer::SubwordModel;
@@ -155,11 +154,7 @@ fn translation(args: TranslationArgs) -> Result<()> {
 
 /// Runs the trainer with a progress bar and messages, then draws loss.png from the run's log.
 pub fn train_with_progress(trainer: &mut TranslationTrainer, stop: &AtomicBool, out: &Path) -> Result<Finish> {
-    let bar = ProgressBar::hidden();
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]")
-            .expect("static template"),
-    );
+    let bar = crate::progress::steps_bar();
     let mut total_steps = 0u64;
     let result = trainer.run(stop, |event| match event {
         Event::Ready { train_pairs, skipped, valid_pairs, parameters, steps_per_epoch } => {
@@ -205,13 +200,8 @@ pub fn train_with_progress(trainer: &mut TranslationTrainer, stop: &AtomicBool, 
 }
 
 fn training_options(args: &TranslationArgs) -> Result<TranslationTraining> {
-    let mut t: TranslationTraining = match &args.config {
-        Some(path) => {
-            serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
-                .with_context(|| format!("{}: not a training config", path.display()))?
-        }
-        None => TranslationTraining::default(),
-    };
+    let mut t: TranslationTraining =
+        crate::progress::json_config(args.config.as_deref(), "training config")?.unwrap_or_default();
     let path = |p: &Option<PathBuf>| p.clone().unwrap_or_default();
     t.train_source = path(&args.train_src);
     t.train_target = path(&args.train_tgt);
@@ -254,11 +244,8 @@ fn training_options(args: &TranslationArgs) -> Result<TranslationTraining> {
 }
 
 fn model_config(args: &TranslationArgs) -> Result<TransformerConfig> {
-    let mut c = match &args.model_config {
-        Some(path) => {
-            serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
-                .with_context(|| format!("{}: not a model config", path.display()))?
-        }
+    let mut c = match crate::progress::json_config(args.model_config.as_deref(), "model config")? {
+        Some(config) => config,
         None => TransformerConfig::preset(&args.preset)?,
     };
     if let Some(layers) = args.layers {

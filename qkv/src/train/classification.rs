@@ -217,13 +217,9 @@ pub fn fine_tune(
             let (input, labels) = batch(&examples, &device)?;
             let logits = logits(&model, &input, &mut mode)?;
             let loss = cross_entropy(&logits, &labels, None, 0.0)?;
-            let value = loss.to_scalar::<f32>()? as f64;
-            if !value.is_finite() {
-                return Err(Error::config("training loss", value, format!("a finite number at step {}", step + 1)));
-            }
             step += 1;
             let lr = schedule::linear_warmup_decay(step, warmup, total_steps, training.learning_rate);
-            optimizer.step(&loss.backward()?, lr, Some(training.max_grad_norm).filter(|m| *m > 0.0))?;
+            let value = optimizer.minimize(&loss, step, lr, training.max_grad_norm)?;
             loss_sum += value;
             loss_count += 1;
             on_event(&ClassifierEvent::Step { step, loss: value, learning_rate: lr });

@@ -214,13 +214,9 @@ pub fn pretrain(
             }
             let batch: Vec<&Vec<u32>> = chunk.iter().map(|&i| &train[i]).collect();
             let loss = masking.loss(&model, &batch, training.mlm_probability, &mut rng, &mut mode, &device)?;
-            let value = loss.to_scalar::<f32>()? as f64;
-            if !value.is_finite() {
-                return Err(Error::config("training loss", value, format!("a finite number at step {}", step + 1)));
-            }
             step += 1;
             let lr = schedule::linear_warmup_decay(step, warmup, total_steps, training.learning_rate);
-            optimizer.step(&loss.backward()?, lr, Some(training.max_grad_norm).filter(|m| *m > 0.0))?;
+            let value = optimizer.minimize(&loss, step, lr, training.max_grad_norm)?;
             (loss_sum, count) = (loss_sum + value, count + 1);
             on_event(&MlmEvent::Step { step, loss: value, learning_rate: lr });
         }
