@@ -85,10 +85,8 @@ fn options(args: &ClassifyArgs) -> Result<ClassifierTraining> {
     t.train_file = args.train.clone();
     t.dev_file = args.dev.clone();
     t.header |= args.header;
-    macro_rules! set {
-        ($($field:ident = $value:expr),* $(,)?) => { $(if let Some(v) = $value { t.$field = v; })* };
-    }
-    set!(
+    override_some!(
+        t,
         learning_rate = args.learning_rate,
         per_device_train_batch_size = args.batch_size,
         num_train_epochs = args.epochs,

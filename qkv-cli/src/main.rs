@@ -4,6 +4,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `override_some!(target, field = option, ...)`: sets each `target.field` whose command-line `option` was
+/// given (options that override a --config file or a preset).
+macro_rules! override_some {
+    ($target:ident, $($field:ident = $value:expr),* $(,)?) => { $(if let Some(v) = $value { $target.$field = v; })* };
+}
+
 mod average;
 mod bench;
 mod bleu;

@@ -210,10 +210,8 @@ fn training_options(args: &TranslationArgs) -> Result<TranslationTraining> {
     if let Some(subword) = &args.subword {
         t.subword = if subword == "bpe" { SubwordModel::Bpe } else { SubwordModel::WordPiece };
     }
-    macro_rules! set {
-        ($($field:ident = $arg:expr),*) => { $(if let Some(v) = $arg { t.$field = v; })* };
-    }
-    set!(
+    override_some!(
+        t,
         vocab_size = args.vocab_size,
         max_tokens = args.max_tokens,
         accumulate = args.accumulate,
