@@ -111,11 +111,10 @@ impl SentenceEncoder {
                 mean.broadcast_mul(&counts.sqrt()?)?
             }
         };
-        if self.normalize {
-            l2_normalize(&pooled)
-        } else {
-            Ok(pooled)
-        }
+        let embeddings = if self.normalize { l2_normalize(&pooled)? } else { pooled };
+        // Detached: the parameters are variables, so the result would otherwise keep the batch's whole forward
+        // graph (every activation) alive for as long as the caller holds it.
+        Ok(embeddings.detach())
     }
 
     /// Embeddings (N, C) of all `sentences`, `batch_size` at a time. Sentences are sorted by length first, so a
