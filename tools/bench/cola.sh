@@ -23,6 +23,7 @@ for seed in "${seeds[@]}"; do
     mcc=$(python3 -c "import json;print(max(json.loads(l)['mcc'] for l in open('$out/qkv-$seed/log.jsonl')))")
     echo "{\"side\": \"qkv\", \"seed\": $seed, \"mcc\": $mcc, \"seconds\": $(awk "BEGIN { print $end - $start }")}"
     (cd tools/bench && "$venv/bin/python" finetune_cola.py --model "$minilm" --train "$data/train.tsv" \
-        --dev "$data/dev.tsv" --out "$out/hf-$seed" --seed "$seed" 2> "$out/hf-$seed.log" | sed 's/^{/{"side": "transformers", /')
+        --dev "$data/dev.tsv" --out "$out/hf-$seed" --seed "$seed" 2> "$out/hf-$seed.log" | tail -n 1 \
+        | sed 's/^{/{"side": "transformers", /')
 done
 rm -rf "$out"
