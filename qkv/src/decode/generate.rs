@@ -5,6 +5,7 @@
 use candle_core::{Device, Tensor};
 use rand::{Rng as _, SeedableRng};
 
+use super::incremental::argmax;
 use crate::models::Gpt2;
 use crate::nn::mode::Rng;
 use crate::nn::Mode;
@@ -144,7 +145,7 @@ fn last_logits(logits: &Tensor) -> Result<Vec<f64>> {
 fn choose(logits: &mut [f64], context: &[u32], options: &GenerateOptions, rng: &mut Rng) -> Result<u32> {
     apply_repetition_penalty(logits, context, options.repetition_penalty);
     if options.greedy {
-        return Ok(argmax(logits));
+        return Ok(argmax(logits) as u32);
     }
     for l in logits.iter_mut() {
         *l /= options.temperature;
@@ -165,17 +166,7 @@ fn choose(logits: &mut [f64], context: &[u32], options: &GenerateOptions, rng: &
         }
         draw -= w;
     }
-    Ok(argmax(logits)) // rounding left the draw past the end
-}
-
-fn argmax(values: &[f64]) -> u32 {
-    let mut best = 0;
-    for (i, v) in values.iter().enumerate() {
-        if *v > values[best] {
-            best = i;
-        }
-    }
-    best as u32
+    Ok(argmax(logits) as u32) // rounding left the draw past the end
 }
 
 /// transformers' RepetitionPenaltyLogitsProcessor: every token present in `context` has its logit divided by

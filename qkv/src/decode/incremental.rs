@@ -89,7 +89,7 @@ impl<'a> Incremental<'a> {
 }
 
 /// Index of the largest value; the first one on ties, so every search breaks ties the same way.
-pub(crate) fn argmax(row: &[f32]) -> usize {
+pub(crate) fn argmax<T: PartialOrd + Copy>(row: &[T]) -> usize {
     let mut best = 0;
     for (i, &x) in row.iter().enumerate() {
         if x > row[best] {

@@ -4,6 +4,7 @@
 //! holds: input_ids, token_type_ids and attention_mask, padded to the longest and truncated on request.
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
@@ -74,10 +75,19 @@ impl Encoded {
 }
 
 /// A model directory's tokenizer.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PretrainedTokenizer {
+    /// Pads batches to their longest member; no truncation.
     inner: tokenizers::Tokenizer,
-    pad: (u32, String),
+    /// The same with longest-first truncation to the given length, made on first use: configuring a copy
+    /// clones the whole vocabulary, too slow to do for every batch.
+    truncating: Mutex<Option<(usize, tokenizers::Tokenizer)>>,
+}
+
+impl Clone for PretrainedTokenizer {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), truncating: Mutex::new(None) }
+    }
 }
 
 impl PretrainedTokenizer {
@@ -97,11 +107,23 @@ impl PretrainedTokenizer {
         } else {
             return Err(Error::input(dir, None, "has no tokenizer.json or vocab.txt"));
         };
-        let pad_token = ["[PAD]", "<pad>"].into_iter().find_map(|t| inner.token_to_id(t).map(|id| (id, t.to_string())));
-        let mut tokenizer = Self { inner, pad: pad_token.unwrap_or((0, "[PAD]".into())) };
-        tokenizer.inner.with_padding(None);
-        tokenizer.inner.with_truncation(None).map_err(|e| Error::tokenizer("clearing truncation", e))?;
-        Ok(tokenizer)
+        Self::new(inner)
+    }
+
+    /// Wraps `inner` with padding to the longest of a batch and without the truncation a file may carry.
+    fn new(mut inner: tokenizers::Tokenizer) -> Result<Self> {
+        let (pad_id, pad_token) = ["[PAD]", "<pad>"]
+            .into_iter()
+            .find_map(|t| inner.token_to_id(t).map(|id| (id, t.to_string())))
+            .unwrap_or((0, "[PAD]".into()));
+        inner.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            pad_id,
+            pad_token,
+            ..PaddingParams::default()
+        }));
+        inner.with_truncation(None).map_err(|e| Error::tokenizer("clearing truncation", e))?;
+        Ok(Self { inner, truncating: Mutex::new(None) })
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
@@ -141,21 +163,6 @@ impl PretrainedTokenizer {
         max_length: usize,
         truncation: Truncation,
     ) -> Result<Encoded> {
-        let mut tokenizer = self.inner.clone();
-        if truncation == Truncation::LongestFirst {
-            let params = TruncationParams {
-                max_length,
-                strategy: TruncationStrategy::LongestFirst,
-                ..TruncationParams::default()
-            };
-            tokenizer.with_truncation(Some(params)).map_err(|e| Error::tokenizer("truncation", e))?;
-        }
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            pad_id: self.pad.0,
-            pad_token: self.pad.1.clone(),
-            ..PaddingParams::default()
-        }));
         let batch: Vec<EncodeInput> = inputs
             .iter()
             .map(|&(a, b)| match b {
@@ -163,7 +170,26 @@ impl PretrainedTokenizer {
                 None => EncodeInput::Single(a.into()),
             })
             .collect();
-        let encodings = tokenizer.encode_batch(batch, true).map_err(|e| Error::tokenizer("encoding", e))?;
+        let encodings = match truncation {
+            Truncation::Error => self.inner.encode_batch(batch, true),
+            Truncation::LongestFirst => {
+                let mut cache = self.truncating.lock().map_err(|_| Error::tokenizer("encoding", "a poisoned lock"))?;
+                let tokenizer = match cache.take() {
+                    Some((length, tokenizer)) if length == max_length => tokenizer,
+                    _ => {
+                        let mut tokenizer = self.inner.clone();
+                        let strategy = TruncationStrategy::LongestFirst;
+                        let params = TruncationParams { max_length, strategy, ..TruncationParams::default() };
+                        tokenizer.with_truncation(Some(params)).map_err(|e| Error::tokenizer("truncation", e))?;
+                        tokenizer
+                    }
+                };
+                let encodings = tokenizer.encode_batch(batch, true);
+                *cache = Some((max_length, tokenizer));
+                encodings
+            }
+        }
+        .map_err(|e| Error::tokenizer("encoding", e))?;
         let mut encoded = Encoded { input_ids: vec![], token_type_ids: vec![], attention_mask: vec![] };
         for (i, e) in encodings.iter().enumerate() {
             let length = e.get_attention_mask().iter().filter(|&&m| m == 1).count();
@@ -307,9 +333,9 @@ impl PretrainedTokenizer {
         let id = |inner: &tokenizers::Tokenizer, t: &str| {
             inner.token_to_id(t).ok_or_else(|| Error::tokenizer("training WordPiece", format!("no {t}")))
         };
-        let (cls, sep, pad) = (id(&inner, "[CLS]")?, id(&inner, "[SEP]")?, id(&inner, "[PAD]")?);
+        let (cls, sep) = (id(&inner, "[CLS]")?, id(&inner, "[SEP]")?);
         inner.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
-        Ok(Self { pad: (pad, "[PAD]".into()), inner })
+        Self::new(inner)
     }
 
     /// Writes tokenizer.json (atomically) into `dir`, plus a tokenizer_config.json naming the BERT tokenizer
