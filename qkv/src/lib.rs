@@ -12,6 +12,7 @@
 //! Shapes use the same letters everywhere: B batch, T target/query length, S source/key length,
 //! C model width, H heads, Dh head width, V vocabulary.
 
+mod atomic_file;
 pub mod decode;
 pub mod error;
 pub mod hub;

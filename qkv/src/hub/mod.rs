@@ -159,14 +159,14 @@ pub fn save_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()>
         .collect::<Result<Vec<_>>>()?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::input(path, None, e))?;
-    crate::train::checkpoint::write_atomically(path, &bytes)
+    crate::atomic_file::write_atomically(path, &bytes)
 }
 
 /// Writes `value` as pretty JSON (as `save_pretrained` does), atomically.
 pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value).map_err(|e| Error::input(path, None, e))?;
     text.push('\n');
-    crate::train::checkpoint::write_atomically(path, text.as_bytes())
+    crate::atomic_file::write_atomically(path, text.as_bytes())
 }
 
 /// `dir/name` if it exists.

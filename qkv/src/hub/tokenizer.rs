@@ -343,7 +343,7 @@ impl PretrainedTokenizer {
     pub fn save_to_dir(&self, dir: &Path, lowercase: bool) -> Result<()> {
         let path = dir.join("tokenizer.json");
         let json = self.inner.to_string(true).map_err(|e| Error::tokenizer("serialising tokenizer.json", e))?;
-        crate::train::checkpoint::write_atomically(&path, json.as_bytes())?;
+        crate::atomic_file::write_atomically(&path, json.as_bytes())?;
         let config = serde_json::json!({
             "tokenizer_class": "BertTokenizer", "do_lower_case": lowercase, "unk_token": "[UNK]",
             "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]",

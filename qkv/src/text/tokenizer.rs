@@ -105,11 +105,7 @@ impl Tokenizer {
     /// save never leaves a truncated file.
     pub fn save(&self, path: &Path) -> Result<()> {
         let json = self.inner.to_string(true).map_err(|e| Error::tokenizer("serialising tokenizer.json", e))?;
-        let mut temporary = path.as_os_str().to_owned();
-        temporary.push(".tmp");
-        let temporary = std::path::PathBuf::from(temporary);
-        std::fs::write(&temporary, json).map_err(|e| Error::io(&temporary, e))?;
-        std::fs::rename(&temporary, path).map_err(|e| Error::io(path, e))
+        crate::atomic_file::write_atomically(path, json.as_bytes())
     }
 
     /// Token ids of `text`, without special tokens.
