@@ -156,9 +156,10 @@ fn translation(args: TranslationArgs) -> Result<()> {
 pub fn train_with_progress(trainer: &mut TranslationTrainer, stop: &AtomicBool, out: &Path) -> Result<Finish> {
     let bar = crate::progress::steps_bar();
     let mut total_steps = 0u64;
+    let (train_pairs, skipped, valid_pairs) = trainer.task().data_sizes();
     let result = trainer.run(stop, |event| match event {
-        Event::Ready { train_pairs, skipped, valid_pairs, parameters, steps_per_epoch } => {
-            if *skipped > 0 {
+        Event::Ready { parameters, steps_per_epoch } => {
+            if skipped > 0 {
                 eprintln!("warning: skipped {skipped} training pairs longer than max_len tokens");
             }
             eprintln!(
@@ -182,7 +183,12 @@ pub fn train_with_progress(trainer: &mut TranslationTrainer, stop: &AtomicBool, 
         Event::Eval(eval) => bar.suspend(|| {
             eprintln!(
                 "epoch {} (step {}): valid loss {:.3}  BLEU {:.2}  chrF2 {:.2}  ({:.1} s)",
-                eval.epoch, eval.step, eval.val_loss, eval.val_bleu, eval.val_chrf, eval.seconds
+                eval.epoch,
+                eval.step,
+                eval.val_loss,
+                eval.metric("val_bleu"),
+                eval.metric("val_chrf"),
+                eval.seconds
             )
         }),
         Event::Checkpoint { path, best, .. } => {

@@ -7,6 +7,7 @@ pub mod mlm;
 pub mod optim;
 pub mod schedule;
 pub mod synthetic;
+pub mod trainer;
 pub mod translation;
 
 pub use loss::cross_entropy;
