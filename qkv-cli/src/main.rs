@@ -20,6 +20,7 @@ mod fill_mask;
 mod finetune;
 mod forward;
 mod generate;
+mod lm;
 mod mlm;
 mod plot;
 mod progress;

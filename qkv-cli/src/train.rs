@@ -9,22 +9,25 @@ use clap::{Parser, Subcommand};
 use qkv::models::{PositionEncoding, TransformerConfig};
 use qkv::nn::NormPosition;
 use qkv::text::tokenizer::SubwordModel;
-use qkv::train::translation::{Event, Finish, TranslationTrainer, TranslationTraining};
+use qkv::train::trainer::{EvalRecord, Event, Finish, Task, Trainer};
+use qkv::train::translation::{TranslationTrainer, TranslationTraining};
 
 use crate::plot;
 
 #[derive(Parser)]
 pub struct Args {
     #[command(subcommand)]
-    task: Task,
+    task: Objective,
 }
 
 #[derive(Subcommand)]
-enum Task {
+enum Objective {
     /// An encoder-decoder Transformer on parallel text files (one sentence per line)
     Translation(Box<TranslationArgs>),
     /// A BERT pre-trained from scratch with the masked-language-model objective (WordPiece vocabulary included)
     Mlm(Box<crate::mlm::MlmArgs>),
+    /// A GPT-2 language model from scratch on one text file (character or byte-level BPE vocabulary)
+    Lm(Box<crate::lm::LmArgs>),
 }
 
 #[derive(Parser)]
@@ -122,8 +125,9 @@ pub struct TranslationArgs {
 
 pub fn run(args: Args) -> Result<()> {
     match args.task {
-        Task::Translation(args) => translation(*args),
-        Task::Mlm(args) => crate::mlm::run(*args),
+        Objective::Translation(args) => translation(*args),
+        Objective::Mlm(args) => crate::mlm::run(*args),
+        Objective::Lm(args) => crate::lm::run(*args),
     }
 }
 
@@ -135,16 +139,7 @@ fn translation(args: TranslationArgs) -> Result<()> {
         let model = model_config(&args)?;
         TranslationTrainer::create(&args.out, training, model)?
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("\nsecond Ctrl-C: exiting without a checkpoint");
-            std::process::exit(130);
-        }
-        eprintln!("\nCtrl-C: finishing this step, writing a checkpoint, then exiting (again to abort)");
-    })
-    .context("installing the Ctrl-C handler")?;
+    let stop = stop_on_ctrl_c()?;
     let finish = train_with_progress(&mut trainer, &stop, &args.out)?;
     if finish == Finish::Interrupted {
         println!("interrupted; continue with: qkv train translation --out {} --resume", args.out.display());
@@ -152,20 +147,33 @@ fn translation(args: TranslationArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs the trainer with a progress bar and messages, then draws loss.png from the run's log.
+/// Runs a translation trainer with a progress bar and messages, then draws loss.png from the run's log.
 pub fn train_with_progress(trainer: &mut TranslationTrainer, stop: &AtomicBool, out: &Path) -> Result<Finish> {
+    let (train_pairs, skipped, valid_pairs) = trainer.task().data_sizes();
+    if skipped > 0 {
+        eprintln!("warning: skipped {skipped} training pairs longer than max_len tokens");
+    }
+    let data = format!("{train_pairs} training pairs, {valid_pairs} validation pairs");
+    run_with_progress(trainer, stop, out, &data, "translation training", |eval| {
+        format!("BLEU {:.2}  chrF2 {:.2}", eval.metric("val_bleu"), eval.metric("val_chrf"))
+    })
+}
+
+/// Runs any trainer with a progress bar, a line per evaluation (`describe` adds the task's metrics to the
+/// validation loss) and per new best checkpoint, then draws loss.png from the run's log.
+pub fn run_with_progress<T: Task>(
+    trainer: &mut Trainer<T>,
+    stop: &AtomicBool,
+    out: &Path,
+    data: &str,
+    title: &str,
+    describe: impl Fn(&EvalRecord) -> String,
+) -> Result<Finish> {
     let bar = crate::progress::steps_bar();
     let mut total_steps = 0u64;
-    let (train_pairs, skipped, valid_pairs) = trainer.task().data_sizes();
     let result = trainer.run(stop, |event| match event {
         Event::Ready { parameters, steps_per_epoch } => {
-            if skipped > 0 {
-                eprintln!("warning: skipped {skipped} training pairs longer than max_len tokens");
-            }
-            eprintln!(
-                "{train_pairs} training pairs, {valid_pairs} validation pairs, {parameters} parameters, \
-                 {steps_per_epoch} steps per epoch"
-            );
+            eprintln!("{data}, {parameters} parameters, {steps_per_epoch} steps per epoch");
             total_steps = *steps_per_epoch as u64;
             bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
         }
@@ -182,12 +190,11 @@ pub fn train_with_progress(trainer: &mut TranslationTrainer, stop: &AtomicBool, 
         // Printed around the bar (not through it) so they also reach a log file when stderr is not a terminal.
         Event::Eval(eval) => bar.suspend(|| {
             eprintln!(
-                "epoch {} (step {}): valid loss {:.3}  BLEU {:.2}  chrF2 {:.2}  ({:.1} s)",
+                "epoch {} (step {}): valid loss {:.4}  {}  ({:.1} s)",
                 eval.epoch,
                 eval.step,
                 eval.val_loss,
-                eval.metric("val_bleu"),
-                eval.metric("val_chrf"),
+                describe(eval),
                 eval.seconds
             )
         }),
@@ -200,9 +207,24 @@ pub fn train_with_progress(trainer: &mut TranslationTrainer, stop: &AtomicBool, 
     bar.finish_and_clear();
     let finish = result?;
     let log = plot::read_log(&out.join("log.jsonl"))?;
-    plot::loss_curve(&log, "translation training", &out.join("loss.png"))?;
+    plot::loss_curve(&log, title, &out.join("loss.png"))?;
     eprintln!("loss curve: {}", out.join("loss.png").display());
     Ok(finish)
+}
+
+/// Ctrl-C raises the returned flag (the trainer then checkpoints and stops); a second Ctrl-C exits at once.
+pub fn stop_on_ctrl_c() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond Ctrl-C: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: finishing this step, writing a checkpoint, then exiting (again to abort)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(stop)
 }
 
 fn training_options(args: &TranslationArgs) -> Result<TranslationTraining> {

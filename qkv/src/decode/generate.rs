@@ -77,6 +77,13 @@ pub enum StopReason {
     Caller,
 }
 
+/// One prompt's continuation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generated {
+    pub tokens: Vec<u32>,
+    pub stop: StopReason,
+}
+
 /// Generates after `prompt`, calling `on_token` with each new token as soon as it is chosen (return false to
 /// stop). Returns the new tokens and why generation ended.
 pub fn generate(
@@ -85,60 +92,137 @@ pub fn generate(
     options: &GenerateOptions,
     mut on_token: impl FnMut(u32) -> Result<bool>,
 ) -> Result<(Vec<u32>, StopReason)> {
+    let mut out = generate_batch(model, &[prompt.to_vec()], options, 0, |_, token| on_token(token))?;
+    let Generated { tokens, stop } = out.remove(0);
+    Ok((tokens, stop))
+}
+
+/// Generates after each of `prompts` at once, as transformers does: the prompts are padded on the left to the
+/// longest with `pad_token_id`, each row's positions count from its first real token, padding is masked out of
+/// attention, and a row that has stopped is fed padding until all have. `on_token(row, token)` sees each new
+/// token as it is chosen (return false to stop that row). Sampling draws from one generator, row by row.
+pub fn generate_batch(
+    model: &Gpt2,
+    prompts: &[Vec<u32>],
+    options: &GenerateOptions,
+    pad_token_id: u32,
+    mut on_token: impl FnMut(usize, u32) -> Result<bool>,
+) -> Result<Vec<Generated>> {
     options.validate()?;
-    if prompt.is_empty() {
-        return Err(Error::config("prompt", "no tokens", "at least one token"));
-    }
     let limit = model.config().n_positions;
-    if prompt.len() > limit {
-        return Err(Error::config(
-            "prompt",
-            format!("{} tokens", prompt.len()),
-            format!("at most n_positions = {limit}"),
-        ));
+    if prompts.is_empty() {
+        return Ok(Vec::new());
     }
-    let device = Device::Cpu;
-    let row = |ids: &[u32]| Tensor::from_vec(ids.to_vec(), (1, ids.len()), &device);
+    for (i, prompt) in prompts.iter().enumerate() {
+        if prompt.is_empty() {
+            return Err(Error::config("prompt", format!("prompt {i} has no tokens"), "at least one token"));
+        }
+        if prompt.len() > limit {
+            let found = format!("prompt {i} has {} tokens", prompt.len());
+            return Err(Error::config("prompt", found, format!("at most n_positions = {limit}")));
+        }
+    }
+    let mut rows = PaddedRows::new(prompts, pad_token_id);
+    let mut contexts: Vec<Vec<u32>> = prompts.to_vec();
+    let mut generated: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    let mut stops: Vec<Option<StopReason>> = vec![None; prompts.len()];
     let mut rng = Rng::seed_from_u64(options.seed);
     let mut cache = model.new_cache();
-    let mut tokens = prompt.to_vec();
-    let mut generated = Vec::new();
-    let mut logits = last_logits(&if options.use_cache {
-        model.forward_step(&row(prompt)?, &mut cache, &mut Mode::Eval)?
-    } else {
-        model.forward(&row(prompt)?, &mut Mode::Eval)?
-    })?;
-    loop {
-        if generated.len() == options.max_new_tokens {
-            return Ok((generated, StopReason::MaxNewTokens));
+    let mut logits = last_logits(&rows.forward_all(model, &mut cache)?)?;
+    while options.max_new_tokens > 0 {
+        let mut next = vec![pad_token_id; prompts.len()];
+        for (row, stop) in stops.iter_mut().enumerate().filter(|(_, stop)| stop.is_none()) {
+            let token = choose(&mut logits[row], &contexts[row], options, &mut rng)?;
+            contexts[row].push(token);
+            generated[row].push(token);
+            next[row] = token;
+            *stop = if !on_token(row, token)? {
+                Some(StopReason::Caller)
+            } else if options.eos_token_id == Some(token) {
+                Some(StopReason::Eos)
+            } else if generated[row].len() == options.max_new_tokens {
+                Some(StopReason::MaxNewTokens)
+            } else if rows.width() + 1 >= limit {
+                Some(StopReason::ContextFull)
+            } else {
+                None
+            };
         }
-        let token = choose(&mut logits, &tokens, options, &mut rng)?;
-        tokens.push(token);
-        generated.push(token);
-        if !on_token(token)? {
-            return Ok((generated, StopReason::Caller));
+        if stops.iter().all(Option::is_some) {
+            break;
         }
-        if options.eos_token_id == Some(token) {
-            return Ok((generated, StopReason::Eos));
-        }
-        if generated.len() == options.max_new_tokens {
-            return Ok((generated, StopReason::MaxNewTokens));
-        }
-        if tokens.len() >= limit {
-            return Ok((generated, StopReason::ContextFull));
-        }
-        logits = last_logits(&if options.use_cache {
-            model.forward_step(&row(&[token])?, &mut cache, &mut Mode::Eval)?
+        let (ids, positions) = rows.push(&next)?;
+        let output = if options.use_cache {
+            model.forward_step_padded(&ids, &positions, &rows.valid()?, &mut cache, &mut Mode::Eval)?
         } else {
-            model.forward(&row(&tokens)?, &mut Mode::Eval)?
-        })?;
+            rows.forward_all(model, &mut model.new_cache())?
+        };
+        logits = last_logits(&output)?;
+    }
+    let stops = stops.into_iter().map(|s| s.unwrap_or(StopReason::MaxNewTokens));
+    Ok(generated.into_iter().zip(stops).map(|(tokens, stop)| Generated { tokens, stop }).collect())
+}
+
+/// The token, position and validity columns of a left-padded batch, grown by one column per step.
+struct PaddedRows {
+    ids: Vec<Vec<u32>>,
+    positions: Vec<Vec<u32>>,
+    valid: Vec<Vec<u32>>,
+    device: Device,
+}
+
+impl PaddedRows {
+    fn new(prompts: &[Vec<u32>], pad_token_id: u32) -> Self {
+        let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let mut rows = Self { ids: vec![], positions: vec![], valid: vec![], device: Device::Cpu };
+        for prompt in prompts {
+            let pad = width - prompt.len();
+            rows.ids.push([vec![pad_token_id; pad], prompt.clone()].concat());
+            rows.positions.push([vec![0; pad], (0..prompt.len() as u32).collect()].concat());
+            rows.valid.push([vec![0; pad], vec![1; prompt.len()]].concat());
+        }
+        rows
+    }
+
+    fn width(&self) -> usize {
+        self.ids[0].len()
+    }
+
+    /// Columns `from..` of `rows` as a (B, width − from) tensor.
+    fn matrix(&self, rows: &[Vec<u32>], from: usize) -> Result<Tensor> {
+        let data: Vec<u32> = rows.iter().flat_map(|r| r[from..].iter().copied()).collect();
+        Ok(Tensor::from_vec(data, (rows.len(), self.width() - from), &self.device)?)
+    }
+
+    fn valid(&self) -> Result<Tensor> {
+        self.matrix(&self.valid, 0)
+    }
+
+    /// Appends a column — each row's next token (padding for stopped rows) at the row's next position — and
+    /// returns it as (B, 1) ids and positions. Like transformers, the new column is valid in every row.
+    fn push(&mut self, next: &[u32]) -> Result<(Tensor, Tensor)> {
+        for (row, &token) in next.iter().enumerate() {
+            let position = self.positions[row].last().map_or(0, |p| p + 1);
+            self.ids[row].push(token);
+            self.positions[row].push(position);
+            self.valid[row].push(1);
+        }
+        let last = self.width() - 1;
+        Ok((self.matrix(&self.ids, last)?, self.matrix(&self.positions, last)?))
+    }
+
+    /// Logits (B, width, V) of every column, computed into `cache` from scratch.
+    fn forward_all(&self, model: &Gpt2, cache: &mut [crate::nn::KvCache]) -> Result<Tensor> {
+        let (ids, positions) = (self.matrix(&self.ids, 0)?, self.matrix(&self.positions, 0)?);
+        model.forward_step_padded(&ids, &positions, &self.valid()?, cache, &mut Mode::Eval)
     }
 }
 
-/// The last position's logits as f64: (1, T, V) → V.
-fn last_logits(logits: &Tensor) -> Result<Vec<f64>> {
+/// Each row's logits at the last position, as f64: (B, T, V) → B × V.
+fn last_logits(logits: &Tensor) -> Result<Vec<Vec<f64>>> {
     let t = logits.dim(1)?;
-    Ok(logits.get(0)?.get(t - 1)?.to_vec1::<f32>()?.into_iter().map(f64::from).collect())
+    let last = logits.narrow(1, t - 1, 1)?.squeeze(1)?.to_vec2::<f32>()?;
+    Ok(last.into_iter().map(|row| row.into_iter().map(f64::from).collect()).collect())
 }
 
 /// The next token from `logits` (modified in place by the processors).

@@ -45,9 +45,15 @@ pub fn load(dir: &Path, device: &Device) -> Result<LoadedGpt2> {
     let varmap = VarMap::new();
     let model = Gpt2::new(&config, seeded_var_builder(&varmap, 0, DType::F32, device))?;
     let vars = named_vars(&varmap);
-    let weights = from_checkpoint(load_weights(dir, device)?, dir, config.tie_word_embeddings)?;
-    let report = assign(&vars, weights, dir, |name| name.to_string(), |_| false)?;
+    let report = load_into(dir, &vars, config.tie_word_embeddings)?;
     Ok(LoadedGpt2 { model, vars, report })
+}
+
+/// Sets the parameters `vars` of an existing GPT-2 from the weights in `dir` (every parameter must be there).
+pub fn load_into(dir: &Path, vars: &[(String, Var)], tied: bool) -> Result<LoadReport> {
+    let device = vars.first().map(|(_, v)| v.device().clone()).unwrap_or(Device::Cpu);
+    let weights = from_checkpoint(load_weights(dir, &device)?, dir, tied)?;
+    assign(vars, weights, dir, |name| name.to_string(), |_| false)
 }
 
 /// Checkpoint tensors renamed to qkv's parameters: the `transformer.` prefix dropped, Conv1D weights

@@ -192,6 +192,30 @@ impl Gpt2 {
     /// positions 0 … cached − 1; returns their logits (B, T, V) and appends their keys and values to the cache.
     /// Going past `n_positions` is an error naming the limit.
     pub fn forward_step(&self, input_ids: &Tensor, cache: &mut [KvCache], mode: &mut Mode) -> Result<Tensor> {
+        self.step(input_ids, None, cache, mode)
+    }
+
+    /// [`forward_step`](Self::forward_step) for rows padded on the left (batched generation): `positions`
+    /// (B, T) u32 are each new token's position within its own row, and `key_valid` (B, cached + T) marks
+    /// the real tokens among all keys, cached and new; padding is never attended to.
+    pub fn forward_step_padded(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        key_valid: &Tensor,
+        cache: &mut [KvCache],
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        self.step(input_ids, Some((positions, key_valid)), cache, mode)
+    }
+
+    fn step(
+        &self,
+        input_ids: &Tensor,
+        padding: Option<(&Tensor, &Tensor)>,
+        cache: &mut [KvCache],
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
         if cache.len() != self.blocks.len() {
             return Err(Error::config(
                 "GPT-2 cache",
@@ -207,9 +231,21 @@ impl Gpt2 {
                 format!("at most n_positions = {} (the learned position table)", self.config.n_positions),
             ));
         }
-        let x = self.wte.forward(input_ids)?.broadcast_add(&self.wpe.forward(t, offset)?)?;
+        let tokens = self.wte.forward(input_ids)?;
+        let mut mask = AttentionMask::causal(t, offset + t, input_ids.device())?;
+        let x = match padding {
+            None => tokens.broadcast_add(&self.wpe.forward(t, offset)?)?,
+            Some((positions, key_valid)) => {
+                let (b, s) = (input_ids.dim(0)?, offset + t);
+                if positions.dims() != input_ids.dims() || key_valid.dims() != [b, s] {
+                    let expected = format!("positions {:?} and key_valid [{b}, {s}]", input_ids.dims());
+                    return Err(Error::shape("positions / key_valid", expected, key_valid.dims()));
+                }
+                mask = mask.and(&AttentionMask::padding(key_valid)?)?;
+                (tokens + self.wpe.at(positions)?)?
+            }
+        };
         let mut x = self.dropout.forward(&x, mode)?;
-        let mask = AttentionMask::causal(t, offset + t, input_ids.device())?;
         for (block, layer_cache) in self.blocks.iter().zip(cache.iter_mut()) {
             x = block.forward_step(&x, Some(&mask), layer_cache, mode)?;
         }

@@ -69,6 +69,22 @@ impl LearnedPosition {
         }
         Ok(self.table.narrow(0, offset, len)?)
     }
+
+    /// Encodings of the positions in `positions` (B, T), u32: (B, T, C). Past the table is an error.
+    pub fn at(&self, positions: &Tensor) -> Result<Tensor> {
+        let max_len = self.max_len();
+        let (b, t) = positions.dims2()?;
+        let flat = positions.flatten_all()?;
+        if let Some(&bad) = flat.to_vec1::<u32>()?.iter().find(|&&p| p as usize >= max_len) {
+            return Err(Error::OutOfRange {
+                what: "position",
+                found: i64::from(bad),
+                expected: format!("< {max_len} (the learned position table's max_len)"),
+            });
+        }
+        let c = self.table.dim(1)?;
+        Ok(self.table.index_select(&flat, 0)?.reshape((b, t, c))?)
+    }
 }
 
 /// Shaw et al. (2018): learned vectors a^K and a^V for each clipped relative distance j − i ∈ [−k, k], shared

@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod corpus;
 pub mod labeled;
+pub mod lm_tokenizer;
 pub mod number_words;
 pub mod tokenizer;
 

@@ -20,6 +20,20 @@ pub fn linear_warmup_decay(step: usize, warmup: usize, total: usize, peak: f64) 
     peak * remaining / (total.saturating_sub(warmup)).max(1) as f64
 }
 
+/// nanoGPT's schedule (`get_lr` in its train.py): linear warm-up over `warmup` updates, cosine decay from
+/// `peak` to `min` by update `decay_steps`, then `min`. Steps count from 1 (nanoGPT's iteration + 1).
+pub fn warmup_cosine(step: usize, warmup: usize, decay_steps: usize, peak: f64, min: f64) -> f64 {
+    let it = step.saturating_sub(1);
+    if it < warmup {
+        return peak * (it + 1) as f64 / (warmup + 1) as f64;
+    }
+    if it > decay_steps {
+        return min;
+    }
+    let ratio = (it - warmup) as f64 / (decay_steps.saturating_sub(warmup)).max(1) as f64;
+    min + 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos()) * (peak - min)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,6 +45,18 @@ mod tests {
         assert_eq!(lrs, vec![0.0, 0.5, 1.0, 0.75, 0.5, 0.25]);
         assert_eq!(linear_warmup_decay(1, 0, 4, 2.0), 2.0);
         assert_eq!(linear_warmup_decay(9, 0, 4, 2.0), 0.0);
+    }
+
+    #[test]
+    fn cosine_schedule_matches_nanogpt() {
+        // get_lr(it) with learning_rate 1e-3, min_lr 1e-4, warmup_iters 100, lr_decay_iters 2000.
+        let lr = |it: usize| warmup_cosine(it + 1, 100, 2000, 1e-3, 1e-4);
+        assert!((lr(0) - 1e-3 / 101.0).abs() < 1e-15);
+        assert!((lr(99) - 1e-3 * 100.0 / 101.0).abs() < 1e-15);
+        assert!((lr(100) - 1e-3).abs() < 1e-15);
+        assert!((lr(1050) - 5.5e-4).abs() < 1e-12);
+        assert!((lr(2000) - 1e-4).abs() < 1e-15);
+        assert_eq!(lr(2500), 1e-4);
     }
 
     #[test]

@@ -105,6 +105,10 @@ pub trait Task {
     fn best_metric(&self) -> Option<&'static str>;
     /// Writes a loadable model directory (config, weights, tokenizer) into `dir`.
     fn save_model(&self, dir: &Path) -> Result<()>;
+    /// Sets the parameters from a directory [`save_model`](Task::save_model) wrote (for resuming).
+    fn load_model(&self, dir: &Path) -> Result<()> {
+        load_parameters(self.vars(), &dir.join("model.safetensors"))
+    }
 }
 
 /// Where a run is: saved in each checkpoint's `state.json`.
@@ -220,7 +224,7 @@ impl<T: Task> Trainer<T> {
     /// moments and the loop's position, so the run goes on as if it had never stopped.
     pub fn restore(run_dir: &Path, checkpoint: &Path, task: T) -> Result<Self> {
         let state: TrainState = read_json(&checkpoint.join("state.json"))?;
-        load_parameters(task.vars(), &checkpoint.join("model.safetensors"))?;
+        task.load_model(checkpoint)?;
         let mut trainer = Self::assemble(run_dir, task, state)?;
         let moments = load_tensors(&checkpoint.join("optimizer.safetensors"))?;
         trainer.optimizer.load_state(trainer.state.step, moments)?;
