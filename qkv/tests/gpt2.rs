@@ -148,3 +148,76 @@ fn generation_matches_transformers_generate() {
         assert_eq!((tokens, reason), (vec![first], StopReason::Eos));
     }
 }
+
+fn ids_of(t: &Tensor) -> Vec<Vec<u32>> {
+    t.to_dtype(candle_core::DType::U32).unwrap().to_vec2().unwrap()
+}
+
+/// A batch of prompts of different lengths, padded on the left: each row's continuation equals transformers'
+/// batched `generate(do_sample=False)`, cached or not, and equals generating that prompt alone.
+#[test]
+fn batched_generation_with_left_padding_matches_transformers() {
+    use qkv::decode::generate::{generate, generate_batch, GenerateOptions, StopReason};
+    for name in ["GPT2LMHeadModel", "GPT2LMHeadModel-untied"] {
+        let loaded = gpt2::load(&fixture(name), &Device::Cpu).unwrap();
+        let io = io(name);
+        let (padded, mask, expected) = (
+            ids_of(&io["generate.batch_prompt"]),
+            ids_of(&io["generate.batch_mask"]),
+            ids_of(&io["generate.batch_greedy"]),
+        );
+        let prompts: Vec<Vec<u32>> = padded
+            .iter()
+            .zip(&mask)
+            .map(|(ids, m)| ids.iter().zip(m).filter(|(_, &v)| v == 1).map(|(&i, _)| i).collect())
+            .collect();
+        assert!(prompts.iter().map(Vec::len).min() < prompts.iter().map(Vec::len).max(), "prompts of one length");
+        let width = padded[0].len();
+        for use_cache in [true, false] {
+            let options = GenerateOptions { max_new_tokens: 8, greedy: true, use_cache, ..GenerateOptions::default() };
+            let out = generate_batch(&loaded.model, &prompts, &options, 0, |_, _| Ok(true)).unwrap();
+            for (row, generated) in out.iter().enumerate() {
+                assert_eq!(generated.stop, StopReason::MaxNewTokens);
+                assert_eq!(generated.tokens, expected[row][width..], "{name} row {row} cache {use_cache}");
+                let alone = generate(&loaded.model, &prompts[row], &options, |_| Ok(true)).unwrap().0;
+                assert_eq!(alone, generated.tokens, "{name} row {row} alone");
+            }
+        }
+    }
+}
+
+/// A model trained and saved by `qkv train lm` (byte-level BPE, tools/fixtures/make_gpt2_fixtures.py) loads in
+/// transformers: its tokenizer.json gives the same ids and GPT2LMHeadModel the same logits as qkv.
+#[test]
+fn a_model_trained_here_loads_in_transformers_with_the_same_logits() {
+    use qkv::hub::tokenizer::PretrainedTokenizer;
+    let loaded = gpt2::load(&fixture("qkv-trained"), &Device::Cpu).unwrap();
+    let io = io("qkv-trained");
+    let tokenizer = PretrainedTokenizer::from_dir(&fixture("qkv-trained")).unwrap();
+    let ids = tokenizer.ids("To be, or not to be: that is the question.").unwrap();
+    assert_eq!(vec![ids.clone()], ids_of(&io["input.input_ids"]));
+    let logits = loaded.model.forward(&Tensor::new(vec![ids], &Device::Cpu).unwrap(), &mut Mode::Eval).unwrap();
+    let err = error(&logits, &io["output.logits"]);
+    assert!(err <= TOL, "{err:e}");
+}
+
+/// GPT-2's original tokenizer files (vocab.json + merges.txt) encode as transformers' GPT2Tokenizer does and
+/// decode back to the text.
+#[test]
+fn vocab_json_and_merges_txt_encode_like_transformers() {
+    use qkv::hub::tokenizer::PretrainedTokenizer;
+    let dir = fixture("vocab-merges");
+    assert!(!dir.join("tokenizer.json").exists());
+    let tokenizer = PretrainedTokenizer::from_dir(&dir).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let texts = expected["texts"].as_array().unwrap();
+    for (i, text) in texts.iter().enumerate() {
+        let text = text.as_str().unwrap();
+        let want: Vec<u32> = serde_json::from_value(expected["ids"][i].clone()).unwrap();
+        let ids = tokenizer.ids(text).unwrap();
+        assert_eq!(ids, want, "{text:?}");
+        assert_eq!(tokenizer.decode(&ids).unwrap(), expected["decoded"][i].as_str().unwrap());
+    }
+    assert_eq!(tokenizer.token_to_id("<|endoftext|>"), Some(0));
+}

@@ -1,6 +1,7 @@
 //! The tokenizer of a Hugging Face model directory, run by the `tokenizers` crate: `tokenizer.json`, or for
-//! older BERT directories `vocab.txt` (+ `tokenizer_config.json`), assembled into the same pipeline
-//! transformers' `BertTokenizerFast` builds. Encodes sentences and sentence pairs into what a `BatchEncoding`
+//! older directories the files it is converted from — BERT's `vocab.txt` (+ `tokenizer_config.json`) or
+//! GPT-2's `vocab.json` + `merges.txt` — assembled into the same pipeline transformers' `BertTokenizerFast` /
+//! `GPT2TokenizerFast` builds. Encodes sentences and sentence pairs into what a `BatchEncoding`
 //! holds: input_ids, token_type_ids and attention_mask, padded to the longest and truncated on request.
 
 use std::path::Path;
@@ -11,6 +12,7 @@ use serde::Deserialize;
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::{EncodeInput, Model, PaddingParams, PaddingStrategy, TruncationParams, TruncationStrategy};
 
@@ -104,8 +106,14 @@ impl PretrainedTokenizer {
                 None => BertTokenizerConfig::default(),
             };
             bert_from_vocab(&vocab, &config)?
+        } else if let (Some(vocab), Some(merges)) = (existing(dir, "vocab.json"), existing(dir, "merges.txt")) {
+            let config: Gpt2TokenizerConfig = match existing(dir, "tokenizer_config.json") {
+                Some(path) => read_json(&path)?,
+                None => Gpt2TokenizerConfig::default(),
+            };
+            gpt2_from_files(&vocab, &merges, &config)?
         } else {
-            return Err(Error::input(dir, None, "has no tokenizer.json or vocab.txt"));
+            return Err(Error::input(dir, None, "has no tokenizer.json, vocab.txt, or vocab.json with merges.txt"));
         };
         Self::new(inner)
     }
@@ -364,6 +372,33 @@ impl PretrainedTokenizer {
 
 /// BERT's pipeline from a WordPiece vocabulary: BertNormalizer (clean text, Chinese characters, lower case
 /// and accents as configured), BertPreTokenizer, WordPiece with `##` continuations, [CLS] A [SEP] (B [SEP]).
+/// The fields of tokenizer_config.json that shape a GPT-2 tokenizer built from vocab.json and merges.txt.
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+struct Gpt2TokenizerConfig {
+    add_prefix_space: bool,
+}
+
+/// GPT-2's byte-level BPE from its vocabulary and merge list, with `<|endoftext|>` as a special token when the
+/// vocabulary has it (as transformers' GPT2TokenizerFast converts them).
+fn gpt2_from_files(vocab: &Path, merges: &Path, config: &Gpt2TokenizerConfig) -> Result<tokenizers::Tokenizer> {
+    let (vocab_path, merges_path) = (vocab.to_string_lossy().to_string(), merges.to_string_lossy().to_string());
+    let model = tokenizers::models::bpe::BPE::from_file(&vocab_path, &merges_path)
+        .build()
+        .map_err(|e| Error::input(vocab, None, format!("with {}: not a BPE vocabulary: {e}", merges.display())))?;
+    let has_end_of_text = model.token_to_id(crate::text::lm_tokenizer::END_OF_TEXT).is_some();
+    let byte_level = ByteLevel::new(config.add_prefix_space, true, true);
+    let mut tokenizer = tokenizers::Tokenizer::new(model);
+    tokenizer.with_pre_tokenizer(Some(byte_level));
+    tokenizer.with_decoder(Some(byte_level));
+    tokenizer.with_post_processor(Some(byte_level));
+    if has_end_of_text {
+        let special = tokenizers::AddedToken::from(crate::text::lm_tokenizer::END_OF_TEXT, true);
+        tokenizer.add_special_tokens([special]).map_err(|e| Error::tokenizer("adding <|endoftext|>", e))?;
+    }
+    Ok(tokenizer)
+}
+
 fn bert_from_vocab(vocab: &Path, config: &BertTokenizerConfig) -> Result<tokenizers::Tokenizer> {
     let path = vocab.to_string_lossy().to_string();
     let model = WordPiece::from_file(&path)
