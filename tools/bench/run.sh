@@ -2,7 +2,8 @@
 # Runs qkv and its PyTorch reference on the same workloads, one after the other, and prints a markdown table of
 # medians and ratios per workload.
 #
-#   tools/bench/run.sh [WORKLOAD ...]      workloads: gemm train-small train-large translation embed (default: all)
+#   tools/bench/run.sh [WORKLOAD ...]      workloads: gemm train-small train-large translation embed generate
+#                                          (default: all)
 #
 # Threads: both sides use THREADS (default: all cores). PyTorch comes from the fixtures venv (created if missing).
 set -euo pipefail
@@ -10,7 +11,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 threads="${THREADS:-$(nproc)}"
 workloads=("$@")
-[ ${#workloads[@]} -eq 0 ] && workloads=(gemm train-small train-large translation embed)
+[ ${#workloads[@]} -eq 0 ] && workloads=(gemm train-small train-large translation embed generate)
 
 venv="$(tools/fixtures/setup.sh)"
 cargo build --release --quiet --bin qkv
@@ -27,6 +28,11 @@ for workload in "${workloads[@]}"; do
             minilm="$(tools/models/fetch_minilm.sh)"
             qkv_args=(embed --model "$minilm" --pairs "$root/../shared/data/stsb/dev.csv")
             py_args=(embed.py --model "$minilm" --pairs "$root/../shared/data/stsb/dev.csv") ;;
+        generate)
+            gpt2="${XDG_CACHE_HOME:-$HOME/.cache}/qkv/gpt2-small-random"
+            [ -f "$gpt2/model.safetensors" ] || "$venv/bin/python" tools/bench/make_gpt2_small.py "$gpt2"
+            qkv_args=(generate --model "$gpt2")
+            py_args=(generate.py --model "$gpt2") ;;
         *) echo "unknown workload $workload" >&2; exit 2 ;;
     esac
     ./target/release/qkv --threads "$threads" bench "${qkv_args[@]}" > "$out/qkv.json"

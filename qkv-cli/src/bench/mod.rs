@@ -4,6 +4,7 @@
 
 mod embed;
 mod gemm;
+mod generate;
 mod train;
 mod translation;
 
@@ -29,6 +30,8 @@ enum Workload {
     Translation(translation::Args),
     /// Sentence embeddings with a sentence-transformers model (all-MiniLM-L6-v2): batch throughput and latency
     Embed(embed::Args),
+    /// Greedy generation with a GPT-2 directory, with and without the key/value cache
+    Generate(generate::Args),
 }
 
 #[derive(Serialize)]
@@ -72,6 +75,7 @@ pub fn run(args: Args) -> Result<()> {
         Workload::Train(args) => ("train", train::run(&args)?),
         Workload::Translation(args) => ("translation", translation::run(&args)?),
         Workload::Embed(args) => ("embed", embed::run(&args)?),
+        Workload::Generate(args) => ("generate", generate::run(&args)?),
     };
     let report = Report { workload, threads: candle_core::utils::get_num_threads(), results };
     println!("{}", serde_json::to_string_pretty(&report)?);

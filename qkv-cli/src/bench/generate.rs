@@ -1,0 +1,67 @@
+//! Text generation with a GPT-2 directory (tools/bench/generate.py is the transformers side): greedy decoding
+//! of `new_tokens` after a `prompt_tokens`-long prompt, with the key/value cache and without it (recomputing
+//! the whole sequence every step), and the prompt's forward pass on its own.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use clap::Parser;
+use qkv::decode::generate::{generate, GenerateOptions};
+use qkv::hub::gpt2;
+use qkv::nn::Mode;
+
+use super::{median, time, Measurement};
+
+#[derive(Parser)]
+pub struct Args {
+    /// GPT-2 directory (tools/bench/make_gpt2_small.py writes a random GPT-2 small)
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+}
+
+/// The prompt both sides use: ids 0, 7, 14, … modulo the vocabulary.
+pub fn prompt(len: usize, vocab: usize) -> Vec<u32> {
+    (0..len).map(|i| (i * 7 % vocab) as u32).collect()
+}
+
+pub fn run(args: &Args) -> Result<Vec<Measurement>> {
+    let loaded = gpt2::load(&args.model, &Device::Cpu)?;
+    let model = &loaded.model;
+    let prompt = prompt(args.prompt_tokens, model.config().vocab_size);
+    let n = args.new_tokens;
+    let options = |use_cache| GenerateOptions {
+        max_new_tokens: n,
+        greedy: true,
+        use_cache,
+        eos_token_id: None,
+        ..GenerateOptions::default()
+    };
+    let run = |use_cache| {
+        let (tokens, _) = generate(model, &prompt, &options(use_cache), |_| Ok(true))?;
+        anyhow::ensure!(tokens.len() == n, "generated {} tokens, expected {n}", tokens.len());
+        Ok(())
+    };
+    let cached = time(1, args.reps, || run(true))?;
+    let uncached = time(1, args.reps, || run(false))?;
+    let ids = Tensor::new(vec![prompt.clone()], &Device::Cpu)?;
+    let prefill = time(2, args.reps.max(5), || {
+        model.forward_step(&ids, &mut model.new_cache(), &mut Mode::Eval)?;
+        Ok(())
+    })?;
+    // Per generated token after the prompt: the cached run less its prompt pass.
+    let decode_ms = (median(&cached).as_secs_f64() - median(&prefill).as_secs_f64()) * 1e3 / (n - 1).max(1) as f64;
+    Ok(vec![
+        Measurement::rate(format!("generate tokens/s cached ({n} new)"), "tokens/s", n as f64, &cached),
+        Measurement::rate(format!("generate tokens/s uncached ({n} new)"), "tokens/s", n as f64, &uncached),
+        Measurement::milliseconds(format!("prompt forward ({} tokens)", args.prompt_tokens), &prefill),
+        Measurement::reading("decode step cached".into(), "ms", decode_ms),
+        super::peak_memory("generate")?,
+    ])
+}
