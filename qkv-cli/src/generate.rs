@@ -1,23 +1,31 @@
 //! `qkv generate`: text from a GPT-2 directory, streamed to stdout as it is produced.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::Device;
 use clap::Parser;
-use qkv::decode::generate::{generate, GenerateOptions, StopReason};
+use qkv::decode::generate::{generate, generate_batch, GenerateOptions, StopReason};
 use qkv::hub::{gpt2, tokenizer::PretrainedTokenizer};
+use qkv::models::Gpt2;
 
 #[derive(Parser)]
 pub struct Args {
     /// GPT-2 directory (config.json, model.safetensors; tokenizer.json for --prompt)
     #[arg(long)]
     model: PathBuf,
-    /// Prompt text (needs the directory's tokenizer.json)
-    #[arg(long, required_unless_present = "prompt_ids", conflicts_with = "prompt_ids")]
+    /// Prompt text (needs the directory's tokenizer)
+    #[arg(long, required_unless_present_any = ["prompt_ids", "input"], conflicts_with_all = ["prompt_ids", "input"])]
     prompt: Option<String>,
+    /// Many prompts, one per line (`-` for stdin), generated together as left-padded batches; prints one JSON
+    /// object per prompt, in order: {"prompt", "text", "generated_ids", "stop_reason"}
+    #[arg(long, conflicts_with = "prompt_ids")]
+    input: Option<PathBuf>,
+    /// Prompts per batch with --input
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
     /// Prompt as token ids, e.g. 12,7,99 (no tokenizer needed; output is ids too unless one is present)
     #[arg(long, value_delimiter = ',')]
     prompt_ids: Option<Vec<u32>>,
@@ -57,24 +65,16 @@ pub fn run(args: Args) -> Result<()> {
         Err(_) if args.prompt.is_none() => None,
         Err(e) => return Err(e).context("--prompt needs the model's tokenizer.json (or give --prompt-ids)"),
     };
+    if let Some(input) = &args.input {
+        let tokenizer = tokenizer.context("--input needs the model's tokenizer")?;
+        return batched(&args, input, &loaded.model, &tokenizer);
+    }
     let prompt = match (&args.prompt, &args.prompt_ids, &tokenizer) {
         (Some(text), _, Some(t)) => t.ids(text)?,
         (_, Some(ids), _) => ids.clone(),
         _ => bail!("give --prompt TEXT or --prompt-ids 1,2,3"),
     };
-    let vocab = loaded.model.config().vocab_size as u32;
-    let eos = loaded.model.config().eos_token_id;
-    let options = GenerateOptions {
-        max_new_tokens: args.max_new_tokens,
-        greedy: args.greedy,
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        repetition_penalty: args.repetition_penalty,
-        seed: args.seed,
-        eos_token_id: (!args.ignore_eos && eos < vocab).then_some(eos),
-        use_cache: !args.no_cache,
-    };
+    let options = options(&args, &loaded.model);
     let mut out = std::io::stdout().lock();
     let mut generated: Vec<u32> = Vec::new();
     let mut printed = 0; // bytes of the decoded text already written
@@ -116,12 +116,7 @@ pub fn run(args: Args) -> Result<()> {
     if reason == StopReason::Caller && args.stop.is_empty() {
         reason = StopReason::MaxNewTokens;
     }
-    let reason_name = match reason {
-        StopReason::MaxNewTokens => "max_new_tokens",
-        StopReason::Eos => "eos",
-        StopReason::ContextFull => "n_positions",
-        StopReason::Caller => "stop_string",
-    };
+    let reason_name = reason_name(reason);
     if args.json {
         let record = serde_json::json!({
             "prompt_ids": prompt, "generated_ids": tokens, "text": tokenizer.as_ref().map(|_| &text),
@@ -138,6 +133,65 @@ pub fn run(args: Args) -> Result<()> {
             tokens.len(),
             tokens.len() as f64 / seconds
         );
+    }
+    Ok(())
+}
+
+fn options(args: &Args, model: &Gpt2) -> GenerateOptions {
+    let vocab = model.config().vocab_size as u32;
+    let eos = model.config().eos_token_id;
+    GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        greedy: args.greedy,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        repetition_penalty: args.repetition_penalty,
+        seed: args.seed,
+        eos_token_id: (!args.ignore_eos && eos < vocab).then_some(eos),
+        use_cache: !args.no_cache,
+    }
+}
+
+fn reason_name(reason: StopReason) -> &'static str {
+    match reason {
+        StopReason::MaxNewTokens => "max_new_tokens",
+        StopReason::Eos => "eos",
+        StopReason::ContextFull => "n_positions",
+        StopReason::Caller => "stop_string",
+    }
+}
+
+/// `--input`: the prompts of a file in left-padded batches, one JSON line per prompt. A row stops at a stop
+/// string like a single prompt does (the string is cut from its text).
+fn batched(args: &Args, input: &Path, model: &Gpt2, tokenizer: &PretrainedTokenizer) -> Result<()> {
+    ensure!(args.batch_size > 0, "--batch-size must be at least 1");
+    let lines = crate::progress::input_lines((input != Path::new("-")).then_some(input))?;
+    let options = options(args, model);
+    let pad = options.eos_token_id.unwrap_or(0);
+    let mut out = std::io::stdout().lock();
+    for chunk in lines.chunks(args.batch_size) {
+        let prompts: Vec<Vec<u32>> = chunk.iter().map(|p| tokenizer.ids(p)).collect::<qkv::Result<_>>()?;
+        let mut texts = vec![String::new(); chunk.len()];
+        let mut ids: Vec<Vec<u32>> = vec![Vec::new(); chunk.len()];
+        let results = generate_batch(model, &prompts, &options, pad, |row, token| {
+            ids[row].push(token);
+            texts[row] = tokenizer.decode(&ids[row])?;
+            match args.stop.iter().filter_map(|s| texts[row].find(s.as_str())).min() {
+                Some(cut) => {
+                    texts[row].truncate(cut);
+                    Ok(false)
+                }
+                None => Ok(true),
+            }
+        })?;
+        for ((prompt, result), text) in chunk.iter().zip(results).zip(texts) {
+            let record = serde_json::json!({
+                "prompt": prompt, "text": text, "generated_ids": result.tokens,
+                "stop_reason": reason_name(result.stop),
+            });
+            writeln!(out, "{record}")?;
+        }
     }
     Ok(())
 }
