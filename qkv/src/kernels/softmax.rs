@@ -60,11 +60,16 @@ pub(crate) fn softmax_row(z: &mut [f32], bias: Option<&[f32]>, scale: f32) -> f3
         #[inline(always)]
         || {
             let n = z.len();
+            // Whether a row is fully masked is read from the bias alone, so a NaN score is never mistaken for a
+            // masked one: it propagates to the row's probabilities instead of turning them into zeros.
+            let mut bias_max = f32::INFINITY;
             match bias {
                 Some(b) => {
                     let b = &b[..n];
+                    bias_max = f32::NEG_INFINITY;
                     for j in 0..n {
                         z[j] = z[j] * scale + b[j];
+                        bias_max = bias_max.max(b[j]);
                     }
                 }
                 None => {
@@ -73,13 +78,13 @@ pub(crate) fn softmax_row(z: &mut [f32], bias: Option<&[f32]>, scale: f32) -> f3
                     }
                 }
             }
+            if bias_max <= MASKED / 2.0 {
+                z.fill(0.0);
+                return f32::INFINITY;
+            }
             let mut max = f32::NEG_INFINITY;
             for &v in z.iter() {
                 max = max.max(v);
-            }
-            if bias.is_some() && max <= MASKED / 2.0 {
-                z.fill(0.0);
-                return f32::INFINITY;
             }
             let mut sum = 0f32;
             for v in z.iter_mut() {
@@ -222,6 +227,15 @@ mod tests {
             let (out_err, grad_err) = (relative_error(&fused.0, &composed.0), relative_error(&fused.1, &composed.1));
             assert!(out_err <= 1e-5 && grad_err <= 1e-5, "{shape:?}: output {out_err:e}, gradient {grad_err:e}");
         }
+    }
+
+    /// A NaN score is not a masked key: the row comes out NaN, whatever the mask, so NaN never hides.
+    #[test]
+    fn nan_scores_propagate() {
+        let x = Tensor::new(&[[f32::NAN, 1.0], [f32::NAN, 0.5]], &Device::Cpu).unwrap();
+        let bias = Tensor::new(&[[0f32, MASKED], [0.0, 0.0]], &Device::Cpu).unwrap();
+        let y = masked_softmax(&x, Some(&bias), 1.0).unwrap().to_vec2::<f32>().unwrap();
+        assert!(y.iter().flatten().all(|p| p.is_nan()), "{y:?}");
     }
 
     #[test]
