@@ -1,20 +1,31 @@
 //! `qkv train mlm`: pre-trains a BERT from scratch on a text file (one sentence or paragraph per line) with the
-//! masked-language-model objective; writes a Hugging Face BertForMaskedLM directory.
+//! masked-language-model objective, on the shared trainer; its best/ is a Hugging Face BertForMaskedLM
+//! directory.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use qkv::train::mlm::{pretrain, small_config, MlmEvent, MlmTraining};
+use qkv::train::mlm::{small_config, MlmTrainer, MlmTraining};
+use qkv::train::trainer::Finish;
+
+use crate::train::{run_with_progress, stop_on_ctrl_c};
 
 #[derive(Parser)]
 pub struct MlmArgs {
     /// Training text, one sequence per line (lines longer than --max-length tokens are cut)
-    #[arg(long)]
-    text: PathBuf,
-    /// Output directory: model/ (config.json, model.safetensors, tokenizer.json) after each epoch, log.jsonl
+    #[arg(long, required_unless_present = "resume")]
+    text: Option<PathBuf>,
+    /// Run directory: best/ (a BertForMaskedLM directory: config.json, model.safetensors, tokenizer.json),
+    /// checkpoints/, log.jsonl and loss.png
     #[arg(long)]
     out: PathBuf,
+    /// Continue the run in --out from its latest checkpoint (every other option comes from the run)
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many minutes of training in all (evaluates and checkpoints first)
+    #[arg(long)]
+    time_limit: Option<f64>,
     #[arg(long, default_value_t = MlmTraining::default().vocab_size)]
     vocab_size: usize,
     /// Keep the case of the text (default: lower-case, as bert-base-uncased)
@@ -44,46 +55,42 @@ pub struct MlmArgs {
 }
 
 pub fn run(args: MlmArgs) -> Result<()> {
-    let training = MlmTraining {
-        text_file: args.text.clone(),
-        vocab_size: args.vocab_size,
-        lowercase: !args.cased,
-        max_length: args.max_length,
-        mlm_probability: args.mlm_probability,
-        batch_size: args.batch_size,
-        epochs: args.epochs,
-        max_steps: args.max_steps,
-        learning_rate: args.learning_rate,
-        seed: args.seed,
-        ..MlmTraining::default()
+    let mut trainer = if args.resume {
+        MlmTrainer::resume(&args.out).with_context(|| format!("resuming {}", args.out.display()))?
+    } else {
+        let text = args.text.clone().context("--text is required unless --resume")?;
+        let training = MlmTraining {
+            text_file: text,
+            vocab_size: args.vocab_size,
+            lowercase: !args.cased,
+            max_length: args.max_length,
+            mlm_probability: args.mlm_probability,
+            batch_size: args.batch_size,
+            epochs: args.epochs,
+            max_steps: args.max_steps,
+            learning_rate: args.learning_rate,
+            seed: args.seed,
+            time_limit_minutes: args.time_limit,
+            ..MlmTraining::default()
+        };
+        let config = qkv::models::bert::BertConfig {
+            hidden_size: args.hidden_size,
+            num_hidden_layers: args.layers,
+            num_attention_heads: args.heads,
+            intermediate_size: 4 * args.hidden_size,
+            ..small_config(0, args.max_length)
+        };
+        MlmTrainer::create(&args.out, training, config)?
     };
-    let config = qkv::models::bert::BertConfig {
-        hidden_size: args.hidden_size,
-        num_hidden_layers: args.layers,
-        num_attention_heads: args.heads,
-        intermediate_size: 4 * args.hidden_size,
-        ..small_config(0, args.max_length)
-    };
-    let bar = crate::progress::steps_bar();
-    let result = pretrain(&args.out, &training, config, |event| match event {
-        MlmEvent::Ready { sequences, held_out, parameters, total_steps } => {
-            eprintln!("{sequences} sequences ({held_out} held out), {parameters} parameters, {total_steps} steps");
-            bar.set_length(*total_steps as u64);
-            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    let stop = stop_on_ctrl_c()?;
+    let (sequences, held_out) = trainer.task().data_sizes();
+    let data = format!("{sequences} sequences ({held_out} held out)");
+    let finish = run_with_progress(&mut trainer, &stop, &args.out, &data, "masked-LM pre-training", |_| String::new())?;
+    match finish {
+        Finish::Interrupted => {
+            println!("interrupted; continue with: qkv train mlm --out {} --resume", args.out.display())
         }
-        MlmEvent::Step { step, loss, learning_rate } => {
-            bar.set_position(*step as u64);
-            bar.set_message(format!("loss {loss:.4}  lr {learning_rate:.2e}"));
-        }
-        MlmEvent::Eval(r) => bar.suspend(|| {
-            eprintln!(
-                "epoch {} (step {}): train loss {:.4}  validation loss {:.4}  ({:.0} s)",
-                r.epoch, r.step, r.train_loss, r.valid_loss, r.seconds
-            )
-        }),
-    });
-    bar.finish_and_clear();
-    result.with_context(|| format!("pre-training on {}", args.text.display()))?;
-    println!("model: {}", args.out.join("model").display());
+        Finish::Completed => println!("model: {}", args.out.join("best").display()),
+    }
     Ok(())
 }

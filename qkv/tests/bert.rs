@@ -439,7 +439,8 @@ fn question_answering_matches_the_transformers_pipeline() {
 #[test]
 fn mlm_pretraining_learns_and_saves_a_hugging_face_directory() {
     use qkv::pipeline::Pipeline;
-    use qkv::train::mlm::{pretrain, small_config, MlmTraining};
+    use qkv::train::mlm::{small_config, MlmTrainer, MlmTraining};
+    use qkv::train::trainer::Event;
     let scratch = std::env::temp_dir().join(format!("qkv-mlm-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).unwrap();
@@ -474,13 +475,77 @@ fn mlm_pretraining_learns_and_saves_a_hugging_face_directory() {
         intermediate_size: 64,
         ..small_config(0, 16)
     };
-    let records = pretrain(&scratch.join("out"), &training, config, |_| {}).unwrap();
+    let mut trainer = MlmTrainer::create(&scratch.join("out"), training, config).unwrap();
+    let mut records = Vec::new();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    trainer
+        .run(&stop, |event| {
+            if let Event::Eval(r) = event {
+                records.push(r.val_loss)
+            }
+        })
+        .unwrap();
     assert_eq!(records.len(), 8);
-    let (first, last) = (records[0].valid_loss, records[7].valid_loss);
+    let (first, last) = (records[0], records[7]);
     assert!(last < first - 0.5, "validation loss {first} → {last}");
-    let model = scratch.join("out/model");
+    let model = scratch.join("out/best");
     let pipeline = Pipeline::load(&model, BertArchitecture::MaskedLm).unwrap();
     let predictions = pipeline.fill_mask("the cat [MASK] the dog .", 3).unwrap();
     assert_eq!(predictions[0].len(), 3);
+    std::fs::remove_dir_all(&scratch).unwrap();
+}
+
+/// A pre-training run stopped after a few steps and resumed draws the same batches, masks and dropout as one
+/// that never stopped: the loss curves are equal.
+#[test]
+fn mlm_pretraining_resumes_exactly() {
+    use qkv::train::mlm::{small_config, MlmTrainer, MlmTraining};
+    use qkv::train::trainer::{Event, Finish};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let scratch = std::env::temp_dir().join(format!("qkv-mlm-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap();
+    let text: String =
+        (0..40).map(|i| format!("sentence {} has words like cat and dog {} .\n", i % 7, i % 5)).collect();
+    std::fs::write(scratch.join("text.txt"), text).unwrap();
+    let training = MlmTraining {
+        text_file: scratch.join("text.txt"),
+        vocab_size: 60,
+        max_length: 16,
+        batch_size: 8,
+        epochs: 2,
+        ..MlmTraining::default()
+    };
+    let config = qkv::models::bert::BertConfig {
+        hidden_size: 16,
+        num_hidden_layers: 1,
+        num_attention_heads: 2,
+        intermediate_size: 32,
+        ..small_config(0, 16)
+    };
+    let run = |trainer: &mut MlmTrainer, stop_after: Option<usize>| {
+        let stop = AtomicBool::new(false);
+        let mut losses = Vec::new();
+        let finish = trainer
+            .run(&stop, |event| {
+                if let Event::Step(r) = event {
+                    losses.push(r.loss);
+                    if stop_after == Some(r.step) {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                }
+            })
+            .unwrap();
+        (finish, losses)
+    };
+    let mut straight = MlmTrainer::create(&scratch.join("straight"), training.clone(), config.clone()).unwrap();
+    let (_, expected) = run(&mut straight, None);
+    let mut first = MlmTrainer::create(&scratch.join("resumed"), training, config).unwrap();
+    let (finish, mut losses) = run(&mut first, Some(3));
+    assert_eq!(finish, Finish::Interrupted);
+    let mut second = MlmTrainer::resume(&scratch.join("resumed")).unwrap();
+    losses.extend(run(&mut second, None).1);
+    assert_eq!(losses, expected);
+    assert!(expected.len() >= 8, "{} steps", expected.len());
     std::fs::remove_dir_all(&scratch).unwrap();
 }

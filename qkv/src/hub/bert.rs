@@ -146,16 +146,22 @@ pub fn load_with_config(dir: &Path, config: BertConfig, options: &LoadOptions, d
     let vb = seeded_var_builder(&varmap, options.seed, DType::F32, device);
     let model = Bert::new(&config, architecture, vb)?;
     let vars = named_vars(&varmap);
-    let weights = normalise_names(load_weights(dir, device)?, architecture);
-    let is_head = |name: &str| HEADS.iter().any(|(ours, _)| name.starts_with(ours)) || name.starts_with("pooler.");
-    let report = assign(
-        &vars,
-        weights,
-        dir,
-        |name| checkpoint_name(name, architecture),
-        |name| options.initialize_missing && is_head(name),
-    )?;
+    let report = load_into(dir, &vars, architecture, options.initialize_missing)?;
     Ok(LoadedBert { model, vars, report })
+}
+
+/// Sets the parameters `vars` of an existing `architecture` model from the weights in `dir`; with
+/// `initialize_missing`, task heads and the pooler the checkpoint lacks keep their values.
+pub fn load_into(
+    dir: &Path,
+    vars: &[(String, Var)],
+    architecture: BertArchitecture,
+    initialize_missing: bool,
+) -> Result<LoadReport> {
+    let device = vars.first().map(|(_, v)| v.device().clone()).unwrap_or(Device::Cpu);
+    let weights = normalise_names(load_weights(dir, &device)?, architecture);
+    let is_head = |name: &str| HEADS.iter().any(|(ours, _)| name.starts_with(ours)) || name.starts_with("pooler.");
+    assign(vars, weights, dir, |name| checkpoint_name(name, architecture), |name| initialize_missing && is_head(name))
 }
 
 /// Writes `dir/config.json` (with `architectures` set to the model's class) and `dir/model.safetensors` under

@@ -316,7 +316,6 @@ impl PretrainedTokenizer {
     /// with `lowercase`, BertPreTokenizer, `##` continuations, [CLS] A [SEP] B [SEP]); the specials [PAD] [UNK]
     /// [CLS] [SEP] [MASK] get ids 0–4.
     pub fn train_bert_wordpiece(texts: &[String], vocab_size: usize, lowercase: bool) -> Result<Self> {
-        use tokenizers::models::wordpiece::WordPieceTrainer;
         const SPECIALS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
         if vocab_size <= SPECIALS.len() {
             return Err(Error::config("vocab_size", vocab_size, "more than the 5 special tokens"));
@@ -329,15 +328,7 @@ impl PretrainedTokenizer {
             .map_err(|e| Error::tokenizer("BERT normalizer", e))?;
         inner.with_pre_tokenizer(Some(BertPreTokenizer));
         inner.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
-        let specials: Vec<tokenizers::AddedToken> =
-            SPECIALS.iter().map(|t| tokenizers::AddedToken::from(*t, true)).collect();
-        let mut trainer: tokenizers::models::TrainerWrapper = WordPieceTrainer::builder()
-            .vocab_size(vocab_size)
-            .special_tokens(specials)
-            .show_progress(false)
-            .build()
-            .into();
-        inner.train(&mut trainer, texts.iter()).map_err(|e| Error::tokenizer("training WordPiece", e))?;
+        crate::text::tokenizer::train_wordpiece(&mut inner, texts, vocab_size, &SPECIALS, "[UNK]")?;
         let id = |inner: &tokenizers::Tokenizer, t: &str| {
             inner.token_to_id(t).ok_or_else(|| Error::tokenizer("training WordPiece", format!("no {t}")))
         };

@@ -14,7 +14,7 @@ use tokenizers::decoders::metaspace::{Metaspace, PrependScheme};
 use tokenizers::decoders::sequence::Sequence;
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{BpeTrainer, BPE};
-use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer};
+use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::models::{ModelWrapper, TrainerWrapper};
 use tokenizers::normalizers::replace::{Replace, ReplacePattern};
 use tokenizers::normalizers::NFC;
@@ -80,8 +80,13 @@ impl Tokenizer {
             return Err(Error::config("vocab_size", vocab_size, "more than the 4 special tokens"));
         }
         let mut inner = pipeline(model)?;
-        let mut trainer = trainer(model, vocab_size);
-        inner.train(&mut trainer, texts.into_iter()).map_err(|e| Error::tokenizer("training", e))?;
+        match model {
+            SubwordModel::Bpe => {
+                let mut trainer = bpe_trainer(vocab_size);
+                inner.train(&mut trainer, texts.into_iter()).map_err(|e| Error::tokenizer("training", e))?;
+            }
+            SubwordModel::WordPiece => train_wordpiece(&mut inner, texts, vocab_size, &SPECIALS, UNK)?,
+        }
         let tokenizer = Self { inner };
         tokenizer.check_specials().map_err(|message| Error::tokenizer("training", message))?;
         tokenizer.check_trained_size(model, vocab_size)?;
@@ -202,6 +207,59 @@ impl Tokenizer {
     }
 }
 
+/// Trains the WordPiece model of `tokenizer` (its normaliser and pre-tokenizer split the texts into words) and
+/// adds the special tokens, as the crate's `WordPieceTrainer` does — but counting the words in a hash map with
+/// fixed seeds. The crate's trainer counts them in a randomly seeded map and numbers the `##` pieces in its
+/// iteration order, which also breaks ties between merges, so two trainings on the same text could learn
+/// different vocabularies and a seeded run would not repeat.
+pub(crate) fn train_wordpiece<S: AsRef<str>>(
+    tokenizer: &mut tokenizers::Tokenizer,
+    texts: impl IntoIterator<Item = S>,
+    vocab_size: usize,
+    specials: &[&str],
+    unk: &str,
+) -> Result<()> {
+    use tokenizers::{
+        Model, NormalizedString, Normalizer, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer,
+    };
+    let context = "training WordPiece";
+    let mut words: ahash::AHashMap<compact_str::CompactString, u64> =
+        ahash::AHashMap::with_hasher(ahash::RandomState::with_seeds(0x71, 0x6b, 0x76, 0x57));
+    for text in texts {
+        let mut normalized = NormalizedString::from(text.as_ref());
+        if let Some(normalizer) = tokenizer.get_normalizer() {
+            normalizer.normalize(&mut normalized).map_err(|e| Error::tokenizer(context, e))?;
+        }
+        let mut pieces = PreTokenizedString::from(normalized);
+        if let Some(pre_tokenizer) = tokenizer.get_pre_tokenizer() {
+            pre_tokenizer.pre_tokenize(&mut pieces).map_err(|e| Error::tokenizer(context, e))?;
+        }
+        for (word, _, _) in pieces.get_splits(OffsetReferential::Original, OffsetType::Byte) {
+            *words.entry(word.into()).or_default() += 1;
+        }
+    }
+    let added: Vec<AddedToken> = specials.iter().map(|token| AddedToken::from(*token, true)).collect();
+    let trainer = BpeTrainer::builder()
+        .vocab_size(vocab_size)
+        .special_tokens(added)
+        .initial_alphabet(HashSet::from([WORD_START]))
+        .continuing_subword_prefix(CONTINUATION.to_string())
+        .show_progress(false)
+        .build();
+    let mut bpe = BPE::default();
+    let added = trainer.do_train(&words, &mut bpe).map_err(|e| Error::tokenizer(context, e))?;
+    let vocab: ahash::AHashMap<String, u32> = WordPiece::from_bpe(&bpe).get_vocab().into_iter().collect();
+    let model = WordPiece::builder()
+        .vocab(vocab)
+        .unk_token(unk.to_string())
+        .continuing_subword_prefix(CONTINUATION.to_string())
+        .build()
+        .map_err(|e| Error::tokenizer(context, e))?;
+    tokenizer.with_model(model);
+    tokenizer.add_special_tokens(added).map_err(|e| Error::tokenizer(context, e))?;
+    Ok(())
+}
+
 /// Normaliser, pre-tokenizer, an untrained model and the matching decoder.
 fn pipeline(model: SubwordModel) -> Result<tokenizers::Tokenizer> {
     let metaspace = Metaspace::new(WORD_START, PrependScheme::Always, true);
@@ -229,27 +287,16 @@ fn pipeline(model: SubwordModel) -> Result<tokenizers::Tokenizer> {
     Ok(tokenizer)
 }
 
-fn trainer(model: SubwordModel, vocab_size: usize) -> TrainerWrapper {
+fn bpe_trainer(vocab_size: usize) -> TrainerWrapper {
     let specials: Vec<AddedToken> = SPECIALS.iter().map(|token| AddedToken::from(*token, true)).collect();
     // `▁` starts every word, so it is in the alphabet even when the text is a single word.
-    let alphabet = HashSet::from([WORD_START]);
-    match model {
-        SubwordModel::Bpe => BpeTrainer::builder()
-            .vocab_size(vocab_size)
-            .special_tokens(specials)
-            .initial_alphabet(alphabet)
-            .show_progress(false)
-            .build()
-            .into(),
-        SubwordModel::WordPiece => WordPieceTrainer::builder()
-            .vocab_size(vocab_size)
-            .special_tokens(specials)
-            .initial_alphabet(alphabet)
-            .continuing_subword_prefix(CONTINUATION.to_string())
-            .show_progress(false)
-            .build()
-            .into(),
-    }
+    BpeTrainer::builder()
+        .vocab_size(vocab_size)
+        .special_tokens(specials)
+        .initial_alphabet(HashSet::from([WORD_START]))
+        .show_progress(false)
+        .build()
+        .into()
 }
 
 /// The start of `text`, for error messages about long sentences.
@@ -288,6 +335,17 @@ mod tests {
 
     fn trained(model: SubwordModel) -> Tokenizer {
         Tokenizer::train(corpus(), model, 200).unwrap()
+    }
+
+    /// The same text gives the same ids every time (the crate's WordPiece trainer alone does not).
+    #[test]
+    fn training_is_repeatable() {
+        for model in [SubwordModel::Bpe, SubwordModel::WordPiece] {
+            let first = trained(model).inner.get_vocab(true);
+            for _ in 0..4 {
+                assert_eq!(trained(model).inner.get_vocab(true), first, "{model:?}");
+            }
+        }
     }
 
     #[test]
