@@ -129,7 +129,10 @@ pub fn generate_batch(
     let mut rng = Rng::seed_from_u64(options.seed);
     let mut cache = model.new_cache();
     let mut logits = last_logits(&rows.forward_all(model, &mut cache)?)?;
-    while options.max_new_tokens > 0 {
+    if options.max_new_tokens == 0 {
+        stops.fill(Some(StopReason::MaxNewTokens));
+    }
+    while stops.iter().any(Option::is_none) {
         let mut next = vec![pad_token_id; prompts.len()];
         for (row, stop) in stops.iter_mut().enumerate().filter(|(_, stop)| stop.is_none()) {
             let token = choose(&mut logits[row], &contexts[row], options, &mut rng)?;
@@ -149,7 +152,7 @@ pub fn generate_batch(
             };
         }
         if stops.iter().all(Option::is_some) {
-            break;
+            break; // no forward pass for tokens nobody will use
         }
         let (ids, positions) = rows.push(&next)?;
         let output = if options.use_cache {
@@ -159,7 +162,7 @@ pub fn generate_batch(
         };
         logits = last_logits(&output)?;
     }
-    let stops = stops.into_iter().map(|s| s.unwrap_or(StopReason::MaxNewTokens));
+    let stops = stops.into_iter().map(|s| s.unwrap_or(StopReason::MaxNewTokens)); // all are set by now
     Ok(generated.into_iter().zip(stops).map(|(tokens, stop)| Generated { tokens, stop }).collect())
 }
 

@@ -266,7 +266,7 @@ impl Task for MlmTask {
 
     /// The training sequences shuffled by a generator seeded with the seed and the epoch, in batches.
     fn epoch_batches(&self, epoch: usize) -> Result<Vec<Vec<usize>>> {
-        let mut rng = Rng::seed_from_u64(self.training.seed.wrapping_mul(0x6d6c_6d).wrapping_add(epoch as u64));
+        let mut rng = Rng::seed_from_u64(self.training.seed.wrapping_mul(0x006d_6c6d).wrapping_add(epoch as u64));
         let mut order: Vec<usize> = (0..self.train.len()).collect();
         order.shuffle(&mut rng);
         Ok(order.chunks(self.training.batch_size).map(<[usize]>::to_vec).collect())
