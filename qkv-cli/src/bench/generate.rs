@@ -1,6 +1,7 @@
 //! Text generation with a GPT-2 directory (tools/bench/generate.py is the transformers side): greedy decoding
 //! of `new_tokens` after a `prompt_tokens`-long prompt, with the key/value cache and without it (recomputing
-//! the whole sequence every step), and the prompt's forward pass on its own.
+//! the whole sequence every step), the prompt's forward pass on its own, and one cached decoding step after
+//! 16, 256 and 1000 cached positions.
 
 use std::path::PathBuf;
 
@@ -20,8 +21,11 @@ pub struct Args {
     model: PathBuf,
     #[arg(long, default_value_t = 16)]
     prompt_tokens: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 128)]
     new_tokens: usize,
+    /// Cached positions before the timed single-token steps
+    #[arg(long, value_delimiter = ',', default_value = "16,256,1000")]
+    positions: Vec<usize>,
     #[arg(long, default_value_t = 3)]
     reps: usize,
 }
@@ -57,11 +61,24 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
     })?;
     // Per generated token after the prompt: the cached run less its prompt pass.
     let decode_ms = (median(&cached).as_secs_f64() - median(&prefill).as_secs_f64()) * 1e3 / (n - 1).max(1) as f64;
-    Ok(vec![
+    let mut results = vec![
         Measurement::rate(format!("generate tokens/s cached ({n} new)"), "tokens/s", n as f64, &cached),
         Measurement::rate(format!("generate tokens/s uncached ({n} new)"), "tokens/s", n as f64, &uncached),
         Measurement::milliseconds(format!("prompt forward ({} tokens)", args.prompt_tokens), &prefill),
-        Measurement::reading("decode step cached".into(), "ms", decode_ms),
-        super::peak_memory("generate")?,
-    ])
+        Measurement::reading("decode step cached, mean over the run".into(), "ms", decode_ms),
+    ];
+    for &position in &args.positions {
+        // Fill the cache untimed; each timed step then adds one more position (reps ≪ position).
+        let mut cache = model.new_cache();
+        let context = Tensor::new(vec![self::prompt(position, model.config().vocab_size)], &Device::Cpu)?;
+        model.forward_step(&context, &mut cache, &mut Mode::Eval)?;
+        let next = Tensor::new(&[[1u32]], &Device::Cpu)?;
+        let steps = time(2, 10, || {
+            model.forward_step(&next, &mut cache, &mut Mode::Eval)?;
+            Ok(())
+        })?;
+        results.push(Measurement::milliseconds(format!("decode step at position {position}"), &steps));
+    }
+    results.push(super::peak_memory("generate")?);
+    Ok(results)
 }
