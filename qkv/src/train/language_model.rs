@@ -11,14 +11,16 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use rand::{Rng as _, SeedableRng};
+use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
-use super::trainer::{check_new_run, resume_point, Evaluation, LoopSettings, Task, Trainer};
+use super::trainer::{
+    check_new_run, epoch_rng, resume_point, Evaluation, LoopSettings, Task, Trainer, TrainingOptions,
+};
 use super::{cross_entropy, schedule, AdamWConfig};
 use crate::hub::{gpt2, read_json};
 use crate::models::{Gpt2, Gpt2Config};
-use crate::nn::{mode::Rng, params::named_vars, seeded_var_builder, Mode};
+use crate::nn::{params::named_vars, seeded_var_builder, Mode};
 use crate::text::lm_tokenizer::{encode_text, train_lm_tokenizer, LmVocabulary};
 use crate::{Error, Result};
 
@@ -110,7 +112,9 @@ impl LmTraining {
         }
         Ok(())
     }
+}
 
+impl TrainingOptions for LmTraining {
     fn loop_settings(&self) -> LoopSettings {
         LoopSettings {
             accumulate: self.accumulate,
@@ -276,10 +280,6 @@ impl Task for LmTask {
         &self.training
     }
 
-    fn settings(&self) -> LoopSettings {
-        self.training.loop_settings()
-    }
-
     fn vars(&self) -> &[(String, Var)] {
         &self.vars
     }
@@ -287,7 +287,7 @@ impl Task for LmTask {
     /// `eval_interval × accumulate` batches of `batch_size` random window starts, drawn by a generator seeded
     /// with the seed and the epoch.
     fn epoch_batches(&self, epoch: usize) -> Result<Vec<Vec<usize>>> {
-        let mut rng = Rng::seed_from_u64(self.training.seed.wrapping_mul(0x2545_f491).wrapping_add(epoch as u64));
+        let mut rng = epoch_rng(self.training.seed, 0x2545_f491, epoch);
         let starts = self.train.len() - self.training.block_size; // the window and its shifted target fit
         let batches = self.training.eval_interval * self.training.accumulate;
         Ok((0..batches).map(|_| (0..self.training.batch_size).map(|_| rng.random_range(0..starts)).collect()).collect())

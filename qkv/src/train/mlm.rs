@@ -13,7 +13,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng as _, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::trainer::{check_new_run, resume_point, Evaluation, LoopSettings, Task, Trainer};
+use super::trainer::{
+    check_new_run, epoch_rng, resume_point, Evaluation, LoopSettings, Task, Trainer, TrainingOptions,
+};
 use super::{cross_entropy, schedule, AdamWConfig};
 use crate::hub::tokenizer::{PretrainedTokenizer, Truncation};
 use crate::hub::{bert, read_json};
@@ -91,7 +93,9 @@ impl MlmTraining {
         }
         Ok(())
     }
+}
 
+impl TrainingOptions for MlmTraining {
     fn loop_settings(&self) -> LoopSettings {
         LoopSettings {
             accumulate: 1,
@@ -256,17 +260,13 @@ impl Task for MlmTask {
         &self.training
     }
 
-    fn settings(&self) -> LoopSettings {
-        self.training.loop_settings()
-    }
-
     fn vars(&self) -> &[(String, Var)] {
         &self.vars
     }
 
     /// The training sequences shuffled by a generator seeded with the seed and the epoch, in batches.
     fn epoch_batches(&self, epoch: usize) -> Result<Vec<Vec<usize>>> {
-        let mut rng = Rng::seed_from_u64(self.training.seed.wrapping_mul(0x006d_6c6d).wrapping_add(epoch as u64));
+        let mut rng = epoch_rng(self.training.seed, 0x006d_6c6d, epoch);
         let mut order: Vec<usize> = (0..self.train.len()).collect();
         order.shuffle(&mut rng);
         Ok(order.chunks(self.training.batch_size).map(<[usize]>::to_vec).collect())

@@ -83,13 +83,20 @@ pub struct Evaluation {
     pub metrics: BTreeMap<String, f64>,
 }
 
+/// A task's training options, which hold the loop's settings among their own.
+pub trait TrainingOptions: Serialize {
+    fn loop_settings(&self) -> LoopSettings;
+}
+
 /// What a training task gives the shared loop.
 pub trait Task {
     /// The task's training options: stored as `training.json` in the run and in every checkpoint.
-    type Training: Serialize;
+    type Training: TrainingOptions;
 
     fn training(&self) -> &Self::Training;
-    fn settings(&self) -> LoopSettings;
+    fn settings(&self) -> LoopSettings {
+        self.training().loop_settings()
+    }
     /// The model's parameters with their checkpoint names.
     fn vars(&self) -> &[(String, Var)];
     /// The batches of epoch `epoch` (0-based), each a list of example indices (or offsets) that only the task
@@ -426,6 +433,12 @@ impl<T: Task> Trainer<T> {
         }
         Ok(())
     }
+}
+
+/// The generator of epoch `epoch`'s batch order: the same for a run's seed and the epoch, whether or not the
+/// run was resumed; `salt` keeps tasks from sharing orders.
+pub fn epoch_rng(seed: u64, salt: u64, epoch: usize) -> Rng {
+    Rng::seed_from_u64(seed.wrapping_mul(salt).wrapping_add(epoch as u64))
 }
 
 /// A run directory must not hold a run already (resume it instead).

@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{load_parameters, save_parameters};
-use super::trainer::{check_new_run, resume_point, Evaluation, LoopSettings, Task, Trainer};
+use super::trainer::{
+    check_new_run, epoch_rng, resume_point, Evaluation, LoopSettings, Task, Trainer, TrainingOptions,
+};
 pub use super::trainer::{latest_checkpoint, step_checkpoints, EvalRecord, Event, Finish, StepRecord, TrainState};
 use super::{cross_entropy, schedule, AdamWConfig};
 use crate::decode::{beam_search, DecodeOptions};
@@ -113,7 +114,9 @@ impl TranslationTraining {
         }
         self.eval_decode.validate()
     }
+}
 
+impl TrainingOptions for TranslationTraining {
     fn loop_settings(&self) -> LoopSettings {
         LoopSettings {
             accumulate: self.accumulate,
@@ -237,10 +240,6 @@ impl Task for TranslationTask {
         &self.training
     }
 
-    fn settings(&self) -> LoopSettings {
-        self.training.loop_settings()
-    }
-
     fn vars(&self) -> &[(String, Var)] {
         &self.vars
     }
@@ -248,7 +247,7 @@ impl Task for TranslationTask {
     /// Token-count batches of similar lengths, shuffled by a generator seeded with the seed and the epoch.
     fn epoch_batches(&self, epoch: usize) -> Result<Vec<Vec<usize>>> {
         let lengths: Vec<(usize, usize)> = self.train.iter().map(|e| (e.source.len(), e.target.len())).collect();
-        let mut rng = Rng::seed_from_u64(self.training.seed.wrapping_mul(0x9e37_79b9).wrapping_add(epoch as u64));
+        let mut rng = epoch_rng(self.training.seed, 0x9e37_79b9, epoch);
         token_batches(&lengths, self.training.max_tokens, Some(&mut rng))
     }
 
