@@ -40,17 +40,18 @@ pub fn run(args: Args) -> Result<()> {
             attention_mask: inputs.remove("attention_mask"),
             token_type_ids: inputs.remove("token_type_ids"),
         };
-        let outputs = loaded.model.forward(&input, &mut Mode::Eval)?;
+        let outputs = loaded.frozen()?.forward(&input, &mut Mode::Eval)?;
         outputs.into_iter().map(|(name, t)| (name.to_string(), t)).collect()
     } else if architecture.starts_with("GPT2") || architecture == "gpt2" {
         let loaded =
             qkv::hub::gpt2::load(&args.model, &device).with_context(|| format!("loading {}", args.model.display()))?;
         let mask = inputs.remove("attention_mask");
-        let hidden = loaded.model.hidden_masked(&input_ids, mask.as_ref(), &mut Mode::Eval)?;
+        let model = loaded.frozen()?;
+        let hidden = model.hidden_masked(&input_ids, mask.as_ref(), &mut Mode::Eval)?;
         if architecture == "GPT2Model" {
             vec![("last_hidden_state".to_string(), hidden)]
         } else {
-            vec![("logits".to_string(), loaded.model.logits(&hidden)?)]
+            vec![("logits".to_string(), model.logits(&hidden)?)]
         }
     } else {
         bail!(

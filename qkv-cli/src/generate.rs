@@ -59,7 +59,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let loaded = gpt2::load(&args.model, &Device::Cpu).with_context(|| format!("loading {}", args.model.display()))?;
+    let model = gpt2::load(&args.model, &Device::Cpu)
+        .and_then(|loaded| loaded.frozen())
+        .with_context(|| format!("loading {}", args.model.display()))?;
     let tokenizer = match PretrainedTokenizer::from_dir(&args.model) {
         Ok(t) => Some(t),
         Err(_) if args.prompt.is_none() => None,
@@ -67,20 +69,20 @@ pub fn run(args: Args) -> Result<()> {
     };
     if let Some(input) = &args.input {
         let tokenizer = tokenizer.context("--input needs the model's tokenizer")?;
-        return batched(&args, input, &loaded.model, &tokenizer);
+        return batched(&args, input, &model, &tokenizer);
     }
     let prompt = match (&args.prompt, &args.prompt_ids, &tokenizer) {
         (Some(text), _, Some(t)) => t.ids(text)?,
         (_, Some(ids), _) => ids.clone(),
         _ => bail!("give --prompt TEXT or --prompt-ids 1,2,3"),
     };
-    let options = options(&args, &loaded.model);
+    let options = options(&args, &model);
     let mut out = std::io::stdout().lock();
     let mut generated: Vec<u32> = Vec::new();
     let mut printed = 0; // bytes of the decoded text already written
     let mut text = String::new();
     let started = Instant::now();
-    let (tokens, mut reason) = generate(&loaded.model, &prompt, &options, |token| {
+    let (tokens, mut reason) = generate(&model, &prompt, &options, |token| {
         generated.push(token);
         match &tokenizer {
             Some(t) => {

@@ -73,7 +73,7 @@ impl Pipeline {
     pub fn load(dir: &Path, architecture: BertArchitecture) -> Result<Self> {
         let device = Device::Cpu;
         let options = LoadOptions { architecture: Some(architecture), ..LoadOptions::default() };
-        let model = bert::load(dir, &options, &device)?.model;
+        let model = bert::load(dir, &options, &device)?.frozen()?;
         Ok(Self { model, tokenizer: PretrainedTokenizer::from_dir(dir)?, device })
     }
 

@@ -118,6 +118,14 @@ pub struct LoadedBert {
     pub report: LoadReport,
 }
 
+impl LoadedBert {
+    /// The same model for inference only: over the same weights, without recording gradients.
+    pub fn frozen(&self) -> Result<Bert> {
+        let device = self.vars.first().map(|(_, v)| v.device().clone()).unwrap_or(Device::Cpu);
+        Bert::new(self.model.config(), self.model.architecture(), super::frozen(&self.vars, &device))
+    }
+}
+
 /// Reads config.json (`model_type` "bert") and the weights of `dir` into the class named by `options` or by
 /// the config.
 pub fn load(dir: &Path, options: &LoadOptions, device: &Device) -> Result<LoadedBert> {

@@ -34,6 +34,14 @@ pub struct LoadedGpt2 {
     pub report: LoadReport,
 }
 
+impl LoadedGpt2 {
+    /// The same model for inference only: over the same weights, without recording gradients.
+    pub fn frozen(&self) -> Result<Gpt2> {
+        let device = self.vars.first().map(|(_, v)| v.device().clone()).unwrap_or(Device::Cpu);
+        Gpt2::new(self.model.config(), super::frozen(&self.vars, &device))
+    }
+}
+
 /// Reads config.json (`model_type` "gpt2") and the weights of `dir`. The LM head is the token embedding unless
 /// `tie_word_embeddings` is false, in which case `lm_head.weight` must be in the checkpoint.
 pub fn load(dir: &Path, device: &Device) -> Result<LoadedGpt2> {

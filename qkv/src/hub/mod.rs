@@ -22,6 +22,14 @@ pub const WEIGHTS: &str = "model.safetensors";
 /// The index of sharded weights: `{"weight_map": {tensor name: shard file}}`.
 pub const WEIGHTS_INDEX: &str = "model.safetensors.index.json";
 
+/// Detached copies of `vars` (sharing their storage) in a VarBuilder: a model built over it records no autograd
+/// graph, which inference does not need — when an op's input is a variable, candle keeps every intermediate of
+/// the forward pass alive until its output is dropped.
+pub fn frozen(vars: &[(String, Var)], device: &Device) -> candle_nn::VarBuilder<'static> {
+    let tensors: HashMap<String, Tensor> = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect();
+    candle_nn::VarBuilder::from_tensors(tensors, DType::F32, device)
+}
+
 /// Reads and parses a JSON file, naming it in any error.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;

@@ -75,7 +75,7 @@ impl SentenceEncoder {
             None => None,
         };
         Ok(Self {
-            model: loaded.model,
+            model: loaded.frozen()?,
             tokenizer: PretrainedTokenizer::from_dir(dir)?,
             pooling,
             normalize,
@@ -112,9 +112,7 @@ impl SentenceEncoder {
             }
         };
         let embeddings = if self.normalize { l2_normalize(&pooled)? } else { pooled };
-        // Detached: the parameters are variables, so the result would otherwise keep the batch's whole forward
-        // graph (every activation) alive for as long as the caller holds it.
-        Ok(embeddings.detach())
+        Ok(embeddings)
     }
 
     /// Embeddings (N, C) of all `sentences`, `batch_size` at a time. Sentences are sorted by length first, so a

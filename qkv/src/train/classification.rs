@@ -363,5 +363,5 @@ fn model_files(dir: &Path) -> Vec<PathBuf> {
 pub fn load_classifier(dir: &Path) -> Result<Bert> {
     let options =
         LoadOptions { architecture: Some(BertArchitecture::SequenceClassification), ..LoadOptions::default() };
-    Ok(bert::load(dir, &options, &Device::Cpu)?.model)
+    bert::load(dir, &options, &Device::Cpu)?.frozen()
 }
