@@ -41,7 +41,7 @@ impl Linear {
         let rows = x.elem_count() / in_dim;
         let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?; // (N, out)
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => crate::kernels::bias::add_bias(&y, b)?,
             None => y,
         };
         let mut out_dims = dims[..dims.len() - 1].to_vec();
