@@ -53,6 +53,10 @@ pub struct Args {
     /// Recompute the whole sequence at every step instead of caching keys and values
     #[arg(long)]
     no_cache: bool,
+    /// When the context (n_positions) is full, drop the oldest tokens and go on (as nanoGPT's sampler does)
+    /// instead of stopping
+    #[arg(long)]
+    slide: bool,
     /// Print {"prompt_ids", "generated_ids", "text", "stop_reason", "tokens_per_s"} instead of streaming
     #[arg(long)]
     json: bool,
@@ -152,6 +156,7 @@ fn options(args: &Args, model: &Gpt2) -> GenerateOptions {
         seed: args.seed,
         eos_token_id: (!args.ignore_eos && eos < vocab).then_some(eos),
         use_cache: !args.no_cache,
+        slide: args.slide,
     }
 }
 

@@ -221,3 +221,27 @@ fn vocab_json_and_merges_txt_encode_like_transformers() {
     }
     assert_eq!(tokenizer.token_to_id("<|endoftext|>"), Some(0));
 }
+
+/// With `slide`, generation goes on past n_positions: once the window is full, each token is the greedy choice
+/// of a fresh forward pass over the last n_positions − 1 tokens, positions counted from the window's start.
+#[test]
+fn sliding_generation_continues_past_the_context() {
+    use qkv::decode::generate::{generate, GenerateOptions, StopReason};
+    let loaded = gpt2::load(&fixture("GPT2LMHeadModel"), &Device::Cpu).unwrap();
+    let limit = loaded.model.config().n_positions; // 20
+    let prompt = vec![5u32, 17, 3, 40];
+    let options = GenerateOptions { max_new_tokens: 30, greedy: true, slide: true, ..GenerateOptions::default() };
+    let (tokens, reason) = generate(&loaded.model, &prompt, &options, |_| Ok(true)).unwrap();
+    assert_eq!((tokens.len(), reason), (30, StopReason::MaxNewTokens));
+    let all = [prompt.clone(), tokens.clone()].concat();
+    for end in limit..all.len() {
+        let window = &all[end - (limit - 1)..end];
+        let logits = loaded.model.forward(&Tensor::new(vec![window.to_vec()], &Device::Cpu).unwrap(), &mut Mode::Eval);
+        let last = logits.unwrap().get(0).unwrap().get(limit - 2).unwrap().to_vec1::<f32>().unwrap();
+        let best = (0..last.len()).max_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap() as u32;
+        assert_eq!(all[end], best, "token {end}");
+    }
+    let stopping = GenerateOptions { slide: false, ..options };
+    let (tokens, reason) = generate(&loaded.model, &prompt, &stopping, |_| Ok(true)).unwrap();
+    assert_eq!((tokens.len(), reason), (limit - prompt.len(), StopReason::ContextFull));
+}

@@ -30,8 +30,8 @@ print(json.dumps({"implementation": "qkv", "wall_s": float(sys.argv[3]) - float(
                   "median_step_ms": steps[len(steps) // 2], "final_val_loss": evals[-1]["val_loss"],
                   "best_val_loss": min(r["val_loss"] for r in evals)}))
 PY
-echo "sample (qkv generate --seed 0, prompt: a newline):"
-./target/release/qkv --threads "$threads" generate --model "$out/best" --prompt $'\n' --max-new-tokens 300 --seed 0 --ignore-eos
+echo "sample (qkv generate --seed 0 --slide, prompt: a newline):"
+./target/release/qkv --threads "$threads" generate --model "$out/best" --prompt $'\n' --max-new-tokens 300 --seed 0 --ignore-eos --slide
 
 echo "== PyTorch, $threads threads"
 OMP_NUM_THREADS="$threads" "$venv/bin/python" tools/bench/shakespeare_char.py --text "$text"

@@ -28,6 +28,9 @@ pub struct GenerateOptions {
     pub eos_token_id: Option<u32>,
     /// Recompute the whole sequence at every step instead of using the cache (slow; for checking).
     pub use_cache: bool,
+    /// When the model's context (n_positions) is full, drop the oldest tokens and go on, recomputing the
+    /// window (nanoGPT's sampler does this) instead of stopping.
+    pub slide: bool,
 }
 
 impl Default for GenerateOptions {
@@ -42,6 +45,7 @@ impl Default for GenerateOptions {
             seed: 0,
             eos_token_id: None,
             use_cache: true,
+            slide: false,
         }
     }
 }
@@ -145,7 +149,7 @@ pub fn generate_batch(
                 Some(StopReason::Eos)
             } else if generated[row].len() == options.max_new_tokens {
                 Some(StopReason::MaxNewTokens)
-            } else if rows.width() + 1 >= limit {
+            } else if !options.slide && rows.width() + 1 >= limit {
                 Some(StopReason::ContextFull)
             } else {
                 None
@@ -155,7 +159,11 @@ pub fn generate_batch(
             break; // no forward pass for tokens nobody will use
         }
         let (ids, positions) = rows.push(&next)?;
-        let output = if options.use_cache {
+        let output = if options.slide && rows.width() >= limit {
+            rows.keep_last(limit - 1);
+            cache = model.new_cache();
+            rows.forward_all(model, &mut cache)?
+        } else if options.use_cache {
             model.forward_step_padded(&ids, &positions, &rows.valid()?, &mut cache, &mut Mode::Eval)?
         } else {
             rows.forward_all(model, &mut model.new_cache())?
@@ -212,6 +220,21 @@ impl PaddedRows {
         }
         let last = self.width() - 1;
         Ok((self.matrix(&self.ids, last)?, self.matrix(&self.positions, last)?))
+    }
+
+    /// Drops all but the last `width` columns; positions count again from each row's first remaining token.
+    fn keep_last(&mut self, width: usize) {
+        let drop = self.width().saturating_sub(width);
+        for row in 0..self.ids.len() {
+            self.ids[row].drain(..drop);
+            self.valid[row].drain(..drop);
+            self.positions[row].drain(..drop);
+            let mut next = 0;
+            for (position, &valid) in self.positions[row].iter_mut().zip(&self.valid[row]) {
+                *position = next * valid;
+                next += valid;
+            }
+        }
     }
 
     /// Logits (B, width, V) of every column, computed into `cache` from scratch.
