@@ -132,7 +132,7 @@ pub fn generate_batch(
     let mut stops: Vec<Option<StopReason>> = vec![None; prompts.len()];
     let mut rng = Rng::seed_from_u64(options.seed);
     let mut cache = model.new_cache();
-    let mut logits = last_logits(&rows.forward_all(model, &mut cache)?)?;
+    let mut logits = last_logits(model, &rows.forward_all(model, &mut cache)?)?;
     if options.max_new_tokens == 0 {
         stops.fill(Some(StopReason::MaxNewTokens));
     }
@@ -164,11 +164,11 @@ pub fn generate_batch(
             cache = model.new_cache();
             rows.forward_all(model, &mut cache)?
         } else if options.use_cache {
-            model.forward_step_padded(&ids, &positions, &rows.valid()?, &mut cache, &mut Mode::Eval)?
+            model.hidden_step_padded(&ids, &positions, &rows.valid()?, &mut cache, &mut Mode::Eval)?
         } else {
             rows.forward_all(model, &mut model.new_cache())?
         };
-        logits = last_logits(&output)?;
+        logits = last_logits(model, &output)?;
     }
     let stops = stops.into_iter().map(|s| s.unwrap_or(StopReason::MaxNewTokens)); // all are set by now
     Ok(generated.into_iter().zip(stops).map(|(tokens, stop)| Generated { tokens, stop }).collect())
@@ -237,17 +237,18 @@ impl PaddedRows {
         }
     }
 
-    /// Logits (B, width, V) of every column, computed into `cache` from scratch.
+    /// Hidden states (B, width, C) of every column, computed into `cache` from scratch.
     fn forward_all(&self, model: &Gpt2, cache: &mut [crate::nn::KvCache]) -> Result<Tensor> {
         let (ids, positions) = (self.matrix(&self.ids, 0)?, self.matrix(&self.positions, 0)?);
-        model.forward_step_padded(&ids, &positions, &self.valid()?, cache, &mut Mode::Eval)
+        model.hidden_step_padded(&ids, &positions, &self.valid()?, cache, &mut Mode::Eval)
     }
 }
 
-/// Each row's logits at the last position, as f64: (B, T, V) → B × V.
-fn last_logits(logits: &Tensor) -> Result<Vec<Vec<f64>>> {
-    let t = logits.dim(1)?;
-    let last = logits.narrow(1, t - 1, 1)?.squeeze(1)?.to_vec2::<f32>()?;
+/// Each row's next-token logits, from the hidden states (B, T, C) of its last position, as f64: B × V.
+fn last_logits(model: &Gpt2, hidden: &Tensor) -> Result<Vec<Vec<f64>>> {
+    let t = hidden.dim(1)?;
+    let logits = model.logits(&hidden.narrow(1, t - 1, 1)?.contiguous()?)?; // (B, 1, V)
+    let last = logits.squeeze(1)?.to_vec2::<f32>()?;
     Ok(last.into_iter().map(|row| row.into_iter().map(f64::from).collect()).collect())
 }
 

@@ -192,7 +192,7 @@ impl Gpt2 {
     /// positions 0 … cached − 1; returns their logits (B, T, V) and appends their keys and values to the cache.
     /// Going past `n_positions` is an error naming the limit.
     pub fn forward_step(&self, input_ids: &Tensor, cache: &mut [KvCache], mode: &mut Mode) -> Result<Tensor> {
-        self.step(input_ids, None, cache, mode)
+        self.logits(&self.step(input_ids, None, cache, mode)?)
     }
 
     /// [`forward_step`](Self::forward_step) for rows padded on the left (batched generation): `positions`
@@ -206,9 +206,24 @@ impl Gpt2 {
         cache: &mut [KvCache],
         mode: &mut Mode,
     ) -> Result<Tensor> {
+        self.logits(&self.hidden_step_padded(input_ids, positions, key_valid, cache, mode)?)
+    }
+
+    /// [`forward_step_padded`](Self::forward_step_padded) up to the final LayerNorm: hidden states (B, T, C).
+    /// Generation needs the logits of the last position only, and the LM head over every position would cost
+    /// T products with the whole (V, C) table.
+    pub fn hidden_step_padded(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        key_valid: &Tensor,
+        cache: &mut [KvCache],
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
         self.step(input_ids, Some((positions, key_valid)), cache, mode)
     }
 
+    /// The blocks over the new tokens, appending to the cache: final hidden states (B, T, C).
     fn step(
         &self,
         input_ids: &Tensor,
@@ -249,7 +264,7 @@ impl Gpt2 {
         for (block, layer_cache) in self.blocks.iter().zip(cache.iter_mut()) {
             x = block.forward_step(&x, Some(&mask), layer_cache, mode)?;
         }
-        self.logits(&self.ln_f.forward(&x)?)
+        self.ln_f.forward(&x)
     }
 
     /// Hidden states (B, T, C) → logits (B, T, V).
