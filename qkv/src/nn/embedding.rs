@@ -56,7 +56,14 @@ impl Embedding {
         if dims.last() != Some(&c) {
             return Err(Error::shape("hidden states", format!("(…, {c})"), dims));
         }
-        let logits = hidden.reshape((hidden.elem_count() / c, c))?.matmul(&self.table.t()?)?;
+        let h = hidden.reshape((hidden.elem_count() / c, c))?;
+        // A few rows against a large table (a prompt in generation): table · hᵀ reads the (V, C) table in its
+        // stored order, where h · tableᵀ made gemm repack the whole table for every call.
+        let logits = if h.dim(0)? > 1 && h.dim(0)? * 16 < rows {
+            self.table.matmul(&h.t()?)?.t()?.contiguous()?
+        } else {
+            h.matmul(&self.table.t()?)?
+        };
         let mut out_dims = dims[..dims.len() - 1].to_vec();
         out_dims.push(rows);
         Ok(logits.reshape(out_dims)?)

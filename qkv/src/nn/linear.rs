@@ -39,7 +39,14 @@ impl Linear {
             return Err(Error::shape("linear input", format!("(…, {in_dim})"), dims));
         }
         let rows = x.elem_count() / in_dim;
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?; // (N, out)
+        let x = x.reshape((rows, in_dim))?;
+        // A few rows (a prompt, one sentence): W · xᵀ reads the (out, in) weight in its stored order, where
+        // x · Wᵀ made gemm repack the whole weight for every call.
+        let y = if rows > 1 && rows * 16 < out_dim {
+            self.weight.matmul(&x.t()?)?.t()?.contiguous()?
+        } else {
+            x.matmul(&self.weight.t()?)?
+        }; // (N, out)
         let y = match &self.bias {
             Some(b) => crate::kernels::bias::add_bias(&y, b)?,
             None => y,
@@ -47,5 +54,39 @@ impl Linear {
         let mut out_dims = dims[..dims.len() - 1].to_vec();
         out_dims.push(out_dim);
         Ok(y.reshape(out_dims)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::VarMap;
+
+    use super::*;
+    use crate::nn::params::{named_vars, seeded_var_builder};
+
+    /// Few rows take the W · xᵀ route, many the x · Wᵀ route: both give x · Wᵀ + b and its gradients.
+    #[test]
+    fn both_product_orders_agree_with_the_definition() {
+        let vars = VarMap::new();
+        let vb = seeded_var_builder(&vars, 3, DType::F32, &Device::Cpu);
+        let linear = Linear::new(vb.pp("l"), 24, 96, true, WeightInit::Normal { std: 0.5 }).unwrap();
+        let params = named_vars(&vars);
+        for rows in [2, 5, 7, 40] {
+            let x = Tensor::randn(0f32, 1.0, (rows, 24), &Device::Cpu).unwrap();
+            let y = linear.forward(&x).unwrap();
+            let reference =
+                x.matmul(&linear.weight.t().unwrap()).unwrap().broadcast_add(linear.bias.as_ref().unwrap()).unwrap();
+            let diff = (&y - &reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff <= 1e-5, "rows {rows}: {diff}");
+            let weights = Tensor::randn(0f32, 1.0, (rows, 96), &Device::Cpu).unwrap();
+            let grads = (y * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let expected = (reference * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, var) in &params {
+                let (g, e) = (grads.get(var).unwrap(), expected.get(var).unwrap());
+                let diff = (g - e).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(diff <= 1e-4, "rows {rows} {name}: {diff}");
+            }
+        }
     }
 }
