@@ -15,6 +15,8 @@ use qkv::hub::tokenizer::{PretrainedTokenizer, Truncation};
 use qkv::models::bert::{BertArchitecture, BertInput};
 use qkv::nn::Mode;
 
+mod support;
+
 const OUTPUT_TOL: f64 = 1e-5;
 const GRAD_TOL: f64 = 1e-4;
 
@@ -500,8 +502,7 @@ fn mlm_pretraining_learns_and_saves_a_hugging_face_directory() {
 #[test]
 fn mlm_pretraining_resumes_exactly() {
     use qkv::train::mlm::{small_config, MlmTrainer, MlmTraining};
-    use qkv::train::trainer::{Event, Finish};
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use qkv::train::trainer::Finish;
     let scratch = std::env::temp_dir().join(format!("qkv-mlm-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).unwrap();
@@ -524,19 +525,8 @@ fn mlm_pretraining_resumes_exactly() {
         ..small_config(0, 16)
     };
     let run = |trainer: &mut MlmTrainer, stop_after: Option<usize>| {
-        let stop = AtomicBool::new(false);
-        let mut losses = Vec::new();
-        let finish = trainer
-            .run(&stop, |event| {
-                if let Event::Step(r) = event {
-                    losses.push(r.loss);
-                    if stop_after == Some(r.step) {
-                        stop.store(true, Ordering::Relaxed);
-                    }
-                }
-            })
-            .unwrap();
-        (finish, losses)
+        let (finish, losses) = support::step_losses(trainer, stop_after);
+        (finish, losses.into_iter().map(|(_, loss)| loss).collect::<Vec<f64>>())
     };
     let mut straight = MlmTrainer::create(&scratch.join("straight"), training.clone(), config.clone()).unwrap();
     let (_, expected) = run(&mut straight, None);

@@ -3,7 +3,6 @@
 //! exactly, and the saved best model reloads as a GPT-2 directory with identical logits.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{Device, Tensor};
 use qkv::decode::generate::{generate, GenerateOptions};
@@ -12,7 +11,9 @@ use qkv::models::Gpt2Config;
 use qkv::nn::Mode;
 use qkv::text::lm_tokenizer::LmVocabulary;
 use qkv::train::language_model::{LmTrainer, LmTraining};
-use qkv::train::trainer::{Event, Finish};
+use qkv::train::trainer::Finish;
+
+mod support;
 
 const VERSE: &str = "twinkle, twinkle, little star, how I wonder what you are! up above the world so high, \
                      like a diamond in the sky. ";
@@ -52,19 +53,8 @@ fn setup(dir: &std::path::Path, max_steps: usize) -> (LmTraining, Gpt2Config) {
 }
 
 fn losses(trainer: &mut LmTrainer, stop_after: Option<usize>) -> (Finish, Vec<f64>) {
-    let stop = AtomicBool::new(false);
-    let mut losses = Vec::new();
-    let finish = trainer
-        .run(&stop, |event| {
-            if let Event::Step(r) = event {
-                losses.push(r.loss);
-                if stop_after == Some(r.step) {
-                    stop.store(true, Ordering::Relaxed);
-                }
-            }
-        })
-        .unwrap();
-    (finish, losses)
+    let (finish, losses) = support::step_losses(trainer, stop_after);
+    (finish, losses.into_iter().map(|(_, loss)| loss).collect())
 }
 
 #[test]

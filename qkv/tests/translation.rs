@@ -3,12 +3,14 @@
 //! loss curve exactly.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use candle_core::{Device, Tensor};
 use qkv::decode::DecodeOptions;
 use qkv::models::TransformerConfig;
 use qkv::nn::Mode;
+mod support;
+
 use qkv::train::translation::{
     latest_checkpoint, Event, Finish, TranslationModel, TranslationTrainer, TranslationTraining,
 };
@@ -67,19 +69,7 @@ fn tiny_model(dropout: f64) -> TransformerConfig {
 
 /// Runs to the end, returning every step's loss.
 fn train(trainer: &mut TranslationTrainer, stop_after: Option<usize>) -> (Finish, Vec<(usize, f64)>) {
-    let stop = AtomicBool::new(false);
-    let mut losses = Vec::new();
-    let finish = trainer
-        .run(&stop, |event| {
-            if let Event::Step(r) = event {
-                losses.push((r.step, r.loss));
-                if stop_after == Some(r.step) {
-                    stop.store(true, Ordering::Relaxed);
-                }
-            }
-        })
-        .unwrap();
-    (finish, losses)
+    support::step_losses(trainer, stop_after)
 }
 
 #[test]

@@ -132,7 +132,7 @@ pub fn generate_batch(
     let mut stops: Vec<Option<StopReason>> = vec![None; prompts.len()];
     let mut rng = Rng::seed_from_u64(options.seed);
     let mut cache = model.new_cache();
-    let mut logits = last_logits(model, &rows.forward_all(model, &mut cache)?)?;
+    let mut logits = last_logits(model, &rows.forward(model, &mut cache, 0)?)?;
     if options.max_new_tokens == 0 {
         stops.fill(Some(StopReason::MaxNewTokens));
     }
@@ -158,15 +158,15 @@ pub fn generate_batch(
         if stops.iter().all(Option::is_some) {
             break; // no forward pass for tokens nobody will use
         }
-        let (ids, positions) = rows.push(&next)?;
+        rows.push(&next);
         let output = if options.slide && rows.width() >= limit {
             rows.keep_last(limit - 1);
             cache = model.new_cache();
-            rows.forward_all(model, &mut cache)?
+            rows.forward(model, &mut cache, 0)?
         } else if options.use_cache {
-            model.hidden_step_padded(&ids, &positions, &rows.valid()?, &mut cache, &mut Mode::Eval)?
+            rows.forward(model, &mut cache, rows.width() - 1)?
         } else {
-            rows.forward_all(model, &mut model.new_cache())?
+            rows.forward(model, &mut model.new_cache(), 0)?
         };
         logits = last_logits(model, &output)?;
     }
@@ -205,21 +205,15 @@ impl PaddedRows {
         Ok(Tensor::from_vec(data, (rows.len(), self.width() - from), &self.device)?)
     }
 
-    fn valid(&self) -> Result<Tensor> {
-        self.matrix(&self.valid, 0)
-    }
-
-    /// Appends a column — each row's next token (padding for stopped rows) at the row's next position — and
-    /// returns it as (B, 1) ids and positions. Like transformers, the new column is valid in every row.
-    fn push(&mut self, next: &[u32]) -> Result<(Tensor, Tensor)> {
+    /// Appends a column: each row's next token (padding for stopped rows) at the row's next position. Like
+    /// transformers, the new column is valid in every row.
+    fn push(&mut self, next: &[u32]) {
         for (row, &token) in next.iter().enumerate() {
             let position = self.positions[row].last().map_or(0, |p| p + 1);
             self.ids[row].push(token);
             self.positions[row].push(position);
             self.valid[row].push(1);
         }
-        let last = self.width() - 1;
-        Ok((self.matrix(&self.ids, last)?, self.matrix(&self.positions, last)?))
     }
 
     /// Drops all but the last `width` columns; positions count again from each row's first remaining token.
@@ -237,10 +231,11 @@ impl PaddedRows {
         }
     }
 
-    /// Hidden states (B, width, C) of every column, computed into `cache` from scratch.
-    fn forward_all(&self, model: &Gpt2, cache: &mut [crate::nn::KvCache]) -> Result<Tensor> {
-        let (ids, positions) = (self.matrix(&self.ids, 0)?, self.matrix(&self.positions, 0)?);
-        model.hidden_step_padded(&ids, &positions, &self.valid()?, cache, &mut Mode::Eval)
+    /// Hidden states (B, width − from, C) of columns `from..`, whose predecessors `cache` holds (none for
+    /// `from` = 0, a fresh cache).
+    fn forward(&self, model: &Gpt2, cache: &mut [crate::nn::KvCache], from: usize) -> Result<Tensor> {
+        let (ids, positions) = (self.matrix(&self.ids, from)?, self.matrix(&self.positions, from)?);
+        model.hidden_step_padded(&ids, &positions, &self.matrix(&self.valid, 0)?, cache, &mut Mode::Eval)
     }
 }
 

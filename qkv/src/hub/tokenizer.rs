@@ -12,11 +12,11 @@ use serde::Deserialize;
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::{EncodeInput, Model, PaddingParams, PaddingStrategy, TruncationParams, TruncationStrategy};
 
 use super::{existing, read_json};
+use crate::text::tokenizer::{read_tokenizer_json, write_tokenizer_json};
 use crate::{Error, Result};
 
 /// The fields of tokenizer_config.json that shape a BERT tokenizer built from vocab.txt.
@@ -97,9 +97,7 @@ impl PretrainedTokenizer {
     /// padding and truncation stored in tokenizer.json are replaced by those of each call.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let inner = if let Some(path) = existing(dir, "tokenizer.json") {
-            let json = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-            json.parse::<tokenizers::Tokenizer>()
-                .map_err(|e| Error::input(&path, None, format!("not a tokenizer.json: {e}")))?
+            read_tokenizer_json(&path)?
         } else if let Some(vocab) = existing(dir, "vocab.txt") {
             let config: BertTokenizerConfig = match existing(dir, "tokenizer_config.json") {
                 Some(path) => read_json(&path)?,
@@ -328,7 +326,7 @@ impl PretrainedTokenizer {
             .map_err(|e| Error::tokenizer("BERT normalizer", e))?;
         inner.with_pre_tokenizer(Some(BertPreTokenizer));
         inner.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
-        crate::text::tokenizer::train_wordpiece(&mut inner, texts, vocab_size, &SPECIALS, "[UNK]")?;
+        crate::text::tokenizer::train_wordpiece(&mut inner, texts, vocab_size, &SPECIALS, "[UNK]", &[])?;
         let id = |inner: &tokenizers::Tokenizer, t: &str| {
             inner.token_to_id(t).ok_or_else(|| Error::tokenizer("training WordPiece", format!("no {t}")))
         };
@@ -340,9 +338,7 @@ impl PretrainedTokenizer {
     /// Writes tokenizer.json (atomically) into `dir`, plus a tokenizer_config.json naming the BERT tokenizer
     /// class so that transformers' AutoTokenizer loads it.
     pub fn save_to_dir(&self, dir: &Path, lowercase: bool) -> Result<()> {
-        let path = dir.join("tokenizer.json");
-        let json = self.inner.to_string(true).map_err(|e| Error::tokenizer("serialising tokenizer.json", e))?;
-        crate::atomic_file::write_atomically(&path, json.as_bytes())?;
+        write_tokenizer_json(&self.inner, &dir.join("tokenizer.json"))?;
         let config = serde_json::json!({
             "tokenizer_class": "BertTokenizer", "do_lower_case": lowercase, "unk_token": "[UNK]",
             "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]",
@@ -378,11 +374,7 @@ fn gpt2_from_files(vocab: &Path, merges: &Path, config: &Gpt2TokenizerConfig) ->
         .build()
         .map_err(|e| Error::input(vocab, None, format!("with {}: not a BPE vocabulary: {e}", merges.display())))?;
     let has_end_of_text = model.token_to_id(crate::text::lm_tokenizer::END_OF_TEXT).is_some();
-    let byte_level = ByteLevel::new(config.add_prefix_space, true, true);
-    let mut tokenizer = tokenizers::Tokenizer::new(model);
-    tokenizer.with_pre_tokenizer(Some(byte_level));
-    tokenizer.with_decoder(Some(byte_level));
-    tokenizer.with_post_processor(Some(byte_level));
+    let mut tokenizer = crate::text::lm_tokenizer::byte_level_tokenizer(model, config.add_prefix_space);
     if has_end_of_text {
         let special = tokenizers::AddedToken::from(crate::text::lm_tokenizer::END_OF_TEXT, true);
         tokenizer.add_special_tokens([special]).map_err(|e| Error::tokenizer("adding <|endoftext|>", e))?;

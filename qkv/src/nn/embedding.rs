@@ -56,14 +56,7 @@ impl Embedding {
         if dims.last() != Some(&c) {
             return Err(Error::shape("hidden states", format!("(…, {c})"), dims));
         }
-        let h = hidden.reshape((hidden.elem_count() / c, c))?;
-        // A few rows against a large table (a prompt in generation): table · hᵀ reads the (V, C) table in its
-        // stored order, where h · tableᵀ made gemm repack the whole table for every call.
-        let logits = if h.dim(0)? > 1 && h.dim(0)? * 16 < rows {
-            self.table.matmul(&h.t()?)?.t()?.contiguous()?
-        } else {
-            h.matmul(&self.table.t()?)?
-        };
+        let logits = super::linear::times_transposed(&hidden.reshape((hidden.elem_count() / c, c))?, &self.table)?;
         let mut out_dims = dims[..dims.len() - 1].to_vec();
         out_dims.push(rows);
         Ok(logits.reshape(out_dims)?)

@@ -39,14 +39,7 @@ impl Linear {
             return Err(Error::shape("linear input", format!("(…, {in_dim})"), dims));
         }
         let rows = x.elem_count() / in_dim;
-        let x = x.reshape((rows, in_dim))?;
-        // A few rows (a prompt, one sentence): W · xᵀ reads the (out, in) weight in its stored order, where
-        // x · Wᵀ made gemm repack the whole weight for every call.
-        let y = if rows > 1 && rows * 16 < out_dim {
-            self.weight.matmul(&x.t()?)?.t()?.contiguous()?
-        } else {
-            x.matmul(&self.weight.t()?)?
-        }; // (N, out)
+        let y = times_transposed(&x.reshape((rows, in_dim))?, &self.weight)?; // (N, out)
         let y = match &self.bias {
             Some(b) => crate::kernels::bias::add_bias(&y, b)?,
             None => y,
@@ -55,6 +48,14 @@ impl Linear {
         out_dims.push(out_dim);
         Ok(y.reshape(out_dims)?)
     }
+}
+
+/// x (N, K) · wᵀ for w stored (M, K), as Linear weights and embedding tables are: (N, M). For a few rows
+/// against many (one sentence, a prompt, a logits row) it computes (w · xᵀ)ᵀ, which reads w in its stored
+/// order; x · wᵀ made gemm repack the whole of w on every call, which dominated such products.
+pub(crate) fn times_transposed(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (rows, out_dim) = (x.dim(0)?, w.dim(0)?);
+    Ok(if rows > 1 && rows * 16 < out_dim { w.matmul(&x.t()?)?.t()?.contiguous()? } else { x.matmul(&w.t()?)? })
 }
 
 #[cfg(test)]

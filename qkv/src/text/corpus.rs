@@ -46,6 +46,16 @@ pub fn read_lines(path: &Path) -> Result<Vec<String>> {
     }
 }
 
+/// The whole file as UTF-8, naming the file and line of a bad byte.
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        Error::input(path, Some(line), "not valid UTF-8")
+    })
+}
+
 /// A parallel corpus: line i of `source` is translated by line i of `target`.
 ///
 /// Errors name the file: different line counts (both files and both counts), and an empty or whitespace-only

@@ -70,13 +70,8 @@ fn byte_bpe_tokenizer(text: &str, vocab_size: usize) -> Result<tokenizers::Token
     if vocab_size < minimum {
         return Err(Error::config("vocab_size", vocab_size, format!("at least {minimum} for byte-level BPE")));
     }
-    // GPT-2's settings: no space added before the text, offsets trimmed, its word-splitting regex.
-    let byte_level = ByteLevel::new(false, true, true);
     let model = BPE::builder().build().map_err(|e| Error::tokenizer("building the model", e))?;
-    let mut tokenizer = tokenizers::Tokenizer::new(model);
-    tokenizer.with_pre_tokenizer(Some(byte_level));
-    tokenizer.with_decoder(Some(byte_level));
-    tokenizer.with_post_processor(Some(byte_level));
+    let mut tokenizer = byte_level_tokenizer(model, false);
     let mut trainer: TrainerWrapper = BpeTrainer::builder()
         .vocab_size(vocab_size)
         .special_tokens(vec![AddedToken::from(END_OF_TEXT, true)])
@@ -86,6 +81,17 @@ fn byte_bpe_tokenizer(text: &str, vocab_size: usize) -> Result<tokenizers::Token
         .into();
     tokenizer.train(&mut trainer, text.lines()).map_err(|e| Error::tokenizer("training", e))?;
     Ok(tokenizer)
+}
+
+/// GPT-2's pipeline around a BPE `model`: text as bytes mapped to printable characters, split by GPT-2's
+/// word regex (with a space added before the text when `add_prefix_space`), offsets trimmed, and decoded back.
+pub fn byte_level_tokenizer(model: BPE, add_prefix_space: bool) -> tokenizers::Tokenizer {
+    let byte_level = ByteLevel::new(add_prefix_space, true, true);
+    let mut tokenizer = tokenizers::Tokenizer::new(model);
+    tokenizer.with_pre_tokenizer(Some(byte_level));
+    tokenizer.with_decoder(Some(byte_level));
+    tokenizer.with_post_processor(Some(byte_level));
+    tokenizer
 }
 
 /// Token ids of `text` (no special tokens added).

@@ -85,7 +85,8 @@ impl Tokenizer {
                 let mut trainer = bpe_trainer(vocab_size);
                 inner.train(&mut trainer, texts.into_iter()).map_err(|e| Error::tokenizer("training", e))?;
             }
-            SubwordModel::WordPiece => train_wordpiece(&mut inner, texts, vocab_size, &SPECIALS, UNK)?,
+            // `▁` starts every word, so it is in the alphabet even when the text is a single word.
+            SubwordModel::WordPiece => train_wordpiece(&mut inner, texts, vocab_size, &SPECIALS, UNK, &[WORD_START])?,
         }
         let tokenizer = Self { inner };
         tokenizer.check_specials().map_err(|message| Error::tokenizer("training", message))?;
@@ -96,9 +97,7 @@ impl Tokenizer {
     /// Loads a `tokenizer.json`, checking that the four special tokens have their fixed ids. Padding and
     /// truncation settings in the file are dropped: batches are padded by [`crate::text::Batch`].
     pub fn load(path: &Path) -> Result<Self> {
-        let json = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut inner: tokenizers::Tokenizer =
-            json.parse().map_err(|e| Error::input(path, None, format!("not a tokenizer.json: {e}")))?;
+        let mut inner = read_tokenizer_json(path)?;
         inner.with_padding(None);
         inner.with_truncation(None).map_err(|e| Error::input(path, None, e))?;
         let tokenizer = Self { inner };
@@ -109,8 +108,7 @@ impl Tokenizer {
     /// Writes `tokenizer.json` to `path`, through a temporary file renamed into place so that an interrupted
     /// save never leaves a truncated file.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let json = self.inner.to_string(true).map_err(|e| Error::tokenizer("serialising tokenizer.json", e))?;
-        crate::atomic_file::write_atomically(path, json.as_bytes())
+        write_tokenizer_json(&self.inner, path)
     }
 
     /// Token ids of `text`, without special tokens.
@@ -207,8 +205,21 @@ impl Tokenizer {
     }
 }
 
-/// Trains the WordPiece model of `tokenizer` (its normaliser and pre-tokenizer split the texts into words) and
-/// adds the special tokens, as the crate's `WordPieceTrainer` does — but counting the words in a hash map with
+/// A Hugging Face `tokenizer.json`, as the `tokenizers` crate runs it; errors name the file.
+pub fn read_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer> {
+    let json = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    json.parse().map_err(|e| Error::input(path, None, format!("not a tokenizer.json: {e}")))
+}
+
+/// Writes `tokenizer` as a `tokenizer.json` at `path`, through a temporary file renamed into place.
+pub fn write_tokenizer_json(tokenizer: &tokenizers::Tokenizer, path: &Path) -> Result<()> {
+    let json = tokenizer.to_string(true).map_err(|e| Error::tokenizer("serialising tokenizer.json", e))?;
+    crate::atomic_file::write_atomically(path, json.as_bytes())
+}
+
+/// Trains the WordPiece model of `tokenizer` (its normaliser and pre-tokenizer split the texts into words) with
+/// `alphabet` in the vocabulary whatever the texts hold, and adds the special tokens, as the crate's
+/// `WordPieceTrainer` does — but counting the words in a hash map with
 /// fixed seeds. The crate's trainer counts them in a randomly seeded map and numbers the `##` pieces in its
 /// iteration order, which also breaks ties between merges, so two trainings on the same text could learn
 /// different vocabularies and a seeded run would not repeat.
@@ -218,6 +229,7 @@ pub(crate) fn train_wordpiece<S: AsRef<str>>(
     vocab_size: usize,
     specials: &[&str],
     unk: &str,
+    alphabet: &[char],
 ) -> Result<()> {
     use tokenizers::{
         Model, NormalizedString, Normalizer, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer,
@@ -242,7 +254,7 @@ pub(crate) fn train_wordpiece<S: AsRef<str>>(
     let trainer = BpeTrainer::builder()
         .vocab_size(vocab_size)
         .special_tokens(added)
-        .initial_alphabet(HashSet::from([WORD_START]))
+        .initial_alphabet(alphabet.iter().copied().collect())
         .continuing_subword_prefix(CONTINUATION.to_string())
         .show_progress(false)
         .build();

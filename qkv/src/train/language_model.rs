@@ -21,7 +21,9 @@ use super::{cross_entropy, schedule, AdamWConfig};
 use crate::hub::{gpt2, read_json};
 use crate::models::{Gpt2, Gpt2Config};
 use crate::nn::{params::named_vars, seeded_var_builder, Mode};
+use crate::text::corpus::read_text;
 use crate::text::lm_tokenizer::{encode_text, train_lm_tokenizer, LmVocabulary};
+use crate::text::tokenizer::{read_tokenizer_json, write_tokenizer_json};
 use crate::{Error, Result};
 
 /// Everything about a language-model run except the model's shape. The defaults are nanoGPT's CPU run on
@@ -189,11 +191,7 @@ impl Trainer<LmTask> {
         let checkpoint = resume_point(run_dir)?;
         let training: LmTraining = read_json(&checkpoint.join("training.json"))?;
         let model_config: Gpt2Config = read_json(&checkpoint.join("config.json"))?;
-        let path = checkpoint.join("tokenizer.json");
-        let tokenizer: tokenizers::Tokenizer = std::fs::read_to_string(&path)
-            .map_err(|e| Error::io(&path, e))?
-            .parse()
-            .map_err(|e| Error::input(&path, None, format!("not a tokenizer.json: {e}")))?;
+        let tokenizer = read_tokenizer_json(&checkpoint.join("tokenizer.json"))?;
         let text = read_text(&training.text)?;
         let task = LmTask::new(training, model_config, tokenizer, &text)?;
         Trainer::restore(run_dir, &checkpoint, task)
@@ -318,23 +316,12 @@ impl Task for LmTask {
     /// A Hugging Face GPT-2 directory: config.json, model.safetensors, tokenizer.json.
     fn save_model(&self, dir: &Path) -> Result<()> {
         gpt2::save(dir, &self.model, &self.vars)?;
-        let json = self.tokenizer.to_string(true).map_err(|e| Error::tokenizer("serialising tokenizer.json", e))?;
-        crate::atomic_file::write_atomically(&dir.join("tokenizer.json"), json.as_bytes())
+        write_tokenizer_json(&self.tokenizer, &dir.join("tokenizer.json"))
     }
 
     fn load_model(&self, dir: &Path) -> Result<()> {
         gpt2::load_into(dir, &self.vars, self.model.config().tie_word_embeddings).map(|_| ())
     }
-}
-
-/// The whole file as UTF-8, naming the file and line of a bad byte.
-fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    String::from_utf8(bytes).map_err(|e| {
-        let at = e.utf8_error().valid_up_to();
-        let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
-        Error::input(path, Some(line), "not valid UTF-8")
-    })
 }
 
 /// The text cut at `1 − valid_fraction` of its characters: (training part, held-out part).

@@ -1,4 +1,5 @@
-//! Loading the PyTorch parity fixtures written by tools/fixtures/make_fixtures.py and comparing against them.
+//! Loading the PyTorch parity fixtures written by tools/fixtures/make_fixtures.py and comparing against them;
+//! running a trainer and collecting its loss curve.
 #![allow(dead_code)] // each test crate uses a different subset
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -145,4 +146,26 @@ impl Fixture {
     pub fn report(&self, output_err: f64, grad_err: f64) {
         println!("{:<28} output {output_err:.2e}  gradients {grad_err:.2e}", self.name);
     }
+}
+
+/// Runs `trainer` to its end, or raises the stop flag (as Ctrl-C does) after step `stop_after`; returns how it
+/// ended and each step's (step, loss).
+pub fn step_losses<T: qkv::train::trainer::Task>(
+    trainer: &mut qkv::train::trainer::Trainer<T>,
+    stop_after: Option<usize>,
+) -> (qkv::train::trainer::Finish, Vec<(usize, f64)>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = AtomicBool::new(false);
+    let mut losses = Vec::new();
+    let finish = trainer
+        .run(&stop, |event| {
+            if let qkv::train::trainer::Event::Step(r) = event {
+                losses.push((r.step, r.loss));
+                if stop_after == Some(r.step) {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+        })
+        .unwrap();
+    (finish, losses)
 }
