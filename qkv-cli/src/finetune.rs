@@ -65,6 +65,10 @@ pub struct ClassifyArgs {
     max_length: Option<usize>,
     #[arg(long)]
     seed: Option<u64>,
+    /// Micro-batches each batch is split into and run in parallel, one per thread by default (dropout draws
+    /// depend on it: keep it to repeat a run on another machine)
+    #[arg(long)]
+    shards: Option<usize>,
     /// Metric that picks the best epoch (its model is loaded at the end)
     #[arg(long, value_enum)]
     metric: Option<MetricArg>,
@@ -95,6 +99,7 @@ fn options(args: &ClassifyArgs) -> Result<ClassifierTraining> {
         max_grad_norm = args.max_grad_norm,
         max_length = args.max_length,
         seed = args.seed,
+        shards = args.shards,
     );
     if let Some(metric) = args.metric {
         t.metric_for_best_model = match metric {

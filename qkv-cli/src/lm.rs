@@ -54,6 +54,10 @@ pub struct LmArgs {
     /// Batches per optimizer step (gradient accumulation)
     #[arg(long)]
     accumulate: Option<usize>,
+    /// Micro-batches each batch is split into and run in parallel, one per thread by default (dropout draws
+    /// depend on it: keep it to repeat a run on another machine)
+    #[arg(long)]
+    shards: Option<usize>,
     #[arg(long)]
     max_steps: Option<usize>,
     /// Steps between evaluations and checkpoints
@@ -127,6 +131,7 @@ fn training_options(args: &LmArgs) -> Result<LmTraining> {
         block_size = args.block_size,
         batch_size = args.batch_size,
         accumulate = args.accumulate,
+        shards = args.shards,
         max_steps = args.max_steps,
         eval_interval = args.eval_interval,
         eval_batches = args.eval_batches,

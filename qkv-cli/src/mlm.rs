@@ -45,6 +45,10 @@ pub struct MlmArgs {
     learning_rate: f64,
     #[arg(long, default_value_t = MlmTraining::default().seed)]
     seed: u64,
+    /// Micro-batches each batch is split into and run in parallel, one per thread by default (dropout and
+    /// masking draws depend on it: keep it to repeat a run on another machine)
+    #[arg(long)]
+    shards: Option<usize>,
     /// Model width (the small preset: 256, 4 layers, 4 heads, feed-forward 4 × width)
     #[arg(long, default_value_t = 256)]
     hidden_size: usize,
@@ -73,6 +77,7 @@ pub fn run(args: MlmArgs) -> Result<()> {
             time_limit_minutes: args.time_limit,
             ..MlmTraining::default()
         };
+        let training = MlmTraining { shards: args.shards.unwrap_or(training.shards), ..training };
         let config = qkv::models::bert::BertConfig {
             hidden_size: args.hidden_size,
             num_hidden_layers: args.layers,

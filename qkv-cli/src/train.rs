@@ -90,6 +90,10 @@ pub struct TranslationArgs {
     /// Batches per optimizer step (gradient accumulation)
     #[arg(long)]
     accumulate: Option<usize>,
+    /// Micro-batches each batch is split into and run in parallel, one per thread by default (dropout draws
+    /// depend on it: keep it to repeat a run on another machine)
+    #[arg(long)]
+    shards: Option<usize>,
     #[arg(long)]
     epochs: Option<usize>,
     #[arg(long)]
@@ -243,6 +247,7 @@ fn training_options(args: &TranslationArgs) -> Result<TranslationTraining> {
         vocab_size = args.vocab_size,
         max_tokens = args.max_tokens,
         accumulate = args.accumulate,
+        shards = args.shards,
         epochs = args.epochs,
         lr_factor = args.lr_factor,
         warmup = args.warmup,

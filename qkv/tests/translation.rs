@@ -185,6 +185,37 @@ fn gradient_accumulation_equals_one_large_batch() {
     }
 }
 
+/// Dealing each batch into parallel micro-batches (shards) takes the same optimizer steps as running it whole:
+/// without dropout the losses agree to float rounding (the parts pad differently).
+#[test]
+fn sharded_batches_equal_whole_batches() {
+    let run = |name: &str, shards: usize| {
+        let dir = scratch(name);
+        let training = TranslationTraining { epochs: 4, max_tokens: 60, shards, ..write_corpus(&dir) };
+        let mut trainer = TranslationTrainer::create(&dir.join("run"), training, tiny_model(0.0)).unwrap();
+        let mut losses = Vec::new();
+        let stop = AtomicBool::new(false);
+        trainer
+            .run(&stop, |event| {
+                if let Event::Step(r) = event {
+                    losses.push((r.loss, r.tokens))
+                }
+            })
+            .unwrap();
+        losses
+    };
+    let whole = run("shards-1", 1);
+    assert!(whole.len() >= 8, "the test needs several steps; got {}", whole.len());
+    for shards in [2, 3] {
+        let sharded = run(&format!("shards-{shards}"), shards);
+        assert_eq!(sharded.len(), whole.len());
+        for (step, ((a, ta), (b, tb))) in whole.iter().zip(&sharded).enumerate() {
+            assert_eq!(ta, tb, "step {}: tokens", step + 1);
+            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "step {}: whole {a}, {shards} shards {b}", step + 1);
+        }
+    }
+}
+
 /// The time limit ends a run like max_steps does: evaluation and a checkpoint, then `Completed`.
 #[test]
 fn a_time_limit_stops_training_with_a_checkpoint() {

@@ -8,8 +8,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use clap::{Parser, ValueEnum};
 use qkv::models::{Gpt2, Gpt2Config};
-use qkv::nn::{params::named_vars, seeded_var_builder, Activation, Mode};
-use qkv::train::{cross_entropy, AdamW, AdamWConfig};
+use qkv::nn::{params::named_vars, seeded_var_builder, Activation};
+use qkv::train::{cross_entropy, data_parallel, AdamW, AdamWConfig};
 use rand::{Rng, SeedableRng};
 
 use super::Measurement;
@@ -29,6 +29,9 @@ pub struct Args {
     /// Timed steps (default 50 small, 10 large)
     #[arg(long)]
     steps: Option<usize>,
+    /// Micro-batches run in parallel (default: one per thread, as `qkv train` does)
+    #[arg(long)]
+    shards: Option<usize>,
 }
 
 struct Shape {
@@ -51,6 +54,7 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
         }
     };
     let steps = args.steps.unwrap_or(shape.steps);
+    let shards = args.shards.unwrap_or_else(data_parallel::default_shards);
     anyhow::ensure!(steps >= 1, "--steps must be at least 1, got {steps}");
     let config = Gpt2Config {
         vocab_size: VOCAB,
@@ -68,9 +72,10 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
     let vars = VarMap::new();
     let model = Gpt2::new(&config, seeded_var_builder(&vars, 1337, DType::F32, &Device::Cpu))?;
     let adamw = AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 };
+    let params: Vec<_> = vars.all_vars();
     let mut optimizer = AdamW::new(named_vars(&vars), adamw, AdamW::decay_matrices)?;
     let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(0);
-    let mut phases: Vec<[Duration; 3]> = Vec::new();
+    let mut phases: Vec<[Duration; 2]> = Vec::new();
     let mut resident_after_warmup = 0.0;
     for step in 0..shape.warmup + steps {
         if step == shape.warmup {
@@ -78,17 +83,21 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
         }
         let ids: Vec<u32> = (0..shape.batch * (shape.block + 1)).map(|_| rng.random_range(0..VOCAB as u32)).collect();
         let ids = Tensor::from_vec(ids, (shape.batch, shape.block + 1), &Device::Cpu)?;
-        let (inputs, targets) = (ids.narrow(1, 0, shape.block)?, ids.narrow(1, 1, shape.block)?.flatten_all()?);
+        let parts = data_parallel::split(&(0..shape.batch).collect::<Vec<_>>(), shards);
         let start = Instant::now();
-        let logits = model.forward(&inputs, &mut Mode::Eval)?;
-        let loss = cross_entropy(&logits.flatten_to(1)?, &targets, None, 0.0)?;
-        let forward = start.elapsed();
-        let grads = loss.backward()?;
-        let backward = start.elapsed() - forward;
-        optimizer.step(&grads, 1e-3, Some(1.0))?;
-        let optimize = start.elapsed() - forward - backward;
+        let gradients = data_parallel::gradients(&params, parts.len(), shards, None, |i, mode| {
+            let rows = Tensor::from_vec(parts[i].iter().map(|&r| r as u32).collect(), parts[i].len(), &Device::Cpu)?;
+            let window = ids.index_select(&rows, 0)?;
+            let (inputs, targets) =
+                (window.narrow(1, 0, shape.block)?, window.narrow(1, 1, shape.block)?.flatten_all()?);
+            let logits = model.forward(&inputs, mode)?;
+            Ok((cross_entropy(&logits.flatten_to(1)?, &targets, None, 0.0)?, targets.elem_count()))
+        })?;
+        let passes = start.elapsed();
+        optimizer.step(&gradients.grads, 1e-3, Some(1.0))?;
+        let optimize = start.elapsed() - passes;
         if step >= shape.warmup {
-            phases.push([forward, backward, optimize]);
+            phases.push([passes, optimize]);
         }
     }
     let tokens = (shape.batch * shape.block) as f64;
@@ -98,7 +107,7 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
         Measurement::milliseconds(format!("train step {label}"), &totals),
         Measurement::rate(format!("train tokens/s {label}"), "tokens/s", tokens, &totals),
     ];
-    for (i, phase) in ["forward+loss", "backward", "clip+optimizer"].iter().enumerate() {
+    for (i, phase) in ["forward+backward", "clip+optimizer"].iter().enumerate() {
         let mut times: Vec<Duration> = phases.iter().map(|p| p[i]).collect();
         times.sort();
         results.push(Measurement::milliseconds(format!("train {phase} {label}"), &times));

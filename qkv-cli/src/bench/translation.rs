@@ -9,8 +9,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use clap::Parser;
 use qkv::models::TransformerConfig;
-use qkv::nn::{params::named_vars, seeded_var_builder, Mode};
-use qkv::train::{cross_entropy, AdamW, AdamWConfig};
+use qkv::nn::{params::named_vars, seeded_var_builder};
+use qkv::train::{cross_entropy, data_parallel, AdamW, AdamWConfig};
 use rand::{Rng, SeedableRng};
 
 use super::Measurement;
@@ -27,6 +27,9 @@ pub struct Args {
     /// Timed steps
     #[arg(long, default_value_t = 10)]
     steps: usize,
+    /// Micro-batches run in parallel (default: one per thread, as `qkv train` does)
+    #[arg(long)]
+    shards: Option<usize>,
 }
 
 pub fn run(args: &Args) -> Result<Vec<Measurement>> {
@@ -41,18 +44,25 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
         let v: Vec<u32> = (0..BATCH * len).map(|_| rng.random_range(4..VOCAB)).collect();
         Ok(Tensor::from_vec(v, (BATCH, len), &Device::Cpu)?)
     };
-    let mut mode = Mode::train(1);
+    let mut dropout = qkv::nn::mode::Rng::seed_from_u64(1);
+    let shards = args.shards.unwrap_or_else(data_parallel::default_shards);
+    let parts = data_parallel::split(&(0..BATCH).collect::<Vec<_>>(), shards);
+    let params = vars.all_vars();
     let warmup = 2;
     let mut times: Vec<Duration> = Vec::new();
     for step in 0..warmup + args.steps {
         let (src, tgt) = (ids(SOURCE)?, ids(TARGET + 1)?);
         let valid = Tensor::ones((BATCH, SOURCE), DType::U8, &Device::Cpu)?;
-        let (input, labels) = (tgt.narrow(1, 0, TARGET)?, tgt.narrow(1, 1, TARGET)?.flatten_all()?);
+        let (input, labels) = (tgt.narrow(1, 0, TARGET)?.contiguous()?, tgt.narrow(1, 1, TARGET)?.contiguous()?);
         let start = Instant::now();
-        let logits = model.forward(&src, &valid, &input, &mut mode)?;
-        let loss = cross_entropy(&logits.flatten_to(1)?, &labels, None, 0.1)?;
-        let grads = loss.backward()?;
-        optimizer.step(&grads, 5e-4, Some(1.0))?;
+        let gradients = data_parallel::gradients(&params, parts.len(), shards, Some(&mut dropout), |i, mode| {
+            let rows = Tensor::from_vec(parts[i].iter().map(|&r| r as u32).collect(), parts[i].len(), &Device::Cpu)?;
+            let (src, valid) = (src.index_select(&rows, 0)?, valid.index_select(&rows, 0)?);
+            let (input, labels) = (input.index_select(&rows, 0)?, labels.index_select(&rows, 0)?.flatten_all()?);
+            let logits = model.forward(&src, &valid, &input, mode)?;
+            Ok((cross_entropy(&logits.flatten_to(1)?, &labels, None, 0.1)?, labels.elem_count()))
+        })?;
+        optimizer.step(&gradients.grads, 5e-4, Some(1.0))?;
         if step >= warmup {
             times.push(start.elapsed());
         }

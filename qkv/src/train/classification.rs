@@ -9,13 +9,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::replace_dir_atomically;
-use super::{cross_entropy, schedule, AdamW, AdamWConfig};
+use super::{cross_entropy, data_parallel, schedule, AdamW, AdamWConfig};
 use crate::hub::bert::{self, LoadOptions};
 use crate::hub::tokenizer::{PretrainedTokenizer, Truncation};
 use crate::hub::{read_config, write_json};
@@ -62,6 +62,9 @@ pub struct ClassifierTraining {
     pub metric_for_best_model: Metric,
     /// Stop after this many evaluations without improvement.
     pub early_stopping_patience: Option<usize>,
+    /// Micro-batches each batch is dealt into and run in parallel (default: one per thread; dropout draws
+    /// depend on it).
+    pub shards: usize,
 }
 
 impl Default for ClassifierTraining {
@@ -84,6 +87,7 @@ impl Default for ClassifierTraining {
             seed: 42,
             metric_for_best_model: Metric::Accuracy,
             early_stopping_patience: None,
+            shards: data_parallel::default_shards(),
         }
     }
 }
@@ -95,6 +99,7 @@ impl ClassifierTraining {
             ("per_device_eval_batch_size", self.per_device_eval_batch_size),
             ("num_train_epochs", self.num_train_epochs),
             ("max_length", self.max_length),
+            ("shards", self.shards),
         ] {
             if value == 0 {
                 return Err(Error::config(option, 0, "at least 1"));
@@ -191,6 +196,7 @@ pub fn fine_tune(
         weight_decay: training.weight_decay,
     };
     let mut optimizer = AdamW::new(vars.clone(), adam, AdamW::decay_matrices)?;
+    let params: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
 
     fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     write_json(&out_dir.join("training.json"), training)?;
@@ -203,7 +209,7 @@ pub fn fine_tune(
     on_event(&ClassifierEvent::Ready { train: train.len(), dev: dev.len(), labels: labels.clone(), total_steps });
 
     let mut shuffle_rng = Rng::seed_from_u64(training.seed);
-    let mut mode = Mode::train(training.seed ^ 0xb3e7);
+    let mut dropout = Rng::seed_from_u64(training.seed ^ 0xb3e7);
     let mut step = 0;
     let mut evaluations: Vec<EvalRecord> = Vec::new();
     let mut best: Option<(EvalRecord, PathBuf)> = None;
@@ -213,13 +219,22 @@ pub fn fine_tune(
         order.shuffle(&mut shuffle_rng);
         let (mut loss_sum, mut loss_count) = (0.0, 0usize);
         for chunk in order.chunks(training.per_device_train_batch_size) {
-            let examples: Vec<&Encoded> = chunk.iter().map(|&i| &train[i]).collect();
-            let (input, labels) = batch(&examples, &device)?;
-            let logits = logits(&model, &input, &mut mode)?;
-            let loss = cross_entropy(&logits, &labels, None, 0.0)?;
+            let parts = data_parallel::split(chunk, training.shards);
+            let gradients =
+                data_parallel::gradients(&params, parts.len(), training.shards, Some(&mut dropout), |i, mode| {
+                    let examples: Vec<&Encoded> = parts[i].iter().map(|&i| &train[i]).collect();
+                    let (input, labels) = batch(&examples, &device)?;
+                    let logits = logits(&model, &input, mode)?;
+                    Ok((cross_entropy(&logits, &labels, None, 0.0)?, examples.len()))
+                })?;
             step += 1;
+            let value = gradients.mean_loss();
+            if !value.is_finite() {
+                return Err(Error::config("training loss", value, format!("a finite number at step {step}")));
+            }
             let lr = schedule::linear_warmup_decay(step, warmup, total_steps, training.learning_rate);
-            let value = optimizer.minimize(&loss, step, lr, training.max_grad_norm)?;
+            let clip = Some(training.max_grad_norm).filter(|m| *m > 0.0);
+            optimizer.step(&gradients.grads, lr, clip)?;
             loss_sum += value;
             loss_count += 1;
             on_event(&ClassifierEvent::Step { step, loss: value, learning_rate: lr });

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::trainer::{
     check_new_run, epoch_rng, resume_point, Evaluation, LoopSettings, Task, Trainer, TrainingOptions,
 };
-use super::{cross_entropy, schedule, AdamWConfig};
+use super::{cross_entropy, data_parallel, schedule, AdamWConfig};
 use crate::hub::{gpt2, read_json};
 use crate::models::{Gpt2, Gpt2Config};
 use crate::nn::{params::named_vars, seeded_var_builder, Mode};
@@ -43,6 +43,8 @@ pub struct LmTraining {
     /// Windows per batch.
     pub batch_size: usize,
     pub accumulate: usize,
+    /// Micro-batches each batch is dealt into and run in parallel (default: one per thread).
+    pub shards: usize,
     pub max_steps: usize,
     /// Steps between evaluations (and checkpoints).
     pub eval_interval: usize,
@@ -72,6 +74,7 @@ impl Default for LmTraining {
             block_size: 64,
             batch_size: 12,
             accumulate: 1,
+            shards: data_parallel::default_shards(),
             max_steps: 2000,
             eval_interval: 250,
             eval_batches: 20,
@@ -120,6 +123,7 @@ impl TrainingOptions for LmTraining {
     fn loop_settings(&self) -> LoopSettings {
         LoopSettings {
             accumulate: self.accumulate,
+            shards: self.shards,
             epochs: self.max_steps.div_ceil(self.eval_interval.max(1)),
             max_steps: Some(self.max_steps),
             time_limit_minutes: self.time_limit_minutes,

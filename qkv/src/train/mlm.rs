@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::trainer::{
     check_new_run, epoch_rng, resume_point, Evaluation, LoopSettings, Task, Trainer, TrainingOptions,
 };
-use super::{cross_entropy, schedule, AdamWConfig};
+use super::{cross_entropy, data_parallel, schedule, AdamWConfig};
 use crate::hub::tokenizer::{PretrainedTokenizer, Truncation};
 use crate::hub::{bert, read_json};
 use crate::models::bert::{Bert, BertArchitecture, BertConfig, BertInput};
@@ -48,6 +48,8 @@ pub struct MlmTraining {
     /// Share of the lines held out for the validation loss.
     pub validation_fraction: f64,
     pub seed: u64,
+    /// Micro-batches each batch is dealt into and run in parallel (default: one per thread).
+    pub shards: usize,
     /// Stop (evaluate, checkpoint) after this many minutes of training in all.
     pub time_limit_minutes: Option<f64>,
     /// Step checkpoints kept.
@@ -74,6 +76,7 @@ impl Default for MlmTraining {
             max_grad_norm: 1.0,
             validation_fraction: 0.05,
             seed: 42,
+            shards: data_parallel::default_shards(),
             time_limit_minutes: None,
             keep_last: 2,
             save_every: None,
@@ -99,6 +102,7 @@ impl TrainingOptions for MlmTraining {
     fn loop_settings(&self) -> LoopSettings {
         LoopSettings {
             accumulate: 1,
+            shards: self.shards,
             epochs: self.epochs,
             max_steps: self.max_steps,
             time_limit_minutes: self.time_limit_minutes,

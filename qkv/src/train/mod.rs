@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod classification;
+pub mod data_parallel;
 pub mod language_model;
 pub mod loss;
 pub mod mlm;

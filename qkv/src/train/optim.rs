@@ -112,18 +112,6 @@ impl AdamW {
         Ok(StepStats { grad_norm })
     }
 
-    /// One update from a scalar `loss` (the `number`-th, for the error message): refuses a NaN or infinite
-    /// loss before touching any parameter, back-propagates, clips to `max_grad_norm` when positive, and
-    /// returns the loss value.
-    pub fn minimize(&mut self, loss: &candle_core::Tensor, number: usize, lr: f64, max_grad_norm: f64) -> Result<f64> {
-        let value = loss.to_scalar::<f32>()? as f64;
-        if !value.is_finite() {
-            return Err(Error::config("training loss", value, format!("a finite number at step {number}")));
-        }
-        self.step(&loss.backward()?, lr, Some(max_grad_norm).filter(|m| *m > 0.0))?;
-        Ok(value)
-    }
-
     /// The moments as named tensors (`m.{param}`, `v.{param}`) and the step count, for a checkpoint.
     pub fn state(&self) -> Result<(usize, Vec<(String, candle_core::Tensor)>)> {
         let mut tensors = Vec::with_capacity(2 * self.params.len());

@@ -17,13 +17,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{load_parameters, load_tensors, replace_dir_atomically, save_tensors};
-use super::{AdamW, AdamWConfig};
+use super::{data_parallel, AdamW, AdamWConfig};
 use crate::hub::{read_json, write_json};
 use crate::nn::{mode::Rng, Mode};
 use crate::{Error, Result};
@@ -33,6 +32,9 @@ use crate::{Error, Result};
 pub struct LoopSettings {
     /// Batches whose gradients are summed before one optimizer step.
     pub accumulate: usize,
+    /// Micro-batches each batch is dealt into, run in parallel ([`data_parallel`]). Dropout draws depend on
+    /// it, so a run repeats exactly only with the same value.
+    pub shards: usize,
     /// Rounds of [`Task::epoch_batches`], each followed by evaluation and a checkpoint.
     pub epochs: usize,
     /// Stop after this many optimizer steps even mid-epoch.
@@ -54,6 +56,7 @@ impl LoopSettings {
     pub fn validate(&self) -> Result<()> {
         for (option, value) in [
             ("accumulate", self.accumulate),
+            ("shards", self.shards),
             ("epochs", self.epochs),
             ("log_every", self.log_every),
             ("keep_last", self.keep_last),
@@ -88,8 +91,8 @@ pub trait TrainingOptions: Serialize {
     fn loop_settings(&self) -> LoopSettings;
 }
 
-/// What a training task gives the shared loop.
-pub trait Task {
+/// What a training task gives the shared loop. `Sync`: micro-batches compute their losses on several threads.
+pub trait Task: Sync {
     /// The task's training options: stored as `training.json` in the run and in every checkpoint.
     type Training: TrainingOptions;
 
@@ -341,21 +344,23 @@ impl<T: Task> Trainer<T> {
         }
     }
 
-    /// One optimizer step over `group` (batches of the current epoch's list): their gradients summed, each
-    /// batch's mean loss weighted by its share of the group's tokens, so the step sees the mean over all.
+    /// One optimizer step over `group` (batches of the current epoch's list): each batch dealt into
+    /// `shards` micro-batches that run in parallel ([`data_parallel`]), their gradients those of the mean
+    /// loss over all of the group's tokens.
     fn step(&mut self, group: &[Vec<usize>]) -> Result<StepRecord> {
         let started = Instant::now();
-        let mut mode = Mode::Train(self.state.dropout_rng.clone());
-        let mut losses = Vec::with_capacity(group.len());
-        for batch in group {
-            losses.push(self.task.loss(batch, &mut mode)?);
-        }
-        let total_tokens: usize = losses.iter().map(|(_, tokens)| tokens).sum();
-        let mut grads: Option<GradStore> = None;
-        let mut loss_sum = 0.0;
-        for (loss, tokens) in losses {
-            let loss = (loss * (tokens as f64 / total_tokens.max(1) as f64))?;
-            let value = loss.to_scalar::<f32>()? as f64;
+        let micro_batches: Vec<Vec<usize>> =
+            group.iter().flat_map(|batch| data_parallel::split(batch, self.settings.shards)).collect();
+        let vars: Vec<Var> = self.task.vars().iter().map(|(_, v)| v.clone()).collect();
+        let task = &self.task;
+        let result = data_parallel::gradients(
+            &vars,
+            micro_batches.len(),
+            self.settings.shards,
+            Some(&mut self.state.dropout_rng),
+            |i, mode| task.loss(&micro_batches[i], mode),
+        )?;
+        for &(value, _) in &result.losses {
             if !value.is_finite() {
                 return Err(Error::config(
                     "training loss",
@@ -366,43 +371,21 @@ impl<T: Task> Trainer<T> {
                     ),
                 ));
             }
-            loss_sum += value;
-            let g = loss.backward()?;
-            grads = Some(match grads {
-                None => g,
-                Some(acc) => self.add_gradients(acc, &g)?,
-            });
-        }
-        if let Mode::Train(rng) = mode {
-            self.state.dropout_rng = rng;
         }
         let lr = self.task.learning_rate(self.state.step + 1);
-        let grads = grads.ok_or_else(|| Error::config("accumulate", 0, "at least one batch per step"))?;
-        let stats = self.optimizer.step(&grads, lr, self.settings.clip_norm)?;
+        let stats = self.optimizer.step(&result.grads, lr, self.settings.clip_norm)?;
         self.state.step += 1;
         let seconds = started.elapsed().as_secs_f64();
+        let tokens = result.tokens();
         Ok(StepRecord {
             step: self.state.step,
             epoch: self.state.epoch + 1,
-            loss: loss_sum,
+            loss: result.mean_loss(),
             lr,
             grad_norm: stats.grad_norm,
-            tokens: total_tokens,
-            tokens_per_s: total_tokens as f64 / seconds.max(1e-9),
+            tokens,
+            tokens_per_s: tokens as f64 / seconds.max(1e-9),
         })
-    }
-
-    fn add_gradients(&self, mut acc: GradStore, new: &GradStore) -> Result<GradStore> {
-        for (_, var) in self.task.vars() {
-            if let Some(g) = new.get(var) {
-                let sum = match acc.get(var) {
-                    Some(old) => (old + g)?,
-                    None => g.clone(),
-                };
-                acc.insert(var, sum);
-            }
-        }
-        Ok(acc)
     }
 
     /// Writes `checkpoints/step-N` (and `best/` when `best`), then deletes step checkpoints beyond `keep_last`.

@@ -16,7 +16,7 @@ use super::trainer::{
     check_new_run, epoch_rng, resume_point, Evaluation, LoopSettings, Task, Trainer, TrainingOptions,
 };
 pub use super::trainer::{latest_checkpoint, step_checkpoints, EvalRecord, Event, Finish, StepRecord, TrainState};
-use super::{cross_entropy, schedule, AdamWConfig};
+use super::{cross_entropy, data_parallel, schedule, AdamWConfig};
 use crate::decode::{beam_search, DecodeOptions};
 use crate::hub::{read_json, write_json};
 use crate::metrics::bleu::{corpus_bleu, BleuOptions};
@@ -43,6 +43,8 @@ pub struct TranslationTraining {
     pub max_tokens: usize,
     /// Batches whose gradients are summed before one optimizer step.
     pub accumulate: usize,
+    /// Micro-batches each batch is dealt into and run in parallel (default: one per thread).
+    pub shards: usize,
     pub epochs: usize,
     /// Stop after this many optimizer steps even mid-epoch.
     pub max_steps: Option<usize>,
@@ -78,6 +80,7 @@ impl Default for TranslationTraining {
             vocab_size: 8000,
             max_tokens: 4096,
             accumulate: 1,
+            shards: data_parallel::default_shards(),
             epochs: 20,
             max_steps: None,
             time_limit_minutes: None,
@@ -120,6 +123,7 @@ impl TrainingOptions for TranslationTraining {
     fn loop_settings(&self) -> LoopSettings {
         LoopSettings {
             accumulate: self.accumulate,
+            shards: self.shards,
             epochs: self.epochs,
             max_steps: self.max_steps,
             time_limit_minutes: self.time_limit_minutes,
