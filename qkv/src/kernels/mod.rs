@@ -10,6 +10,7 @@ pub mod bias;
 pub mod cross_entropy;
 pub mod gelu;
 pub mod layer_norm;
+pub mod linear;
 mod matmul;
 pub mod softmax;
 

@@ -51,15 +51,11 @@ impl Embedding {
     /// The tied output projection (Press & Wolf, 2017): hidden states (…, C) → logits (…, V) = h·Eᵀ, using this
     /// table itself, so input embedding and pre-softmax projection stay one tensor.
     pub fn unembed(&self, hidden: &Tensor) -> Result<Tensor> {
-        let (rows, c) = self.table.dims2()?;
-        let dims = hidden.dims();
-        if dims.last() != Some(&c) {
-            return Err(Error::shape("hidden states", format!("(…, {c})"), dims));
+        let c = self.table.dim(1)?;
+        if hidden.dims().last() != Some(&c) {
+            return Err(Error::shape("hidden states", format!("(…, {c})"), hidden.dims()));
         }
-        let logits = super::linear::times_transposed(&hidden.reshape((hidden.elem_count() / c, c))?, &self.table)?;
-        let mut out_dims = dims[..dims.len() - 1].to_vec();
-        out_dims.push(rows);
-        Ok(logits.reshape(out_dims)?)
+        crate::kernels::linear::linear(hidden, &self.table, None)
     }
 
     /// ids of any shape (integer dtype) → (…, C). An id past the table is an error naming it.

@@ -4,10 +4,10 @@ use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 
 use super::params::WeightInit;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Weight stored (out, in) as in PyTorch. Leading dimensions are flattened so the product is one large
-/// matrix multiplication rather than a batch of small ones.
+/// matrix multiplication rather than a batch of small ones ([`crate::kernels::linear`]).
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
@@ -33,29 +33,8 @@ impl Linear {
 
     /// (…, in) → (…, out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (out_dim, in_dim) = self.weight.dims2()?;
-        let dims = x.dims();
-        if dims.last() != Some(&in_dim) {
-            return Err(Error::shape("linear input", format!("(…, {in_dim})"), dims));
-        }
-        let rows = x.elem_count() / in_dim;
-        let y = times_transposed(&x.reshape((rows, in_dim))?, &self.weight)?; // (N, out)
-        let y = match &self.bias {
-            Some(b) => crate::kernels::bias::add_bias(&y, b)?,
-            None => y,
-        };
-        let mut out_dims = dims[..dims.len() - 1].to_vec();
-        out_dims.push(out_dim);
-        Ok(y.reshape(out_dims)?)
+        crate::kernels::linear::linear(x, &self.weight, self.bias.as_ref())
     }
-}
-
-/// x (N, K) · wᵀ for w stored (M, K), as Linear weights and embedding tables are: (N, M). For a few rows
-/// against many (one sentence, a prompt, a logits row) it computes (w · xᵀ)ᵀ, which reads w in its stored
-/// order; x · wᵀ made gemm repack the whole of w on every call, which dominated such products.
-pub(crate) fn times_transposed(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (rows, out_dim) = (x.dim(0)?, w.dim(0)?);
-    Ok(if rows > 1 && rows * 16 < out_dim { w.matmul(&x.t()?)?.t()?.contiguous()? } else { x.matmul(&w.t()?)? })
 }
 
 #[cfg(test)]
