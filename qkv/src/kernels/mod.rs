@@ -6,7 +6,6 @@
 //! here dispatches: the kernel for contiguous f32 tensors on the CPU, the composed twin everywhere else.
 
 pub mod attention;
-pub mod bias;
 pub mod cross_entropy;
 pub mod gelu;
 pub mod layer_norm;

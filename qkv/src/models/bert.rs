@@ -272,7 +272,7 @@ impl MlmHead {
     /// (B, S, C) → (B, S, V)
     fn forward(&self, hidden: &Tensor, word: &Embedding) -> Result<Tensor> {
         let h = self.norm.forward(&self.activation.apply(&self.transform.forward(hidden)?)?)?;
-        crate::kernels::bias::add_bias(&word.unembed(&h)?, &self.bias)
+        word.unembed(&h, Some(&self.bias))
     }
 }
 

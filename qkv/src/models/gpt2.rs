@@ -271,7 +271,7 @@ impl Gpt2 {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => self.wte.unembed(hidden),
+            None => self.wte.unembed(hidden, None),
         }
     }
 

@@ -316,7 +316,7 @@ impl Transformer {
     pub fn project(&self, hidden: &Tensor) -> Result<Tensor> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => self.target_embedding.unembed(hidden),
+            None => self.target_embedding.unembed(hidden, None),
         }
     }
 

@@ -48,14 +48,14 @@ impl Embedding {
         &self.table
     }
 
-    /// The tied output projection (Press & Wolf, 2017): hidden states (…, C) → logits (…, V) = h·Eᵀ, using this
-    /// table itself, so input embedding and pre-softmax projection stay one tensor.
-    pub fn unembed(&self, hidden: &Tensor) -> Result<Tensor> {
+    /// The tied output projection (Press & Wolf, 2017): hidden states (…, C) → logits (…, V) = h·Eᵀ (+ bias),
+    /// using this table itself, so input embedding and pre-softmax projection stay one tensor.
+    pub fn unembed(&self, hidden: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let c = self.table.dim(1)?;
         if hidden.dims().last() != Some(&c) {
             return Err(Error::shape("hidden states", format!("(…, {c})"), hidden.dims()));
         }
-        crate::kernels::linear::linear(hidden, &self.table, None)
+        crate::kernels::linear::linear(hidden, &self.table, bias)
     }
 
     /// ids of any shape (integer dtype) → (…, C). An id past the table is an error naming it.
