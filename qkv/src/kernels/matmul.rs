@@ -18,6 +18,11 @@ impl<'a> Mat<'a> {
         Self { data, rows, cols, row_stride: cols, col_stride: 1 }
     }
 
+    /// (rows, cols) starting at `data[0]` with rows `row_stride` apart (a head's block inside a wider matrix).
+    pub fn strided(data: &'a [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        Self { data, rows, cols, row_stride, col_stride: 1 }
+    }
+
     /// The transpose, as a view.
     pub fn t(self) -> Self {
         Self { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
@@ -72,6 +77,53 @@ pub(crate) fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
             gemm::Parallelism::None,
         )
     }
+}
+
+/// dst = a · b, or dst += a · b with `accumulate`, for a destination whose rows are `dst_row_stride` apart —
+/// a block inside a wider matrix that other threads write other blocks of.
+///
+/// # Safety
+/// `dst` must be valid for reads and writes at i·dst_row_stride + j for i < a.rows, j < b.cols, and no other
+/// thread may touch those elements during the call.
+///
+/// # Panics
+/// As [`matmul`].
+pub(crate) unsafe fn matmul_into(dst: *mut f32, dst_row_stride: usize, a: Mat, b: Mat, accumulate: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert!(b.rows == k && a.fits() && b.fits(), "matmul_into: inconsistent views");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                std::ptr::write_bytes(dst.add(i * dst_row_stride), 0, n);
+            }
+        }
+        return;
+    }
+    // SAFETY: the views were checked by `fits`; the destination is the caller's promise.
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_row_stride as isize,
+        accumulate,
+        a.data.as_ptr(),
+        a.col_stride as isize,
+        a.row_stride as isize,
+        b.data.as_ptr(),
+        b.col_stride as isize,
+        b.row_stride as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
 }
 
 /// A new matrix a · b of a.rows × b.cols on rayon's pool, stored row-major, or column-major (the transpose

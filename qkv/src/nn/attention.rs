@@ -45,10 +45,9 @@ impl ScaledDotProduct {
         mode: &mut Mode,
         need_weights: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let scale = if self.scaled { 1.0 / (q.dim(3)? as f64).sqrt() } else { 1.0 };
+        let scale = self.scale(q.dim(3)?);
         let bias = mask.map(AttentionMask::bias);
-        let dropout_active = mode.is_train() && self.dropout.p() > 0.0;
-        if !need_weights && relative.is_none() && !dropout_active && kernels::fused(q) {
+        if !need_weights && relative.is_none() && self.fusable(q, mode) {
             return Ok((kernels::attention::attention(q, k, v, bias, scale)?, None));
         }
         let (k, v) = (&k.contiguous()?, &v.contiguous()?); // cache views have spare rows between heads
@@ -63,6 +62,20 @@ impl ScaledDotProduct {
             output = (output + rel.weighted_values(&dropped)?)?;
         }
         Ok((output, need_weights.then_some(weights)))
+    }
+
+    /// 1/√Dh, or 1 unscaled.
+    fn scale(&self, head_dim: usize) -> f64 {
+        if self.scaled {
+            1.0 / (head_dim as f64).sqrt()
+        } else {
+            1.0
+        }
+    }
+
+    /// Whether the fused kernel can run: no active dropout on the weights, CPU f32 tensors.
+    fn fusable(&self, x: &Tensor, mode: &Mode) -> bool {
+        !(mode.is_train() && self.dropout.p() > 0.0) && kernels::fused(x)
     }
 }
 
@@ -186,6 +199,14 @@ impl MultiHeadAttention {
         cache: Option<StepCache>,
     ) -> Result<(Tensor, Option<Tensor>)> {
         self.check_inputs(query, memory)?;
+        if cache.is_none() && !need_weights && self.relative.is_none() && self.attention.fusable(query, mode) {
+            // Heads as column blocks of the projections: no splitting copies, no merge.
+            let (q, k, v) = (self.q_proj.forward(query)?, self.k_proj.forward(memory)?, self.v_proj.forward(memory)?);
+            let scale = self.attention.scale(self.head_dim);
+            let bias = mask.map(AttentionMask::bias);
+            let heads = kernels::attention::attention_merged(&q, &k, &v, self.num_heads, bias, scale)?;
+            return Ok((self.out_proj.forward(&heads)?, None));
+        }
         let q = self.split_heads(&self.q_proj.forward(query)?)?;
         let project = |x: &Tensor| -> Result<(Tensor, Tensor)> {
             Ok((self.split_heads(&self.k_proj.forward(x)?)?, self.split_heads(&self.v_proj.forward(x)?)?))
