@@ -126,26 +126,20 @@ pub(crate) unsafe fn matmul_into(dst: *mut f32, dst_row_stride: usize, a: Mat, b
     )
 }
 
-/// A new matrix a · b of a.rows × b.cols on rayon's pool, stored row-major, or column-major (the transpose
-/// row-major) with `transposed`. `init` (in that storage order) is added to the product; without it nothing is
-/// read from the new storage before gemm has written all of it.
+/// A new row-major matrix a · b of a.rows × b.cols, on rayon's pool.
 ///
 /// # Panics
 /// As [`matmul`], and if `init` has the wrong length.
-pub(crate) fn product(a: Mat, b: Mat, init: Option<Vec<f32>>, transposed: bool) -> Vec<f32> {
+pub(crate) fn product(a: Mat, b: Mat) -> Vec<f32> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert!(b.rows == k && a.fits() && b.fits(), "product: inconsistent views");
     if m == 0 || n == 0 || k == 0 {
-        return init.unwrap_or_else(|| vec![0f32; m * n]);
+        return vec![0f32; m * n];
     }
-    let accumulate = init.is_some();
-    let mut dst = init.unwrap_or_else(|| Vec::with_capacity(m * n));
-    assert!(!accumulate || dst.len() == m * n, "product: init of {} for {m}×{n}", dst.len());
-    let (dst_rs, dst_cs) = if transposed { (1, m as isize) } else { (n as isize, 1) };
+    let mut dst = Vec::with_capacity(m * n);
     let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: the views were checked by `fits`; dst has capacity m·n and every (i, j) < (m, n) maps to a
-    // distinct index below m·n under either storage order. Without `accumulate` gemm writes every element and
+    // SAFETY: the views were checked by `fits`; dst has capacity m·n, row-major. gemm writes every element and
     // reads none (read_dst = false), so the length can be set afterwards.
     unsafe {
         gemm::gemm(
@@ -153,9 +147,9 @@ pub(crate) fn product(a: Mat, b: Mat, init: Option<Vec<f32>>, transposed: bool) 
             n,
             k,
             dst.as_mut_ptr(),
-            dst_cs,
-            dst_rs,
-            accumulate,
+            1,
+            n as isize,
+            false,
             a.data.as_ptr(),
             a.col_stride as isize,
             a.row_stride as isize,
@@ -190,9 +184,6 @@ mod tests {
         let mut g = [0f32; 4]; // a · aᵀ
         matmul(&mut g, Mat::new(&a, 2, 3), Mat::new(&a, 2, 3).t(), false);
         assert_eq!(g, [14.0, 32.0, 32.0, 77.0]);
-        assert_eq!(product(Mat::new(&a, 2, 3), Mat::new(&b, 3, 2), None, false), [4.0, 5.0, 10.0, 11.0]);
-        assert_eq!(product(Mat::new(&a, 2, 3), Mat::new(&b, 3, 2), None, true), [4.0, 10.0, 5.0, 11.0]);
-        let init = Some(vec![1.0, 1.0, 2.0, 2.0]);
-        assert_eq!(product(Mat::new(&a, 2, 3), Mat::new(&b, 3, 2), init, false), [5.0, 6.0, 12.0, 13.0]);
+        assert_eq!(product(Mat::new(&a, 2, 3), Mat::new(&b, 3, 2)), [4.0, 5.0, 10.0, 11.0]);
     }
 }
