@@ -7,6 +7,7 @@
 
 pub mod attention;
 pub mod cross_entropy;
+pub mod embedding;
 pub mod gelu;
 pub mod layer_norm;
 pub mod linear;

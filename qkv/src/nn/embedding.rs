@@ -76,9 +76,7 @@ impl Embedding {
                 });
             }
         }
-        let mut dims = ids.dims().to_vec();
-        dims.push(self.table.dim(1)?);
-        let vectors = self.table.index_select(&flat, 0)?.reshape(dims)?;
+        let vectors = crate::kernels::embedding::lookup(&self.table, ids)?;
         if self.scale == 1.0 {
             Ok(vectors)
         } else {
