@@ -66,7 +66,7 @@ enum Command {
     /// Train a small Transformer to translate English number words into German, score it on unseen numbers and
     /// draw its cross-attention (no data needed)
     Demo(demo::Args),
-    /// Train a model: `qkv train translation ...` or `qkv train mlm ...`
+    /// Train a model: `qkv train translation ...`, `qkv train lm ...` or `qkv train mlm ...`
     Train(train::Args),
     /// Translate sentences (stdin or --input, one per line) with a trained model directory
     Translate(translate::Args),
