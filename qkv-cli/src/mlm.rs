@@ -75,9 +75,9 @@ pub fn run(args: MlmArgs) -> Result<()> {
             learning_rate: args.learning_rate,
             seed: args.seed,
             time_limit_minutes: args.time_limit,
+            shards: args.shards.unwrap_or_else(qkv::train::data_parallel::default_shards),
             ..MlmTraining::default()
         };
-        let training = MlmTraining { shards: args.shards.unwrap_or(training.shards), ..training };
         let config = qkv::models::bert::BertConfig {
             hidden_size: args.hidden_size,
             num_hidden_layers: args.layers,

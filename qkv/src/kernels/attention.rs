@@ -421,7 +421,7 @@ mod tests {
     use super::*;
     use crate::kernels::twin::{randn, relative_error};
     use crate::nn::AttentionMask;
-    use candle_core::Device;
+    use candle_core::{Device, Var};
 
     /// Kernel and composed twin agree on the output and the gradients of q, k and v (≤ 1e-5 relative): masks
     /// with fully masked rows, cross-attention shapes, and sequences longer than one tile.
@@ -445,17 +445,29 @@ mod tests {
             let r = randn(&[b, h, t, dh], 4, 1.0);
             let scale = 1.0 / (dh as f64).sqrt();
             let run = |f: fn(&Tensor, &Tensor, &Tensor, Option<&Tensor>, f64) -> Result<Tensor>| {
-                let y = f(&q, &k, &v, bias.as_ref(), scale).unwrap();
-                let grads = (&y * r.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
-                [y, grads.get(&q).unwrap().clone(), grads.get(&k).unwrap().clone(), grads.get(&v).unwrap().clone()]
+                f(&q, &k, &v, bias.as_ref(), scale).unwrap()
             };
-            let (fused, composed) = (run(attention), run(attention_composed));
-            for (name, a, b) in
-                ["output", "dq", "dk", "dv"].iter().zip(&fused).zip(&composed).map(|((n, a), b)| (n, a, b))
-            {
-                let err = relative_error(a, b);
-                assert!(err <= 1e-5, "{:?} {name}: relative error {err:e}", (b.dims(), t, s));
-            }
+            assert_twins_agree((&q, &k, &v), &r, run(attention), run(attention_composed), (t, s));
+        }
+    }
+
+    /// Output and the gradients of q, k and v from a fused and a composed pass agree (≤ 1e-5 relative).
+    fn assert_twins_agree(
+        (q, k, v): (&Var, &Var, &Var),
+        r: &Var,
+        fused: Tensor,
+        composed: Tensor,
+        (t, s): (usize, usize),
+    ) {
+        let outputs = |y: Tensor| {
+            let grads = (&y * r.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+            [y, grads.get(q).unwrap().clone(), grads.get(k).unwrap().clone(), grads.get(v).unwrap().clone()]
+        };
+        let (fused, composed) = (outputs(fused), outputs(composed));
+        for (name, a, b) in ["output", "dq", "dk", "dv"].iter().zip(&fused).zip(&composed).map(|((n, a), b)| (n, a, b))
+        {
+            let err = relative_error(a, b);
+            assert!(err <= 1e-5, "{:?} {name}: relative error {err:e}", (b.dims(), t, s));
         }
     }
 
@@ -472,18 +484,8 @@ mod tests {
             let r = randn(&[b, t, h * dh], 8, 1.0);
             let scale = 1.0 / (dh as f64).sqrt();
             type Merged = fn(&Tensor, &Tensor, &Tensor, usize, Option<&Tensor>, f64) -> Result<Tensor>;
-            let run = |f: Merged| {
-                let y = f(&q, &k, &v, h, bias.as_ref(), scale).unwrap();
-                let grads = (&y * r.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
-                [y, grads.get(&q).unwrap().clone(), grads.get(&k).unwrap().clone(), grads.get(&v).unwrap().clone()]
-            };
-            let (fused, composed) = (run(attention_merged), run(attention_merged_composed));
-            for (name, a, b) in
-                ["output", "dq", "dk", "dv"].iter().zip(&fused).zip(&composed).map(|((n, a), b)| (n, a, b))
-            {
-                let err = relative_error(a, b);
-                assert!(err <= 1e-5, "{:?} {name}: relative error {err:e}", (b.dims(), t, s));
-            }
+            let run = |f: Merged| f(&q, &k, &v, h, bias.as_ref(), scale).unwrap();
+            assert_twins_agree((&q, &k, &v), &r, run(attention_merged), run(attention_merged_composed), (t, s));
         }
     }
 

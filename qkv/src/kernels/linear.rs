@@ -133,8 +133,13 @@ fn column_sums(g: &[f32], m: usize) -> Vec<f32> {
     sums
 }
 
-/// The gradients of x and w as tensors shaped like them.
-fn input_gradients(x: &Tensor, w: &Tensor, grad: &Tensor) -> candle_core::Result<(Tensor, Tensor, Vec<f32>)> {
+/// The gradients of x and w as tensors shaped like them, and with `bias` the bias's.
+fn gradients(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    grad: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor, Option<Tensor>)> {
     let grad = grad.contiguous()?;
     let (xs, xl) = x.storage_and_layout();
     let (ws, wl) = w.storage_and_layout();
@@ -142,10 +147,29 @@ fn input_gradients(x: &Tensor, w: &Tensor, grad: &Tensor) -> candle_core::Result
     let (_, n, k, m) = output_shape(xl, wl)?;
     let (xv, wv, gv) = (storage_f32(&xs, xl, NAME)?, storage_f32(&ws, wl, NAME)?, storage_f32(&gs, gl, NAME)?);
     let (dx, dw) = backward(xv, wv, gv, (n, k, m));
-    let db = column_sums(gv, row_width(gl));
+    let db = match bias {
+        Some(b) => Some(Tensor::from_vec(column_sums(gv, row_width(gl)), b.shape(), b.device())?),
+        None => None,
+    };
     let dx = Tensor::from_vec(dx, x.shape(), x.device())?;
     let dw = Tensor::from_vec(dw, w.shape(), w.device())?;
     Ok((dx, dw, db))
+}
+
+/// The forward pass on candle's storages, shared by both ops.
+fn cpu_forward(
+    (xs, xl): (&CpuStorage, &Layout),
+    (ws, wl): (&CpuStorage, &Layout),
+    bias: Option<&[f32]>,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let (shape, n, k, m) = output_shape(xl, wl)?;
+    if let Some(b) = bias {
+        if b.len() != m {
+            candle_core::bail!("{NAME}: bias of {} for {m} outputs", b.len())
+        }
+    }
+    let y = forward(as_f32(xs, xl, NAME)?, as_f32(ws, wl, NAME)?, bias, (n, k, m));
+    Ok((CpuStorage::F32(y), shape))
 }
 
 impl CustomOp2 for Affine {
@@ -160,9 +184,7 @@ impl CustomOp2 for Affine {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (shape, n, k, m) = output_shape(xl, wl)?;
-        let y = forward(as_f32(xs, xl, NAME)?, as_f32(ws, wl, NAME)?, None, (n, k, m));
-        Ok((CpuStorage::F32(y), shape))
+        cpu_forward((xs, xl), (ws, wl), None)
     }
 
     fn bwd(
@@ -172,7 +194,7 @@ impl CustomOp2 for Affine {
         _y: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = input_gradients(x, w, grad)?;
+        let (dx, dw, _) = gradients(x, w, None, grad)?;
         Ok((Some(dx), Some(dw)))
     }
 }
@@ -191,13 +213,7 @@ impl CustomOp3 for Affine {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (shape, n, k, m) = output_shape(xl, wl)?;
-        let b = as_f32(bs, bl, NAME)?;
-        if b.len() != m {
-            candle_core::bail!("{NAME}: bias of {} for {m} outputs", b.len())
-        }
-        let y = forward(as_f32(xs, xl, NAME)?, as_f32(ws, wl, NAME)?, Some(b), (n, k, m));
-        Ok((CpuStorage::F32(y), shape))
+        cpu_forward((xs, xl), (ws, wl), Some(as_f32(bs, bl, NAME)?))
     }
 
     fn bwd(
@@ -208,8 +224,8 @@ impl CustomOp3 for Affine {
         _y: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, db) = input_gradients(x, w, grad)?;
-        Ok((Some(dx), Some(dw), Some(Tensor::from_vec(db, b.shape(), b.device())?)))
+        let (dx, dw, db) = gradients(x, w, Some(b), grad)?;
+        Ok((Some(dx), Some(dw), db))
     }
 }
 

@@ -41,42 +41,9 @@ impl<'a> Mat<'a> {
 /// If the shapes disagree or a view reaches past its slice — callers build views from checked dimensions, so
 /// this is a bug check, not input validation.
 pub(crate) fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert!(b.rows == k && dst.len() >= m * n && a.fits() && b.fits(), "matmul: inconsistent views");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst[..m * n].fill(0.0);
-        }
-        return;
-    }
-    // SAFETY: every index gemm touches is (i·rs + j·cs) for i < rows, j < cols of a view checked by `fits`, or
-    // within dst[..m·n] with row stride n; f32 is one of gemm's supported types.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.data.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
+    assert!(dst.len() >= a.rows * b.cols, "matmul: destination too short");
+    // SAFETY: dst holds a.rows rows of b.cols, row-major, and is borrowed exclusively.
+    unsafe { gemm_into(dst.as_mut_ptr(), b.cols, a, b, accumulate, gemm::Parallelism::None) }
 }
 
 /// dst = a · b, or dst += a · b with `accumulate`, for a destination whose rows are `dst_row_stride` apart —
@@ -89,8 +56,41 @@ pub(crate) fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
 /// # Panics
 /// As [`matmul`].
 pub(crate) unsafe fn matmul_into(dst: *mut f32, dst_row_stride: usize, a: Mat, b: Mat, accumulate: bool) {
+    gemm_into(dst, dst_row_stride, a, b, accumulate, gemm::Parallelism::None)
+}
+
+/// A new row-major matrix a · b of a.rows × b.cols, on rayon's pool.
+///
+/// # Panics
+/// As [`matmul`].
+pub(crate) fn product(a: Mat, b: Mat) -> Vec<f32> {
+    let len = a.rows * b.cols;
+    let mut dst = Vec::with_capacity(len);
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: dst has capacity for a.rows rows of b.cols, row-major. Without `accumulate`, `gemm_into` writes
+    // every element and reads none, so the length can be set afterwards.
+    unsafe {
+        gemm_into(dst.as_mut_ptr(), b.cols, a, b, false, parallelism);
+        dst.set_len(len);
+    }
+    dst
+}
+
+/// The one call into gemm behind [`matmul`], [`matmul_into`] and [`product`].
+///
+/// # Safety
+/// As [`matmul_into`].
+unsafe fn gemm_into(
+    dst: *mut f32,
+    dst_row_stride: usize,
+    a: Mat,
+    b: Mat,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert!(b.rows == k && a.fits() && b.fits(), "matmul_into: inconsistent views");
+    assert!(b.rows == k && a.fits() && b.fits(), "matmul: inconsistent views");
     if m == 0 || n == 0 {
         return;
     }
@@ -102,7 +102,8 @@ pub(crate) unsafe fn matmul_into(dst: *mut f32, dst_row_stride: usize, a: Mat, b
         }
         return;
     }
-    // SAFETY: the views were checked by `fits`; the destination is the caller's promise.
+    // SAFETY: every index gemm reads is (i·rs + j·cs) for i < rows, j < cols of a view checked by `fits`; the
+    // destination is the caller's promise; f32 is one of gemm's supported types.
     gemm::gemm(
         m,
         n,
@@ -122,50 +123,8 @@ pub(crate) unsafe fn matmul_into(dst: *mut f32, dst_row_stride: usize, a: Mat, b
         false,
         false,
         false,
-        gemm::Parallelism::None,
+        parallelism,
     )
-}
-
-/// A new row-major matrix a · b of a.rows × b.cols, on rayon's pool.
-///
-/// # Panics
-/// As [`matmul`], and if `init` has the wrong length.
-pub(crate) fn product(a: Mat, b: Mat) -> Vec<f32> {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert!(b.rows == k && a.fits() && b.fits(), "product: inconsistent views");
-    if m == 0 || n == 0 || k == 0 {
-        return vec![0f32; m * n];
-    }
-    let mut dst = Vec::with_capacity(m * n);
-    let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: the views were checked by `fits`; dst has capacity m·n, row-major. gemm writes every element and
-    // reads none (read_dst = false), so the length can be set afterwards.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.data.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.data.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-        dst.set_len(m * n);
-    }
-    dst
 }
 
 #[cfg(test)]
