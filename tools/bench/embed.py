@@ -16,7 +16,7 @@ def main():
     parser.add_argument("--pairs", default="../../../shared/data/stsb/dev.csv")
     parser.add_argument("--sentences", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args()
     with open(args.pairs, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))

@@ -24,7 +24,7 @@ pub struct Args {
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     /// Timed passes over the sentences
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     reps: usize,
 }
 
