@@ -421,7 +421,7 @@ mod tests {
     use super::*;
     use crate::kernels::twin::{randn, relative_error};
     use crate::nn::AttentionMask;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     /// Kernel and composed twin agree on the output and the gradients of q, k and v (≤ 1e-5 relative): masks
     /// with fully masked rows, cross-attention shapes, and sequences longer than one tile.
@@ -448,6 +448,22 @@ mod tests {
                 f(&q, &k, &v, bias.as_ref(), scale).unwrap()
             };
             assert_twins_agree((&q, &k, &v), &r, run(attention), run(attention_composed), (t, s));
+        }
+    }
+
+    /// A NaN in a key reaches every query row that attends to it, masked rows or not, so a corrupted parameter
+    /// shows in the loss instead of being read as a fully masked row's zeros.
+    #[test]
+    fn nan_keys_propagate() {
+        let q = Tensor::ones((1, 1, 3, 4), DType::F32, &Device::Cpu).unwrap();
+        let v = Tensor::ones((1, 1, 3, 4), DType::F32, &Device::Cpu).unwrap();
+        let mut keys = vec![0.5f32; 12];
+        keys[0] = f32::NAN;
+        let k = Tensor::from_vec(keys, (1, 1, 3, 4), &Device::Cpu).unwrap();
+        let causal = AttentionMask::causal(3, 3, &Device::Cpu).unwrap();
+        for bias in [None, Some(causal.bias())] {
+            let y = attention(&q, &k, &v, bias, 0.5).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(y.iter().all(|x| x.is_nan()), "{y:?}");
         }
     }
 
