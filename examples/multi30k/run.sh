@@ -26,10 +26,8 @@ esac
 start=$(date +%s)
 # The recipe of Wu et al. (ACL 2021) for a 4-layer, 128-wide Transformer: joint BPE, shared embeddings,
 # dropout 0.3, label smoothing 0.1, 4096-token batches, Adam after 2000 warm-up steps; here stopped by the
-# clock instead of by patience. Their peak lr 0.005 (factor 2.5: 2.5 · 128^-0.5 · 2000^-0.5 ≈ 0.0049) is
-# a coin toss here: of five runs, two left the plateau at validation loss ≈ 2.9 / BLEU ≈ 12 around epoch 13
-# and three stayed on it past epoch 15 (one to epoch 29), decided by rounding and seed. Half that peak (factor 1.25,
-# ≈ 0.0025) left it at epoch 13; after 38 minutes its best checkpoint scored test BLEU 38.68 (beam 5, BENCHMARKS.md).
+# clock instead of by patience. Their peak lr (factor 2.5, ≈ 0.0049) left three of five runs stuck at
+# validation BLEU ≈ 12; half of it (1.25) did not stick (BENCHMARKS.md, "the peak learning rate decides").
 "$qkv" train translation --out "$out/run" \
   --train-src "$dir/train$suffix.en" --train-tgt "$dir/train$suffix.de" \
   --valid-src "$dir/val$suffix.en" --valid-tgt "$dir/val$suffix.de" \
