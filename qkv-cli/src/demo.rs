@@ -13,11 +13,12 @@ use qkv::decode::DecodeOptions;
 use qkv::models::TransformerConfig;
 use qkv::text::batch::Example;
 use qkv::text::number_words::{self, NumberPair};
+use qkv::train::trainer::LoopSettings;
 use qkv::train::translation::{batch_of, TranslationModel, TranslationTrainer, TranslationTraining};
 use rand::SeedableRng;
 use serde::Serialize;
 
-use crate::{plot, train::train_with_progress};
+use crate::{plot, train::translation::train_with_progress};
 
 #[derive(Parser)]
 pub struct Args {
@@ -87,12 +88,17 @@ pub fn run(args: Args) -> Result<()> {
         // Small enough that number words split into their parts (fünf|und|fünfzig), so alignments show.
         vocab_size: 160,
         max_tokens: 3000,
-        epochs: args.epochs,
         warmup: 400,
         lr_factor: 1.0,
         max_len: 64,
-        seed: args.seed,
-        keep_last: 2,
+        // One or two words per output: exact match, not BLEU, says how good a model is.
+        exact_match: true,
+        run: LoopSettings {
+            num_train_epochs: Some(args.epochs),
+            seed: args.seed,
+            save_total_limit: Some(2),
+            ..TranslationTraining::default().run
+        },
         ..TranslationTraining::default()
     };
     let model = TransformerConfig {

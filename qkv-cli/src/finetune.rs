@@ -1,11 +1,16 @@
 //! `qkv finetune classify`: fine-tunes a BERT directory for sequence classification on TSV/CSV files
-//! (text[,text_b],label) into a Hugging Face directory.
+//! (text[,text_b],label) into a Hugging Face directory, on the shared trainer (`--resume`, `--time-limit-minutes`,
+//! Ctrl-C, early stopping).
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use qkv::train::classification::{fine_tune, ClassifierEvent, ClassifierTraining, Metric};
+use qkv::train::classification::{ClassificationTrainer, ClassifierTraining, Metric};
+use qkv::train::trainer::{Finish, Task as _};
+
+use crate::train::loop_args::{self, LoopArgs};
+use crate::train::session::{report_finish, run_with_progress, stop_on_ctrl_c};
 
 #[derive(Parser)]
 pub struct Args {
@@ -29,17 +34,20 @@ enum MetricArg {
 #[derive(Parser)]
 pub struct ClassifyArgs {
     /// BERT directory to start from (config.json, model.safetensors, tokenizer)
-    #[arg(long)]
-    model: PathBuf,
+    #[arg(long, alias = "model-name-or-path", required_unless_present = "resume")]
+    model: Option<PathBuf>,
     /// Training rows: text,label or text,text_b,label (.tsv: tab-separated, unquoted)
-    #[arg(long)]
-    train: PathBuf,
+    #[arg(long, alias = "train", required_unless_present = "resume")]
+    train_file: Option<PathBuf>,
     /// Evaluation rows, same format (evaluated after each epoch)
-    #[arg(long)]
-    dev: PathBuf,
+    #[arg(long, alias = "dev", required_unless_present = "resume")]
+    dev_file: Option<PathBuf>,
     /// Output directory: checkpoint-N/ per epoch, log.jsonl, and the best model at the top level
     #[arg(long)]
     out: PathBuf,
+    /// Continue the run in --out from its latest checkpoint-N/ (every other option comes from the run)
+    #[arg(long)]
+    resume: bool,
     /// Options as JSON (Hugging Face TrainingArguments names); flags below override it
     #[arg(long)]
     config: Option<PathBuf>,
@@ -48,33 +56,21 @@ pub struct ClassifyArgs {
     header: bool,
     #[arg(long)]
     learning_rate: Option<f64>,
+    #[arg(long, alias = "batch-size")]
+    per_device_train_batch_size: Option<usize>,
     #[arg(long)]
-    batch_size: Option<usize>,
-    #[arg(long)]
-    epochs: Option<usize>,
-    #[arg(long)]
-    weight_decay: Option<f64>,
+    per_device_eval_batch_size: Option<usize>,
     /// Share of the updates spent warming the learning rate up from 0
     #[arg(long)]
     warmup_ratio: Option<f64>,
-    /// Clip the gradient norm to this (0: no clipping)
-    #[arg(long)]
-    max_grad_norm: Option<f64>,
     /// Longer inputs are truncated to this many tokens
     #[arg(long)]
     max_length: Option<usize>,
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Micro-batches each batch is split into and run in parallel, one per thread by default (dropout draws
-    /// depend on it: keep it to repeat a run on another machine)
-    #[arg(long)]
-    shards: Option<usize>,
-    /// Metric that picks the best epoch (its model is loaded at the end)
-    #[arg(long, value_enum)]
-    metric: Option<MetricArg>,
-    /// Stop after this many epochs without improvement
-    #[arg(long)]
-    patience: Option<usize>,
+    /// Metric that picks the best epoch (its model ends up in --out)
+    #[arg(long, alias = "metric", value_enum)]
+    metric_for_best_model: Option<MetricArg>,
+    #[command(flatten)]
+    run: LoopArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -84,70 +80,59 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn options(args: &ClassifyArgs) -> Result<ClassifierTraining> {
-    let mut t: ClassifierTraining =
-        crate::progress::json_config(args.config.as_deref(), "fine-tuning config")?.unwrap_or_default();
-    t.train_file = args.train.clone();
-    t.dev_file = args.dev.clone();
+    let mut t: ClassifierTraining = loop_args::options(args.config.as_deref(), &args.run)?;
+    if let Some(path) = &args.train_file {
+        t.train_file = path.clone();
+    }
+    if let Some(path) = &args.dev_file {
+        t.dev_file = path.clone();
+    }
     t.header |= args.header;
     override_some!(
         t,
         learning_rate = args.learning_rate,
-        per_device_train_batch_size = args.batch_size,
-        num_train_epochs = args.epochs,
-        weight_decay = args.weight_decay,
+        per_device_train_batch_size = args.per_device_train_batch_size,
+        per_device_eval_batch_size = args.per_device_eval_batch_size,
         warmup_ratio = args.warmup_ratio,
-        max_grad_norm = args.max_grad_norm,
         max_length = args.max_length,
-        seed = args.seed,
-        shards = args.shards,
     );
-    if let Some(metric) = args.metric {
+    if let Some(metric) = args.metric_for_best_model {
         t.metric_for_best_model = match metric {
             MetricArg::Accuracy => Metric::Accuracy,
             MetricArg::F1 => Metric::F1,
             MetricArg::Mcc => Metric::Mcc,
         };
     }
-    if args.patience.is_some() {
-        t.early_stopping_patience = args.patience;
-    }
     Ok(t)
 }
 
 fn classify(args: ClassifyArgs) -> Result<()> {
-    let training = options(&args)?;
-    let bar = crate::progress::steps_bar();
-    let result = fine_tune(&args.model, &args.out, &training, |event| match event {
-        ClassifierEvent::Ready { train, dev, labels, total_steps } => {
-            eprintln!("{train} training rows, {dev} dev rows, labels {labels:?}, {total_steps} steps");
-            bar.set_length(*total_steps as u64);
-            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-        }
-        ClassifierEvent::Step { step, loss, learning_rate } => {
-            bar.set_position(*step as u64);
-            bar.set_message(format!("loss {loss:.4}  lr {learning_rate:.2e}"));
-        }
-        ClassifierEvent::Eval(r) => bar.suspend(|| {
-            eprintln!(
-                "epoch {} (step {}): train loss {:.4}  eval loss {:.4}  accuracy {:.4}  F1 {:.4}  MCC {:.4}  ({:.0} s)",
-                r.epoch, r.step, r.train_loss, r.eval_loss, r.accuracy, r.f1, r.mcc, r.seconds
-            )
-        }),
-        ClassifierEvent::Saved { path, best } => {
-            bar.suspend(|| eprintln!("  saved {}{}", path.display(), if *best { " (best so far)" } else { "" }))
-        }
-    });
-    bar.finish_and_clear();
-    let done = result.with_context(|| format!("fine-tuning {}", args.model.display()))?;
-    let b = &done.best;
-    println!(
-        "best epoch {}: accuracy {:.4}  F1 {:.4}  MCC {:.4}  ({:.0} s in all) → {}",
-        b.epoch,
-        b.accuracy,
-        b.f1,
-        b.mcc,
-        done.seconds,
-        args.out.display()
-    );
+    let mut trainer = if args.resume {
+        let mut trainer =
+            ClassificationTrainer::resume(&args.out).with_context(|| format!("resuming {}", args.out.display()))?;
+        args.run.apply_to_resumed(&mut trainer)?;
+        trainer
+    } else {
+        let model = args.model.clone().context("--model is required")?;
+        ClassificationTrainer::create(&args.out, options(&args)?, model.clone())
+            .with_context(|| format!("fine-tuning {}", model.display()))?
+    };
+    let stop = stop_on_ctrl_c()?;
+    let (train, dev) = trainer.task().data_sizes();
+    let data = format!("{train} training rows, {dev} dev rows, labels {:?}", trainer.task().labels());
+    let finish = run_with_progress(&mut trainer, &stop, &args.out, &data, "fine-tuning", |r| {
+        format!("accuracy {:.4}  F1 {:.4}  MCC {:.4}", r.metric("accuracy"), r.metric("f1"), r.metric("mcc"))
+    })?;
+    report_finish(&finish, &format!("qkv finetune classify --out {}", args.out.display()));
+    if finish != Finish::Interrupted {
+        let state = trainer.state();
+        let metric = trainer.task().training().metric_for_best_model.name();
+        println!(
+            "best: step {} ({metric} {:.4}) → {}",
+            state.best_step.unwrap_or(0),
+            state.best_metric.unwrap_or(f64::NAN),
+            args.out.display()
+        );
+    }
     Ok(())
 }

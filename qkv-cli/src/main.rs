@@ -20,8 +20,6 @@ mod fill_mask;
 mod finetune;
 mod forward;
 mod generate;
-mod lm;
-mod mlm;
 mod plot;
 mod progress;
 mod qa;

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod models;
 pub mod nn;
 pub mod pipeline;
+pub mod rng;
 pub mod text;
 pub mod train;
 

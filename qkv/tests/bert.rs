@@ -281,6 +281,7 @@ fn minilm_embeddings_match_sentence_transformers() {
 #[test]
 fn fine_tuned_models_round_trip_through_transformers() {
     use qkv::train::classification::{fine_tune, load_classifier, ClassifierTraining};
+    use qkv::train::trainer::LoopSettings;
     let committed = fixtures().join("finetuned");
     let expected = candle_core::safetensors::load(committed.join("expected.safetensors"), &Device::Cpu).unwrap();
     let input = BertInput {
@@ -301,11 +302,10 @@ fn fine_tuned_models_round_trip_through_transformers() {
     let training = ClassifierTraining {
         train_file: fixtures().join("toy.tsv"),
         dev_file: fixtures().join("toy.tsv"),
-        num_train_epochs: 2,
         per_device_train_batch_size: 4,
         learning_rate: 1e-3,
-        seed: 1,
-        shards: 1, // as the fixture was made
+        // One shard, as the fixture was made.
+        run: LoopSettings { num_train_epochs: Some(2), seed: 1, shards: 1, ..ClassifierTraining::default().run },
         ..ClassifierTraining::default()
     };
     let done = fine_tune(&fixtures().join("BertModel"), &out, &training, |_| {}).unwrap();
@@ -313,7 +313,8 @@ fn fine_tuned_models_round_trip_through_transformers() {
     let again = load_classifier(&out).unwrap().forward(&input, &mut Mode::Eval).unwrap().remove("logits").unwrap();
     let err = error(&again, &ours);
     assert!(err <= 1e-4, "fine-tuning again: {err:e}");
-    assert!(out.join("checkpoint-1/model.safetensors").exists() && out.join("log.jsonl").exists());
+    // Hugging Face's names: checkpoint-N after N optimizer steps (12 rows in batches of 4: 3 per epoch).
+    assert!(out.join("checkpoint-3/model.safetensors").exists() && out.join("log.jsonl").exists());
     std::fs::remove_dir_all(&out).unwrap();
 }
 
@@ -443,7 +444,7 @@ fn question_answering_matches_the_transformers_pipeline() {
 fn mlm_pretraining_learns_and_saves_a_hugging_face_directory() {
     use qkv::pipeline::Pipeline;
     use qkv::train::mlm::{small_config, MlmTrainer, MlmTraining};
-    use qkv::train::trainer::Event;
+    use qkv::train::trainer::{Event, LoopSettings};
     let scratch = std::env::temp_dir().join(format!("qkv-mlm-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).unwrap();
@@ -465,10 +466,9 @@ fn mlm_pretraining_learns_and_saves_a_hugging_face_directory() {
         vocab_size: 60,
         max_length: 16,
         batch_size: 16,
-        epochs: 8,
         learning_rate: 2e-3,
         validation_fraction: 0.2,
-        seed: 3,
+        run: LoopSettings { num_train_epochs: Some(8), seed: 3, ..MlmTraining::default().run },
         ..MlmTraining::default()
     };
     let config = qkv::models::bert::BertConfig {
@@ -503,7 +503,7 @@ fn mlm_pretraining_learns_and_saves_a_hugging_face_directory() {
 #[test]
 fn mlm_pretraining_resumes_exactly() {
     use qkv::train::mlm::{small_config, MlmTrainer, MlmTraining};
-    use qkv::train::trainer::Finish;
+    use qkv::train::trainer::{Finish, LoopSettings};
     let scratch = std::env::temp_dir().join(format!("qkv-mlm-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).unwrap();
@@ -515,7 +515,7 @@ fn mlm_pretraining_resumes_exactly() {
         vocab_size: 60,
         max_length: 16,
         batch_size: 8,
-        epochs: 2,
+        run: LoopSettings { num_train_epochs: Some(2), ..MlmTraining::default().run },
         ..MlmTraining::default()
     };
     let config = qkv::models::bert::BertConfig {

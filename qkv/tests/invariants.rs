@@ -334,8 +334,9 @@ fn gradients_reach_every_parameter_and_tied_weights_are_one_tensor() {
 #[test]
 fn encoder_decoder_learns_to_copy_end_to_end() {
     use qkv::train::synthetic::{run, SyntheticConfig, Task};
-    let config =
-        SyntheticConfig { task: Task::Copy, steps: 300, max_len: 6, eval_size: 200, ..SyntheticConfig::default() };
+    use qkv::train::trainer::LoopSettings;
+    let config = SyntheticConfig { task: Task::Copy, max_len: 6, eval_size: 200, ..SyntheticConfig::default() };
+    let config = SyntheticConfig { run: LoopSettings { max_steps: Some(300), ..config.run.clone() }, ..config };
     let mut losses = Vec::new();
     let report = run(&config, |step| losses.push(step.loss)).unwrap();
     assert_eq!(losses.len(), 300);

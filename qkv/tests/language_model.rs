@@ -11,7 +11,7 @@ use qkv::models::Gpt2Config;
 use qkv::nn::Mode;
 use qkv::text::lm_tokenizer::LmVocabulary;
 use qkv::train::language_model::{LmTrainer, LmTraining};
-use qkv::train::trainer::Finish;
+use qkv::train::trainer::{Finish, LoopSettings};
 
 mod support;
 
@@ -31,12 +31,12 @@ fn setup(dir: &std::path::Path, max_steps: usize) -> (LmTraining, Gpt2Config) {
         text: dir.join("text.txt"),
         block_size: 40,
         batch_size: 8,
-        max_steps,
         eval_interval: 25,
         eval_batches: 2,
         learning_rate: 1e-2,
         min_lr: 1e-3,
         warmup: 10,
+        run: LoopSettings { max_steps: Some(max_steps), ..LmTraining::default().run },
         ..LmTraining::default()
     };
     let config = Gpt2Config {

@@ -12,7 +12,7 @@ use qkv::nn::Mode;
 mod support;
 
 use qkv::train::translation::{
-    latest_checkpoint, Event, Finish, TranslationModel, TranslationTrainer, TranslationTraining,
+    latest_checkpoint, Event, Finish, LoopSettings, TranslationModel, TranslationTrainer, TranslationTraining,
 };
 
 const PAIRS: [(&str, &str); 6] = [
@@ -46,9 +46,15 @@ fn write_corpus(dir: &Path) -> TranslationTraining {
         warmup: 30,
         lr_factor: 0.2,
         max_len: 30,
-        log_every: 1,
+        run: LoopSettings { logging_steps: 1, ..TranslationTraining::default().run },
         ..TranslationTraining::default()
     }
+}
+
+/// `training` with the loop settings `change` makes.
+fn with_run(mut training: TranslationTraining, change: impl FnOnce(&mut LoopSettings)) -> TranslationTraining {
+    change(&mut training.run);
+    training
 }
 
 fn tiny_model(dropout: f64) -> TransformerConfig {
@@ -75,7 +81,10 @@ fn train(trainer: &mut TranslationTrainer, stop_after: Option<usize>) -> (Finish
 #[test]
 fn overfits_a_handful_of_pairs_then_translates_them_exactly() {
     let dir = scratch("overfit");
-    let training = TranslationTraining { epochs: 150, label_smoothing: 0.0, ..write_corpus(&dir) };
+    let training = TranslationTraining {
+        label_smoothing: 0.0,
+        ..with_run(write_corpus(&dir), |r| r.num_train_epochs = Some(150))
+    };
     let mut trainer = TranslationTrainer::create(&dir.join("run"), training, tiny_model(0.0)).unwrap();
     let (finish, losses) = train(&mut trainer, None);
     assert_eq!(finish, Finish::Completed);
@@ -96,7 +105,7 @@ fn overfits_a_handful_of_pairs_then_translates_them_exactly() {
 #[test]
 fn a_saved_checkpoint_loads_into_an_identical_model() {
     let dir = scratch("roundtrip");
-    let training = TranslationTraining { epochs: 3, ..write_corpus(&dir) };
+    let training = with_run(write_corpus(&dir), |r| r.num_train_epochs = Some(3));
     let mut trainer = TranslationTrainer::create(&dir.join("run"), training, tiny_model(0.1)).unwrap();
     train(&mut trainer, None);
     let checkpoint = latest_checkpoint(&dir.join("run")).unwrap().unwrap();
@@ -116,14 +125,20 @@ fn a_saved_checkpoint_loads_into_an_identical_model() {
 #[test]
 fn a_resumed_run_continues_the_uninterrupted_loss_curve() {
     let straight_dir = scratch("straight");
-    let training = TranslationTraining { epochs: 4, max_tokens: 40, ..write_corpus(&straight_dir) };
+    let training = TranslationTraining {
+        max_tokens: 40,
+        ..with_run(write_corpus(&straight_dir), |r| r.num_train_epochs = Some(4))
+    };
     let mut straight =
         TranslationTrainer::create(&straight_dir.join("run"), training.clone(), tiny_model(0.1)).unwrap();
     let (_, expected) = train(&mut straight, None);
     assert!(expected.len() > 8, "the test needs an interruption mid-run; {} steps", expected.len());
 
     let resumed_dir = scratch("resumed");
-    let training = TranslationTraining { epochs: 4, max_tokens: 40, ..write_corpus(&resumed_dir) };
+    let training = TranslationTraining {
+        max_tokens: 40,
+        ..with_run(write_corpus(&resumed_dir), |r| r.num_train_epochs = Some(4))
+    };
     let mut first = TranslationTrainer::create(&resumed_dir.join("run"), training, tiny_model(0.1)).unwrap();
     let (finish, mut losses) = train(&mut first, Some(7));
     assert_eq!(finish, Finish::Interrupted);
@@ -159,7 +174,12 @@ fn bad_inputs_are_errors_that_name_the_file_and_line() {
 fn gradient_accumulation_equals_one_large_batch() {
     let run = |name: &str, max_tokens: usize, accumulate: usize| {
         let dir = scratch(name);
-        let training = TranslationTraining { epochs: 5, max_tokens, accumulate, ..write_corpus(&dir) };
+        let training = TranslationTraining {
+            max_tokens,
+            ..with_run(write_corpus(&dir), |r| {
+                (r.num_train_epochs, r.gradient_accumulation_steps) = (Some(5), accumulate)
+            })
+        };
         let mut trainer = TranslationTrainer::create(&dir.join("run"), training, tiny_model(0.0)).unwrap();
         let mut batches_per_step = 0;
         let stop = AtomicBool::new(false);
@@ -191,7 +211,10 @@ fn gradient_accumulation_equals_one_large_batch() {
 fn sharded_batches_equal_whole_batches() {
     let run = |name: &str, shards: usize| {
         let dir = scratch(name);
-        let training = TranslationTraining { epochs: 4, max_tokens: 60, shards, ..write_corpus(&dir) };
+        let training = TranslationTraining {
+            max_tokens: 60,
+            ..with_run(write_corpus(&dir), |r| (r.num_train_epochs, r.shards) = (Some(4), shards))
+        };
         let mut trainer = TranslationTrainer::create(&dir.join("run"), training, tiny_model(0.0)).unwrap();
         let mut losses = Vec::new();
         let stop = AtomicBool::new(false);
@@ -220,7 +243,8 @@ fn sharded_batches_equal_whole_batches() {
 #[test]
 fn a_time_limit_stops_training_with_a_checkpoint() {
     let dir = scratch("time-limit");
-    let training = TranslationTraining { epochs: 1000, time_limit_minutes: Some(0.02), ..write_corpus(&dir) };
+    let training =
+        with_run(write_corpus(&dir), |r| (r.num_train_epochs, r.time_limit_minutes) = (Some(1000), Some(0.02)));
     let mut trainer = TranslationTrainer::create(&dir.join("run"), training, tiny_model(0.0)).unwrap();
     let started = std::time::Instant::now();
     let (finish, losses) = train(&mut trainer, None);

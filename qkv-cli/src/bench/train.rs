@@ -1,15 +1,17 @@
 //! One training step of a character-level GPT — forward, cross-entropy, backward, gradient clipping, AdamW —
 //! at nanoGPT's CPU configuration and a larger one (tools/bench/train_gpt.py is the PyTorch side).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use clap::{Parser, ValueEnum};
 use qkv::models::{Gpt2, Gpt2Config};
-use qkv::nn::{params::named_vars, seeded_var_builder, Activation};
-use qkv::train::{cross_entropy, data_parallel, AdamW, AdamWConfig};
+use qkv::nn::{params::named_vars, seeded_var_builder, Activation, Mode};
+use qkv::train::data_parallel;
+use qkv::train::trainer::{optimizer_step, LoopSettings, Objective, StepContext, StepPosition};
+use qkv::train::{cross_entropy, AdamW, AdamWConfig};
 use rand::{Rng, SeedableRng};
 
 use super::Measurement;
@@ -46,6 +48,29 @@ struct Shape {
 
 const VOCAB: usize = 65;
 
+/// One batch of windows as a training objective: the rows a micro-batch is given select its windows.
+struct Windows<'a> {
+    model: &'a Gpt2,
+    vars: &'a [(String, Var)],
+    /// (B, block + 1): inputs and their next-token targets.
+    ids: Tensor,
+    block: usize,
+}
+
+impl Objective for Windows<'_> {
+    fn vars(&self) -> &[(String, Var)] {
+        self.vars
+    }
+
+    fn loss(&self, rows: &[usize], _: &mut StepContext, mode: &mut Mode) -> qkv::Result<(Tensor, usize)> {
+        let rows = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect(), rows.len(), &Device::Cpu)?;
+        let window = self.ids.index_select(&rows, 0)?;
+        let (inputs, targets) = (window.narrow(1, 0, self.block)?, window.narrow(1, 1, self.block)?.flatten_all()?);
+        let logits = self.model.forward(&inputs, mode)?;
+        Ok((cross_entropy(&logits.flatten_to(1)?, &targets, None, 0.0)?, targets.elem_count()))
+    }
+}
+
 pub fn run(args: &Args) -> Result<Vec<Measurement>> {
     let (label, shape) = match args.config {
         Size::Small => ("small", Shape { layers: 4, heads: 4, width: 128, block: 64, batch: 12, warmup: 5, steps: 50 }),
@@ -71,9 +96,14 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
     };
     let vars = VarMap::new();
     let model = Gpt2::new(&config, seeded_var_builder(&vars, 1337, DType::F32, &Device::Cpu))?;
-    let adamw = AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 };
-    let params: Vec<_> = vars.all_vars();
-    let mut optimizer = AdamW::new(named_vars(&vars), adamw, AdamW::decay_matrices)?;
+    let named = named_vars(&vars);
+    let settings = LoopSettings {
+        adam: AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 },
+        max_grad_norm: Some(1.0),
+        shards,
+        ..LoopSettings::default()
+    };
+    let mut optimizer = AdamW::new(named.clone(), settings.adam, AdamW::decay_matrices)?;
     let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(0);
     let mut phases: Vec<[Duration; 2]> = Vec::new();
     let mut resident_after_warmup = 0.0;
@@ -83,21 +113,13 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
         }
         let ids: Vec<u32> = (0..shape.batch * (shape.block + 1)).map(|_| rng.random_range(0..VOCAB as u32)).collect();
         let ids = Tensor::from_vec(ids, (shape.batch, shape.block + 1), &Device::Cpu)?;
-        let parts = data_parallel::split(&(0..shape.batch).collect::<Vec<_>>(), shards);
-        let start = Instant::now();
-        let gradients = data_parallel::gradients(&params, parts.len(), shards, None, |i, mode| {
-            let rows = Tensor::from_vec(parts[i].iter().map(|&r| r as u32).collect(), parts[i].len(), &Device::Cpu)?;
-            let window = ids.index_select(&rows, 0)?;
-            let (inputs, targets) =
-                (window.narrow(1, 0, shape.block)?, window.narrow(1, 1, shape.block)?.flatten_all()?);
-            let logits = model.forward(&inputs, mode)?;
-            Ok((cross_entropy(&logits.flatten_to(1)?, &targets, None, 0.0)?, targets.elem_count()))
-        })?;
-        let passes = start.elapsed();
-        optimizer.step(&gradients.grads, 1e-3, Some(1.0))?;
-        let optimize = start.elapsed() - passes;
+        let batch = Windows { model: &model, vars: &named, ids, block: shape.block };
+        let position = StepPosition { step: step + 1, epoch: 0, planned_steps: None };
+        let rows = vec![(0..shape.batch).collect::<Vec<_>>()];
+        // No dropout in this model: the passes evaluate, as the PyTorch side's do.
+        let outcome = optimizer_step(&batch, &mut optimizer, &settings, &rows, position, 1e-3, None)?;
         if step >= shape.warmup {
-            phases.push([passes, optimize]);
+            phases.push([outcome.passes, outcome.update]);
         }
     }
     let tokens = (shape.batch * shape.block) as f64;

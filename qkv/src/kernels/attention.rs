@@ -22,10 +22,10 @@ const TILE: usize = 128;
 /// softmax(scale·q·kᵀ + bias)·v for q (B, H, T, Dh), k and v (B, H, S, Dh); `bias` (0 or [`MASKED`]) broadcasts
 /// to (B, H, T, S). Rows whose keys are all masked give zeros. Gradients flow to q, k and v.
 ///
-/// Any layout whose last dimension is contiguous is read in place (a [`crate::nn::KvCache`]'s first S rows of
+/// Any layout whose last dimension is contiguous is read in place (a key/value cache's first S rows of
 /// its capacity, a transposed view); others are copied first.
 ///
-/// [`MASKED`]: crate::nn::mask::MASKED
+/// [`MASKED`]: super::MASKED
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, scale: f64) -> Result<Tensor> {
     let (b, h, t, _) = q.dims4()?;
     let s = k.dim(2)?;
@@ -419,8 +419,7 @@ impl FusedAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::twin::{randn, relative_error};
-    use crate::nn::AttentionMask;
+    use crate::kernels::twin::{both, causal_bias, padding_bias, randn, relative_error};
     use candle_core::{DType, Device, Var};
 
     /// Kernel and composed twin agree on the output and the gradients of q, k and v (≤ 1e-5 relative): masks
@@ -428,15 +427,11 @@ mod tests {
     #[test]
     fn kernel_matches_composed_forward_and_backward() {
         let valid = Tensor::new(&[[1u8, 1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0]], &Device::Cpu).unwrap();
-        let padding = AttentionMask::padding(&valid).unwrap();
-        let causal_300 = AttentionMask::causal(300, 300, &Device::Cpu).unwrap();
+        let padding = padding_bias(&valid);
         let cases = [
-            ((2, 3, 5, 7, 4), Some(padding.bias().clone())),
-            (
-                (2, 2, 7, 7, 8),
-                Some(padding.and(&AttentionMask::causal(7, 7, &Device::Cpu).unwrap()).unwrap().bias().clone()),
-            ),
-            ((1, 2, 300, 300, 16), Some(causal_300.bias().clone())),
+            ((2, 3, 5, 7, 4), Some(padding.clone())),
+            ((2, 2, 7, 7, 8), Some(both(&padding, &causal_bias(7, 7)))),
+            ((1, 2, 300, 300, 16), Some(causal_bias(300, 300))),
             ((3, 1, 130, 20, 8), None),
         ];
         for ((b, h, t, s, dh), bias) in cases {
@@ -460,8 +455,8 @@ mod tests {
         let mut keys = vec![0.5f32; 12];
         keys[0] = f32::NAN;
         let k = Tensor::from_vec(keys, (1, 1, 3, 4), &Device::Cpu).unwrap();
-        let causal = AttentionMask::causal(3, 3, &Device::Cpu).unwrap();
-        for bias in [None, Some(causal.bias())] {
+        let causal = causal_bias(3, 3);
+        for bias in [None, Some(&causal)] {
             let y = attention(&q, &k, &v, bias, 0.5).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert!(y.iter().all(|x| x.is_nan()), "{y:?}");
         }
@@ -491,9 +486,8 @@ mod tests {
     #[test]
     fn merged_heads_match_composed_forward_and_backward() {
         let valid = Tensor::new(&[[1u8, 1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1]], &Device::Cpu).unwrap();
-        let causal = AttentionMask::causal(7, 7, &Device::Cpu).unwrap();
-        let padded_causal = AttentionMask::padding(&valid).unwrap().and(&causal).unwrap();
-        let cases = [((2, 3, 7, 7, 4), Some(padded_causal.bias().clone())), ((2, 2, 5, 7, 8), None)];
+        let padded_causal = both(&padding_bias(&valid), &causal_bias(7, 7));
+        let cases = [((2, 3, 7, 7, 4), Some(padded_causal)), ((2, 2, 5, 7, 8), None)];
         for ((b, h, t, s, dh), bias) in cases {
             let (q, k, v) =
                 (randn(&[b, t, h * dh], 5, 1.0), randn(&[b, s, h * dh], 6, 1.0), randn(&[b, s, h * dh], 7, 1.0));
@@ -511,7 +505,7 @@ mod tests {
         let (b, h, t, dh) = (2, 3, 6, 4);
         let x = randn(&[b, t, h, dh], 9, 1.0);
         let view = x.transpose(1, 2).unwrap();
-        let bias = AttentionMask::causal(t, t, &Device::Cpu).unwrap().bias().clone();
+        let bias = causal_bias(t, t);
         let fused = attention(&view, &view, &view, Some(&bias), 0.5).unwrap();
         let copy = view.contiguous().unwrap();
         let composed = attention_composed(&copy, &copy, &copy, Some(&bias), 0.5).unwrap();

@@ -14,6 +14,8 @@ pub mod linear;
 mod matmul;
 pub mod softmax;
 
+pub use softmax::{masked_value, MASKED};
+
 use std::sync::{Mutex, OnceLock};
 
 use candle_core::{CpuStorage, DType, Layout, Tensor};
@@ -166,7 +168,29 @@ pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
 #[cfg(test)]
 pub(crate) mod twin {
     //! Comparing a kernel with its composed twin.
-    use candle_core::{Device, Tensor, Var};
+    use candle_core::{DType, Device, Tensor, Var};
+
+    /// The additive bias of a 0/1 `visible` tensor: 0 where visible, [`super::MASKED`] where not.
+    pub fn bias_of(visible: &Tensor) -> Tensor {
+        let masked = super::MASKED as f64;
+        visible.ne(0u8).unwrap().to_dtype(DType::F32).unwrap().affine(-masked, masked).unwrap()
+    }
+
+    /// The causal bias (1, 1, T, S) of `t` queries that are the last `t` of `s` positions.
+    pub fn causal_bias(t: usize, s: usize) -> Tensor {
+        let visible: Vec<u8> = (0..t).flat_map(|i| (0..s).map(move |j| u8::from(j + t <= i + s))).collect();
+        bias_of(&Tensor::from_vec(visible, (1, 1, t, s), &Device::Cpu).unwrap())
+    }
+
+    /// The padding bias (B, 1, 1, S) of key validity `valid` (B, S).
+    pub fn padding_bias(valid: &Tensor) -> Tensor {
+        bias_of(&valid.unsqueeze(1).unwrap().unsqueeze(1).unwrap())
+    }
+
+    /// Keys masked by either bias stay masked.
+    pub fn both(a: &Tensor, b: &Tensor) -> Tensor {
+        a.broadcast_minimum(b).unwrap()
+    }
 
     /// max |a − b| / max |b|
     pub fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
@@ -182,7 +206,7 @@ pub(crate) mod twin {
     pub fn randn(shape: &[usize], seed: u64, scale: f32) -> Var {
         use rand::SeedableRng;
         use rand_distr::{Distribution, StandardNormal};
-        let mut rng = crate::nn::mode::Rng::seed_from_u64(seed);
+        let mut rng = crate::rng::Rng::seed_from_u64(seed);
         let n = shape.iter().product();
         let values: Vec<f32> = (0..n)
             .map(|_| {

@@ -5,8 +5,22 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor
 use rayon::prelude::*;
 
 use super::{as_f32, exp, fused, row_offset, row_width, storage_f32, vectorized, PARALLEL_MIN_ELEMENTS};
-use crate::nn::mask::MASKED;
 use crate::Result;
+
+/// Added to the score of a masked key. exp(MASKED + s − max) underflows to exactly 0 in f32 for any score s
+/// of realistic size, so masked keys receive exactly zero probability, as with PyTorch's −∞. A finite bias
+/// rather than −∞ keeps a query whose keys are all masked away from NaN (−∞ − (−∞)); the attention softmax
+/// recognises such rows by their bias and zeroes them.
+pub const MASKED: f32 = -1e9;
+
+/// [`MASKED`] as it must be written in `dtype` to stay finite: −1e9 overflows f16 (largest 65 504) to −∞, so f16
+/// takes its most negative finite value, which still underflows exp to 0. bf16 has f32's range.
+pub fn masked_value(dtype: DType) -> f64 {
+    match dtype {
+        DType::F16 => -65504.0,
+        _ => MASKED as f64,
+    }
+}
 
 /// exp(xᵢ − m) / Σⱼ exp(xⱼ − m), m the row maximum — composed from differentiable primitives. The maximum is
 /// detached: softmax is shift-invariant, so its gradient through m is zero anyway.
@@ -189,7 +203,7 @@ impl CustomOp2 for MaskedSoftmax {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::twin::{randn, relative_error};
+    use crate::kernels::twin::{self, randn, relative_error};
     use candle_core::Device;
 
     #[test]
@@ -208,11 +222,11 @@ mod tests {
     #[test]
     fn kernel_matches_composed_forward_and_backward() {
         let valid = Tensor::new(&[[1u8, 1, 1, 0, 0], [0, 0, 0, 0, 0], [1, 0, 1, 1, 1]], &Device::Cpu).unwrap();
-        let padding = crate::nn::AttentionMask::padding(&valid).unwrap();
-        let both = padding.and(&crate::nn::AttentionMask::causal(5, 5, &Device::Cpu).unwrap()).unwrap();
+        let padding = twin::padding_bias(&valid);
+        let both = twin::both(&padding, &twin::causal_bias(5, 5));
         for (shape, bias, scale) in [
-            (vec![3, 2, 5, 5], Some(both.bias().clone()), 0.5),
-            (vec![3, 4, 5, 5], Some(padding.bias().clone()), 1.0),
+            (vec![3, 2, 5, 5], Some(both), 0.5),
+            (vec![3, 4, 5, 5], Some(padding), 1.0),
             (vec![8, 300], None, 0.125),
             (vec![2, 4, 64, 64], None, 1.0),
         ] {

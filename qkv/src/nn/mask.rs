@@ -1,16 +1,12 @@
 //! Attention masks: which keys each query may see.
 //!
 //! A mask is kept as a 0/1 "visible" tensor broadcastable to (B, H, T, S) and turned once into an additive
-//! bias (0 where visible, [`MASKED`] where not). A finite bias rather than −∞ keeps a query whose keys are all
-//! masked away from NaN (−∞ − (−∞)); the attention softmax recognises such rows by their bias and zeroes them.
+//! bias (0 where visible, [`MASKED`] where not; finite, see [`crate::kernels::softmax`]).
 
 use candle_core::{DType, Device, Tensor};
 
+pub use crate::kernels::{masked_value, MASKED};
 use crate::{Error, Result};
-
-/// Added to the score of a masked key. exp(MASKED + s − max) underflows to exactly 0 in f32 for any score s
-/// of realistic size, so masked keys receive exactly zero probability, as with PyTorch's −∞.
-pub const MASKED: f32 = -1e9;
 
 #[derive(Debug, Clone)]
 pub struct AttentionMask {
@@ -64,6 +60,15 @@ impl AttentionMask {
         &self.bias
     }
 
+    /// The bias in `dtype` for scores computed in it: 0 or [`masked_value`], finite in f16 and bf16 too.
+    pub fn bias_as(&self, dtype: DType) -> Result<Tensor> {
+        if dtype == DType::F32 {
+            return Ok(self.bias.clone());
+        }
+        let masked = self.visible.to_dtype(DType::F32)?.affine(-masked_value(dtype), masked_value(dtype))?;
+        Ok(masked.to_dtype(dtype)?)
+    }
+
     /// (B|1, 1, T|1, S) u8, 1 where a query may attend.
     pub fn visible(&self) -> &Tensor {
         &self.visible
@@ -93,6 +98,22 @@ mod tests {
         assert_eq!(&visible[9..12], &[0, 0, 0]);
         let bias = m.bias().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(&bias[..3], &[0.0, MASKED, MASKED]);
+    }
+
+    /// f16 has no −1e9: its bias takes the most negative finite f16, so a fully masked row stays NaN-free.
+    #[test]
+    fn reduced_precision_biases_stay_finite() {
+        let m = AttentionMask::causal(3, 3, &Device::Cpu).unwrap();
+        for dtype in [DType::F16, DType::BF16] {
+            let bias = m.bias_as(dtype).unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+            let bias = bias.to_vec1::<f32>().unwrap();
+            assert!(bias.iter().all(|b| b.is_finite()), "{dtype:?}: {bias:?}");
+            assert_eq!((bias[0], bias[1] < -6e4), (0.0, true), "{dtype:?}: {bias:?}");
+            // Without the dtype-aware value, f16 would hold −∞.
+            let naive = m.bias().to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+            let naive = naive.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(naive[1].is_infinite(), dtype == DType::F16);
+        }
     }
 
     #[test]

@@ -1,11 +1,8 @@
 //! Training or evaluation, passed explicitly to every forward pass.
 
 use rand::SeedableRng;
-use rand_xoshiro::Xoshiro256PlusPlus;
 
-/// The random generator behind dropout. Seeded, so a training run can be repeated exactly; its state
-/// serialises (serde), so a resumed run can continue the same stream.
-pub type Rng = Xoshiro256PlusPlus;
+pub use crate::rng::Rng;
 
 /// Whether a forward pass trains (dropout active, drawing from the generator it owns) or evaluates
 /// (dropout is the identity, results are deterministic).

@@ -1,11 +1,12 @@
 //! Fine-tuning a BERT checkpoint for sequence classification, with the recipe of Hugging Face's Trainer:
 //! AdamW (decay on matrices only), linear warm-up and decay, gradient clipping, shuffled batches padded to
-//! their longest text, evaluation and a checkpoint after each epoch, the best epoch by a chosen metric kept
-//! and loaded at the end, optional early stopping. Every checkpoint — and the output directory itself at the
-//! end — is a Hugging Face directory that transformers' `AutoModelForSequenceClassification` loads.
+//! their longest text, evaluation and a checkpoint after each epoch, the best epoch by a chosen metric kept,
+//! optional early stopping — run by the shared [`Trainer`] in Hugging Face's layout ([`Layout::HuggingFace`]):
+//! `checkpoint-N/` after each epoch (N the optimizer step; `--resume` continues from the newest), and the best
+//! epoch's model in the output directory itself, which transformers' `AutoModelForSequenceClassification`
+//! loads.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -14,15 +15,18 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::replace_dir_atomically;
-use super::{cross_entropy, data_parallel, schedule, AdamW, AdamWConfig};
+use super::trainer::{
+    EvalRecord, Evaluation, Event, Finish, Layout, LoopSettings, Objective, Selection, StepContext, Task, Trainer,
+    TrainingOptions,
+};
+use super::{cross_entropy, schedule, AdamWConfig};
 use crate::hub::bert::{self, LoadOptions};
+use crate::hub::read_config;
 use crate::hub::tokenizer::{PretrainedTokenizer, Truncation};
-use crate::hub::{read_config, write_json};
 use crate::metrics::classification::{accuracy, f1, matthews_correlation};
 use crate::models::bert::{Bert, BertArchitecture, BertConfig, BertInput};
-use crate::nn::mode::Rng;
 use crate::nn::Mode;
+use crate::rng::Rng;
 use crate::text::labeled::{label_set, read_labeled_texts, LabeledText};
 use crate::{Error, Result};
 
@@ -37,10 +41,23 @@ pub enum Metric {
     Mcc,
 }
 
-/// Options, named and defaulted as Hugging Face's `TrainingArguments`.
+impl Metric {
+    /// The name it is logged under.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Accuracy => "accuracy",
+            Metric::F1 => "f1",
+            Metric::Mcc => "mcc",
+        }
+    }
+}
+
+/// Options, named and defaulted as Hugging Face's `TrainingArguments` (and run_glue's `model_name_or_path`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ClassifierTraining {
+    /// The pre-trained directory the run started from (set by [`Trainer::create`]).
+    pub model_name_or_path: PathBuf,
     pub train_file: PathBuf,
     pub dev_file: PathBuf,
     /// The data files start with a header row.
@@ -48,58 +65,54 @@ pub struct ClassifierTraining {
     pub learning_rate: f64,
     pub per_device_train_batch_size: usize,
     pub per_device_eval_batch_size: usize,
-    pub num_train_epochs: usize,
-    pub weight_decay: f64,
     /// Warm-up as a share of all updates.
     pub warmup_ratio: f64,
-    pub max_grad_norm: f64,
-    pub adam_beta1: f64,
-    pub adam_beta2: f64,
-    pub adam_epsilon: f64,
     /// Longer inputs are cut (longest text first), as the tokenizer's `truncation=True` does.
     pub max_length: usize,
-    pub seed: u64,
     pub metric_for_best_model: Metric,
-    /// Stop after this many evaluations without improvement.
-    pub early_stopping_patience: Option<usize>,
-    /// Micro-batches each batch is dealt into and run in parallel (default: one per thread; dropout draws
-    /// depend on it).
-    pub shards: usize,
+    #[serde(flatten)]
+    pub run: LoopSettings,
 }
 
 impl Default for ClassifierTraining {
     fn default() -> Self {
         Self {
+            model_name_or_path: PathBuf::new(),
             train_file: PathBuf::new(),
             dev_file: PathBuf::new(),
             header: false,
             learning_rate: 5e-5,
             per_device_train_batch_size: 32,
             per_device_eval_batch_size: 64,
-            num_train_epochs: 3,
-            weight_decay: 0.0,
             warmup_ratio: 0.0,
-            max_grad_norm: 1.0,
-            adam_beta1: 0.9,
-            adam_beta2: 0.999,
-            adam_epsilon: 1e-8,
             max_length: 128,
-            seed: 42,
             metric_for_best_model: Metric::Accuracy,
-            early_stopping_patience: None,
-            shards: data_parallel::default_shards(),
+            run: LoopSettings {
+                num_train_epochs: Some(3),
+                adam: AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
+                max_grad_norm: Some(1.0),
+                seed: 42,
+                save_total_limit: None,
+                ..LoopSettings::default()
+            },
         }
     }
 }
 
-impl ClassifierTraining {
+impl TrainingOptions for ClassifierTraining {
+    fn loop_settings(&self) -> &LoopSettings {
+        &self.run
+    }
+
+    fn loop_settings_mut(&mut self) -> &mut LoopSettings {
+        &mut self.run
+    }
+
     fn validate(&self) -> Result<()> {
         for (option, value) in [
             ("per_device_train_batch_size", self.per_device_train_batch_size),
             ("per_device_eval_batch_size", self.per_device_eval_batch_size),
-            ("num_train_epochs", self.num_train_epochs),
             ("max_length", self.max_length),
-            ("shards", self.shards),
         ] {
             if value == 0 {
                 return Err(Error::config(option, 0, "at least 1"));
@@ -111,48 +124,12 @@ impl ClassifierTraining {
         if !(0.0..1.0).contains(&self.warmup_ratio) {
             return Err(Error::config("warmup_ratio", self.warmup_ratio, "a share in [0, 1)"));
         }
+        if self.run.num_train_epochs.is_none() && self.run.max_steps.is_none() {
+            let expected = "a number of epochs or max_steps: the learning rate decays linearly over the run";
+            return Err(Error::config("num_train_epochs", "none", expected));
+        }
         Ok(())
     }
-}
-
-/// One evaluation on the dev set.
-#[derive(Debug, Clone, Serialize)]
-pub struct EvalRecord {
-    pub epoch: usize,
-    pub step: usize,
-    pub train_loss: f64,
-    pub eval_loss: f64,
-    pub accuracy: f64,
-    pub f1: f64,
-    pub mcc: f64,
-    pub seconds: f64,
-}
-
-impl EvalRecord {
-    pub fn metric(&self, metric: Metric) -> f64 {
-        match metric {
-            Metric::Accuracy => self.accuracy,
-            Metric::F1 => self.f1,
-            Metric::Mcc => self.mcc,
-        }
-    }
-}
-
-/// What the loop reports as it goes.
-#[derive(Debug, Clone)]
-pub enum ClassifierEvent {
-    Ready { train: usize, dev: usize, labels: Vec<String>, total_steps: usize },
-    Step { step: usize, loss: f64, learning_rate: f64 },
-    Eval(EvalRecord),
-    Saved { path: PathBuf, best: bool },
-}
-
-/// What a finished run produced.
-#[derive(Debug, Clone)]
-pub struct FineTuned {
-    pub best: EvalRecord,
-    pub evaluations: Vec<EvalRecord>,
-    pub seconds: f64,
 }
 
 /// An encoded example: ids, segments, label.
@@ -162,117 +139,212 @@ struct Encoded {
     label: usize,
 }
 
-/// Fine-tunes the BERT in `model_dir` on `training`'s files and writes `out_dir`: `checkpoint-{epoch}/` after
-/// each epoch, `training.json`, `log.jsonl`, and at the end the best epoch's model at the top level.
+/// The fine-tuning task of the shared [`Trainer`].
+pub struct ClassificationTask {
+    training: ClassifierTraining,
+    model: Bert,
+    vars: Vec<(String, Var)>,
+    labels: Vec<String>,
+    train: Vec<Encoded>,
+    dev: Vec<Encoded>,
+    /// The tokenizer files of the pre-trained directory, copied into every saved model.
+    tokenizer_files: Vec<(&'static str, Vec<u8>)>,
+    total_steps: usize,
+    warmup: usize,
+    device: Device,
+}
+
+/// A BERT classifier being fine-tuned.
+pub type ClassificationTrainer = Trainer<ClassificationTask>;
+
+impl ClassificationTask {
+    /// Reads and encodes the data with the tokenizer of `model_dir`, and builds the classifier over `config`
+    /// (its weights: those of `model_dir`, a fresh head where it has none).
+    fn new(training: ClassifierTraining, model_dir: &Path, config: Option<BertConfig>) -> Result<Self> {
+        let device = Device::Cpu;
+        let train_rows = read_labeled_texts(&training.train_file, training.header)?;
+        let dev_rows = read_labeled_texts(&training.dev_file, training.header)?;
+        let mut config = match config {
+            Some(config) => config,
+            None => read_config(model_dir)?,
+        };
+        // A resumed run keeps the label order it started with.
+        let labels = match config.id2label.as_ref().filter(|_| model_dir != training.model_name_or_path) {
+            Some(id2label) => (0..id2label.len())
+                .map(|i| id2label.get(&i.to_string()).cloned().unwrap_or_else(|| format!("LABEL_{i}")))
+                .collect(),
+            None => label_set(&train_rows),
+        };
+        config.set_labels(&labels, labels.len());
+        let tokenizer = PretrainedTokenizer::from_dir(model_dir)?;
+        let train = encode(&tokenizer, &train_rows, &labels, &training, &training.train_file)?;
+        let dev = encode(&tokenizer, &dev_rows, &labels, &training, &training.dev_file)?;
+        let options = LoadOptions {
+            architecture: Some(BertArchitecture::SequenceClassification),
+            initialize_missing: true,
+            seed: training.run.seed,
+        };
+        let loaded = bert::load_with_config(model_dir, config, &options, &device)?;
+        let mut tokenizer_files = Vec::new();
+        for name in TOKENIZER_FILES {
+            let path = model_dir.join(name);
+            if path.exists() {
+                tokenizer_files.push((name, fs::read(&path).map_err(|e| Error::io(&path, e))?));
+            }
+        }
+        let steps_per_epoch = train
+            .len()
+            .div_ceil(training.per_device_train_batch_size)
+            .div_ceil(training.run.gradient_accumulation_steps);
+        let by_epochs = training.run.num_train_epochs.map_or(usize::MAX, |n| n * steps_per_epoch);
+        let total_steps = training.run.max_steps.unwrap_or(usize::MAX).min(by_epochs);
+        let warmup = (training.warmup_ratio * total_steps as f64).ceil() as usize;
+        let (model, vars) = (loaded.model, loaded.vars);
+        Ok(Self { training, model, vars, labels, train, dev, tokenizer_files, total_steps, warmup, device })
+    }
+
+    /// The class names, in the order of the classifier's outputs.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// Training and dev examples.
+    pub fn data_sizes(&self) -> (usize, usize) {
+        (self.train.len(), self.dev.len())
+    }
+
+    pub fn model(&self) -> &Bert {
+        &self.model
+    }
+}
+
+impl Objective for ClassificationTask {
+    fn vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
+    fn loss(&self, indices: &[usize], _: &mut StepContext, mode: &mut Mode) -> Result<(Tensor, usize)> {
+        let examples: Vec<&Encoded> = indices.iter().map(|&i| &self.train[i]).collect();
+        let (input, labels) = batch(&examples, &self.device)?;
+        let logits = logits(&self.model, &input, mode)?;
+        Ok((cross_entropy(&logits, &labels, None, 0.0)?, examples.len()))
+    }
+}
+
+impl Task for ClassificationTask {
+    type Training = ClassifierTraining;
+    /// The pre-trained BERT directory (config.json, weights, tokenizer).
+    type Start = PathBuf;
+    const DROPOUT_SALT: u64 = 0xb3e7;
+    const LAYOUT: Layout = Layout::HuggingFace;
+
+    fn create(mut training: ClassifierTraining, model_dir: PathBuf) -> Result<Self> {
+        training.model_name_or_path = model_dir.clone();
+        Self::new(training, &model_dir, None)
+    }
+
+    fn reopen(checkpoint: &Path, training: ClassifierTraining) -> Result<Self> {
+        let config: BertConfig = read_config(checkpoint)?;
+        Self::new(training, checkpoint, Some(config))
+    }
+
+    fn training(&self) -> &ClassifierTraining {
+        &self.training
+    }
+
+    /// The training examples in batches, shuffled each epoch by one generator seeded with the seed and carried
+    /// from epoch to epoch (replayed up to `epoch`, so a resumed run sees the same order).
+    fn epoch_batches(&self, epoch: usize) -> Result<Vec<Vec<usize>>> {
+        let mut rng = Rng::seed_from_u64(self.training.run.seed);
+        let mut order: Vec<usize> = Vec::new();
+        for _ in 0..=epoch {
+            order = (0..self.train.len()).collect();
+            order.shuffle(&mut rng);
+        }
+        Ok(order.chunks(self.training.per_device_train_batch_size).map(<[usize]>::to_vec).collect())
+    }
+
+    fn learning_rate(&self, step: usize) -> f64 {
+        schedule::linear_warmup_decay(step, self.warmup, self.total_steps, self.training.learning_rate)
+    }
+
+    /// Loss, accuracy, F1 and Matthews correlation over the dev set.
+    fn evaluate(&self) -> Result<Evaluation> {
+        let (mut predicted, mut gold) = (Vec::with_capacity(self.dev.len()), Vec::with_capacity(self.dev.len()));
+        let mut loss_sum = 0.0;
+        for chunk in self.dev.chunks(self.training.per_device_eval_batch_size) {
+            let examples: Vec<&Encoded> = chunk.iter().collect();
+            let (input, labels) = batch(&examples, &self.device)?;
+            let logits = logits(&self.model, &input, &mut Mode::Eval)?;
+            let loss = cross_entropy(&logits, &labels, None, 0.0)?.to_scalar::<f32>()? as f64;
+            loss_sum += loss * chunk.len() as f64;
+            predicted.extend(logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?.into_iter().map(|p| p as usize));
+            gold.extend(chunk.iter().map(|e| e.label));
+        }
+        let classes = self.labels.len();
+        let metrics = [
+            (Metric::Accuracy.name().to_string(), accuracy(&predicted, &gold)?),
+            (Metric::F1.name().to_string(), f1(&predicted, &gold, classes)?),
+            (Metric::Mcc.name().to_string(), matthews_correlation(&predicted, &gold, classes)?),
+        ];
+        Ok(Evaluation { val_loss: loss_sum / self.dev.len().max(1) as f64, metrics: metrics.into() })
+    }
+
+    /// The chosen metric; a tie keeps the earlier epoch, as Hugging Face's Trainer does.
+    fn selection(&self) -> Selection {
+        Selection { metric: Some(self.training.metric_for_best_model.name()), ties_by_loss: false }
+    }
+
+    /// config.json and model.safetensors under transformers' names, plus the pre-trained tokenizer files.
+    fn save_model(&self, dir: &Path) -> Result<()> {
+        bert::save(dir, &self.model, &self.vars)?;
+        for (name, bytes) in &self.tokenizer_files {
+            crate::atomic_file::write_atomically(&dir.join(name), bytes)?;
+        }
+        Ok(())
+    }
+
+    fn load_model(&self, dir: &Path) -> Result<()> {
+        bert::load_into(dir, &self.vars, BertArchitecture::SequenceClassification, false).map(|_| ())
+    }
+}
+
+/// What a finished fine-tuning run produced.
+#[derive(Debug, Clone)]
+pub struct FineTuned {
+    /// The best evaluation (its model is in the output directory).
+    pub best: EvalRecord,
+    /// Every evaluation of this session, in order.
+    pub evaluations: Vec<EvalRecord>,
+    pub finish: Finish,
+    pub seconds: f64,
+}
+
+/// Fine-tunes the BERT in `model_dir` on `training`'s files into a new `out_dir` (see the module
+/// documentation), reporting the trainer's events. The one-call form of
+/// `ClassificationTrainer::create(...)?.run(...)`.
 pub fn fine_tune(
     model_dir: &Path,
     out_dir: &Path,
     training: &ClassifierTraining,
-    mut on_event: impl FnMut(&ClassifierEvent),
+    mut on_event: impl FnMut(&Event),
 ) -> Result<FineTuned> {
-    training.validate()?;
     let started = Instant::now();
-    let device = Device::Cpu;
-    let train_rows = read_labeled_texts(&training.train_file, training.header)?;
-    let dev_rows = read_labeled_texts(&training.dev_file, training.header)?;
-    let labels = label_set(&train_rows);
-    let tokenizer = PretrainedTokenizer::from_dir(model_dir)?;
-    let train = encode(&tokenizer, &train_rows, &labels, training, &training.train_file)?;
-    let dev = encode(&tokenizer, &dev_rows, &labels, training, &training.dev_file)?;
-
-    let mut config: BertConfig = read_config(model_dir)?;
-    config.set_labels(&labels, labels.len());
-    let options = LoadOptions {
-        architecture: Some(BertArchitecture::SequenceClassification),
-        initialize_missing: true,
-        seed: training.seed,
-    };
-    let loaded = bert::load_with_config(model_dir, config, &options, &device)?;
-    let (model, vars) = (loaded.model, loaded.vars);
-    let adam = AdamWConfig {
-        beta1: training.adam_beta1,
-        beta2: training.adam_beta2,
-        eps: training.adam_epsilon,
-        weight_decay: training.weight_decay,
-    };
-    let mut optimizer = AdamW::new(vars.clone(), adam, AdamW::decay_matrices)?;
-    let params: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
-
-    fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
-    write_json(&out_dir.join("training.json"), training)?;
-    let log_path = out_dir.join("log.jsonl");
-    let mut log = fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
-
-    let batches_per_epoch = train.len().div_ceil(training.per_device_train_batch_size);
-    let total_steps = batches_per_epoch * training.num_train_epochs;
-    let warmup = (training.warmup_ratio * total_steps as f64).ceil() as usize;
-    on_event(&ClassifierEvent::Ready { train: train.len(), dev: dev.len(), labels: labels.clone(), total_steps });
-
-    let mut shuffle_rng = Rng::seed_from_u64(training.seed);
-    let mut dropout = Rng::seed_from_u64(training.seed ^ 0xb3e7);
-    let mut step = 0;
-    let mut evaluations: Vec<EvalRecord> = Vec::new();
-    let mut best: Option<(EvalRecord, PathBuf)> = None;
-    let mut stale = 0;
-    for epoch in 1..=training.num_train_epochs {
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        order.shuffle(&mut shuffle_rng);
-        let (mut loss_sum, mut loss_count) = (0.0, 0usize);
-        for chunk in order.chunks(training.per_device_train_batch_size) {
-            let parts = data_parallel::split(chunk, training.shards);
-            let gradients =
-                data_parallel::gradients(&params, parts.len(), training.shards, Some(&mut dropout), |i, mode| {
-                    let examples: Vec<&Encoded> = parts[i].iter().map(|&i| &train[i]).collect();
-                    let (input, labels) = batch(&examples, &device)?;
-                    let logits = logits(&model, &input, mode)?;
-                    Ok((cross_entropy(&logits, &labels, None, 0.0)?, examples.len()))
-                })?;
-            step += 1;
-            let value = gradients.mean_loss();
-            if !value.is_finite() {
-                return Err(Error::config("training loss", value, format!("a finite number at step {step}")));
-            }
-            let lr = schedule::linear_warmup_decay(step, warmup, total_steps, training.learning_rate);
-            let clip = Some(training.max_grad_norm).filter(|m| *m > 0.0);
-            optimizer.step(&gradients.grads, lr, clip)?;
-            loss_sum += value;
-            loss_count += 1;
-            on_event(&ClassifierEvent::Step { step, loss: value, learning_rate: lr });
+    let mut trainer = ClassificationTrainer::create(out_dir, training.clone(), model_dir.to_path_buf())?;
+    let mut evaluations = Vec::new();
+    let finish = trainer.run(&std::sync::atomic::AtomicBool::new(false), |event| {
+        if let Event::Eval(record) = event {
+            evaluations.push(record.clone());
         }
-        let mut record = evaluate(&model, &dev, training.per_device_eval_batch_size, labels.len(), &device)?;
-        (record.epoch, record.step) = (epoch, step);
-        record.train_loss = loss_sum / loss_count.max(1) as f64;
-        record.seconds = started.elapsed().as_secs_f64();
-        serde_json::to_writer(&mut log, &record).map_err(|e| Error::input(&log_path, None, e))?;
-        log.write_all(b"\n").map_err(|e| Error::io(&log_path, e))?;
-        on_event(&ClassifierEvent::Eval(record.clone()));
-
-        let checkpoint = out_dir.join(format!("checkpoint-{epoch}"));
-        replace_dir_atomically(&checkpoint, |tmp| save_model(tmp, model_dir, &model, &vars))?;
-        let metric = training.metric_for_best_model;
-        let improved = best.as_ref().is_none_or(|(b, _)| record.metric(metric) > b.metric(metric));
-        on_event(&ClassifierEvent::Saved { path: checkpoint.clone(), best: improved });
-        evaluations.push(record.clone());
-        if improved {
-            best = Some((record, checkpoint));
-            stale = 0;
-        } else {
-            stale += 1;
-            if training.early_stopping_patience.is_some_and(|p| stale >= p) {
-                break;
-            }
-        }
-    }
-    let (best, best_dir) = best.ok_or_else(|| Error::config("num_train_epochs", 0, "at least one epoch"))?;
-    // load_best_model_at_end: the output directory itself holds the best epoch's model.
-    for file in model_files(&best_dir) {
-        let name = file.file_name().unwrap_or_default();
-        let target = out_dir.join(name);
-        let tmp = out_dir.join(format!(".{}.tmp", name.to_string_lossy()));
-        fs::copy(&file, &tmp).map_err(|e| Error::io(&tmp, e))?;
-        fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e))?;
-    }
-    Ok(FineTuned { best, evaluations, seconds: started.elapsed().as_secs_f64() })
+        on_event(event)
+    })?;
+    let best_step = trainer.state().best_step;
+    let best = evaluations
+        .iter()
+        .find(|r| Some(r.step) == best_step)
+        .cloned()
+        .ok_or_else(|| Error::config("num_train_epochs", 0, "at least one epoch"))?;
+    Ok(FineTuned { best, evaluations, finish, seconds: started.elapsed().as_secs_f64() })
 }
 
 /// Tokenizes rows ([CLS] text [SEP] (text_b [SEP])), cutting them to `max_length`; labels become class ids.
@@ -329,50 +401,7 @@ fn logits(model: &Bert, input: &BertInput, mode: &mut Mode) -> Result<Tensor> {
     outputs.remove("logits").ok_or_else(|| Error::config("architecture", "no logits", "a classification head"))
 }
 
-/// Loss and scores over `dev`, in evaluation mode.
-fn evaluate(model: &Bert, dev: &[Encoded], batch_size: usize, classes: usize, device: &Device) -> Result<EvalRecord> {
-    let (mut predicted, mut gold) = (Vec::with_capacity(dev.len()), Vec::with_capacity(dev.len()));
-    let mut loss_sum = 0.0;
-    for chunk in dev.chunks(batch_size) {
-        let examples: Vec<&Encoded> = chunk.iter().collect();
-        let (input, labels) = batch(&examples, device)?;
-        let logits = logits(model, &input, &mut Mode::Eval)?;
-        loss_sum += cross_entropy(&logits, &labels, None, 0.0)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
-        predicted.extend(logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?.into_iter().map(|p| p as usize));
-        gold.extend(chunk.iter().map(|e| e.label));
-    }
-    Ok(EvalRecord {
-        epoch: 0,
-        step: 0,
-        train_loss: 0.0,
-        eval_loss: loss_sum / dev.len().max(1) as f64,
-        accuracy: accuracy(&predicted, &gold)?,
-        f1: f1(&predicted, &gold, classes)?,
-        mcc: matthews_correlation(&predicted, &gold, classes)?,
-        seconds: 0.0,
-    })
-}
-
-/// The model's config.json and model.safetensors, plus the source directory's tokenizer files.
-fn save_model(dir: &Path, source: &Path, model: &Bert, vars: &[(String, candle_core::Var)]) -> Result<()> {
-    bert::save(dir, model, vars)?;
-    for name in TOKENIZER_FILES {
-        let from = source.join(name);
-        if from.exists() {
-            fs::copy(&from, dir.join(name)).map_err(|e| Error::io(&from, e))?;
-        }
-    }
-    Ok(())
-}
-
 const TOKENIZER_FILES: [&str; 4] = ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"];
-
-/// The files of a saved model directory.
-fn model_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files = vec![dir.join("config.json"), dir.join(crate::hub::WEIGHTS)];
-    files.extend(TOKENIZER_FILES.iter().map(|n| dir.join(n)).filter(|p| p.exists()));
-    files
-}
 
 /// Loads a fine-tuned directory for prediction (evaluation mode).
 pub fn load_classifier(dir: &Path) -> Result<Bert> {

@@ -12,7 +12,8 @@ use candle_core::{Tensor, Var};
 use rand::{RngCore, SeedableRng};
 use rayon::prelude::*;
 
-use crate::nn::{mode::Rng, Mode};
+use crate::nn::Mode;
+use crate::rng::Rng;
 use crate::{Error, Result};
 
 /// Shards a new run uses by default: one per worker thread of rayon's global pool, read the way rayon sizes it
@@ -52,38 +53,46 @@ impl Gradients {
     }
 }
 
-/// Forward and backward passes of micro-batches `0..count`, `parallel` at a time. `loss(i, mode)` returns
-/// micro-batch i's mean loss and its token count. With `dropout`, micro-batch i trains with its own generator
-/// seeded from the i-th draw of `dropout` (a single micro-batch uses `dropout` itself), so a run is repeatable
-/// for a given split, however many threads run it.
+/// The run's two generators, from which each micro-batch of a step gets its own streams.
+pub struct Streams<'a> {
+    /// Dropout's.
+    pub dropout: &'a mut Rng,
+    /// The task's own draws (masking, sampling schedules).
+    pub task: &'a mut Rng,
+}
+
+/// Forward and backward passes of micro-batches `0..count`, `parallel` at a time. `loss(i, mode, rng)` returns
+/// micro-batch i's mean loss and its token count. With `streams`, micro-batch i trains with dropout and task
+/// generators of its own, seeded from the i-th draw of the run's (a single micro-batch uses the run's
+/// generators themselves), so a run is repeatable for a given split however many threads run it. Without,
+/// every micro-batch evaluates (no dropout) and draws from a generator seeded with 0.
 /// The gradients returned are those of the mean over all tokens, summed in micro-batch order.
-pub fn gradients<F>(
-    vars: &[Var],
-    count: usize,
-    parallel: usize,
-    mut dropout: Option<&mut Rng>,
-    loss: F,
-) -> Result<Gradients>
+pub fn gradients<F>(vars: &[Var], count: usize, parallel: usize, streams: Option<Streams>, loss: F) -> Result<Gradients>
 where
-    F: Fn(usize, &mut Mode) -> Result<(Tensor, usize)> + Sync,
+    F: Fn(usize, &mut Mode, &mut Rng) -> Result<(Tensor, usize)> + Sync,
 {
     if count == 0 {
         return Err(Error::config("micro-batches", 0, "at least one per step"));
     }
-    let mut modes: Vec<Mode> = match &mut dropout {
-        // A lone micro-batch draws straight from the run's generator, as a loop without shards does.
-        Some(rng) if count == 1 => vec![Mode::Train(rng.clone())],
-        Some(rng) => (0..count).map(|_| Mode::Train(Rng::seed_from_u64(rng.next_u64()))).collect(),
-        None => vec![Mode::Eval; count],
+    let mut streams = streams;
+    let mut draws: Vec<(Mode, Rng)> = match streams.as_mut() {
+        // A lone micro-batch draws straight from the run's generators, as a loop without shards does.
+        Some(s) if count == 1 => vec![(Mode::Train(s.dropout.clone()), s.task.clone())],
+        Some(s) => {
+            // All dropout seeds first, then the task's: dropout draws as it did before tasks had generators.
+            let dropout: Vec<u64> = (0..count).map(|_| s.dropout.next_u64()).collect();
+            dropout.into_iter().map(|d| (Mode::train(d), Rng::seed_from_u64(s.task.next_u64()))).collect()
+        }
+        None => (0..count).map(|_| (Mode::Eval, Rng::seed_from_u64(0))).collect(),
     };
     let mut sums: Vec<Option<Tensor>> = vec![None; vars.len()];
     let mut losses = Vec::with_capacity(count);
     let wave_len = parallel.max(1);
-    for (wave, modes) in modes.chunks_mut(wave_len).enumerate() {
-        let results: Vec<Result<MicroBatch>> = modes
+    for (wave, draws) in draws.chunks_mut(wave_len).enumerate() {
+        let results: Vec<Result<MicroBatch>> = draws
             .par_iter_mut()
             .enumerate()
-            .map(|(j, mode)| micro_batch(vars, count, |m| loss(wave * wave_len + j, m), mode))
+            .map(|(j, (mode, rng))| micro_batch(vars, count, |m| loss(wave * wave_len + j, m, rng), mode))
             .collect();
         for result in results {
             let done = result?;
@@ -96,8 +105,8 @@ where
             }
         }
     }
-    if let (Some(rng), [Mode::Train(advanced)]) = (dropout, modes.as_slice()) {
-        *rng = advanced.clone();
+    if let (Some(s), [(Mode::Train(dropout), task)]) = (streams, draws.as_slice()) {
+        (*s.dropout, *s.task) = (dropout.clone(), task.clone());
     }
     let tokens: usize = losses.iter().map(|&(_, n)| n).sum();
     let mut grads = GradStore::default();
@@ -161,10 +170,11 @@ mod tests {
             Ok((y.sqr()?.mean_all()?, 2 * rows.len()))
         };
         let all = [0, 1, 2, 3, 4];
-        let whole = gradients(std::slice::from_ref(&w), 1, 1, None, |_, _| loss_of(&all)).unwrap();
+        let whole = gradients(std::slice::from_ref(&w), 1, 1, None, |_, _, _| loss_of(&all)).unwrap();
         for shards in [2, 3, 5] {
             let parts = split(&all, shards);
-            let sharded = gradients(std::slice::from_ref(&w), parts.len(), 2, None, |i, _| loss_of(&parts[i])).unwrap();
+            let sharded =
+                gradients(std::slice::from_ref(&w), parts.len(), 2, None, |i, _, _| loss_of(&parts[i])).unwrap();
             assert!((sharded.mean_loss() - whole.mean_loss()).abs() < 1e-6);
             assert_eq!(sharded.tokens(), 10);
             let (a, b) = (whole.grads.get(&w).unwrap(), sharded.grads.get(&w).unwrap());

@@ -14,10 +14,8 @@ use candle_nn::VarMap;
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
-use super::trainer::{
-    check_new_run, epoch_rng, resume_point, Evaluation, LoopSettings, Task, Trainer, TrainingOptions,
-};
-use super::{cross_entropy, data_parallel, schedule, AdamWConfig};
+use super::trainer::{epoch_rng, Evaluation, LoopSettings, Objective, StepContext, Task, Trainer, TrainingOptions};
+use super::{cross_entropy, schedule, AdamWConfig};
 use crate::hub::{gpt2, read_json};
 use crate::models::{Gpt2, Gpt2Config};
 use crate::nn::{params::named_vars, seeded_var_builder, Mode};
@@ -28,7 +26,7 @@ use crate::{Error, Result};
 
 /// Everything about a language-model run except the model's shape. The defaults are nanoGPT's CPU run on
 /// Shakespeare (its README): batch 12 × 64 tokens, 2000 steps, lr 1e-3 → 1e-4 with 100 warm-up steps, AdamW
-/// β₂ 0.99 and weight decay 0.1, clipping at 1, a 90/10 split.
+/// β₂ 0.99 and weight decay 0.1, clipping at 1, a 90/10 split. An "epoch" is `eval_interval` steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LmTraining {
@@ -37,15 +35,11 @@ pub struct LmTraining {
     /// Byte-level BPE's vocabulary size (characters take what the text has).
     pub vocab_size: usize,
     /// The share of the text, at its end, held out for validation.
-    pub valid_fraction: f64,
+    pub validation_fraction: f64,
     /// Tokens per training window (at most the model's n_positions).
     pub block_size: usize,
     /// Windows per batch.
     pub batch_size: usize,
-    pub accumulate: usize,
-    /// Micro-batches each batch is dealt into and run in parallel (default: one per thread).
-    pub shards: usize,
-    pub max_steps: usize,
     /// Steps between evaluations (and checkpoints).
     pub eval_interval: usize,
     /// Validation windows = eval_batches × batch_size, spread evenly over the held-out text.
@@ -55,13 +49,8 @@ pub struct LmTraining {
     pub warmup: usize,
     /// The cosine reaches `min_lr` here; `None` means `max_steps`.
     pub lr_decay_steps: Option<usize>,
-    pub adam: AdamWConfig,
-    pub clip_norm: Option<f64>,
-    pub seed: u64,
-    pub keep_last: usize,
-    pub save_every: Option<usize>,
-    pub log_every: usize,
-    pub time_limit_minutes: Option<f64>,
+    #[serde(flatten)]
+    pub run: LoopSettings,
 }
 
 impl Default for LmTraining {
@@ -70,36 +59,48 @@ impl Default for LmTraining {
             text: PathBuf::new(),
             vocabulary: LmVocabulary::Char,
             vocab_size: 4096,
-            valid_fraction: 0.1,
+            validation_fraction: 0.1,
             block_size: 64,
             batch_size: 12,
-            accumulate: 1,
-            shards: data_parallel::default_shards(),
-            max_steps: 2000,
             eval_interval: 250,
             eval_batches: 20,
             learning_rate: 1e-3,
             min_lr: 1e-4,
             warmup: 100,
             lr_decay_steps: None,
-            adam: AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 },
-            clip_norm: Some(1.0),
-            seed: 1337,
-            keep_last: 2,
-            save_every: None,
-            log_every: 10,
-            time_limit_minutes: None,
+            run: LoopSettings {
+                num_train_epochs: None,
+                max_steps: Some(2000),
+                adam: AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 },
+                max_grad_norm: Some(1.0),
+                seed: 1337,
+                save_total_limit: Some(2),
+                ..LoopSettings::default()
+            },
         }
     }
 }
 
 impl LmTraining {
+    /// The length of the cosine schedule: `lr_decay_steps`, else `max_steps`.
+    fn decay_steps(&self) -> usize {
+        self.lr_decay_steps.or(self.run.max_steps).unwrap_or(1)
+    }
+}
+
+impl TrainingOptions for LmTraining {
+    fn loop_settings(&self) -> &LoopSettings {
+        &self.run
+    }
+
+    fn loop_settings_mut(&mut self) -> &mut LoopSettings {
+        &mut self.run
+    }
+
     fn validate(&self) -> Result<()> {
-        self.loop_settings().validate()?;
         for (option, value) in [
             ("block_size", self.block_size),
             ("batch_size", self.batch_size),
-            ("max_steps", self.max_steps),
             ("eval_interval", self.eval_interval),
             ("eval_batches", self.eval_batches),
         ] {
@@ -107,8 +108,13 @@ impl LmTraining {
                 return Err(Error::config(option, 0, "at least 1"));
             }
         }
-        if !(self.valid_fraction > 0.0 && self.valid_fraction < 1.0) {
-            return Err(Error::config("valid_fraction", self.valid_fraction, "a fraction strictly between 0 and 1"));
+        if self.run.max_steps.is_none_or(|n| n == 0) && self.lr_decay_steps.is_none() {
+            let expected = "at least 1: the cosine schedule decays over max_steps (or set lr_decay_steps)";
+            return Err(Error::config("max_steps", format!("{:?}", self.run.max_steps), expected));
+        }
+        if !(self.validation_fraction > 0.0 && self.validation_fraction < 1.0) {
+            let expected = "a fraction strictly between 0 and 1";
+            return Err(Error::config("validation_fraction", self.validation_fraction, expected));
         }
         for (option, value) in [("learning_rate", self.learning_rate), ("min_lr", self.min_lr)] {
             if !(value >= 0.0 && value.is_finite()) {
@@ -116,24 +122,6 @@ impl LmTraining {
             }
         }
         Ok(())
-    }
-}
-
-impl TrainingOptions for LmTraining {
-    fn loop_settings(&self) -> LoopSettings {
-        LoopSettings {
-            accumulate: self.accumulate,
-            shards: self.shards,
-            epochs: self.max_steps.div_ceil(self.eval_interval.max(1)),
-            max_steps: Some(self.max_steps),
-            time_limit_minutes: self.time_limit_minutes,
-            adam: self.adam,
-            clip_norm: self.clip_norm,
-            seed: self.seed,
-            keep_last: self.keep_last,
-            save_every: self.save_every,
-            log_every: self.log_every,
-        }
     }
 }
 
@@ -166,46 +154,10 @@ pub struct LmTask {
 /// A language model being trained.
 pub type LmTrainer = Trainer<LmTask>;
 
-impl Trainer<LmTask> {
-    /// Starts a run in `run_dir`: reads the text, trains the vocabulary on its training part, builds the model
-    /// (`vocab_size` from the vocabulary; `n_positions` at least `block_size`).
-    pub fn create(run_dir: &Path, training: LmTraining, mut model_config: Gpt2Config) -> Result<Self> {
-        training.validate()?;
-        if model_config.n_positions < training.block_size {
-            let expected = format!("at least block_size = {}", training.block_size);
-            return Err(Error::config("n_positions", model_config.n_positions, expected));
-        }
-        check_new_run(run_dir)?;
-        let text = read_text(&training.text)?;
-        let (train_text, _) = split(&text, training.valid_fraction);
-        let tokenizer = train_lm_tokenizer(train_text, training.vocabulary, training.vocab_size)?;
-        model_config.vocab_size = tokenizer.get_vocab_size(true);
-        let end_of_text = tokenizer.token_to_id(crate::text::lm_tokenizer::END_OF_TEXT);
-        (model_config.bos_token_id, model_config.eos_token_id) = match end_of_text {
-            Some(id) => (id, id),
-            // No end-of-text token: an id past the vocabulary, which generation never produces.
-            None => (model_config.vocab_size as u32, model_config.vocab_size as u32),
-        };
-        let task = LmTask::new(training, model_config, tokenizer, &text)?;
-        Trainer::start(run_dir, task)
-    }
-
-    /// Continues the run in `run_dir` from its latest checkpoint.
-    pub fn resume(run_dir: &Path) -> Result<Self> {
-        let checkpoint = resume_point(run_dir)?;
-        let training: LmTraining = read_json(&checkpoint.join("training.json"))?;
-        let model_config: Gpt2Config = read_json(&checkpoint.join("config.json"))?;
-        let tokenizer = read_tokenizer_json(&checkpoint.join("tokenizer.json"))?;
-        let text = read_text(&training.text)?;
-        let task = LmTask::new(training, model_config, tokenizer, &text)?;
-        Trainer::restore(run_dir, &checkpoint, task)
-    }
-}
-
 impl LmTask {
     fn new(training: LmTraining, config: Gpt2Config, tokenizer: tokenizers::Tokenizer, text: &str) -> Result<Self> {
         let device = Device::Cpu;
-        let (train_text, valid_text) = split(text, training.valid_fraction);
+        let (train_text, valid_text) = split(text, training.validation_fraction);
         let train = encode_text(&tokenizer, train_text)?;
         let valid = encode_text(&tokenizer, valid_text)?;
         for (part, tokens) in [("training part", &train), ("held-out part", &valid)] {
@@ -219,7 +171,7 @@ impl LmTask {
             }
         }
         let varmap = VarMap::new();
-        let model = Gpt2::new(&config, seeded_var_builder(&varmap, training.seed, DType::F32, &device))?;
+        let model = Gpt2::new(&config, seeded_var_builder(&varmap, training.run.seed, DType::F32, &device))?;
         let vars = named_vars(&varmap);
         Ok(Self { training, tokenizer, model, vars, train, valid, device })
     }
@@ -275,35 +227,64 @@ impl LmTask {
     }
 }
 
+impl Objective for LmTask {
+    fn vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
+    fn loss(&self, offsets: &[usize], _: &mut StepContext, mode: &mut Mode) -> Result<(Tensor, usize)> {
+        let loss = self.window_loss(&self.train, offsets, mode)?;
+        Ok((loss, offsets.len() * self.training.block_size))
+    }
+}
+
 impl Task for LmTask {
     type Training = LmTraining;
+    type Start = Gpt2Config;
+
+    /// Reads the text, trains the vocabulary on its training part, builds the model (`vocab_size` from the
+    /// vocabulary; `n_positions` at least `block_size`).
+    fn create(training: LmTraining, mut model_config: Gpt2Config) -> Result<Self> {
+        if model_config.n_positions < training.block_size {
+            let expected = format!("at least block_size = {}", training.block_size);
+            return Err(Error::config("n_positions", model_config.n_positions, expected));
+        }
+        let text = read_text(&training.text)?;
+        let (train_text, _) = split(&text, training.validation_fraction);
+        let tokenizer = train_lm_tokenizer(train_text, training.vocabulary, training.vocab_size)?;
+        model_config.vocab_size = tokenizer.get_vocab_size(true);
+        let end_of_text = tokenizer.token_to_id(crate::text::lm_tokenizer::END_OF_TEXT);
+        (model_config.bos_token_id, model_config.eos_token_id) = match end_of_text {
+            Some(id) => (id, id),
+            // No end-of-text token: an id past the vocabulary, which generation never produces.
+            None => (model_config.vocab_size as u32, model_config.vocab_size as u32),
+        };
+        LmTask::new(training, model_config, tokenizer, &text)
+    }
+
+    fn reopen(checkpoint: &Path, training: LmTraining) -> Result<Self> {
+        let model_config: Gpt2Config = read_json(&checkpoint.join("config.json"))?;
+        let tokenizer = read_tokenizer_json(&checkpoint.join("tokenizer.json"))?;
+        let text = read_text(&training.text)?;
+        LmTask::new(training, model_config, tokenizer, &text)
+    }
 
     fn training(&self) -> &LmTraining {
         &self.training
     }
 
-    fn vars(&self) -> &[(String, Var)] {
-        &self.vars
-    }
-
     /// `eval_interval × accumulate` batches of `batch_size` random window starts, drawn by a generator seeded
     /// with the seed and the epoch.
     fn epoch_batches(&self, epoch: usize) -> Result<Vec<Vec<usize>>> {
-        let mut rng = epoch_rng(self.training.seed, 0x2545_f491, epoch);
+        let mut rng = epoch_rng(self.training.run.seed, 0x2545_f491, epoch);
         let starts = self.train.len() - self.training.block_size; // the window and its shifted target fit
-        let batches = self.training.eval_interval * self.training.accumulate;
+        let batches = self.training.eval_interval * self.training.run.gradient_accumulation_steps;
         Ok((0..batches).map(|_| (0..self.training.batch_size).map(|_| rng.random_range(0..starts)).collect()).collect())
-    }
-
-    fn loss(&self, offsets: &[usize], mode: &mut Mode) -> Result<(Tensor, usize)> {
-        let loss = self.window_loss(&self.train, offsets, mode)?;
-        Ok((loss, offsets.len() * self.training.block_size))
     }
 
     fn learning_rate(&self, step: usize) -> f64 {
         let t = &self.training;
-        let decay = t.lr_decay_steps.unwrap_or(t.max_steps);
-        schedule::warmup_cosine(step, t.warmup, decay, t.learning_rate, t.min_lr)
+        schedule::warmup_cosine(step, t.warmup, t.decay_steps(), t.learning_rate, t.min_lr)
     }
 
     /// Validation loss, and the training part's loss on windows spread the same way (to see overfitting).
@@ -311,10 +292,6 @@ impl Task for LmTask {
         let val_loss = self.spread_loss(&self.valid)?;
         let train_loss = self.spread_loss(&self.train)?;
         Ok(Evaluation { val_loss, metrics: [("train_loss".to_string(), train_loss)].into() })
-    }
-
-    fn best_metric(&self) -> Option<&'static str> {
-        None
     }
 
     /// A Hugging Face GPT-2 directory: config.json, model.safetensors, tokenizer.json.
@@ -328,10 +305,10 @@ impl Task for LmTask {
     }
 }
 
-/// The text cut at `1 − valid_fraction` of its characters: (training part, held-out part).
-fn split(text: &str, valid_fraction: f64) -> (&str, &str) {
+/// The text cut at `1 − validation_fraction` of its characters: (training part, held-out part).
+fn split(text: &str, validation_fraction: f64) -> (&str, &str) {
     let chars = text.chars().count();
-    let keep = ((chars as f64) * (1.0 - valid_fraction)) as usize;
+    let keep = ((chars as f64) * (1.0 - validation_fraction)) as usize;
     let at = text.char_indices().nth(keep).map_or(text.len(), |(i, _)| i);
     text.split_at(at)
 }

@@ -13,10 +13,8 @@ use rand::seq::SliceRandom;
 use rand::{Rng as _, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::trainer::{
-    check_new_run, epoch_rng, resume_point, Evaluation, LoopSettings, Task, Trainer, TrainingOptions,
-};
-use super::{cross_entropy, data_parallel, schedule, AdamWConfig};
+use super::trainer::{epoch_rng, Evaluation, LoopSettings, Objective, StepContext, Task, Trainer, TrainingOptions};
+use super::{cross_entropy, schedule, AdamWConfig};
 use crate::hub::tokenizer::{PretrainedTokenizer, Truncation};
 use crate::hub::{bert, read_json};
 use crate::models::bert::{Bert, BertArchitecture, BertConfig, BertInput};
@@ -39,24 +37,12 @@ pub struct MlmTraining {
     pub max_length: usize,
     pub mlm_probability: f64,
     pub batch_size: usize,
-    pub epochs: usize,
-    pub max_steps: Option<usize>,
     pub learning_rate: f64,
     pub warmup_ratio: f64,
-    pub weight_decay: f64,
-    pub max_grad_norm: f64,
     /// Share of the lines held out for the validation loss.
     pub validation_fraction: f64,
-    pub seed: u64,
-    /// Micro-batches each batch is dealt into and run in parallel (default: one per thread).
-    pub shards: usize,
-    /// Stop (evaluate, checkpoint) after this many minutes of training in all.
-    pub time_limit_minutes: Option<f64>,
-    /// Step checkpoints kept.
-    pub keep_last: usize,
-    /// Also checkpoint every this many steps (besides each epoch's end).
-    pub save_every: Option<usize>,
-    pub log_every: usize,
+    #[serde(flatten)]
+    pub run: LoopSettings,
 }
 
 impl Default for MlmTraining {
@@ -68,51 +54,42 @@ impl Default for MlmTraining {
             max_length: 128,
             mlm_probability: 0.15,
             batch_size: 32,
-            epochs: 3,
-            max_steps: None,
             learning_rate: 5e-4,
             warmup_ratio: 0.06,
-            weight_decay: 0.01,
-            max_grad_norm: 1.0,
             validation_fraction: 0.05,
-            seed: 42,
-            shards: data_parallel::default_shards(),
-            time_limit_minutes: None,
-            keep_last: 2,
-            save_every: None,
-            log_every: 10,
+            run: LoopSettings {
+                num_train_epochs: Some(3),
+                adam: AdamWConfig { weight_decay: 0.01, ..AdamWConfig::default() },
+                max_grad_norm: Some(1.0),
+                seed: 42,
+                save_total_limit: Some(2),
+                ..LoopSettings::default()
+            },
         }
     }
 }
 
-impl MlmTraining {
+impl TrainingOptions for MlmTraining {
+    fn loop_settings(&self) -> &LoopSettings {
+        &self.run
+    }
+
+    fn loop_settings_mut(&mut self) -> &mut LoopSettings {
+        &mut self.run
+    }
+
     fn validate(&self) -> Result<()> {
-        self.loop_settings().validate()?;
         if self.batch_size == 0 || self.max_length < 3 {
             return Err(Error::config("batch_size / max_length", "0 or too small", "batch ≥ 1, max_length ≥ 3"));
         }
         if !(self.mlm_probability > 0.0 && self.mlm_probability < 1.0) {
             return Err(Error::config("mlm_probability", self.mlm_probability, "a share in (0, 1)"));
         }
-        Ok(())
-    }
-}
-
-impl TrainingOptions for MlmTraining {
-    fn loop_settings(&self) -> LoopSettings {
-        LoopSettings {
-            accumulate: 1,
-            shards: self.shards,
-            epochs: self.epochs,
-            max_steps: self.max_steps,
-            time_limit_minutes: self.time_limit_minutes,
-            adam: AdamWConfig { weight_decay: self.weight_decay, ..AdamWConfig::default() },
-            clip_norm: Some(self.max_grad_norm).filter(|m| *m > 0.0),
-            seed: self.seed,
-            keep_last: self.keep_last,
-            save_every: self.save_every,
-            log_every: self.log_every,
+        if self.run.num_train_epochs.is_none() && self.run.max_steps.is_none() {
+            let expected = "a number of epochs or max_steps: the learning rate decays linearly over the run";
+            return Err(Error::config("num_train_epochs", "none", expected));
         }
+        Ok(())
     }
 }
 
@@ -178,32 +155,9 @@ pub struct MlmTask {
 /// A BERT being pre-trained.
 pub type MlmTrainer = Trainer<MlmTask>;
 
-impl Trainer<MlmTask> {
-    /// Starts a run in `run_dir`: trains a WordPiece vocabulary on the lines of `training.text_file`, holds out
-    /// `validation_fraction` of them, and builds a BertForMaskedLM (`config`'s vocab_size set from the
-    /// vocabulary).
-    pub fn create(run_dir: &Path, training: MlmTraining, mut config: BertConfig) -> Result<Self> {
-        training.validate()?;
-        check_new_run(run_dir)?;
-        let lines = read_lines(&training.text_file)?.into_iter().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>();
-        let tokenizer = PretrainedTokenizer::train_bert_wordpiece(&lines, training.vocab_size, training.lowercase)?;
-        config.vocab_size = tokenizer.vocab_size();
-        config.max_position_embeddings = config.max_position_embeddings.max(training.max_length);
-        config.architectures = Some(vec![BertArchitecture::MaskedLm.name().into()]);
-        let task = MlmTask::new(training, config, tokenizer, &lines)?;
-        Trainer::start(run_dir, task)
-    }
-
-    /// Continues the run in `run_dir` from its latest checkpoint.
-    pub fn resume(run_dir: &Path) -> Result<Self> {
-        let checkpoint = resume_point(run_dir)?;
-        let training: MlmTraining = read_json(&checkpoint.join("training.json"))?;
-        let config: BertConfig = read_json(&checkpoint.join("config.json"))?;
-        let tokenizer = PretrainedTokenizer::from_dir(&checkpoint)?;
-        let lines = read_lines(&training.text_file)?.into_iter().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>();
-        let task = MlmTask::new(training, config, tokenizer, &lines)?;
-        Trainer::restore(run_dir, &checkpoint, task)
-    }
+/// The non-empty lines of the training text.
+fn read_training_lines(training: &MlmTraining) -> Result<Vec<String>> {
+    Ok(read_lines(&training.text_file)?.into_iter().filter(|l| !l.trim().is_empty()).collect())
 }
 
 impl MlmTask {
@@ -222,7 +176,7 @@ impl MlmTask {
                 sequences.push(ids[..n].to_vec());
             }
         }
-        let mut rng = Rng::seed_from_u64(training.seed);
+        let mut rng = Rng::seed_from_u64(training.run.seed);
         sequences.shuffle(&mut rng);
         let held_out =
             ((sequences.len() as f64 * training.validation_fraction).round() as usize).min(sequences.len() / 2);
@@ -233,11 +187,12 @@ impl MlmTask {
         }
         let device = Device::Cpu;
         let varmap = VarMap::new();
-        let vb = seeded_var_builder(&varmap, training.seed, DType::F32, &device);
+        let vb = seeded_var_builder(&varmap, training.run.seed, DType::F32, &device);
         let model = Bert::new(&config, BertArchitecture::MaskedLm, vb)?;
         let vars = named_vars(&varmap);
-        let per_epoch = train.len().div_ceil(training.batch_size);
-        let total_steps = training.max_steps.unwrap_or(usize::MAX).min(per_epoch * training.epochs);
+        let per_epoch = train.len().div_ceil(training.batch_size).div_ceil(training.run.gradient_accumulation_steps);
+        let by_epochs = training.run.num_train_epochs.map_or(usize::MAX, |n| n * per_epoch);
+        let total_steps = training.run.max_steps.unwrap_or(usize::MAX).min(by_epochs);
         let warmup = (training.warmup_ratio * total_steps as f64).ceil() as usize;
         let masking = Masking::new(&tokenizer, training.mlm_probability)?;
         Ok(Self { training, tokenizer, model, vars, train, valid, masking, total_steps, warmup })
@@ -257,34 +212,52 @@ impl MlmTask {
     }
 }
 
+impl Objective for MlmTask {
+    fn vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
+    /// Masks are drawn afresh for every batch (dynamic masking, as RoBERTa and transformers' data collator
+    /// do) from the task's generator, which the trainer saves in each checkpoint.
+    fn loss(&self, indices: &[usize], context: &mut StepContext, mode: &mut Mode) -> Result<(Tensor, usize)> {
+        let batch = self.batch(&self.train, indices);
+        let (input, labels, predicted) = self.masking.inputs(&batch, context.rng)?;
+        Ok((self.masking.loss(&self.model, input, labels, mode)?, predicted))
+    }
+}
+
 impl Task for MlmTask {
     type Training = MlmTraining;
+    type Start = BertConfig;
+
+    /// Trains a WordPiece vocabulary on the lines of `training.text_file`, holds out `validation_fraction`
+    /// of them, and builds a BertForMaskedLM (`config`'s vocab_size set from the vocabulary).
+    fn create(training: MlmTraining, mut config: BertConfig) -> Result<Self> {
+        let lines = read_training_lines(&training)?;
+        let tokenizer = PretrainedTokenizer::train_bert_wordpiece(&lines, training.vocab_size, training.lowercase)?;
+        config.vocab_size = tokenizer.vocab_size();
+        config.max_position_embeddings = config.max_position_embeddings.max(training.max_length);
+        config.architectures = Some(vec![BertArchitecture::MaskedLm.name().into()]);
+        MlmTask::new(training, config, tokenizer, &lines)
+    }
+
+    fn reopen(checkpoint: &Path, training: MlmTraining) -> Result<Self> {
+        let config: BertConfig = read_json(&checkpoint.join("config.json"))?;
+        let tokenizer = PretrainedTokenizer::from_dir(checkpoint)?;
+        let lines = read_training_lines(&training)?;
+        MlmTask::new(training, config, tokenizer, &lines)
+    }
 
     fn training(&self) -> &MlmTraining {
         &self.training
     }
 
-    fn vars(&self) -> &[(String, Var)] {
-        &self.vars
-    }
-
     /// The training sequences shuffled by a generator seeded with the seed and the epoch, in batches.
     fn epoch_batches(&self, epoch: usize) -> Result<Vec<Vec<usize>>> {
-        let mut rng = epoch_rng(self.training.seed, 0x006d_6c6d, epoch);
+        let mut rng = epoch_rng(self.training.run.seed, 0x006d_6c6d, epoch);
         let mut order: Vec<usize> = (0..self.train.len()).collect();
         order.shuffle(&mut rng);
         Ok(order.chunks(self.training.batch_size).map(<[usize]>::to_vec).collect())
-    }
-
-    /// Masks are drawn afresh for every batch (dynamic masking, as RoBERTa and transformers' data collator
-    /// do) from the training generator, which the trainer saves in each checkpoint.
-    fn loss(&self, indices: &[usize], mode: &mut Mode) -> Result<(Tensor, usize)> {
-        let batch = self.batch(&self.train, indices);
-        let Mode::Train(rng) = mode else {
-            return Err(Error::config("mode", "eval", "training mode for the training loss"));
-        };
-        let (input, labels, predicted) = self.masking.inputs(&batch, rng)?;
-        Ok((self.masking.loss(&self.model, input, labels, mode)?, predicted))
     }
 
     fn learning_rate(&self, step: usize) -> f64 {
@@ -293,7 +266,7 @@ impl Task for MlmTask {
 
     /// Validation loss per predicted token, with the same masks every time (a fixed generator).
     fn evaluate(&self) -> Result<Evaluation> {
-        let mut rng = Rng::seed_from_u64(self.training.seed ^ 0x7661_6c69);
+        let mut rng = Rng::seed_from_u64(self.training.run.seed ^ 0x7661_6c69);
         let (mut sum, mut predicted) = (0.0, 0usize);
         let all: Vec<usize> = (0..self.valid.len()).collect();
         for indices in all.chunks(self.training.batch_size) {
@@ -304,10 +277,6 @@ impl Task for MlmTask {
         }
         let val_loss = if predicted == 0 { f64::NAN } else { sum / predicted as f64 };
         Ok(Evaluation { val_loss, metrics: Default::default() })
-    }
-
-    fn best_metric(&self) -> Option<&'static str> {
-        None
     }
 
     fn save_model(&self, dir: &Path) -> Result<()> {

@@ -7,6 +7,7 @@ pub mod language_model;
 pub mod loss;
 pub mod mlm;
 pub mod optim;
+pub mod options;
 pub mod schedule;
 pub mod synthetic;
 pub mod trainer;

@@ -11,15 +11,36 @@ use serde::{Deserialize, Serialize};
 use crate::kernels::{as_f32, storage_f32, PARALLEL_MIN_ELEMENTS};
 use crate::{Error, Result};
 
-/// Hyper-parameters; defaults are PyTorch's `torch.optim.AdamW`.
+/// Hyper-parameters; defaults are PyTorch's `torch.optim.AdamW`. Serialised under Hugging Face
+/// `TrainingArguments`' names.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AdamWConfig {
+    #[serde(rename = "adam_beta1")]
     pub beta1: f64,
+    #[serde(rename = "adam_beta2")]
     pub beta2: f64,
+    #[serde(rename = "adam_epsilon")]
     pub eps: f64,
     /// Decoupled weight decay, applied only to parameters in the decay group.
     pub weight_decay: f64,
+}
+
+impl AdamWConfig {
+    pub fn validate(&self) -> Result<()> {
+        for (option, value) in [("adam_beta1", self.beta1), ("adam_beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&value) {
+                return Err(Error::config(option, value, "a number in [0, 1)"));
+            }
+        }
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            return Err(Error::config("adam_epsilon", self.eps, "a positive number"));
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return Err(Error::config("weight_decay", self.weight_decay, "a non-negative number"));
+        }
+        Ok(())
+    }
 }
 
 impl Default for AdamWConfig {

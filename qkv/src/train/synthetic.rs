@@ -4,16 +4,24 @@
 //! cross-attention, the source position mirrored to its own, so it only succeeds when masks, positions and
 //! attention all work.
 
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
 use rand::{Rng as _, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint::save_parameters;
+use super::trainer::{
+    Evaluation, Event, LoopSettings, Objective, StepContext, StepRecord, Task as TrainerTask, Trainer, TrainingOptions,
+};
+use super::AdamWConfig;
 use crate::decode::{greedy, DecodeOptions};
 use crate::models::{Transformer, TransformerConfig};
-use crate::nn::{mode::Rng, seeded_var_builder, Mode};
+use crate::nn::{params::named_vars, seeded_var_builder, Mode};
+use crate::rng::Rng;
 use crate::train::{cross_entropy, schedule::inverse_sqrt};
 use crate::{Error, Result};
 
@@ -29,7 +37,9 @@ pub enum Task {
     Reverse,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The task, the model's shape and the training options of a synthetic run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SyntheticConfig {
     pub task: Task,
     /// Distinct symbols in the sequences.
@@ -41,15 +51,17 @@ pub struct SyntheticConfig {
     pub ffn_dim: usize,
     pub layers: usize,
     pub dropout: f64,
+    /// Sequences per batch, drawn afresh for every batch from the task's generator.
     pub batch_size: usize,
-    pub steps: usize,
     pub warmup: usize,
     /// Multiplies the paper's learning-rate schedule.
     pub lr_factor: f64,
     pub label_smoothing: f64,
     /// Held-out sequences scored by exact match after training.
     pub eval_size: usize,
-    pub seed: u64,
+    /// The loop: `max_steps` steps (800 by default), Adam with β₂ = 0.98, ε = 1e-9, no decay, no clipping.
+    #[serde(flatten)]
+    pub run: LoopSettings,
 }
 
 impl Default for SyntheticConfig {
@@ -65,12 +77,18 @@ impl Default for SyntheticConfig {
             layers: 1,
             dropout: 0.0,
             batch_size: 64,
-            steps: 800,
             warmup: 100,
             lr_factor: 1.0,
             label_smoothing: 0.0,
             eval_size: 500,
-            seed: 0,
+            run: LoopSettings {
+                num_train_epochs: None,
+                max_steps: Some(800),
+                adam: AdamWConfig { beta1: 0.9, beta2: 0.98, eps: 1e-9, weight_decay: 0.0 },
+                max_grad_norm: None,
+                seed: 0,
+                ..LoopSettings::default()
+            },
         }
     }
 }
@@ -95,17 +113,24 @@ impl SyntheticConfig {
             ..TransformerConfig::default()
         }
     }
+}
+
+impl TrainingOptions for SyntheticConfig {
+    fn loop_settings(&self) -> &LoopSettings {
+        &self.run
+    }
+
+    fn loop_settings_mut(&mut self) -> &mut LoopSettings {
+        &mut self.run
+    }
 
     fn validate(&self) -> Result<()> {
         if self.min_len == 0 || self.min_len > self.max_len {
             return Err(Error::config("min_len", self.min_len, format!("between 1 and max_len = {}", self.max_len)));
         }
-        for (option, value) in [
-            ("symbols", self.symbols as usize),
-            ("batch_size", self.batch_size),
-            ("steps", self.steps),
-            ("eval_size", self.eval_size),
-        ] {
+        for (option, value) in
+            [("symbols", self.symbols as usize), ("batch_size", self.batch_size), ("eval_size", self.eval_size)]
+        {
             if value == 0 {
                 return Err(Error::config(option, 0, "at least 1"));
             }
@@ -114,21 +139,12 @@ impl SyntheticConfig {
     }
 }
 
-/// Progress after one optimiser step.
-#[derive(Debug, Clone, Serialize)]
-pub struct StepReport {
-    pub step: usize,
-    pub loss: f32,
-    pub learning_rate: f64,
-    pub tokens_per_second: f64,
-}
-
 /// Outcome of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct SyntheticReport {
     pub steps: usize,
     pub parameters: usize,
-    pub final_loss: f32,
+    pub final_loss: f64,
     pub train_seconds: f64,
     /// Held-out sequences decoded exactly right, greedily.
     pub exact_match: usize,
@@ -197,50 +213,92 @@ impl Sampler {
     }
 }
 
-/// Trains a fresh encoder-decoder Transformer on the task with teacher forcing, Adam (β₂ = 0.98, ε = 1e-9)
-/// and the paper's learning-rate schedule, then decodes held-out sequences greedily. `on_step` sees every
-/// step's loss.
-pub fn run(config: &SyntheticConfig, mut on_step: impl FnMut(&StepReport)) -> Result<SyntheticReport> {
-    config.validate()?;
-    let device = Device::Cpu;
-    let vars = VarMap::new();
-    let model = Transformer::new(&config.model(), seeded_var_builder(&vars, config.seed, DType::F32, &device))?;
-    let parameters = vars.all_vars().iter().map(|v| v.elem_count()).sum();
-    let mut optimizer =
-        AdamW::new(vars.all_vars(), ParamsAdamW { lr: 0.0, beta1: 0.9, beta2: 0.98, eps: 1e-9, weight_decay: 0.0 })?;
-    let mut train_data = Sampler { config: config.clone(), rng: Rng::seed_from_u64(config.seed.wrapping_add(1)) };
-    let mut mode = Mode::train(config.seed.wrapping_add(2));
-    let start = Instant::now();
-    let mut tokens = 0usize;
-    let mut final_loss = f32::NAN;
-    for step in 1..=config.steps {
-        let (_, batch) = train_data.batch(config.batch_size, &device)?;
-        let logits = model.forward(&batch.src, &batch.src_valid, &batch.tgt_in, &mut mode)?;
-        let logits = logits.flatten_to(1)?; // (B·T, V)
-        let loss = cross_entropy(&logits, &batch.tgt_out, Some(PAD), config.label_smoothing)?;
-        let learning_rate = config.lr_factor * inverse_sqrt(step, config.d_model, config.warmup, 1.0);
-        optimizer.set_learning_rate(learning_rate);
-        optimizer.backward_step(&loss)?;
-        final_loss = loss.to_scalar::<f32>()?;
-        if !final_loss.is_finite() {
-            return Err(Error::config(
-                "lr_factor",
-                config.lr_factor,
-                format!("a rate that keeps the loss finite (step {step} gave {final_loss})"),
-            ));
-        }
-        tokens += batch.target_tokens;
-        on_step(&StepReport {
-            step,
-            loss: final_loss,
-            learning_rate,
-            tokens_per_second: tokens as f64 / start.elapsed().as_secs_f64(),
-        });
+/// The synthetic task of the shared [`Trainer`]: every batch is drawn afresh from the task's generator, so an
+/// "epoch" is just the run's `max_steps` batches.
+pub struct SyntheticTask {
+    config: SyntheticConfig,
+    model: Transformer,
+    vars: Vec<(String, Var)>,
+    device: Device,
+}
+
+impl Objective for SyntheticTask {
+    fn vars(&self) -> &[(String, Var)] {
+        &self.vars
     }
+
+    fn loss(&self, batch: &[usize], context: &mut StepContext, mode: &mut Mode) -> Result<(Tensor, usize)> {
+        let mut sampler = Sampler { config: self.config.clone(), rng: context.rng.clone() };
+        let (_, batch) = sampler.batch(batch.len(), &self.device)?;
+        *context.rng = sampler.rng;
+        let logits = self.model.forward(&batch.src, &batch.src_valid, &batch.tgt_in, mode)?;
+        let logits = logits.flatten_to(1)?; // (B·T, V)
+        let loss = cross_entropy(&logits, &batch.tgt_out, Some(PAD), self.config.label_smoothing)?;
+        Ok((loss, batch.target_tokens))
+    }
+}
+
+impl TrainerTask for SyntheticTask {
+    type Training = SyntheticConfig;
+    type Start = ();
+
+    fn create(config: SyntheticConfig, _: ()) -> Result<Self> {
+        let device = Device::Cpu;
+        let vars = VarMap::new();
+        let model = Transformer::new(&config.model(), seeded_var_builder(&vars, config.run.seed, DType::F32, &device))?;
+        Ok(Self { config, model, vars: named_vars(&vars), device })
+    }
+
+    fn reopen(_: &Path, config: SyntheticConfig) -> Result<Self> {
+        Self::create(config, ())
+    }
+
+    fn training(&self) -> &SyntheticConfig {
+        &self.config
+    }
+
+    /// `max_steps` batches of `batch_size` placeholders: the sequences themselves are drawn in the loss.
+    fn epoch_batches(&self, _: usize) -> Result<Vec<Vec<usize>>> {
+        let steps = self.config.run.max_steps.unwrap_or(1) * self.config.run.gradient_accumulation_steps;
+        Ok(vec![(0..self.config.batch_size).collect(); steps])
+    }
+
+    fn learning_rate(&self, step: usize) -> f64 {
+        self.config.lr_factor * inverse_sqrt(step, self.config.d_model, self.config.warmup, 1.0)
+    }
+
+    /// Held-out exact match (greedy) as `exact_match`; no validation loss (NaN).
+    fn evaluate(&self) -> Result<Evaluation> {
+        let (exact, _) = evaluate(&self.model, &self.config, &self.device)?;
+        let rate = exact as f64 / self.config.eval_size as f64;
+        Ok(Evaluation { val_loss: f64::NAN, metrics: [("exact_match".to_string(), rate)].into() })
+    }
+
+    fn save_model(&self, dir: &Path) -> Result<()> {
+        save_parameters(&self.vars, &dir.join("model.safetensors"))
+    }
+}
+
+/// Trains a fresh encoder-decoder Transformer on the task with teacher forcing, Adam and the paper's
+/// learning-rate schedule on the shared loop (in memory), then decodes held-out sequences greedily.
+/// `on_step` sees every step.
+pub fn run(config: &SyntheticConfig, mut on_step: impl FnMut(&StepRecord)) -> Result<SyntheticReport> {
+    let mut trainer = Trainer::<SyntheticTask>::in_memory(config.clone(), ())?;
+    let parameters = trainer.task().vars.iter().map(|(_, v)| v.elem_count()).sum();
+    let start = Instant::now();
+    let mut final_loss = f64::NAN;
+    trainer.run(&AtomicBool::new(false), |event| {
+        if let Event::Step(record) = event {
+            final_loss = record.loss;
+            on_step(record);
+        }
+    })?;
     let train_seconds = start.elapsed().as_secs_f64();
-    let (exact_match, examples) = evaluate(&model, config, &device)?;
+    let steps = trainer.state().step;
+    let task = trainer.into_task();
+    let (exact_match, examples) = evaluate(&task.model, config, &task.device)?;
     Ok(SyntheticReport {
-        steps: config.steps,
+        steps,
         parameters,
         final_loss,
         train_seconds,
@@ -254,7 +312,7 @@ type Example = (Vec<u32>, Vec<u32>, Vec<u32>);
 
 fn evaluate(model: &Transformer, config: &SyntheticConfig, device: &Device) -> Result<(usize, Vec<Example>)> {
     // A generator the training data never drew from.
-    let mut held_out = Sampler { config: config.clone(), rng: Rng::seed_from_u64(config.seed ^ 0x5eed_e7a1) };
+    let mut held_out = Sampler { config: config.clone(), rng: Rng::seed_from_u64(config.run.seed ^ 0x5eed_e7a1) };
     let mut exact = 0;
     let mut examples = Vec::new();
     let mut remaining = config.eval_size;

@@ -1,118 +1,132 @@
-//! The training loop every task shares: batches in a seeded order, gradient accumulation, AdamW with
-//! clipping, a NaN guard, evaluation and an atomic checkpoint after every epoch, the best checkpoint kept
-//! apart, a JSONL log, a time limit, Ctrl-C, and exact resume.
+//! The training loop every task shares: batches in a seeded order, gradient accumulation, data-parallel
+//! micro-batches, AdamW with clipping, a NaN guard, evaluation and an atomic checkpoint after every epoch, the
+//! best model kept apart, early stopping, a JSONL log, a time limit, Ctrl-C, and exact resume.
 //!
-//! A task ([`Task`]: translation, language modelling …) says what a batch is, what its loss is, how to
-//! evaluate and how to write its model directory; [`Trainer`] does the rest. A run directory holds:
+//! A task ([`Task`]: translation, language modelling, masked-LM pre-training, fine-tuning …) says what a batch
+//! is, what its loss is, how to evaluate and how to write its model directory; [`Trainer`] does the rest. The
+//! loss of a batch is given a [`StepContext`]: the step, the epoch, the fraction of training done and a seeded
+//! generator of the task's own (separate from dropout's, saved in every checkpoint), so a loss that changes
+//! over training (scheduled sampling, dynamic masking) resumes bit for bit.
+//!
+//! A run directory in the default [`Layout::Run`] holds:
 //! - `training.json` (the task's training options);
 //! - `checkpoints/step-NNNNNNNN/`: a complete model directory plus `training.json`, `optimizer.safetensors`
-//!   and `state.json`, the last `keep_last` of them (what `average` and `--resume` use);
+//!   and `state.json`, the last `save_total_limit` of them (what `average` and `--resume` use);
 //! - `best/`: the model directory of the best evaluation so far;
 //! - `log.jsonl`: one record per logged step (`"kind": "train"`) and per evaluation (`"kind": "eval"`).
+//!
+//! [`Layout::HuggingFace`] is the Hugging Face Trainer's instead: `checkpoint-N/` (N the optimizer step)
+//! beside the log, and the best model's files in the run directory itself.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use candle_core::{Tensor, Var};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{load_parameters, load_tensors, replace_dir_atomically, save_tensors};
-use super::{data_parallel, AdamW, AdamWConfig};
-use crate::hub::{read_json, write_json};
-use crate::nn::{mode::Rng, Mode};
+use super::data_parallel::{self, Streams};
+pub use super::options::{read_options, LoopSettings, TrainingOptions};
+use super::AdamW;
+use crate::hub::write_json;
+use crate::nn::Mode;
+use crate::rng::Rng;
 use crate::{Error, Result};
 
-/// The options of the loop itself, which every task's training options provide.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoopSettings {
-    /// Batches whose gradients are summed before one optimizer step.
-    pub accumulate: usize,
-    /// Micro-batches each batch is dealt into, run in parallel ([`data_parallel`]). Dropout draws depend on
-    /// it, so a run repeats exactly only with the same value.
-    pub shards: usize,
-    /// Rounds of [`Task::epoch_batches`], each followed by evaluation and a checkpoint.
-    pub epochs: usize,
-    /// Stop after this many optimizer steps even mid-epoch.
-    pub max_steps: Option<usize>,
-    /// Stop (evaluate, checkpoint) once training has run this many minutes in all, resumes included.
-    pub time_limit_minutes: Option<f64>,
-    pub adam: AdamWConfig,
-    pub clip_norm: Option<f64>,
-    pub seed: u64,
-    /// Step checkpoints kept (older ones are deleted).
-    pub keep_last: usize,
-    /// Also checkpoint every this many steps (besides each epoch's end).
-    pub save_every: Option<usize>,
-    /// Training records are written to log.jsonl every this many steps.
-    pub log_every: usize,
+/// Where the loss of a batch is computed: the optimizer step it contributes to, and the task's generator.
+pub struct StepContext<'a> {
+    /// The optimizer step being computed (the first is 1).
+    pub step: usize,
+    /// The epoch it belongs to (the first is 0).
+    pub epoch: usize,
+    /// The steps the run plans in all (`num_train_epochs` × the first epoch's steps, or `max_steps` if
+    /// fewer); `None` when only a time limit ends it.
+    pub planned_steps: Option<usize>,
+    /// The task's own draws (masking, sampling schedules), separate from dropout's: seeded from the run's seed,
+    /// one stream per micro-batch, saved in checkpoints.
+    pub rng: &'a mut Rng,
 }
 
-impl LoopSettings {
-    pub fn validate(&self) -> Result<()> {
-        for (option, value) in [
-            ("accumulate", self.accumulate),
-            ("shards", self.shards),
-            ("epochs", self.epochs),
-            ("log_every", self.log_every),
-            ("keep_last", self.keep_last),
-        ] {
-            if value == 0 {
-                return Err(Error::config(option, 0, "at least 1"));
-            }
-        }
-        if let Some(minutes) = self.time_limit_minutes {
-            if !(minutes > 0.0 && minutes.is_finite()) {
-                return Err(Error::config("time_limit_minutes", minutes, "a positive number of minutes"));
-            }
-        }
-        if self.save_every == Some(0) {
-            return Err(Error::config("save_every", 0, "at least 1"));
-        }
-        Ok(())
+impl StepContext<'_> {
+    /// The fraction of training done before this step, in [0, 1]; 0 when the length is unknown.
+    pub fn progress(&self) -> f64 {
+        self.planned_steps.map_or(0.0, |n| ((self.step - 1) as f64 / n.max(1) as f64).min(1.0))
     }
 }
 
-/// A validation pass: the loss and whatever else the task measures (BLEU, perplexity …).
+/// What an optimizer step needs of a task: its parameters and the loss of a batch.
+pub trait Objective: Sync {
+    /// The model's parameters with their checkpoint names.
+    fn vars(&self) -> &[(String, Var)];
+    /// The mean training loss of one batch (a list of example indices or offsets only the task interprets)
+    /// and the number of tokens it is the mean over.
+    fn loss(&self, batch: &[usize], context: &mut StepContext, mode: &mut Mode) -> Result<(Tensor, usize)>;
+}
+
+/// A validation pass: the loss and whatever else the task measures (BLEU, accuracy …).
 #[derive(Debug, Clone, Default)]
 pub struct Evaluation {
     /// Mean cross-entropy per predicted token, without label smoothing.
     pub val_loss: f64,
-    /// Named scores, written to the log under their names (`val_bleu`, `val_chrf` …).
+    /// Named scores, written to the log under their names (`val_bleu`, `accuracy` …).
     pub metrics: BTreeMap<String, f64>,
 }
 
-/// A task's training options, which hold the loop's settings among their own.
-pub trait TrainingOptions: Serialize {
-    fn loop_settings(&self) -> LoopSettings;
+/// Which evaluation is the best so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selection {
+    /// The metric to maximise; `None` picks the lowest validation loss.
+    pub metric: Option<&'static str>,
+    /// On a tie in the metric, the lower validation loss wins (small validation sets tie often); otherwise
+    /// the earlier evaluation stays best, as Hugging Face's Trainer keeps it.
+    pub ties_by_loss: bool,
 }
 
-/// What a training task gives the shared loop. `Sync`: micro-batches compute their losses on several threads.
-pub trait Task: Sync {
+impl Selection {
+    pub const LOWEST_LOSS: Selection = Selection { metric: None, ties_by_loss: true };
+}
+
+/// How a run directory is laid out (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    Run,
+    HuggingFace,
+}
+
+/// A training task: data, model, objective, evaluation and model directory.
+pub trait Task: Objective + Sized {
     /// The task's training options: stored as `training.json` in the run and in every checkpoint.
     type Training: TrainingOptions;
+    /// What a fresh run starts from besides its options: a model config, or a pre-trained directory.
+    type Start;
+    /// Mixed into the seed of the dropout generator.
+    const DROPOUT_SALT: u64 = 0xd50f;
+    const LAYOUT: Layout = Layout::Run;
 
-    fn training(&self) -> &Self::Training;
-    fn settings(&self) -> LoopSettings {
-        self.training().loop_settings()
+    /// Builds the task for a new run: reads the data, trains a vocabulary, builds the model.
+    fn create(training: Self::Training, start: Self::Start) -> Result<Self>;
+    /// Files a new run directory holds besides the trainer's (a tokenizer, the model config).
+    fn write_run_files(&self, _run_dir: &Path) -> Result<()> {
+        Ok(())
     }
-    /// The model's parameters with their checkpoint names.
-    fn vars(&self) -> &[(String, Var)];
-    /// The batches of epoch `epoch` (0-based), each a list of example indices (or offsets) that only the task
-    /// interprets. Must depend on the seed and the epoch alone, so that a resumed run sees the same batches.
+    /// Rebuilds the task of a run from one of its checkpoints (model config and tokenizer come from there;
+    /// the trainer loads the weights).
+    fn reopen(checkpoint: &Path, training: Self::Training) -> Result<Self>;
+    fn training(&self) -> &Self::Training;
+    /// The batches of epoch `epoch` (0-based). Must depend on the seed and the epoch alone, so that a resumed
+    /// run sees the same batches.
     fn epoch_batches(&self, epoch: usize) -> Result<Vec<Vec<usize>>>;
-    /// The mean training loss of one batch and the number of tokens it is the mean over.
-    fn loss(&self, batch: &[usize], mode: &mut Mode) -> Result<(Tensor, usize)>;
     /// Learning rate of optimizer step `step` (counting from 1).
     fn learning_rate(&self, step: usize) -> f64;
     fn evaluate(&self) -> Result<Evaluation>;
-    /// The metric that picks the best checkpoint (higher is better; ties go to the lower loss); `None` picks
-    /// by the lowest validation loss.
-    fn best_metric(&self) -> Option<&'static str>;
+    fn selection(&self) -> Selection {
+        Selection::LOWEST_LOSS
+    }
     /// Writes a loadable model directory (config, weights, tokenizer) into `dir`.
     fn save_model(&self, dir: &Path) -> Result<()>;
     /// Sets the parameters from a directory [`save_model`](Task::save_model) wrote (for resuming).
@@ -132,28 +146,43 @@ pub struct TrainState {
     pub batches_done: usize,
     /// The dropout generator, so a resumed run draws the same masks as an uninterrupted one.
     pub dropout_rng: Rng,
-    /// The best checkpoint's value of the task's [`Task::best_metric`] (absent when it has none).
+    /// The task's generator ([`StepContext::rng`]).
+    #[serde(default = "legacy_task_rng")]
+    pub task_rng: Rng,
+    /// The best checkpoint's value of the task's selection metric (absent when it has none).
     #[serde(alias = "best_bleu")]
     pub best_metric: Option<f64>,
-    /// Validation loss of the best checkpoint (breaks metric ties, common on small validation sets).
+    /// Validation loss of the best checkpoint.
     #[serde(default)]
     pub best_val_loss: Option<f64>,
     pub best_step: Option<usize>,
+    /// Evaluations in a row without a new best (for early stopping).
+    #[serde(default)]
+    pub evaluations_since_best: usize,
     /// Wall-clock seconds spent in `run` so far, over all resumes (for `time_limit_minutes`).
     #[serde(default)]
     pub seconds: f64,
 }
 
+/// Checkpoints written before the task generator existed resume with this one.
+fn legacy_task_rng() -> Rng {
+    Rng::seed_from_u64(TASK_SALT)
+}
+
+const TASK_SALT: u64 = 0x7a5c_0b1e;
+
 impl TrainState {
-    fn new(seed: u64) -> Self {
+    fn new(seed: u64, dropout_salt: u64) -> Self {
         Self {
             step: 0,
             epoch: 0,
             batches_done: 0,
-            dropout_rng: Rng::seed_from_u64(seed ^ 0xd50f),
+            dropout_rng: crate::rng::seeded(seed, dropout_salt),
+            task_rng: crate::rng::seeded(seed, TASK_SALT),
             best_metric: None,
             best_val_loss: None,
             best_step: None,
+            evaluations_since_best: 0,
             seconds: 0.0,
         }
     }
@@ -162,7 +191,7 @@ impl TrainState {
 /// What the training loop reports as it goes.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Ready { parameters: usize, steps_per_epoch: usize },
+    Ready { parameters: usize, steps_per_epoch: usize, planned_steps: Option<usize> },
     Step(StepRecord),
     Eval(EvalRecord),
     Checkpoint { path: PathBuf, step: usize, best: bool },
@@ -204,13 +233,80 @@ impl EvalRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finish {
     Completed,
+    /// `early_stopping_patience` evaluations in a row brought no new best.
+    EarlyStopped,
     /// The stop flag was raised (Ctrl-C); a checkpoint was written first.
     Interrupted,
 }
 
+/// Where an optimizer step stands in the run.
+#[derive(Debug, Clone, Copy)]
+pub struct StepPosition {
+    /// The step about to be taken (the first is 1).
+    pub step: usize,
+    pub epoch: usize,
+    pub planned_steps: Option<usize>,
+}
+
+/// An optimizer step's record and where its time went.
+#[derive(Debug, Clone)]
+pub struct StepOutcome {
+    pub record: StepRecord,
+    /// Forward and backward passes of all micro-batches.
+    pub passes: Duration,
+    /// Clipping and the optimizer update.
+    pub update: Duration,
+}
+
+/// One optimizer step over `group` (batches): each batch dealt into `settings.shards` micro-batches that run
+/// in parallel ([`data_parallel`]), their gradients those of the mean loss over all of the group's tokens, then
+/// clipping and AdamW at learning rate `lr`. A non-finite loss is an error and changes no parameter. The
+/// [`Trainer`] takes every step through here; the benchmark times it.
+pub fn optimizer_step(
+    objective: &impl Objective,
+    optimizer: &mut AdamW,
+    settings: &LoopSettings,
+    group: &[Vec<usize>],
+    position: StepPosition,
+    lr: f64,
+    streams: Option<Streams>,
+) -> Result<StepOutcome> {
+    let started = Instant::now();
+    let micro_batches: Vec<Vec<usize>> =
+        group.iter().flat_map(|batch| data_parallel::split(batch, settings.shards)).collect();
+    let vars: Vec<Var> = objective.vars().iter().map(|(_, v)| v.clone()).collect();
+    let result = data_parallel::gradients(&vars, micro_batches.len(), settings.shards, streams, |i, mode, rng| {
+        let mut context =
+            StepContext { step: position.step, epoch: position.epoch, planned_steps: position.planned_steps, rng };
+        objective.loss(&micro_batches[i], &mut context, mode)
+    })?;
+    for &(value, _) in &result.losses {
+        if !value.is_finite() {
+            let expected =
+                format!("a finite number at step {}; lower the learning rate or lengthen the warm-up", position.step);
+            return Err(Error::config("training loss", value, expected));
+        }
+    }
+    let passes = started.elapsed();
+    let stats = optimizer.step(&result.grads, lr, settings.clip())?;
+    let seconds = started.elapsed();
+    let tokens = result.tokens();
+    let record = StepRecord {
+        step: position.step,
+        epoch: position.epoch + 1,
+        loss: result.mean_loss(),
+        lr,
+        grad_norm: stats.grad_norm,
+        tokens,
+        tokens_per_s: tokens as f64 / seconds.as_secs_f64().max(1e-9),
+    };
+    Ok(StepOutcome { record, passes, update: seconds - passes })
+}
+
 /// A task being trained, with its optimizer and position in the run.
 pub struct Trainer<T: Task> {
-    run_dir: PathBuf,
+    /// `None`: an in-memory run ([`Trainer::in_memory`]), which writes nothing.
+    run_dir: Option<PathBuf>,
     task: T,
     settings: LoopSettings,
     optimizer: AdamW,
@@ -220,31 +316,52 @@ pub struct Trainer<T: Task> {
 }
 
 impl<T: Task> Trainer<T> {
-    /// A fresh run in `run_dir` (which the task has set up): writes `training.json`.
-    pub fn start(run_dir: &Path, task: T) -> Result<Self> {
-        let settings = task.settings();
-        settings.validate()?;
-        fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+    /// Starts a run in `run_dir` (created; an existing run there is an error — resume it instead): checks the
+    /// options, builds the task, writes `training.json`.
+    pub fn create(run_dir: &Path, training: T::Training, start: T::Start) -> Result<Self> {
+        training.loop_settings().validate()?;
+        training.validate()?;
+        check_new_run(run_dir)?;
+        let task = T::create(training, start)?;
+        task.write_run_files(run_dir)?;
         write_json(&run_dir.join("training.json"), task.training())?;
-        let state = TrainState::new(settings.seed);
-        Self::assemble(run_dir, task, state)
+        let state = TrainState::new(task.training().loop_settings().seed, T::DROPOUT_SALT);
+        Self::assemble(Some(run_dir), task, state)
     }
 
-    /// Continues from `checkpoint` (a step checkpoint of this run): the task's parameters, the optimizer's
-    /// moments and the loop's position, so the run goes on as if it had never stopped.
-    pub fn restore(run_dir: &Path, checkpoint: &Path, task: T) -> Result<Self> {
-        let state: TrainState = read_json(&checkpoint.join("state.json"))?;
-        task.load_model(checkpoint)?;
-        let mut trainer = Self::assemble(run_dir, task, state)?;
+    /// A run that writes nothing — no log, no checkpoints, no best model — for experiments that only need the
+    /// trained task (studies, tests). It cannot be resumed.
+    pub fn in_memory(training: T::Training, start: T::Start) -> Result<Self> {
+        training.loop_settings().validate()?;
+        training.validate()?;
+        let task = T::create(training, start)?;
+        let state = TrainState::new(task.training().loop_settings().seed, T::DROPOUT_SALT);
+        Self::assemble(None, task, state)
+    }
+
+    /// Continues the run in `run_dir` from its latest checkpoint: the task's parameters, the optimizer's
+    /// moments, the generators and the loop's position, so the run goes on as if it had never stopped.
+    pub fn resume(run_dir: &Path) -> Result<Self> {
+        let checkpoint = resume_point(run_dir)?;
+        let training: T::Training = read_options(&checkpoint.join("training.json"))?;
+        let task = T::reopen(&checkpoint, training)?;
+        let state: TrainState = crate::hub::read_json(&checkpoint.join("state.json"))?;
+        task.load_model(&checkpoint)?;
+        let mut trainer = Self::assemble(Some(run_dir), task, state)?;
         let moments = load_tensors(&checkpoint.join("optimizer.safetensors"))?;
         trainer.optimizer.load_state(trainer.state.step, moments)?;
         Ok(trainer)
     }
 
-    fn assemble(run_dir: &Path, task: T, state: TrainState) -> Result<Self> {
-        let settings = task.settings();
+    fn assemble(run_dir: Option<&Path>, task: T, state: TrainState) -> Result<Self> {
+        let settings = task.training().loop_settings().clone();
         let optimizer = AdamW::new(task.vars().to_vec(), settings.adam, AdamW::decay_matrices)?;
-        Ok(Self { run_dir: run_dir.to_path_buf(), task, settings, optimizer, state, clock: None })
+        Ok(Self { run_dir: run_dir.map(Path::to_path_buf), task, settings, optimizer, state, clock: None })
+    }
+
+    /// Gives the trained task back (its model, tokenizer …).
+    pub fn into_task(self) -> T {
+        self.task
     }
 
     pub fn task(&self) -> &T {
@@ -255,20 +372,29 @@ impl<T: Task> Trainer<T> {
         &self.state
     }
 
+    /// The run directory; `None` for an in-memory run.
+    pub fn run_dir(&self) -> Option<&Path> {
+        self.run_dir.as_deref()
+    }
+
+    /// The loop settings of this session: a resumed run may be given a new time limit or more steps.
     pub fn settings_mut(&mut self) -> &mut LoopSettings {
         &mut self.settings
     }
 
-    /// Trains until the configured epochs (or steps, or minutes) are done or `stop` is raised, reporting
-    /// through `on_event`. Evaluates and checkpoints after every epoch. A non-finite loss ends the run with an
-    /// error and writes nothing, so the last checkpoint stays the last good one.
+    /// Trains until the configured epochs (or steps, or minutes) are done, early stopping ends it, or `stop`
+    /// is raised, reporting through `on_event`. Evaluates and checkpoints after every epoch. A non-finite loss
+    /// ends the run with an error and writes nothing, so the last checkpoint stays the last good one.
     pub fn run(&mut self, stop: &AtomicBool, mut on_event: impl FnMut(&Event)) -> Result<Finish> {
-        let steps_per_epoch = self.task.epoch_batches(self.state.epoch)?.len().div_ceil(self.settings.accumulate);
+        self.settings.validate()?;
+        let steps_per_epoch =
+            self.task.epoch_batches(self.state.epoch)?.len().div_ceil(self.settings.gradient_accumulation_steps);
+        let planned_steps = self.planned_steps(steps_per_epoch);
         let parameters = self.task.vars().iter().map(|(_, v)| v.elem_count()).sum();
-        on_event(&Event::Ready { parameters, steps_per_epoch });
-        let mut log = LogFile::open(&self.run_dir.join("log.jsonl"))?;
+        on_event(&Event::Ready { parameters, steps_per_epoch, planned_steps });
+        let mut log = self.run_dir.as_ref().map(|dir| LogFile::open(&dir.join("log.jsonl"))).transpose()?;
         self.clock = Some((Instant::now(), self.state.seconds));
-        while self.state.epoch < self.settings.epochs && !self.steps_exhausted() {
+        while self.settings.num_train_epochs.is_none_or(|n| self.state.epoch < n) && !self.steps_exhausted() {
             let batches = self.task.epoch_batches(self.state.epoch)?;
             while self.state.batches_done < batches.len() {
                 if stop.load(Ordering::Relaxed) {
@@ -278,14 +404,16 @@ impl<T: Task> Trainer<T> {
                 if self.steps_exhausted() {
                     break;
                 }
-                let end = (self.state.batches_done + self.settings.accumulate).min(batches.len());
-                let record = self.step(&batches[self.state.batches_done..end])?;
+                let end = (self.state.batches_done + self.settings.gradient_accumulation_steps).min(batches.len());
+                let record = self.step(&batches[self.state.batches_done..end], planned_steps)?;
                 self.state.batches_done = end;
-                if record.step % self.settings.log_every == 0 || end == batches.len() {
+                if let Some(log) =
+                    log.as_mut().filter(|_| record.step % self.settings.logging_steps == 0 || end == batches.len())
+                {
                     log.write("train", &record)?;
                 }
                 on_event(&Event::Step(record));
-                if self.settings.save_every.is_some_and(|n| self.state.step % n == 0) {
+                if self.settings.save_steps.is_some_and(|n| self.state.step % n == 0) {
                     self.save_checkpoint(false, &mut on_event)?;
                 }
             }
@@ -294,17 +422,34 @@ impl<T: Task> Trainer<T> {
                 self.state.batches_done = 0;
             }
             let eval = self.evaluate()?;
-            log.write("eval", &eval)?;
+            if let Some(log) = log.as_mut() {
+                log.write("eval", &eval)?;
+            }
             on_event(&Event::Eval(eval.clone()));
             let best = self.is_best(&eval);
             if best {
-                self.state.best_metric = self.task.best_metric().map(|name| eval.metric(name));
+                self.state.best_metric = self.task.selection().metric.map(|name| eval.metric(name));
                 self.state.best_val_loss = Some(eval.val_loss);
                 self.state.best_step = Some(self.state.step);
+                self.state.evaluations_since_best = 0;
+            } else {
+                self.state.evaluations_since_best += 1;
             }
             self.save_checkpoint(best, &mut on_event)?;
+            if self.settings.early_stopping_patience.is_some_and(|p| self.state.evaluations_since_best >= p) {
+                return Ok(Finish::EarlyStopped);
+            }
         }
         Ok(Finish::Completed)
+    }
+
+    /// `num_train_epochs` × `steps_per_epoch`, or `max_steps` if fewer.
+    fn planned_steps(&self, steps_per_epoch: usize) -> Option<usize> {
+        let by_epochs = self.settings.num_train_epochs.map(|n| n * steps_per_epoch);
+        match (by_epochs, self.settings.max_steps) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The task's evaluation, stamped with the step, epoch and time it took.
@@ -320,12 +465,16 @@ impl<T: Task> Trainer<T> {
         })
     }
 
-    /// Better than the best so far: a higher metric, ties broken by a lower validation loss (or just a lower
-    /// loss when the task has no metric). NaN losses never win.
+    /// Better than the best so far: a higher metric, ties broken as the task's [`Selection`] says (or just a
+    /// lower loss when the task has no metric). NaN losses never win.
     fn is_best(&self, eval: &EvalRecord) -> bool {
         let Some(best_loss) = self.state.best_val_loss else { return !eval.val_loss.is_nan() };
-        match (self.task.best_metric(), self.state.best_metric) {
-            (Some(name), Some(best)) => (eval.metric(name), -eval.val_loss) > (best, -best_loss),
+        let selection = self.task.selection();
+        match (selection.metric, self.state.best_metric) {
+            (Some(name), Some(best)) if selection.ties_by_loss => {
+                (eval.metric(name), -eval.val_loss) > (best, -best_loss)
+            }
+            (Some(name), Some(best)) => eval.metric(name) > best,
             _ => eval.val_loss < best_loss,
         }
     }
@@ -344,55 +493,29 @@ impl<T: Task> Trainer<T> {
         }
     }
 
-    /// One optimizer step over `group` (batches of the current epoch's list): each batch dealt into
-    /// `shards` micro-batches that run in parallel ([`data_parallel`]), their gradients those of the mean
-    /// loss over all of the group's tokens.
-    fn step(&mut self, group: &[Vec<usize>]) -> Result<StepRecord> {
-        let started = Instant::now();
-        let micro_batches: Vec<Vec<usize>> =
-            group.iter().flat_map(|batch| data_parallel::split(batch, self.settings.shards)).collect();
-        let vars: Vec<Var> = self.task.vars().iter().map(|(_, v)| v.clone()).collect();
-        let task = &self.task;
-        let result = data_parallel::gradients(
-            &vars,
-            micro_batches.len(),
-            self.settings.shards,
-            Some(&mut self.state.dropout_rng),
-            |i, mode| task.loss(&micro_batches[i], mode),
-        )?;
-        for &(value, _) in &result.losses {
-            if !value.is_finite() {
-                return Err(Error::config(
-                    "training loss",
-                    value,
-                    format!(
-                        "a finite number at step {}; lower the learning rate or lengthen the warm-up",
-                        self.state.step + 1
-                    ),
-                ));
-            }
-        }
-        let lr = self.task.learning_rate(self.state.step + 1);
-        let stats = self.optimizer.step(&result.grads, lr, self.settings.clip_norm)?;
+    fn step(&mut self, group: &[Vec<usize>], planned_steps: Option<usize>) -> Result<StepRecord> {
+        let position = StepPosition { step: self.state.step + 1, epoch: self.state.epoch, planned_steps };
+        let lr = self.task.learning_rate(position.step);
+        let streams = Streams { dropout: &mut self.state.dropout_rng, task: &mut self.state.task_rng };
+        let outcome =
+            optimizer_step(&self.task, &mut self.optimizer, &self.settings, group, position, lr, Some(streams))?;
         self.state.step += 1;
-        let seconds = started.elapsed().as_secs_f64();
-        let tokens = result.tokens();
-        Ok(StepRecord {
-            step: self.state.step,
-            epoch: self.state.epoch + 1,
-            loss: result.mean_loss(),
-            lr,
-            grad_norm: stats.grad_norm,
-            tokens,
-            tokens_per_s: tokens as f64 / seconds.max(1e-9),
-        })
+        Ok(outcome.record)
     }
 
-    /// Writes `checkpoints/step-N` (and `best/` when `best`), then deletes step checkpoints beyond `keep_last`.
+    /// Writes a step checkpoint (and the best model when `best`), then deletes step checkpoints beyond
+    /// `save_total_limit`.
     fn save_checkpoint(&mut self, best: bool, on_event: &mut impl FnMut(&Event)) -> Result<()> {
         self.state.seconds = self.elapsed_seconds();
-        let dir = self.run_dir.join("checkpoints").join(format!("step-{:08}", self.state.step));
-        fs::create_dir_all(self.run_dir.join("checkpoints")).map_err(|e| Error::io(&self.run_dir, e))?;
+        let Some(run_dir) = self.run_dir.clone() else { return Ok(()) };
+        let dir = match T::LAYOUT {
+            Layout::Run => {
+                let parent = run_dir.join("checkpoints");
+                fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+                parent.join(format!("step-{:08}", self.state.step))
+            }
+            Layout::HuggingFace => run_dir.join(format!("checkpoint-{}", self.state.step)),
+        };
         replace_dir_atomically(&dir, |tmp| {
             self.task.save_model(tmp)?;
             write_json(&tmp.join("training.json"), self.task.training())?;
@@ -402,19 +525,41 @@ impl<T: Task> Trainer<T> {
         })?;
         on_event(&Event::Checkpoint { path: dir.clone(), step: self.state.step, best: false });
         if best {
-            let best_dir = self.run_dir.join("best");
-            replace_dir_atomically(&best_dir, |tmp| {
-                self.task.save_model(tmp)?;
-                write_json(&tmp.join("state.json"), &self.state)
-            })?;
+            let best_dir = self.save_best(&run_dir)?;
             on_event(&Event::Checkpoint { path: best_dir, step: self.state.step, best: true });
         }
-        let mut kept = step_checkpoints(&self.run_dir)?;
-        while kept.len() > self.settings.keep_last {
+        let mut kept = step_checkpoints(&run_dir)?;
+        while kept.len() > self.settings.save_total_limit.unwrap_or(usize::MAX) {
             let old = kept.remove(0);
             fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
         }
         Ok(())
+    }
+
+    /// `best/` (with the run's state) in the run layout; in Hugging Face's, the model's files in the run
+    /// directory itself, each renamed into place.
+    fn save_best(&self, run_dir: &Path) -> Result<PathBuf> {
+        match T::LAYOUT {
+            Layout::Run => {
+                let best_dir = run_dir.join("best");
+                replace_dir_atomically(&best_dir, |tmp| {
+                    self.task.save_model(tmp)?;
+                    write_json(&tmp.join("state.json"), &self.state)
+                })?;
+                Ok(best_dir)
+            }
+            Layout::HuggingFace => {
+                let staging = run_dir.join(".best");
+                replace_dir_atomically(&staging, |tmp| self.task.save_model(tmp))?;
+                for entry in fs::read_dir(&staging).map_err(|e| Error::io(&staging, e))? {
+                    let from = entry.map_err(|e| Error::io(&staging, e))?.path();
+                    let to = run_dir.join(from.file_name().unwrap_or_default());
+                    fs::rename(&from, &to).map_err(|e| Error::io(&to, e))?;
+                }
+                fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+                Ok(run_dir.to_path_buf())
+            }
+        }
     }
 }
 
@@ -432,24 +577,25 @@ pub fn check_new_run(run_dir: &Path) -> Result<()> {
     fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))
 }
 
-/// Step checkpoint directories of a run, oldest first.
+/// Step checkpoint directories of a run, oldest first: `checkpoints/step-N/` or `checkpoint-N/`.
 pub fn step_checkpoints(run_dir: &Path) -> Result<Vec<PathBuf>> {
-    let dir = run_dir.join("checkpoints");
-    if !dir.exists() {
-        return Ok(Vec::new());
+    let mut found = Vec::new();
+    for (dir, prefix) in [(run_dir.join("checkpoints"), "step-"), (run_dir.to_path_buf(), "checkpoint-")] {
+        if !dir.is_dir() {
+            continue;
+        }
+        for entry in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let path = entry.map_err(|e| Error::io(&dir, e))?.path();
+            let step = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix(prefix));
+            if let Some(step) = step.filter(|s| !s.is_empty()).and_then(|s| s.parse::<usize>().ok()) {
+                if path.is_dir() {
+                    found.push((step, path));
+                }
+            }
+        }
     }
-    let mut found: Vec<PathBuf> = fs::read_dir(&dir)
-        .map_err(|e| Error::io(&dir, e))?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_dir()
-                && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    n.strip_prefix("step-").is_some_and(|digits| digits.chars().all(|c| c.is_ascii_digit()))
-                })
-        })
-        .collect();
     found.sort();
-    Ok(found)
+    Ok(found.into_iter().map(|(_, path)| path).collect())
 }
 
 /// The newest step checkpoint of a run, if any.
@@ -459,8 +605,7 @@ pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<PathBuf>> {
 
 /// The newest step checkpoint of a run, or an error saying there is none to resume from.
 pub fn resume_point(run_dir: &Path) -> Result<PathBuf> {
-    latest_checkpoint(run_dir)?
-        .ok_or_else(|| Error::input(run_dir.join("checkpoints"), None, "no checkpoint to resume from"))
+    latest_checkpoint(run_dir)?.ok_or_else(|| Error::input(run_dir, None, "no checkpoint to resume from"))
 }
 
 /// The JSONL training log, appended to (a resumed run continues the same file).

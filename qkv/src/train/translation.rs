@@ -5,6 +5,7 @@
 //! Besides the trainer's files, a run directory holds `config.json` (the model) and `tokenizer.json`, and
 //! `best/` is the model of the best validation BLEU so far.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -12,11 +13,11 @@ use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{load_parameters, save_parameters};
-use super::trainer::{
-    check_new_run, epoch_rng, resume_point, Evaluation, LoopSettings, Task, Trainer, TrainingOptions,
+use super::trainer::{epoch_rng, Evaluation, Objective, Selection, StepContext, Task, Trainer, TrainingOptions};
+pub use super::trainer::{
+    latest_checkpoint, step_checkpoints, EvalRecord, Event, Finish, LoopSettings, StepRecord, TrainState,
 };
-pub use super::trainer::{latest_checkpoint, step_checkpoints, EvalRecord, Event, Finish, StepRecord, TrainState};
-use super::{cross_entropy, data_parallel, schedule, AdamWConfig};
+use super::{cross_entropy, schedule, AdamWConfig};
 use crate::decode::{beam_search, DecodeOptions};
 use crate::hub::{read_json, write_json};
 use crate::metrics::bleu::{corpus_bleu, BleuOptions};
@@ -41,32 +42,19 @@ pub struct TranslationTraining {
     pub vocab_size: usize,
     /// Tokens per batch (sentences × longest side, padding included).
     pub max_tokens: usize,
-    /// Batches whose gradients are summed before one optimizer step.
-    pub accumulate: usize,
-    /// Micro-batches each batch is dealt into and run in parallel (default: one per thread).
-    pub shards: usize,
-    pub epochs: usize,
-    /// Stop after this many optimizer steps even mid-epoch.
-    pub max_steps: Option<usize>,
-    /// Stop (evaluate, checkpoint) once training has run this many minutes in all, resumes included.
-    pub time_limit_minutes: Option<f64>,
     /// lr = lr_factor · d_model^−0.5 · min(step^−0.5, step · warmup^−1.5), eq. (3).
     pub lr_factor: f64,
     pub warmup: usize,
-    pub adam: AdamWConfig,
     pub label_smoothing: f64,
-    pub clip_norm: Option<f64>,
     /// Training pairs with more subword tokens than this on either side are skipped (and counted).
     pub max_len: usize,
-    pub seed: u64,
-    /// Step checkpoints kept (older ones are deleted).
-    pub keep_last: usize,
-    /// Also checkpoint every this many steps (besides each epoch's end).
-    pub save_every: Option<usize>,
-    /// Training records are written every this many steps.
-    pub log_every: usize,
     /// Decoding for the validation BLEU (greedy by default: cheap, and enough to rank checkpoints).
     pub eval_decode: DecodeOptions,
+    /// Also score validation by exact match (the share of hypotheses equal to their reference), for tasks
+    /// whose outputs are single words or numbers, where BLEU says little.
+    pub exact_match: bool,
+    #[serde(flatten)]
+    pub run: LoopSettings,
 }
 
 impl Default for TranslationTraining {
@@ -79,30 +67,35 @@ impl Default for TranslationTraining {
             subword: SubwordModel::Bpe,
             vocab_size: 8000,
             max_tokens: 4096,
-            accumulate: 1,
-            shards: data_parallel::default_shards(),
-            epochs: 20,
-            max_steps: None,
-            time_limit_minutes: None,
             lr_factor: 1.0,
             warmup: 4000,
-            // The paper's Adam: β₂ = 0.98, ε = 10⁻⁹, no weight decay.
-            adam: AdamWConfig { beta1: 0.9, beta2: 0.98, eps: 1e-9, weight_decay: 0.0 },
             label_smoothing: 0.1,
-            clip_norm: Some(1.0),
             max_len: 256,
-            seed: 1,
-            keep_last: 10,
-            save_every: None,
-            log_every: 10,
             eval_decode: DecodeOptions::greedy(),
+            exact_match: false,
+            run: LoopSettings {
+                num_train_epochs: Some(20),
+                // The paper's Adam: β₂ = 0.98, ε = 10⁻⁹, no weight decay.
+                adam: AdamWConfig { beta1: 0.9, beta2: 0.98, eps: 1e-9, weight_decay: 0.0 },
+                max_grad_norm: Some(1.0),
+                seed: 1,
+                save_total_limit: Some(10),
+                ..LoopSettings::default()
+            },
         }
     }
 }
 
-impl TranslationTraining {
+impl TrainingOptions for TranslationTraining {
+    fn loop_settings(&self) -> &LoopSettings {
+        &self.run
+    }
+
+    fn loop_settings_mut(&mut self) -> &mut LoopSettings {
+        &mut self.run
+    }
+
     fn validate(&self) -> Result<()> {
-        self.loop_settings().validate()?;
         for (option, value) in [("max_tokens", self.max_tokens), ("max_len", self.max_len)] {
             if value == 0 {
                 return Err(Error::config(option, 0, "at least 1"));
@@ -116,24 +109,6 @@ impl TranslationTraining {
             return Err(Error::config("lr_factor", self.lr_factor, "a positive number"));
         }
         self.eval_decode.validate()
-    }
-}
-
-impl TrainingOptions for TranslationTraining {
-    fn loop_settings(&self) -> LoopSettings {
-        LoopSettings {
-            accumulate: self.accumulate,
-            shards: self.shards,
-            epochs: self.epochs,
-            max_steps: self.max_steps,
-            time_limit_minutes: self.time_limit_minutes,
-            adam: self.adam,
-            clip_norm: self.clip_norm,
-            seed: self.seed,
-            keep_last: self.keep_last,
-            save_every: self.save_every,
-            log_every: self.log_every,
-        }
     }
 }
 
@@ -156,37 +131,6 @@ pub struct TranslationTask {
 pub type TranslationTrainer = Trainer<TranslationTask>;
 
 impl Trainer<TranslationTask> {
-    /// Starts a run in `run_dir` (created; an existing run there is an error — resume it instead): reads the
-    /// corpora, trains the joint vocabulary on both sides of the training data, builds the model
-    /// (`model_config.vocab_size` and the special ids are set from the tokenizer).
-    pub fn create(run_dir: &Path, training: TranslationTraining, mut model_config: TransformerConfig) -> Result<Self> {
-        training.validate()?;
-        check_new_run(run_dir)?;
-        let pairs = read_parallel(&training.train_source, &training.train_target)?;
-        let texts: Vec<&str> = pairs.iter().flat_map(|p| [p.source.as_str(), p.target.as_str()]).collect();
-        let tokenizer = Tokenizer::train(&texts, training.subword, training.vocab_size)?;
-        model_config.vocab_size = tokenizer.vocab_size();
-        model_config.pad_token_id = tokenizer.pad_id();
-        model_config.bos_token_id = tokenizer.bos_id();
-        model_config.eos_token_id = tokenizer.eos_id();
-        tokenizer.save(&run_dir.join("tokenizer.json"))?;
-        write_json(&run_dir.join("config.json"), &model_config)?;
-        let task = TranslationTask::new(training, model_config, tokenizer, pairs)?;
-        Trainer::start(run_dir, task)
-    }
-
-    /// Continues the run in `run_dir` from its latest checkpoint: the same data order, dropout masks and
-    /// optimizer state as if it had never stopped.
-    pub fn resume(run_dir: &Path) -> Result<Self> {
-        let checkpoint = resume_point(run_dir)?;
-        let training: TranslationTraining = read_json(&checkpoint.join("training.json"))?;
-        let model_config: TransformerConfig = read_json(&checkpoint.join("config.json"))?;
-        let tokenizer = Tokenizer::load(&checkpoint.join("tokenizer.json"))?;
-        let pairs = read_parallel(&training.train_source, &training.train_target)?;
-        let task = TranslationTask::new(training, model_config, tokenizer, pairs)?;
-        Trainer::restore(run_dir, &checkpoint, task)
-    }
-
     pub fn model(&self) -> &Transformer {
         &self.task().model
     }
@@ -213,7 +157,7 @@ impl TranslationTask {
         let (valid, _) = encode_pairs(&tokenizer, &valid_pairs, None)?;
         let valid_references = valid_pairs.into_iter().map(|p| p.target).collect();
         let varmap = VarMap::new();
-        let vb = seeded_var_builder(&varmap, training.seed, DType::F32, &device);
+        let vb = seeded_var_builder(&varmap, training.run.seed, DType::F32, &device);
         let model = Transformer::new(&model_config, vb)?;
         let vars = named_vars(&varmap);
         Ok(Self { training, model_config, tokenizer, model, vars, train, valid, valid_references, skipped, device })
@@ -237,28 +181,57 @@ impl TranslationTask {
     }
 }
 
+impl Objective for TranslationTask {
+    fn vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
+    fn loss(&self, indices: &[usize], _: &mut StepContext, mode: &mut Mode) -> Result<(Tensor, usize)> {
+        let batch = self.batch(indices)?;
+        let loss = self.batch_loss(&batch, mode, self.training.label_smoothing)?;
+        Ok((loss, batch.target_tokens))
+    }
+}
+
 impl Task for TranslationTask {
     type Training = TranslationTraining;
+    type Start = TransformerConfig;
+
+    /// Reads the corpora, trains the joint vocabulary on both sides of the training data, builds the model
+    /// (`vocab_size` and the special ids are set from the tokenizer).
+    fn create(training: TranslationTraining, mut model_config: TransformerConfig) -> Result<Self> {
+        let pairs = read_parallel(&training.train_source, &training.train_target)?;
+        let texts: Vec<&str> = pairs.iter().flat_map(|p| [p.source.as_str(), p.target.as_str()]).collect();
+        let tokenizer = Tokenizer::train(&texts, training.subword, training.vocab_size)?;
+        model_config.vocab_size = tokenizer.vocab_size();
+        model_config.pad_token_id = tokenizer.pad_id();
+        model_config.bos_token_id = tokenizer.bos_id();
+        model_config.eos_token_id = tokenizer.eos_id();
+        TranslationTask::new(training, model_config, tokenizer, pairs)
+    }
+
+    /// `tokenizer.json` and `config.json`.
+    fn write_run_files(&self, run_dir: &Path) -> Result<()> {
+        self.tokenizer.save(&run_dir.join("tokenizer.json"))?;
+        write_json(&run_dir.join("config.json"), &self.model_config)
+    }
+
+    fn reopen(checkpoint: &Path, training: TranslationTraining) -> Result<Self> {
+        let model_config: TransformerConfig = read_json(&checkpoint.join("config.json"))?;
+        let tokenizer = Tokenizer::load(&checkpoint.join("tokenizer.json"))?;
+        let pairs = read_parallel(&training.train_source, &training.train_target)?;
+        TranslationTask::new(training, model_config, tokenizer, pairs)
+    }
 
     fn training(&self) -> &TranslationTraining {
         &self.training
     }
 
-    fn vars(&self) -> &[(String, Var)] {
-        &self.vars
-    }
-
     /// Token-count batches of similar lengths, shuffled by a generator seeded with the seed and the epoch.
     fn epoch_batches(&self, epoch: usize) -> Result<Vec<Vec<usize>>> {
         let lengths: Vec<(usize, usize)> = self.train.iter().map(|e| (e.source.len(), e.target.len())).collect();
-        let mut rng = epoch_rng(self.training.seed, 0x9e37_79b9, epoch);
+        let mut rng = epoch_rng(self.training.run.seed, 0x9e37_79b9, epoch);
         token_batches(&lengths, self.training.max_tokens, Some(&mut rng))
-    }
-
-    fn loss(&self, indices: &[usize], mode: &mut Mode) -> Result<(Tensor, usize)> {
-        let batch = self.batch(indices)?;
-        let loss = self.batch_loss(&batch, mode, self.training.label_smoothing)?;
-        Ok((loss, batch.target_tokens))
     }
 
     fn learning_rate(&self, step: usize) -> f64 {
@@ -286,12 +259,17 @@ impl Task for TranslationTask {
         let references = vec![self.valid_references.clone()];
         let bleu = corpus_bleu(&hypotheses, &references, &BleuOptions::default())?;
         let chrf = corpus_chrf(&hypotheses, &references, &ChrfOptions::default())?;
-        let metrics = [("val_bleu".to_string(), bleu.score), ("val_chrf".to_string(), chrf.score)].into();
+        let mut metrics: BTreeMap<String, f64> =
+            [("val_bleu".to_string(), bleu.score), ("val_chrf".to_string(), chrf.score)].into();
+        if self.training.exact_match {
+            let exact = hypotheses.iter().zip(&self.valid_references).filter(|(h, r)| h.trim() == r.trim()).count();
+            metrics.insert("val_exact_match".to_string(), exact as f64 / hypotheses.len().max(1) as f64);
+        }
         Ok(Evaluation { val_loss: loss_sum / tokens.max(1) as f64, metrics })
     }
 
-    fn best_metric(&self) -> Option<&'static str> {
-        Some("val_bleu")
+    fn selection(&self) -> Selection {
+        Selection { metric: Some("val_bleu"), ties_by_loss: true }
     }
 
     /// config.json, model.safetensors and tokenizer.json: what `translate` loads.
@@ -399,8 +377,7 @@ mod tests {
             vocab_size: 80,
             max_tokens: 64,
             max_len: 30,
-            max_steps: Some(1),
-            save_every: Some(1),
+            run: LoopSettings { max_steps: Some(1), save_steps: Some(1), ..TranslationTraining::default().run },
             ..TranslationTraining::default()
         };
         let config = TransformerConfig {

@@ -10,7 +10,8 @@ use qkv::text::lm_tokenizer::LmVocabulary;
 use qkv::train::language_model::{small_config, LmTrainer, LmTraining};
 use qkv::train::trainer::Finish;
 
-use crate::train::{run_with_progress, stop_on_ctrl_c};
+use super::loop_args::{self, LoopArgs};
+use super::session::{report_finish, run_with_progress, stop_on_ctrl_c};
 
 #[derive(Parser)]
 pub struct LmArgs {
@@ -20,7 +21,7 @@ pub struct LmArgs {
     /// Continue the run in --out from its latest checkpoint (every other option comes from the run)
     #[arg(long)]
     resume: bool,
-    /// The training text (UTF-8); its last --valid-fraction is held out for validation
+    /// The training text (UTF-8); its last --validation-fraction is held out for validation
     #[arg(long, required_unless_present = "resume")]
     text: Option<PathBuf>,
     /// Training options as JSON (the fields of training.json); flags below override it
@@ -43,23 +44,14 @@ pub struct LmArgs {
     vocabulary: Option<String>,
     #[arg(long)]
     vocab_size: Option<usize>,
-    #[arg(long)]
-    valid_fraction: Option<f64>,
+    #[arg(long, alias = "valid-fraction")]
+    validation_fraction: Option<f64>,
     /// Tokens per window (the model gets at least this many positions)
     #[arg(long)]
     block_size: Option<usize>,
     /// Windows per batch
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Batches per optimizer step (gradient accumulation)
-    #[arg(long)]
-    accumulate: Option<usize>,
-    /// Micro-batches each batch is split into and run in parallel, one per thread by default (dropout draws
-    /// depend on it: keep it to repeat a run on another machine)
-    #[arg(long)]
-    shards: Option<usize>,
-    #[arg(long)]
-    max_steps: Option<usize>,
     /// Steps between evaluations and checkpoints
     #[arg(long)]
     eval_interval: Option<usize>,
@@ -73,21 +65,15 @@ pub struct LmArgs {
     min_lr: Option<f64>,
     #[arg(long)]
     warmup: Option<usize>,
-    #[arg(long)]
-    weight_decay: Option<f64>,
-    /// Clip the gradient norm to this (0 turns clipping off)
-    #[arg(long)]
-    clip_norm: Option<f64>,
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Stop after this many minutes of training in all (evaluates and checkpoints first)
-    #[arg(long)]
-    time_limit: Option<f64>,
+    #[command(flatten)]
+    run: LoopArgs,
 }
 
 pub fn run(args: LmArgs) -> Result<()> {
     let mut trainer = if args.resume {
-        LmTrainer::resume(&args.out).with_context(|| format!("resuming {}", args.out.display()))?
+        let mut trainer = LmTrainer::resume(&args.out).with_context(|| format!("resuming {}", args.out.display()))?;
+        args.run.apply_to_resumed(&mut trainer)?;
+        trainer
     } else {
         let training = training_options(&args)?;
         let model = model_config(&args, training.block_size)?;
@@ -102,22 +88,16 @@ pub fn run(args: LmArgs) -> Result<()> {
     let finish = run_with_progress(&mut trainer, &stop, &args.out, &data, "language model training", |eval| {
         format!("train loss {:.4}", eval.metric("train_loss"))
     })?;
-    match finish {
-        Finish::Interrupted => {
-            println!("interrupted; continue with: qkv train lm --out {} --resume", args.out.display())
-        }
-        Finish::Completed => println!(
-            "best model: {} (qkv generate --model {} --prompt ...)",
-            args.out.join("best").display(),
-            args.out.join("best").display()
-        ),
+    report_finish(&finish, &format!("qkv train lm --out {}", args.out.display()));
+    if finish != Finish::Interrupted {
+        let best = args.out.join("best");
+        println!("best model: {} (qkv generate --model {} --prompt ...)", best.display(), best.display());
     }
     Ok(())
 }
 
 fn training_options(args: &LmArgs) -> Result<LmTraining> {
-    let mut t: LmTraining =
-        crate::progress::json_config(args.config.as_deref(), "training config")?.unwrap_or_default();
+    let mut t: LmTraining = loop_args::options(args.config.as_deref(), &args.run)?;
     if let Some(text) = &args.text {
         t.text = text.clone();
     }
@@ -127,28 +107,15 @@ fn training_options(args: &LmArgs) -> Result<LmTraining> {
     override_some!(
         t,
         vocab_size = args.vocab_size,
-        valid_fraction = args.valid_fraction,
+        validation_fraction = args.validation_fraction,
         block_size = args.block_size,
         batch_size = args.batch_size,
-        accumulate = args.accumulate,
-        shards = args.shards,
-        max_steps = args.max_steps,
         eval_interval = args.eval_interval,
         eval_batches = args.eval_batches,
         learning_rate = args.learning_rate,
         min_lr = args.min_lr,
         warmup = args.warmup,
-        seed = args.seed,
     );
-    if let Some(decay) = args.weight_decay {
-        t.adam.weight_decay = decay;
-    }
-    if let Some(clip) = args.clip_norm {
-        t.clip_norm = (clip > 0.0).then_some(clip);
-    }
-    if args.time_limit.is_some() {
-        t.time_limit_minutes = args.time_limit;
-    }
     Ok(t)
 }
 

@@ -1,0 +1,92 @@
+//! Running a trainer at the terminal: a progress bar, a line per evaluation and per new best model, Ctrl-C
+//! handling, and loss.png drawn from the run's log at the end.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use qkv::train::trainer::{EvalRecord, Event, Finish, Task, Trainer};
+
+use crate::plot;
+
+/// Runs any trainer with a progress bar, a line per evaluation (`describe` adds the task's metrics to the
+/// validation loss) and per new best checkpoint, then draws loss.png from the run's log.
+pub fn run_with_progress<T: Task>(
+    trainer: &mut Trainer<T>,
+    stop: &AtomicBool,
+    out: &Path,
+    data: &str,
+    title: &str,
+    describe: impl Fn(&EvalRecord) -> String,
+) -> Result<Finish> {
+    let bar = crate::progress::steps_bar();
+    let mut planned = None;
+    let result = trainer.run(stop, |event| match event {
+        Event::Ready { parameters, steps_per_epoch, planned_steps } => {
+            eprintln!("{data}, {parameters} parameters, {steps_per_epoch} steps per epoch");
+            planned = planned_steps.map(|n| n as u64);
+            if let Some(n) = planned {
+                bar.set_length(n);
+            }
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+        Event::Step(record) => {
+            if planned.is_none() && bar.length().is_none_or(|len| record.step as u64 > len) {
+                bar.set_length(record.step as u64);
+            }
+            bar.set_position(record.step as u64);
+            bar.set_message(format!(
+                "epoch {}  loss {:.3}  lr {:.2e}  {:.0} tok/s",
+                record.epoch, record.loss, record.lr, record.tokens_per_s
+            ));
+        }
+        // Printed around the bar (not through it) so they also reach a log file when stderr is not a terminal.
+        Event::Eval(eval) => bar.suspend(|| {
+            eprintln!(
+                "epoch {} (step {}): valid loss {:.4}  {}  ({:.1} s)",
+                eval.epoch,
+                eval.step,
+                eval.val_loss,
+                describe(eval),
+                eval.seconds
+            )
+        }),
+        Event::Checkpoint { path, best, .. } => {
+            if *best {
+                bar.suspend(|| eprintln!("  new best → {}", path.display()));
+            }
+        }
+    });
+    bar.finish_and_clear();
+    let finish = result?;
+    if finish == Finish::EarlyStopped {
+        eprintln!("early stopping: no new best in the last evaluations");
+    }
+    let log = plot::read_log(&out.join("log.jsonl"))?;
+    plot::loss_curve(&log, title, &out.join("loss.png"))?;
+    eprintln!("loss curve: {}", out.join("loss.png").display());
+    Ok(finish)
+}
+
+/// Ctrl-C raises the returned flag (the trainer then checkpoints and stops); a second Ctrl-C exits at once.
+pub fn stop_on_ctrl_c() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond Ctrl-C: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: finishing this step, writing a checkpoint, then exiting (again to abort)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(stop)
+}
+
+/// What to tell the user when the run stopped early or finished.
+pub fn report_finish(finish: &Finish, resume_command: &str) {
+    if *finish == Finish::Interrupted {
+        println!("interrupted; continue with: {resume_command} --resume");
+    }
+}
