@@ -7,7 +7,10 @@
 //! - [`decode`]: turning a trained model into output sequences.
 //! - [`text`]: corpora, subword tokenizers (Hugging Face `tokenizers`) and batches.
 //! - [`train`]: losses, learning-rate schedules, checkpoints and training loops.
+//!
+//! Beneath them all, depending on nothing in the model stack:
 //! - [`metrics`]: BLEU, chrF and other scores; pure functions, no tensors.
+//! - [`run_log`]: a training run's `log.jsonl`, written by [`train`].
 //!
 //! Shapes use the same letters everywhere: B batch, T target/query length, S source/key length,
 //! C model width, H heads, Dh head width, V vocabulary.
@@ -21,6 +24,7 @@ pub mod metrics;
 pub mod models;
 pub mod nn;
 pub mod pipeline;
+pub mod run_log;
 pub mod text;
 pub mod train;
 

@@ -12,7 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -25,6 +24,8 @@ use super::checkpoint::{load_parameters, load_tensors, replace_dir_atomically, s
 use super::{data_parallel, AdamW, AdamWConfig};
 use crate::hub::{read_json, write_json};
 use crate::nn::{mode::Rng, Mode};
+use crate::run_log::LogFile;
+pub use crate::run_log::{EvalRecord, StepRecord};
 use crate::{Error, Result};
 
 /// The options of the loop itself, which every task's training options provide.
@@ -166,38 +167,6 @@ pub enum Event {
     Step(StepRecord),
     Eval(EvalRecord),
     Checkpoint { path: PathBuf, step: usize, best: bool },
-}
-
-/// One optimizer step, as written to log.jsonl (`"kind": "train"`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StepRecord {
-    pub step: usize,
-    pub epoch: usize,
-    /// The task's training loss (label-smoothed where it smooths) per token.
-    pub loss: f64,
-    pub lr: f64,
-    pub grad_norm: f64,
-    pub tokens: usize,
-    pub tokens_per_s: f64,
-}
-
-/// One evaluation, as written to log.jsonl (`"kind": "eval"`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EvalRecord {
-    pub step: usize,
-    pub epoch: usize,
-    /// Cross-entropy per predicted token without smoothing (ln of the perplexity).
-    pub val_loss: f64,
-    #[serde(flatten)]
-    pub metrics: BTreeMap<String, f64>,
-    pub seconds: f64,
-}
-
-impl EvalRecord {
-    /// A metric by name, NaN when the task does not measure it.
-    pub fn metric(&self, name: &str) -> f64 {
-        self.metrics.get(name).copied().unwrap_or(f64::NAN)
-    }
 }
 
 /// How the loop ended.
@@ -461,25 +430,4 @@ pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<PathBuf>> {
 pub fn resume_point(run_dir: &Path) -> Result<PathBuf> {
     latest_checkpoint(run_dir)?
         .ok_or_else(|| Error::input(run_dir.join("checkpoints"), None, "no checkpoint to resume from"))
-}
-
-/// The JSONL training log, appended to (a resumed run continues the same file).
-struct LogFile {
-    path: PathBuf,
-    file: fs::File,
-}
-
-impl LogFile {
-    fn open(path: &Path) -> Result<Self> {
-        let file = fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
-        Ok(Self { path: path.to_path_buf(), file })
-    }
-
-    fn write(&mut self, kind: &str, record: &impl Serialize) -> Result<()> {
-        let mut value = serde_json::to_value(record).map_err(|e| Error::input(&self.path, None, e))?;
-        if let serde_json::Value::Object(map) = &mut value {
-            map.insert("kind".into(), kind.into());
-        }
-        writeln!(self.file, "{value}").map_err(|e| Error::io(&self.path, e))
-    }
 }
