@@ -6,11 +6,12 @@
 //! - [`models`]: whole models assembled from the blocks.
 //! - [`decode`]: turning a trained model into output sequences.
 //! - [`text`]: corpora, subword tokenizers (Hugging Face `tokenizers`) and batches.
+//! - [`plot`]: PNG figures: training curves of one run or several, attention heatmaps.
 //! - [`train`]: losses, learning-rate schedules, checkpoints and training loops.
 //!
 //! Beneath them all, depending on nothing in the model stack:
 //! - [`metrics`]: BLEU, chrF and other scores; pure functions, no tensors.
-//! - [`run_log`]: a training run's `log.jsonl`, written by [`train`].
+//! - [`run_log`]: a training run's `log.jsonl`, written by [`train`] and read by [`plot`].
 //!
 //! Shapes use the same letters everywhere: B batch, T target/query length, S source/key length,
 //! C model width, H heads, Dh head width, V vocabulary.
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod models;
 pub mod nn;
 pub mod pipeline;
+pub mod plot;
 pub mod run_log;
 pub mod text;
 pub mod train;
