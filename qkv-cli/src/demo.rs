@@ -11,13 +11,14 @@ use candle_core::Device;
 use clap::Parser;
 use qkv::decode::DecodeOptions;
 use qkv::models::TransformerConfig;
+use qkv::plot;
 use qkv::text::batch::Example;
 use qkv::text::number_words::{self, NumberPair};
 use qkv::train::translation::{batch_of, TranslationModel, TranslationTrainer, TranslationTraining};
 use rand::SeedableRng;
 use serde::Serialize;
 
-use crate::{plot, train::train_with_progress};
+use crate::train::train_with_progress;
 
 #[derive(Parser)]
 pub struct Args {
@@ -196,5 +197,5 @@ fn draw_cross_attention(model: &TranslationModel, example: &NumberPair, path: &P
     let mut target_tokens: Vec<String> = example_ids.target.iter().map(label).collect();
     target_tokens.push(label(&t.eos_id()));
     let title = format!("cross-attention reading \"{}\"", example.1);
-    plot::attention_grid(&weights, &source_tokens, &target_tokens, &title, path)
+    Ok(plot::attention_grid(&weights, &source_tokens, &target_tokens, &title, path)?)
 }

@@ -72,7 +72,8 @@ enum Command {
     Translate(translate::Args),
     /// Average the parameters of a run's last checkpoints into one model directory
     Average(average::Args),
-    /// Draw PNG plots: `qkv plot loss` (a run's log.jsonl) or `qkv plot attention` (attention weights as JSON)
+    /// Draw PNG plots: `qkv plot loss` (a run's log.jsonl), `qkv plot compare` (several runs' logs) or
+    /// `qkv plot attention` (attention weights as JSON)
     Plot(plot::Args),
     /// Score a system output against references: corpus BLEU and chrF, as sacreBLEU computes them
     Bleu(bleu::Args),

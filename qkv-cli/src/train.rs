@@ -11,8 +11,7 @@ use qkv::nn::NormPosition;
 use qkv::text::tokenizer::SubwordModel;
 use qkv::train::trainer::{EvalRecord, Event, Finish, Task, Trainer};
 use qkv::train::translation::{TranslationTrainer, TranslationTraining};
-
-use crate::plot;
+use qkv::{plot, run_log};
 
 #[derive(Parser)]
 pub struct Args {
@@ -210,8 +209,8 @@ pub fn run_with_progress<T: Task>(
     });
     bar.finish_and_clear();
     let finish = result?;
-    let log = plot::read_log(&out.join("log.jsonl"))?;
-    plot::loss_curve(&log, title, &out.join("loss.png"))?;
+    let log = run_log::read_log(&out.join("log.jsonl"))?;
+    plot::loss_curve(&log, &plot::CurveOptions { title: title.to_string(), metrics: None }, &out.join("loss.png"))?;
     eprintln!("loss curve: {}", out.join("loss.png").display());
     Ok(finish)
 }
