@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use qkv::train::checkpoint::{average_parameters, replace_dir_atomically, save_tensors};
-use qkv::train::translation::step_checkpoints;
+use qkv::hub::average_model_dirs;
+use qkv::train::trainer::step_checkpoints;
 
 #[derive(Parser)]
 pub struct Args {
@@ -28,23 +28,14 @@ pub fn run(args: Args) -> Result<()> {
         Some(run) => {
             let all = step_checkpoints(run)?;
             if all.is_empty() {
-                bail!("{}: no checkpoints under checkpoints/", run.display());
+                bail!("{}: no step checkpoints (checkpoints/step-N or checkpoint-N)", run.display());
             }
             all[all.len().saturating_sub(args.last)..].to_vec()
         }
         None if !args.inputs.is_empty() => args.inputs.clone(),
         None => bail!("give --run DIR or --inputs DIR..."),
     };
-    let files: Vec<PathBuf> = inputs.iter().map(|d| d.join("model.safetensors")).collect();
-    let averaged = average_parameters(&files)?;
-    replace_dir_atomically(&args.out, |tmp| {
-        for name in ["config.json", "tokenizer.json"] {
-            let from = inputs[0].join(name);
-            std::fs::copy(&from, tmp.join(name)).map_err(|e| qkv::Error::io(&from, e))?;
-        }
-        save_tensors(&averaged, &tmp.join("model.safetensors"))
-    })
-    .with_context(|| format!("writing {}", args.out.display()))?;
+    average_model_dirs(&inputs, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
     println!("averaged {} checkpoints into {}", inputs.len(), args.out.display());
     for input in &inputs {
         println!("  {}", input.display());

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use qkv::inference::pipeline::Pipeline;
 use qkv::models::bert::BertArchitecture;
-use qkv::pipeline::Pipeline;
 
 #[derive(Parser)]
 pub struct Args {
@@ -28,7 +28,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let pipeline = Pipeline::load(&args.model, BertArchitecture::SequenceClassification)
+    let pipeline = Pipeline::load(&args.model, BertArchitecture::SequenceClassification, &crate::device::device())
         .with_context(|| format!("loading {}", args.model.display()))?;
     for chunk in lines.chunks(args.batch_size) {
         let inputs: Vec<(&str, Option<&str>)> = chunk

@@ -10,15 +10,18 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Parser;
 use qkv::decode::DecodeOptions;
+use qkv::inference::Translator;
 use qkv::models::TransformerConfig;
+use qkv::plot;
+use qkv::text::batch::batch_of;
 use qkv::text::batch::Example;
 use qkv::text::number_words::{self, NumberPair};
 use qkv::train::trainer::LoopSettings;
-use qkv::train::translation::{batch_of, TranslationModel, TranslationTrainer, TranslationTraining};
+use qkv::train::translation::{TranslationTrainer, TranslationTraining};
 use rand::SeedableRng;
 use serde::Serialize;
 
-use crate::{plot, train::translation::train_with_progress};
+use crate::train::translation::train_with_progress;
 
 #[derive(Parser)]
 pub struct Args {
@@ -117,7 +120,7 @@ pub fn run(args: Args) -> Result<()> {
     train_with_progress(&mut trainer, &AtomicBool::new(false), &run_dir)?;
     let train_seconds = started.elapsed().as_secs_f64();
 
-    let model = TranslationModel::load(&run_dir)?;
+    let model = Translator::load(&run_dir, &Device::Cpu)?;
     let sources: Vec<String> = test.iter().map(|p| p.1.clone()).collect();
     let translations = model.translate(&sources, &DecodeOptions::greedy(), 4096)?;
     let exact_match = test.iter().zip(&translations).filter(|(p, t)| p.2 == **t).count();
@@ -184,7 +187,7 @@ fn write_side(path: &Path, pairs: &[NumberPair], side: impl Fn(&NumberPair) -> &
 }
 
 /// Every decoder layer's and head's cross-attention while the model reads its own translation of `example`.
-fn draw_cross_attention(model: &TranslationModel, example: &NumberPair, path: &Path) -> Result<()> {
+fn draw_cross_attention(model: &Translator, example: &NumberPair, path: &Path) -> Result<()> {
     let t = &model.tokenizer;
     let target = t.encode(&model.translate(std::slice::from_ref(&example.1), &DecodeOptions::greedy(), 4096)?[0])?;
     let example_ids = Example { source: t.encode(&example.1)?, target };
@@ -202,5 +205,5 @@ fn draw_cross_attention(model: &TranslationModel, example: &NumberPair, path: &P
     let mut target_tokens: Vec<String> = example_ids.target.iter().map(label).collect();
     target_tokens.push(label(&t.eos_id()));
     let title = format!("cross-attention reading \"{}\"", example.1);
-    plot::attention_grid(&weights, &source_tokens, &target_tokens, &title, path)
+    Ok(plot::attention_grid(&weights, &source_tokens, &target_tokens, &title, path)?)
 }

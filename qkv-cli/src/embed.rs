@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::Device;
 use clap::Parser;
-use qkv::hub::sentence_transformers::SentenceEncoder;
+use qkv::inference::Embedder;
 
 #[derive(Parser)]
 pub struct Args {
@@ -32,7 +31,7 @@ pub fn run(args: Args) -> Result<()> {
     let encoder = load(&args.model)?;
     let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let started = Instant::now();
-    let embeddings = encoder.encode(&refs, args.batch_size)?;
+    let embeddings = encoder.embed(&refs, args.batch_size)?;
     let seconds = started.elapsed().as_secs_f64();
     eprintln!(
         "{} sentences → {}-dimensional embeddings in {seconds:.2} s ({:.0} sentences/s)",
@@ -58,8 +57,9 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// Loads the encoder and warns about checkpoint tensors it does not use.
-pub fn load(dir: &Path) -> Result<SentenceEncoder> {
-    let encoder = SentenceEncoder::load(dir, &Device::Cpu).with_context(|| format!("loading {}", dir.display()))?;
+pub fn load(dir: &Path) -> Result<Embedder> {
+    let encoder =
+        Embedder::load(dir, &crate::device::device()).with_context(|| format!("loading {}", dir.display()))?;
     if !encoder.report.unused.is_empty() {
         eprintln!(
             "warning: {} tensor(s) of the checkpoint unused: {:?}",

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use qkv::inference::pipeline::Pipeline;
 use qkv::models::bert::BertArchitecture;
-use qkv::pipeline::Pipeline;
 
 #[derive(Parser)]
 pub struct Args {
@@ -23,7 +23,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let pipeline = Pipeline::load(&args.model, BertArchitecture::MaskedLm)
+    let pipeline = Pipeline::load(&args.model, BertArchitecture::MaskedLm, &crate::device::device())
         .with_context(|| format!("loading {}", args.model.display()))?;
     let masks = pipeline.fill_mask(&args.text, args.top_k)?;
     if args.json {

@@ -10,7 +10,7 @@ use qkv::train::classification::{ClassificationTrainer, ClassifierTraining, Metr
 use qkv::train::trainer::{Finish, Task as _};
 
 use crate::train::loop_args::{self, LoopArgs};
-use crate::train::session::{report_finish, run_with_progress, stop_on_ctrl_c};
+use crate::train::session::{plotted, report_finish, run_with_progress, stop_on_ctrl_c};
 
 #[derive(Parser)]
 pub struct Args {
@@ -120,7 +120,7 @@ fn classify(args: ClassifyArgs) -> Result<()> {
     let stop = stop_on_ctrl_c()?;
     let (train, dev) = trainer.task().data_sizes();
     let data = format!("{train} training rows, {dev} dev rows, labels {:?}", trainer.task().labels());
-    let finish = run_with_progress(&mut trainer, &stop, &args.out, &data, "fine-tuning", |r| {
+    let finish = run_with_progress(&mut trainer, &stop, &args.out, &data, plotted("fine-tuning"), |r| {
         format!("accuracy {:.4}  F1 {:.4}  MCC {:.4}", r.metric("accuracy"), r.metric("f1"), r.metric("mcc"))
     })?;
     report_finish(&finish, &format!("qkv finetune classify --out {}", args.out.display()));

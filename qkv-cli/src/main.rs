@@ -15,6 +15,7 @@ mod bench;
 mod bleu;
 mod classify;
 mod demo;
+mod device;
 mod embed;
 mod fill_mask;
 mod finetune;
@@ -55,6 +56,9 @@ struct Cli {
     /// Worker threads for matrix products and qkv's kernels (default: all cores); also read from QKV_THREADS
     #[arg(long, global = true, env = "QKV_THREADS")]
     threads: Option<usize>,
+    /// Where models run (this build: cpu)
+    #[arg(long, global = true, default_value = "cpu", env = "QKV_DEVICE")]
+    device: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,7 +74,8 @@ enum Command {
     Translate(translate::Args),
     /// Average the parameters of a run's last checkpoints into one model directory
     Average(average::Args),
-    /// Draw PNG plots: `qkv plot loss` (a run's log.jsonl) or `qkv plot attention` (attention weights as JSON)
+    /// Draw PNG plots: `qkv plot loss` (a run's log.jsonl), `qkv plot compare` (several runs' logs) or
+    /// `qkv plot attention` (attention weights as JSON)
     Plot(plot::Args),
     /// Score a system output against references: corpus BLEU and chrF, as sacreBLEU computes them
     Bleu(bleu::Args),
@@ -98,6 +103,10 @@ fn main() -> ExitCode {
     keep_freed_memory();
     let cli = Cli::parse();
     set_threads(cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())));
+    if let Err(err) = device::choose(&cli.device) {
+        eprintln!("error: {err:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use qkv::inference::pipeline::{Pipeline, QaOptions};
 use qkv::models::bert::BertArchitecture;
-use qkv::pipeline::{Pipeline, QaOptions};
 
 #[derive(Parser)]
 pub struct Args {
@@ -42,7 +42,7 @@ pub fn run(args: Args) -> Result<()> {
         (None, Some(path)) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
         (None, None) => anyhow::bail!("give the context with --context or --context-file"),
     };
-    let pipeline = Pipeline::load(&args.model, BertArchitecture::QuestionAnswering)
+    let pipeline = Pipeline::load(&args.model, BertArchitecture::QuestionAnswering, &crate::device::device())
         .with_context(|| format!("loading {}", args.model.display()))?;
     let options = QaOptions {
         top_k: args.top_k,

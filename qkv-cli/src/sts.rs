@@ -33,8 +33,8 @@ pub fn run(args: Args) -> Result<()> {
     let firsts: Vec<&str> = pairs.iter().map(|p| p.first.as_str()).collect();
     let seconds: Vec<&str> = pairs.iter().map(|p| p.second.as_str()).collect();
     // Cosine similarity: dot products of unit vectors (normalised here in case the model does not).
-    let a = l2_normalize(&encoder.encode(&firsts, args.batch_size)?)?;
-    let b = l2_normalize(&encoder.encode(&seconds, args.batch_size)?)?;
+    let a = l2_normalize(&encoder.embed(&firsts, args.batch_size)?)?;
+    let b = l2_normalize(&encoder.embed(&seconds, args.batch_size)?)?;
     let elapsed = started.elapsed().as_secs_f64();
     let cosines: Vec<f64> = (a * b)?.sum(D::Minus1)?.to_vec1::<f32>()?.into_iter().map(f64::from).collect();
     let gold: Vec<f64> = pairs.iter().map(|p| p.score).collect();

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use qkv::decode::DecodeOptions;
+use qkv::inference::Translator;
 use qkv::text::corpus::read_lines;
-use qkv::train::translation::TranslationModel;
 
 #[derive(Parser)]
 pub struct Args {
@@ -37,7 +37,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let model = TranslationModel::load(&args.model).with_context(|| format!("loading {}", args.model.display()))?;
+    let model = Translator::load(&args.model, &crate::device::device())
+        .with_context(|| format!("loading {}", args.model.display()))?;
     let sentences = match &args.input {
         Some(path) => read_lines(path)?,
         None => {

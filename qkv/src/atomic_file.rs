@@ -45,3 +45,33 @@ pub(crate) fn temporary_sibling(path: &Path) -> PathBuf {
     name.push(format!(".tmp-{}", std::process::id()));
     path.with_file_name(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("qkv-atomic-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn replacing_a_directory_keeps_the_old_one_when_filling_fails() -> Result<()> {
+        let root = scratch("replace");
+        let dir = root.join("ckpt");
+        replace_dir_atomically(&dir, |tmp| write_atomically(&tmp.join("a"), b"first"))?;
+        let failed = replace_dir_atomically(&dir, |tmp| {
+            write_atomically(&tmp.join("a"), b"second")?;
+            Err(Error::config("test", "fail", "an error"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(fs::read(dir.join("a")).unwrap(), b"first");
+        replace_dir_atomically(&dir, |tmp| write_atomically(&tmp.join("a"), b"third"))?;
+        assert_eq!(fs::read(dir.join("a")).unwrap(), b"third");
+        let leftovers: Vec<_> = fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("ckpt")]);
+        Ok(())
+    }
+}

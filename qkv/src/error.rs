@@ -25,6 +25,11 @@ pub enum Error {
     #[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
     Input { path: PathBuf, line: Option<usize>, message: String },
 
+    /// A figure that cannot be drawn (`path` is the image asked for): what is wrong with the data, or the
+    /// drawing backend's error.
+    #[error("cannot plot {}: {message}", path.display())]
+    Plot { path: PathBuf, message: String },
+
     /// An error reported by the Hugging Face `tokenizers` crate, with what qkv was doing.
     #[error("tokenizer: {context}: {message}")]
     Tokenizer { context: String, message: String },
@@ -46,6 +51,10 @@ impl Error {
 
     pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Error::Io { path: path.into(), error }
+    }
+
+    pub(crate) fn plot(path: impl Into<PathBuf>, message: impl ToString) -> Self {
+        Error::Plot { path: path.into(), message: message.to_string() }
     }
 
     pub(crate) fn tokenizer(context: impl ToString, message: impl ToString) -> Self {

@@ -5,9 +5,16 @@
 //!   position encodings, embeddings, dropout, LayerNorm with residual wiring, feed-forward, encoder and decoder.
 //! - [`models`]: whole models assembled from the blocks.
 //! - [`decode`]: turning a trained model into output sequences.
+//! - [`inference`]: what a user runs on a model directory (embed, generate, translate, BERT pipelines), shared by
+//!   the CLI and a server.
+//! - [`plot`]: training curves and attention grids as PNG; [`run_log`]: the training log they read.
 //! - [`text`]: corpora, subword tokenizers (Hugging Face `tokenizers`) and batches.
+//! - [`plot`]: PNG figures: training curves of one run or several, attention heatmaps.
 //! - [`train`]: losses, learning-rate schedules, checkpoints and training loops.
+//!
+//! Beneath them all, depending on nothing in the model stack:
 //! - [`metrics`]: BLEU, chrF and other scores; pure functions, no tensors.
+//! - [`run_log`]: a training run's `log.jsonl`, written by [`train`] and read by [`plot`].
 //!
 //! Shapes use the same letters everywhere: B batch, T target/query length, S source/key length,
 //! C model width, H heads, Dh head width, V vocabulary.
@@ -16,12 +23,14 @@ mod atomic_file;
 pub mod decode;
 pub mod error;
 pub mod hub;
+pub mod inference;
 pub mod kernels;
 pub mod metrics;
 pub mod models;
 pub mod nn;
-pub mod pipeline;
+pub mod plot;
 pub mod rng;
+pub mod run_log;
 pub mod text;
 pub mod train;
 

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, D};
 use qkv::hub::bert::{self, checkpoint_name, LoadOptions};
-use qkv::hub::sentence_transformers::SentenceEncoder;
 use qkv::hub::tokenizer::{PretrainedTokenizer, Truncation};
+use qkv::inference::Embedder;
 use qkv::models::bert::{BertArchitecture, BertInput};
 use qkv::nn::Mode;
 
@@ -258,10 +258,10 @@ fn minilm_tokenization_matches_transformers() {
 #[test]
 fn minilm_embeddings_match_sentence_transformers() {
     let fx = minilm_fixture();
-    let encoder = SentenceEncoder::load(&minilm(), &Device::Cpu).unwrap();
+    let encoder = Embedder::load(&minilm(), &Device::Cpu).unwrap();
     assert!(encoder.normalizes());
     let sentences: Vec<&str> = fx.sentences.iter().map(String::as_str).collect();
-    let got = encoder.encode(&sentences, 32).unwrap();
+    let got = encoder.embed(&sentences, 32).unwrap();
     let fixture = candle_core::safetensors::load(fixtures().join("minilm.safetensors"), &Device::Cpu).unwrap();
     let want = &fixture["embeddings"];
     assert_eq!(got.dims(), want.dims());
@@ -378,8 +378,9 @@ fn pipeline_fixture() -> PipelineFixture {
 /// transformers' fill-mask pipeline: the same top-5 tokens, strings and filled sequences, scores within 1e-5.
 #[test]
 fn fill_mask_matches_the_transformers_pipeline() {
-    use qkv::pipeline::Pipeline;
-    let pipeline = Pipeline::load(&fixtures().join("BertForMaskedLM"), BertArchitecture::MaskedLm).unwrap();
+    use qkv::inference::pipeline::Pipeline;
+    let pipeline =
+        Pipeline::load(&fixtures().join("BertForMaskedLM"), BertArchitecture::MaskedLm, &Device::Cpu).unwrap();
     for case in pipeline_fixture().fill_mask {
         let got = pipeline.fill_mask(&case.text, 5).unwrap();
         assert_eq!(got.len(), case.masks.len(), "{}", case.text);
@@ -397,8 +398,9 @@ fn fill_mask_matches_the_transformers_pipeline() {
 /// transformers' text-classification pipeline (top_k=None): every label's probability within 1e-5.
 #[test]
 fn classification_matches_the_transformers_pipeline() {
-    use qkv::pipeline::Pipeline;
-    let pipeline = Pipeline::load(&fixtures().join("finetuned"), BertArchitecture::SequenceClassification).unwrap();
+    use qkv::inference::pipeline::Pipeline;
+    let pipeline =
+        Pipeline::load(&fixtures().join("finetuned"), BertArchitecture::SequenceClassification, &Device::Cpu).unwrap();
     let cases = pipeline_fixture().classify;
     let texts: Vec<(&str, Option<&str>)> = cases.iter().map(|c| (c.text.as_str(), None)).collect();
     let got = pipeline.classify(&texts).unwrap();
@@ -414,9 +416,10 @@ fn classification_matches_the_transformers_pipeline() {
 /// answers, character offsets and order, scores within 1e-5.
 #[test]
 fn question_answering_matches_the_transformers_pipeline() {
-    use qkv::pipeline::{Pipeline, QaOptions};
+    use qkv::inference::pipeline::{Pipeline, QaOptions};
     let pipeline =
-        Pipeline::load(&fixtures().join("BertForQuestionAnswering"), BertArchitecture::QuestionAnswering).unwrap();
+        Pipeline::load(&fixtures().join("BertForQuestionAnswering"), BertArchitecture::QuestionAnswering, &Device::Cpu)
+            .unwrap();
     for case in pipeline_fixture().question_answering {
         let defaults = QaOptions::default();
         let option = |name: &str, default: usize| case.options.get(name).copied().unwrap_or(default);
@@ -442,7 +445,7 @@ fn question_answering_matches_the_transformers_pipeline() {
 /// BertForMaskedLM that loads with its own tokenizer and fills masks.
 #[test]
 fn mlm_pretraining_learns_and_saves_a_hugging_face_directory() {
-    use qkv::pipeline::Pipeline;
+    use qkv::inference::pipeline::Pipeline;
     use qkv::train::mlm::{small_config, MlmTrainer, MlmTraining};
     use qkv::train::trainer::{Event, LoopSettings};
     let scratch = std::env::temp_dir().join(format!("qkv-mlm-{}", std::process::id()));
@@ -492,7 +495,7 @@ fn mlm_pretraining_learns_and_saves_a_hugging_face_directory() {
     let (first, last) = (records[0], records[7]);
     assert!(last < first - 0.5, "validation loss {first} → {last}");
     let model = scratch.join("out/best");
-    let pipeline = Pipeline::load(&model, BertArchitecture::MaskedLm).unwrap();
+    let pipeline = Pipeline::load(&model, BertArchitecture::MaskedLm, &Device::Cpu).unwrap();
     let predictions = pipeline.fill_mask("the cat [MASK] the dog .", 3).unwrap();
     assert_eq!(predictions[0].len(), 3);
     std::fs::remove_dir_all(&scratch).unwrap();

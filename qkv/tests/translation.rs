@@ -11,8 +11,10 @@ use qkv::models::TransformerConfig;
 use qkv::nn::Mode;
 mod support;
 
+use qkv::inference::Translator;
+
 use qkv::train::translation::{
-    latest_checkpoint, Event, Finish, LoopSettings, TranslationModel, TranslationTrainer, TranslationTraining,
+    latest_checkpoint, Event, Finish, LoopSettings, TranslationTrainer, TranslationTraining,
 };
 
 const PAIRS: [(&str, &str); 6] = [
@@ -90,7 +92,7 @@ fn overfits_a_handful_of_pairs_then_translates_them_exactly() {
     assert_eq!(finish, Finish::Completed);
     let last = losses.last().unwrap().1;
     assert!(last < 0.05, "final loss {last}");
-    let model = TranslationModel::load(&dir.join("run")).unwrap();
+    let model = Translator::load(&dir.join("run"), &Device::Cpu).unwrap();
     let sources: Vec<String> = PAIRS.iter().map(|p| p.0.to_string()).collect();
     for (beam, use_cache) in [(1, true), (4, false), (4, true)] {
         let options = DecodeOptions { beam, use_cache, ..DecodeOptions::default() };
@@ -109,7 +111,7 @@ fn a_saved_checkpoint_loads_into_an_identical_model() {
     let mut trainer = TranslationTrainer::create(&dir.join("run"), training, tiny_model(0.1)).unwrap();
     train(&mut trainer, None);
     let checkpoint = latest_checkpoint(&dir.join("run")).unwrap().unwrap();
-    let loaded = TranslationModel::load(&checkpoint).unwrap();
+    let loaded = Translator::load(&checkpoint, &Device::Cpu).unwrap();
     let src = Tensor::new(&[[5u32, 6, 7, 2]], &Device::Cpu).unwrap();
     let valid = Tensor::ones((1, 4), candle_core::DType::U8, &Device::Cpu).unwrap();
     let tgt = Tensor::new(&[[1u32, 8, 9]], &Device::Cpu).unwrap();

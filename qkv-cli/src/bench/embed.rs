@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{ensure, Result};
 use candle_core::Device;
 use clap::Parser;
-use qkv::hub::sentence_transformers::SentenceEncoder;
+use qkv::inference::Embedder;
 use qkv::text::labeled::read_scored_pairs;
 
 use super::{time, Measurement};
@@ -29,18 +29,18 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<Vec<Measurement>> {
-    let encoder = SentenceEncoder::load(&args.model, &Device::Cpu)?;
+    let encoder = Embedder::load(&args.model, &Device::Cpu)?;
     let pairs = read_scored_pairs(&args.pairs)?;
     let sentences: Vec<&str> =
         pairs.iter().flat_map(|p| [p.first.as_str(), p.second.as_str()]).take(args.sentences).collect();
     ensure!(sentences.len() == args.sentences, "{} holds only {} sentences", args.pairs.display(), sentences.len());
     let n = sentences.len() as f64;
     let batched = time(1, args.reps, || {
-        encoder.encode(&sentences, args.batch_size)?;
+        encoder.embed(&sentences, args.batch_size)?;
         Ok(())
     })?;
     let single = time(5, 50, || {
-        encoder.encode(&sentences[..1], 1)?;
+        encoder.embed(&sentences[..1], 1)?;
         Ok(())
     })?;
     Ok(vec![

@@ -11,7 +11,7 @@ use qkv::train::language_model::{small_config, LmTrainer, LmTraining};
 use qkv::train::trainer::Finish;
 
 use super::loop_args::{self, LoopArgs};
-use super::session::{report_finish, run_with_progress, stop_on_ctrl_c};
+use super::session::{plotted, report_finish, run_with_progress, stop_on_ctrl_c};
 
 #[derive(Parser)]
 pub struct LmArgs {
@@ -85,9 +85,10 @@ pub fn run(args: LmArgs) -> Result<()> {
         "{train_tokens} training tokens, {valid_tokens} held out, vocabulary {}",
         trainer.task().model().config().vocab_size
     );
-    let finish = run_with_progress(&mut trainer, &stop, &args.out, &data, "language model training", |eval| {
-        format!("train loss {:.4}", eval.metric("train_loss"))
-    })?;
+    let finish =
+        run_with_progress(&mut trainer, &stop, &args.out, &data, plotted("language model training"), |eval| {
+            format!("train loss {:.4}", eval.metric("train_loss"))
+        })?;
     report_finish(&finish, &format!("qkv train lm --out {}", args.out.display()));
     if finish != Finish::Interrupted {
         let best = args.out.join("best");

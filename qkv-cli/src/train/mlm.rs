@@ -10,7 +10,7 @@ use qkv::train::mlm::{small_config, MlmTrainer, MlmTraining};
 use qkv::train::trainer::Finish;
 
 use super::loop_args::{self, LoopArgs};
-use super::session::{report_finish, run_with_progress, stop_on_ctrl_c};
+use super::session::{plotted, report_finish, run_with_progress, stop_on_ctrl_c};
 
 #[derive(Parser)]
 pub struct MlmArgs {
@@ -76,7 +76,8 @@ pub fn run(args: MlmArgs) -> Result<()> {
     let stop = stop_on_ctrl_c()?;
     let (sequences, held_out) = trainer.task().data_sizes();
     let data = format!("{sequences} sequences ({held_out} held out)");
-    let finish = run_with_progress(&mut trainer, &stop, &args.out, &data, "masked-LM pre-training", |_| String::new())?;
+    let finish =
+        run_with_progress(&mut trainer, &stop, &args.out, &data, plotted("masked-LM pre-training"), |_| String::new())?;
     report_finish(&finish, &format!("qkv train mlm --out {}", args.out.display()));
     if finish != Finish::Interrupted {
         println!("model: {}", args.out.join("best").display());

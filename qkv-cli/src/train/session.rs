@@ -8,16 +8,17 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use qkv::train::trainer::{EvalRecord, Event, Finish, Task, Trainer};
 
-use crate::plot;
+use qkv::{plot, run_log};
 
 /// Runs any trainer with a progress bar, a line per evaluation (`describe` adds the task's metrics to the
-/// validation loss) and per new best checkpoint, then draws loss.png from the run's log.
+/// validation loss) and per new best checkpoint, then draws loss.png from the run's log (`plotted`: its metric
+/// panels, every metric the task logs by default).
 pub fn run_with_progress<T: Task>(
     trainer: &mut Trainer<T>,
     stop: &AtomicBool,
     out: &Path,
     data: &str,
-    title: &str,
+    plotted: plot::CurveOptions,
     describe: impl Fn(&EvalRecord) -> String,
 ) -> Result<Finish> {
     let bar = crate::progress::steps_bar();
@@ -63,10 +64,15 @@ pub fn run_with_progress<T: Task>(
     if finish == Finish::EarlyStopped {
         eprintln!("early stopping: no new best in the last evaluations");
     }
-    let log = plot::read_log(&out.join("log.jsonl"))?;
-    plot::loss_curve(&log, title, &out.join("loss.png"))?;
+    let log = run_log::read_log(&out.join("log.jsonl"))?;
+    plot::loss_curve(&log, &plotted, &out.join("loss.png"))?;
     eprintln!("loss curve: {}", out.join("loss.png").display());
     Ok(finish)
+}
+
+/// A loss plot titled `title` with a panel for every metric the task logs.
+pub fn plotted(title: &str) -> plot::CurveOptions {
+    plot::CurveOptions { title: title.to_string(), metrics: None }
 }
 
 /// Ctrl-C raises the returned flag (the trainer then checkpoints and stops); a second Ctrl-C exits at once.

@@ -8,7 +8,7 @@ use clap::Parser;
 use qkv::models::{PositionEncoding, TransformerConfig};
 use qkv::nn::NormPosition;
 use qkv::text::tokenizer::SubwordModel;
-use qkv::train::trainer::Finish;
+use qkv::train::trainer::{Finish, Task as _};
 use qkv::train::translation::{TranslationTrainer, TranslationTraining};
 
 use super::loop_args::{self, LoopArgs};
@@ -113,7 +113,11 @@ pub fn train_with_progress(trainer: &mut TranslationTrainer, stop: &AtomicBool, 
         eprintln!("warning: skipped {skipped} training pairs longer than max_len tokens");
     }
     let data = format!("{train_pairs} training pairs, {valid_pairs} validation pairs");
-    run_with_progress(trainer, stop, out, &data, "translation training", |eval| {
+    // Exact match is asked for where outputs are a word or two, and BLEU means little there.
+    let exact = trainer.task().training().exact_match;
+    let metrics = exact.then(|| vec!["val_exact_match".to_string()]);
+    let plotted = qkv::plot::CurveOptions { title: "translation training".into(), metrics };
+    run_with_progress(trainer, stop, out, &data, plotted, |eval| {
         let exact = eval.metrics.get("val_exact_match").map(|e| format!("  exact match {:.1}%", 100.0 * e));
         format!(
             "BLEU {:.2}  chrF2 {:.2}{}",

@@ -81,6 +81,18 @@ pub enum StopReason {
     Caller,
 }
 
+impl StopReason {
+    /// The name generation output reports it under.
+    pub fn name(self) -> &'static str {
+        match self {
+            StopReason::MaxNewTokens => "max_new_tokens",
+            StopReason::Eos => "eos",
+            StopReason::ContextFull => "n_positions",
+            StopReason::Caller => "stop_string",
+        }
+    }
+}
+
 /// One prompt's continuation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Generated {

@@ -8,8 +8,15 @@ pub mod bert;
 pub mod gpt2;
 pub mod sentence_transformers;
 pub mod tokenizer;
+pub mod weights;
 
-use std::collections::{BTreeMap, HashMap};
+pub(crate) use weights::assign;
+pub use weights::{
+    average_model_dirs, average_parameters, load_parameters, load_safetensors, load_weights, save_parameters,
+    save_safetensors, LoadReport, WeightSource,
+};
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -55,119 +62,6 @@ pub fn architecture_name(dir: &Path) -> Result<String> {
         .or(model_type)
         .map(str::to_string)
         .ok_or_else(|| Error::input(dir.join("config.json"), None, "names neither `architectures` nor `model_type`"))
-}
-
-/// Every weight of a model directory as f32 on `device`, from `model.safetensors` or from the shards of
-/// `model.safetensors.index.json`.
-pub fn load_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let single = dir.join(WEIGHTS);
-    let index = dir.join(WEIGHTS_INDEX);
-    if single.exists() {
-        return load_safetensors(&single, device);
-    }
-    if index.exists() {
-        return load_shards(&index, device);
-    }
-    let message = if dir.join("pytorch_model.bin").exists() {
-        "has only pytorch_model.bin: qkv reads safetensors (re-save with save_pretrained(safe_serialization=True))"
-    } else {
-        "has neither model.safetensors nor model.safetensors.index.json"
-    };
-    Err(Error::input(dir, None, message))
-}
-
-fn load_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let tensors = candle_core::safetensors::load(path, device)
-        .map_err(|e| Error::input(path, None, format!("not a readable safetensors file: {e}")))?;
-    tensors.into_iter().map(|(name, t)| Ok((name, t.to_dtype(DType::F32)?))).collect()
-}
-
-fn load_shards(index: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    #[derive(serde::Deserialize)]
-    struct Index {
-        weight_map: BTreeMap<String, String>,
-    }
-    let Index { weight_map } = read_json(index)?;
-    let dir = index.parent().unwrap_or(Path::new("."));
-    let mut shards: BTreeMap<&str, HashMap<String, Tensor>> = BTreeMap::new();
-    for file in weight_map.values() {
-        if !shards.contains_key(file.as_str()) {
-            let path = dir.join(file);
-            if !path.exists() {
-                return Err(Error::input(index, None, format!("lists shard {file}, which does not exist")));
-            }
-            shards.insert(file, load_safetensors(&path, device)?);
-        }
-    }
-    let mut weights = HashMap::new();
-    for (name, file) in &weight_map {
-        let tensor = shards.get_mut(file.as_str()).and_then(|s| s.remove(name));
-        let tensor = tensor.ok_or_else(|| Error::input(dir.join(file), None, format!("has no tensor `{name}`")))?;
-        weights.insert(name.clone(), tensor);
-    }
-    Ok(weights)
-}
-
-/// What loading did besides setting parameters from the checkpoint.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct LoadReport {
-    /// Parameters the checkpoint did not have, left at their fresh initialisation (new task heads).
-    pub initialized: Vec<String>,
-    /// Checkpoint tensors this model has no use for (another class's head, buffers).
-    pub unused: Vec<String>,
-}
-
-/// Sets each of `vars` (qkv names) from `weights` (checkpoint names) through `to_checkpoint`, the
-/// architecture's name table. A wrongly shaped tensor is an error naming both names and shapes; a missing one
-/// is an error unless `may_initialize(name)` says the parameter may keep its fresh value.
-pub(crate) fn assign(
-    vars: &[(String, Var)],
-    mut weights: HashMap<String, Tensor>,
-    source: &Path,
-    to_checkpoint: impl Fn(&str) -> String,
-    may_initialize: impl Fn(&str) -> bool,
-) -> Result<LoadReport> {
-    let mut report = LoadReport::default();
-    for (name, var) in vars {
-        let key = to_checkpoint(name);
-        match weights.remove(&key) {
-            Some(t) if t.dims() == var.dims() => var.set(&t)?,
-            Some(t) => {
-                let message = format!("tensor `{key}` has shape {:?}, expected {:?}", t.dims(), var.dims());
-                return Err(Error::input(source, None, message));
-            }
-            None if may_initialize(name) => report.initialized.push(key),
-            None => {
-                let message = format!("tensor `{key}` is missing (expected shape {:?})", var.dims());
-                return Err(Error::input(source, None, message));
-            }
-        }
-    }
-    report.unused = weights.into_keys().collect();
-    report.unused.sort();
-    Ok(report)
-}
-
-/// Writes `tensors` as a safetensors file that transformers accepts (it requires `{"format": "pt"}` in the
-/// metadata), through a temporary file and a rename.
-pub fn save_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
-    let mut data = Vec::with_capacity(tensors.len());
-    for (name, t) in tensors {
-        let t = t.to_dtype(DType::F32)?.contiguous()?;
-        let bytes: Vec<u8> = t.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect();
-        data.push((name.clone(), t.dims().to_vec(), bytes));
-    }
-    let views = data
-        .iter()
-        .map(|(name, shape, bytes)| {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                .map_err(|e| Error::input(path, None, format!("tensor `{name}`: {e}")))?;
-            Ok((name.as_str(), view))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::input(path, None, e))?;
-    crate::atomic_file::write_atomically(path, &bytes)
 }
 
 /// Writes `value` as pretty JSON (as `save_pretrained` does), atomically.

@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::Rng;
 
+use super::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
 /// A tokenized sentence pair, ids without special tokens.
@@ -138,6 +139,12 @@ fn push_padded<V: Copy>(out: &mut Vec<V>, row: impl Iterator<Item = V>, width: u
     let start = out.len();
     out.extend(row);
     out.resize(start + width, fill);
+}
+
+/// The padded batch of `examples[indices]`, with the tokenizer's special ids.
+pub fn batch_of(tokenizer: &Tokenizer, examples: &[Example], indices: &[usize], device: &Device) -> Result<Batch> {
+    let chosen: Vec<&Example> = indices.iter().map(|&i| &examples[i]).collect();
+    Batch::new(&chosen, tokenizer.pad_id(), tokenizer.bos_id(), tokenizer.eos_id(), device)
 }
 
 #[cfg(test)]

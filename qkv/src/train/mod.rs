@@ -1,6 +1,5 @@
 //! Training: losses, learning-rate schedules, and a small built-in sequence task.
 
-pub mod checkpoint;
 pub mod classification;
 pub mod data_parallel;
 pub mod language_model;

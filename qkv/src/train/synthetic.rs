@@ -13,12 +13,12 @@ use candle_nn::VarMap;
 use rand::{Rng as _, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::save_parameters;
 use super::trainer::{
     Evaluation, Event, LoopSettings, Objective, StepContext, StepRecord, Task as TrainerTask, Trainer, TrainingOptions,
 };
 use super::AdamWConfig;
 use crate::decode::{greedy, DecodeOptions};
+use crate::hub::save_parameters;
 use crate::models::{Transformer, TransformerConfig};
 use crate::nn::{params::named_vars, seeded_var_builder, Mode};
 use crate::rng::Rng;

@@ -20,7 +20,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -29,13 +28,16 @@ use candle_core::{Tensor, Var};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{load_parameters, load_tensors, replace_dir_atomically, save_tensors};
 use super::data_parallel::{self, Streams};
 pub use super::options::{read_options, LoopSettings, TrainingOptions};
 use super::AdamW;
+use crate::atomic_file::replace_dir_atomically;
 use crate::hub::write_json;
+use crate::hub::{load_parameters, load_safetensors, save_safetensors};
 use crate::nn::Mode;
 use crate::rng::Rng;
+use crate::run_log::LogFile;
+pub use crate::run_log::{EvalRecord, StepRecord};
 use crate::{Error, Result};
 
 /// Where the loss of a batch is computed: the optimizer step it contributes to, and the task's generator.
@@ -131,7 +133,7 @@ pub trait Task: Objective + Sized {
     fn save_model(&self, dir: &Path) -> Result<()>;
     /// Sets the parameters from a directory [`save_model`](Task::save_model) wrote (for resuming).
     fn load_model(&self, dir: &Path) -> Result<()> {
-        load_parameters(self.vars(), &dir.join("model.safetensors"))
+        load_parameters(self.vars(), &dir.join("model.safetensors")).map(|_| ())
     }
 }
 
@@ -195,38 +197,6 @@ pub enum Event {
     Step(StepRecord),
     Eval(EvalRecord),
     Checkpoint { path: PathBuf, step: usize, best: bool },
-}
-
-/// One optimizer step, as written to log.jsonl (`"kind": "train"`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StepRecord {
-    pub step: usize,
-    pub epoch: usize,
-    /// The task's training loss (label-smoothed where it smooths) per token.
-    pub loss: f64,
-    pub lr: f64,
-    pub grad_norm: f64,
-    pub tokens: usize,
-    pub tokens_per_s: f64,
-}
-
-/// One evaluation, as written to log.jsonl (`"kind": "eval"`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EvalRecord {
-    pub step: usize,
-    pub epoch: usize,
-    /// Cross-entropy per predicted token without smoothing (ln of the perplexity).
-    pub val_loss: f64,
-    #[serde(flatten)]
-    pub metrics: BTreeMap<String, f64>,
-    pub seconds: f64,
-}
-
-impl EvalRecord {
-    /// A metric by name, NaN when the task does not measure it.
-    pub fn metric(&self, name: &str) -> f64 {
-        self.metrics.get(name).copied().unwrap_or(f64::NAN)
-    }
 }
 
 /// How the loop ended.
@@ -348,7 +318,7 @@ impl<T: Task> Trainer<T> {
         let state: TrainState = crate::hub::read_json(&checkpoint.join("state.json"))?;
         task.load_model(&checkpoint)?;
         let mut trainer = Self::assemble(Some(run_dir), task, state)?;
-        let moments = load_tensors(&checkpoint.join("optimizer.safetensors"))?;
+        let moments = load_safetensors(&checkpoint.join("optimizer.safetensors"), &candle_core::Device::Cpu)?;
         trainer.optimizer.load_state(trainer.state.step, moments)?;
         Ok(trainer)
     }
@@ -521,7 +491,7 @@ impl<T: Task> Trainer<T> {
             write_json(&tmp.join("training.json"), self.task.training())?;
             write_json(&tmp.join("state.json"), &self.state)?;
             let (_, moments) = self.optimizer.state()?;
-            save_tensors(&moments, &tmp.join("optimizer.safetensors"))
+            save_safetensors(&moments, &tmp.join("optimizer.safetensors"))
         })?;
         on_event(&Event::Checkpoint { path: dir.clone(), step: self.state.step, best: false });
         if best {
@@ -606,25 +576,4 @@ pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<PathBuf>> {
 /// The newest step checkpoint of a run, or an error saying there is none to resume from.
 pub fn resume_point(run_dir: &Path) -> Result<PathBuf> {
     latest_checkpoint(run_dir)?.ok_or_else(|| Error::input(run_dir, None, "no checkpoint to resume from"))
-}
-
-/// The JSONL training log, appended to (a resumed run continues the same file).
-struct LogFile {
-    path: PathBuf,
-    file: fs::File,
-}
-
-impl LogFile {
-    fn open(path: &Path) -> Result<Self> {
-        let file = fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
-        Ok(Self { path: path.to_path_buf(), file })
-    }
-
-    fn write(&mut self, kind: &str, record: &impl Serialize) -> Result<()> {
-        let mut value = serde_json::to_value(record).map_err(|e| Error::input(&self.path, None, e))?;
-        if let serde_json::Value::Object(map) = &mut value {
-            map.insert("kind".into(), kind.into());
-        }
-        writeln!(self.file, "{value}").map_err(|e| Error::io(&self.path, e))
-    }
 }

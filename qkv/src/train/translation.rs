@@ -12,19 +12,19 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{load_parameters, save_parameters};
 use super::trainer::{epoch_rng, Evaluation, Objective, Selection, StepContext, Task, Trainer, TrainingOptions};
 pub use super::trainer::{
     latest_checkpoint, step_checkpoints, EvalRecord, Event, Finish, LoopSettings, StepRecord, TrainState,
 };
 use super::{cross_entropy, schedule, AdamWConfig};
 use crate::decode::{beam_search, DecodeOptions};
+use crate::hub::save_parameters;
 use crate::hub::{read_json, write_json};
 use crate::metrics::bleu::{corpus_bleu, BleuOptions};
 use crate::metrics::chrf::{corpus_chrf, ChrfOptions};
 use crate::models::{Transformer, TransformerConfig};
 use crate::nn::{mode::Rng, params::named_vars, seeded_var_builder, Mode};
-use crate::text::batch::{token_batches, Batch, Example};
+use crate::text::batch::{batch_of, token_batches, Batch, Example};
 use crate::text::corpus::{read_parallel, SentencePair};
 use crate::text::tokenizer::{SubwordModel, Tokenizer};
 use crate::{Error, Result};
@@ -298,59 +298,6 @@ fn encode_pairs(
         }
     }
     Ok((examples, skipped))
-}
-
-/// The padded batch of `examples[indices]`, with the tokenizer's special ids.
-pub fn batch_of(tokenizer: &Tokenizer, examples: &[Example], indices: &[usize], device: &Device) -> Result<Batch> {
-    let chosen: Vec<&Example> = indices.iter().map(|&i| &examples[i]).collect();
-    Batch::new(&chosen, tokenizer.pad_id(), tokenizer.bos_id(), tokenizer.eos_id(), device)
-}
-
-/// A trained translation model loaded from a model directory (config.json, model.safetensors,
-/// tokenizer.json): a run's `best/`, one of its checkpoints, or an averaged model.
-pub struct TranslationModel {
-    pub model: Transformer,
-    pub tokenizer: Tokenizer,
-    pub config: TransformerConfig,
-}
-
-impl TranslationModel {
-    /// Loads `dir`; a run directory is accepted too and means its `best/`.
-    pub fn load(dir: &Path) -> Result<Self> {
-        let dir = if !dir.join("model.safetensors").exists() && dir.join("best").is_dir() {
-            dir.join("best")
-        } else {
-            dir.to_path_buf()
-        };
-        let config: TransformerConfig = read_json(&dir.join("config.json"))?;
-        let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"))?;
-        let varmap = VarMap::new();
-        let vb = seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
-        let model = Transformer::new(&config, vb)?;
-        load_parameters(&named_vars(&varmap), &dir.join("model.safetensors"))?;
-        Ok(Self { model, tokenizer, config })
-    }
-
-    /// Translates sentences in batches of about `max_tokens` source tokens, longest first, returning them in
-    /// input order.
-    pub fn translate(&self, sentences: &[String], options: &DecodeOptions, max_tokens: usize) -> Result<Vec<String>> {
-        let t = &self.tokenizer;
-        let examples: Vec<Example> = sentences
-            .iter()
-            .map(|s| Ok(Example { source: t.encode(s)?, target: Vec::new() }))
-            .collect::<Result<_>>()?;
-        let lengths: Vec<(usize, usize)> = examples.iter().map(|e| (e.source.len(), 0)).collect();
-        let budget = max_tokens.max(lengths.iter().map(|&(s, _)| s + 1).max().unwrap_or(1));
-        let mut output = vec![String::new(); sentences.len()];
-        for indices in token_batches(&lengths, budget, None::<&mut Rng>)? {
-            let batch = batch_of(t, &examples, &indices, &Device::Cpu)?;
-            let decoded = beam_search(&self.model, &batch.source, &batch.source_valid, options)?;
-            for (&i, hypothesis) in indices.iter().zip(decoded) {
-                output[i] = t.decode(&hypothesis.tokens)?;
-            }
-        }
-        Ok(output)
-    }
 }
 
 #[cfg(test)]

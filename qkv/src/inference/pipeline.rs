@@ -14,7 +14,7 @@ use crate::models::bert::{Bert, BertArchitecture, BertInput};
 use crate::nn::Mode;
 use crate::{Error, Result};
 
-/// A model directory with its tokenizer, in evaluation mode.
+/// A model directory with its tokenizer, in evaluation mode; built once, used from any number of threads.
 pub struct Pipeline {
     model: Bert,
     tokenizer: PretrainedTokenizer,
@@ -69,12 +69,15 @@ impl Default for QaOptions {
 }
 
 impl Pipeline {
-    /// Loads `dir` as `architecture` (its checkpoint must have that head).
-    pub fn load(dir: &Path, architecture: BertArchitecture) -> Result<Self> {
-        let device = Device::Cpu;
+    /// Loads `dir` as `architecture` (its checkpoint must have that head) onto `device`.
+    pub fn load(dir: &Path, architecture: BertArchitecture, device: &Device) -> Result<Self> {
         let options = LoadOptions { architecture: Some(architecture), ..LoadOptions::default() };
-        let model = bert::load(dir, &options, &device)?.frozen()?;
-        Ok(Self { model, tokenizer: PretrainedTokenizer::from_dir(dir)?, device })
+        let model = bert::load(dir, &options, device)?.frozen()?;
+        Ok(Self { model, tokenizer: PretrainedTokenizer::from_dir(dir)?, device: device.clone() })
+    }
+
+    pub fn model(&self) -> &Bert {
+        &self.model
     }
 
     fn run(&self, inputs: &[(&str, Option<&str>)]) -> Result<(Vec<Vec<u32>>, Tensor)> {

@@ -1,0 +1,303 @@
+//! Weights on disk: the one stack every model directory and checkpoint goes through. Reading (single-file
+//! or sharded safetensors, as f32), writing (atomically, with the `{"format": "pt"}` metadata transformers
+//! requires), setting a model's parameters through its architecture's name table, and averaging checkpoints.
+//! The strictness is the same everywhere: a missing or wrongly shaped tensor is an error that names it with both
+//! shapes; tensors the model has no use for are reported ([`LoadReport::unused`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Shape, Tensor, Var};
+use candle_nn::var_builder::SimpleBackend;
+
+use super::{WEIGHTS, WEIGHTS_INDEX};
+use crate::{Error, Result};
+
+/// Every weight of a model directory as f32 on `device`, from `model.safetensors` or from the shards of
+/// `model.safetensors.index.json`.
+pub fn load_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let single = dir.join(WEIGHTS);
+    let index = dir.join(WEIGHTS_INDEX);
+    if single.exists() {
+        return load_safetensors(&single, device);
+    }
+    if index.exists() {
+        return load_shards(&index, device);
+    }
+    let message = if dir.join("pytorch_model.bin").exists() {
+        "has only pytorch_model.bin: qkv reads safetensors (re-save with save_pretrained(safe_serialization=True))"
+    } else {
+        "has neither model.safetensors nor model.safetensors.index.json"
+    };
+    Err(Error::input(dir, None, message))
+}
+
+/// Every tensor of one safetensors file as f32 on `device`.
+pub fn load_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let tensors = candle_core::safetensors::load(path, device)
+        .map_err(|e| Error::input(path, None, format!("not a readable safetensors file: {e}")))?;
+    tensors.into_iter().map(|(name, t)| Ok((name, t.to_dtype(DType::F32)?))).collect()
+}
+
+fn load_shards(index: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let Index { weight_map } = super::read_json(index)?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut shards: BTreeMap<&str, HashMap<String, Tensor>> = BTreeMap::new();
+    for file in weight_map.values() {
+        if !shards.contains_key(file.as_str()) {
+            let path = dir.join(file);
+            if !path.exists() {
+                return Err(Error::input(index, None, format!("lists shard {file}, which does not exist")));
+            }
+            shards.insert(file, load_safetensors(&path, device)?);
+        }
+    }
+    let mut weights = HashMap::new();
+    for (name, file) in &weight_map {
+        let tensor = shards.get_mut(file.as_str()).and_then(|s| s.remove(name));
+        let tensor = tensor.ok_or_else(|| Error::input(dir.join(file), None, format!("has no tensor `{name}`")))?;
+        weights.insert(name.clone(), tensor);
+    }
+    Ok(weights)
+}
+
+/// What loading did besides setting parameters from the checkpoint.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadReport {
+    /// Parameters the checkpoint did not have, left at their fresh initialisation (new task heads).
+    pub initialized: Vec<String>,
+    /// Checkpoint tensors this model has no use for (another class's head, buffers).
+    pub unused: Vec<String>,
+}
+
+/// Sets each of `vars` (qkv names) from `weights` (checkpoint names) through `to_checkpoint`, the
+/// architecture's name table. A wrongly shaped tensor is an error naming both names and shapes; a missing one
+/// is an error unless `may_initialize(name)` says the parameter may keep its fresh value.
+pub(crate) fn assign(
+    vars: &[(String, Var)],
+    mut weights: HashMap<String, Tensor>,
+    source: &Path,
+    to_checkpoint: impl Fn(&str) -> String,
+    may_initialize: impl Fn(&str) -> bool,
+) -> Result<LoadReport> {
+    let mut report = LoadReport::default();
+    for (name, var) in vars {
+        let key = to_checkpoint(name);
+        match weights.remove(&key) {
+            Some(t) if t.dims() == var.dims() => var.set(&t)?,
+            Some(t) => {
+                let message = format!("tensor `{key}` has shape {:?}, expected {:?}", t.dims(), var.dims());
+                return Err(Error::input(source, None, message));
+            }
+            None if may_initialize(name) => report.initialized.push(key),
+            None => {
+                let message = format!("tensor `{key}` is missing (expected shape {:?})", var.dims());
+                return Err(Error::input(source, None, message));
+            }
+        }
+    }
+    report.unused = weights.into_keys().collect();
+    report.unused.sort();
+    Ok(report)
+}
+
+/// Writes `tensors` as a safetensors file that transformers accepts (it requires `{"format": "pt"}` in the
+/// metadata), through a temporary file and a rename.
+pub fn save_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let mut data = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let t = t.to_dtype(DType::F32)?.contiguous()?;
+        let bytes: Vec<u8> = t.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect();
+        data.push((name.clone(), t.dims().to_vec(), bytes));
+    }
+    let views = data
+        .iter()
+        .map(|(name, shape, bytes)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map_err(|e| Error::input(path, None, format!("tensor `{name}`: {e}")))?;
+            Ok((name.as_str(), view))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::input(path, None, e))?;
+    crate::atomic_file::write_atomically(path, &bytes)
+}
+
+/// Tensors a model is built over directly (no fresh initialisation, no variables: nothing records gradients),
+/// remembering which names the model read so the rest can be reported. A missing or wrongly shaped tensor
+/// fails the build with an error naming the file, the tensor and both shapes.
+#[derive(Clone)]
+pub struct WeightSource(Arc<Source>);
+
+struct Source {
+    tensors: HashMap<String, Tensor>,
+    origin: PathBuf,
+    read: Mutex<BTreeSet<String>>,
+}
+
+impl WeightSource {
+    pub fn new(tensors: HashMap<String, Tensor>, origin: &Path) -> Self {
+        Self(Arc::new(Source { tensors, origin: origin.to_path_buf(), read: Mutex::new(BTreeSet::new()) }))
+    }
+
+    /// The tensors of a safetensors file (qkv's own checkpoints: qkv's names).
+    pub fn from_file(path: &Path, device: &Device) -> Result<Self> {
+        Ok(Self::new(load_safetensors(path, device)?, path))
+    }
+
+    /// A VarBuilder that hands out these tensors as `dtype` on `device`.
+    pub fn builder(&self, dtype: DType, device: &Device) -> candle_nn::VarBuilder<'static> {
+        candle_nn::VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
+    }
+
+    /// What the build read and did not: tensors no parameter asked for.
+    pub fn report(&self) -> LoadReport {
+        let read = self.0.read.lock().map(|r| r.clone()).unwrap_or_default();
+        let mut unused: Vec<String> = self.0.tensors.keys().filter(|k| !read.contains(*k)).cloned().collect();
+        unused.sort();
+        LoadReport { initialized: Vec::new(), unused }
+    }
+
+    fn fetch(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        let tensor = self.0.tensors.get(name).ok_or_else(|| {
+            candle_core::Error::Msg(format!("{}: tensor `{name}` is missing", self.0.origin.display()))
+        })?;
+        if let Ok(mut read) = self.0.read.lock() {
+            read.insert(name.to_string());
+        }
+        tensor.to_dtype(dtype)?.to_device(device)
+    }
+}
+
+impl SimpleBackend for WeightSource {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = self.fetch(name, dtype, dev)?;
+        if tensor.shape() != &shape {
+            let origin = self.0.origin.display();
+            let message =
+                format!("{origin}: tensor `{name}` has shape {:?}, expected {:?}", tensor.dims(), shape.dims());
+            return Err(candle_core::Error::Msg(message));
+        }
+        Ok(tensor)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.fetch(name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.tensors.contains_key(name)
+    }
+}
+
+/// Saves named parameters under their own names.
+pub fn save_parameters(vars: &[(String, Var)], path: &Path) -> Result<()> {
+    let tensors: Vec<(String, Tensor)> = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+    save_safetensors(&tensors, path)
+}
+
+/// Sets every parameter from the file at `path`, which holds them under their own names (qkv's checkpoints).
+pub fn load_parameters(vars: &[(String, Var)], path: &Path) -> Result<LoadReport> {
+    if !path.exists() {
+        return Err(Error::input(path, None, "no such file"));
+    }
+    let device = vars.first().map(|(_, v)| v.device().clone()).unwrap_or(Device::Cpu);
+    assign(vars, load_safetensors(path, &device)?, path, str::to_string, |_| false)
+}
+
+/// The element-wise mean of the tensors in `paths` (checkpoint averaging, as in the paper's §6.1 — the last
+/// checkpoints of a run averaged into one model). All files must hold the same names and shapes.
+pub fn average_parameters(paths: &[PathBuf]) -> Result<Vec<(String, Tensor)>> {
+    let Some(first) = paths.first() else {
+        return Err(Error::config("checkpoints to average", 0, "at least one"));
+    };
+    let mut sums = load_safetensors(first, &Device::Cpu)?;
+    for path in &paths[1..] {
+        let mut tensors = load_safetensors(path, &Device::Cpu)?;
+        for (name, sum) in sums.iter_mut() {
+            let t = tensors.remove(name).ok_or_else(|| {
+                Error::input(path, None, format!("tensor `{name}` is missing (present in {})", first.display()))
+            })?;
+            if t.dims() != sum.dims() {
+                let message = format!("tensor `{name}` has shape {:?}, expected {:?}", t.dims(), sum.dims());
+                return Err(Error::input(path, None, message));
+            }
+            *sum = (&*sum + t)?;
+        }
+        if let Some(name) = tensors.keys().min() {
+            return Err(Error::input(path, None, format!("tensor `{name}` is not in {}", first.display())));
+        }
+    }
+    let n = paths.len() as f64;
+    let mut averaged: Vec<(String, Tensor)> =
+        sums.into_iter().map(|(name, sum)| Ok((name, (sum / n)?))).collect::<Result<_>>()?;
+    averaged.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(averaged)
+}
+
+/// Averages the weights of the model directories `inputs` into a new model directory `out` (written
+/// atomically), with the first input's config and tokenizer files.
+pub fn average_model_dirs(inputs: &[PathBuf], out: &Path) -> Result<()> {
+    let files: Vec<PathBuf> = inputs.iter().map(|d| d.join(WEIGHTS)).collect();
+    let averaged = average_parameters(&files)?;
+    crate::atomic_file::replace_dir_atomically(out, |tmp| {
+        let first = &inputs[0];
+        for name in ["config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"] {
+            let from = first.join(name);
+            if from.exists() {
+                std::fs::copy(&from, tmp.join(name)).map_err(|e| Error::io(&from, e))?;
+            }
+        }
+        save_safetensors(&averaged, &tmp.join(WEIGHTS))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_round_trip_and_mismatches_are_named() -> Result<()> {
+        let root = std::env::temp_dir().join(format!("qkv-weights-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let dev = Device::Cpu;
+        let vars = vec![
+            ("a.weight".to_string(), Var::from_tensor(&Tensor::arange(0f32, 6.0, &dev)?.reshape((2, 3))?)?),
+            ("b.bias".to_string(), Var::from_tensor(&Tensor::new(&[1f32, 2.0], &dev)?)?),
+        ];
+        let path = root.join("model.safetensors");
+        save_parameters(&vars, &path)?;
+        let loaded = vec![
+            ("a.weight".to_string(), Var::zeros((2, 3), DType::F32, &dev)?),
+            ("b.bias".to_string(), Var::zeros(2, DType::F32, &dev)?),
+        ];
+        assert_eq!(load_parameters(&loaded, &path)?, LoadReport::default());
+        assert_eq!(loaded[0].1.as_tensor().flatten_all()?.to_vec1::<f32>()?, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        let wrong = vec![("a.weight".to_string(), Var::zeros((3, 2), DType::F32, &dev)?)];
+        let message = load_parameters(&wrong, &path).unwrap_err().to_string();
+        assert!(message.contains("a.weight") && message.contains("[2, 3]"), "{message}");
+        let missing = vec![("c.weight".to_string(), Var::zeros(2, DType::F32, &dev)?)];
+        let message = load_parameters(&missing, &path).unwrap_err().to_string();
+        assert!(message.contains("c.weight") && message.contains("missing"), "{message}");
+        // A tensor no parameter takes is reported, as in every other load.
+        let report = load_parameters(&loaded[..1], &path)?;
+        assert_eq!(report.unused, vec!["b.bias".to_string()]);
+        let averaged = average_parameters(&[path.clone(), path])?;
+        assert_eq!(averaged[1].1.to_vec1::<f32>()?, vec![1.0, 2.0]);
+        std::fs::remove_dir_all(&root).unwrap();
+        Ok(())
+    }
+}

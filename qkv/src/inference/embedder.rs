@@ -1,0 +1,118 @@
+//! Sentence embeddings from a sentence-transformers (or plain BERT) directory: the same vectors
+//! `SentenceTransformer.encode` returns — BERT body, the directory's pooling, optional L2 normalisation.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::hub::bert::{self, LoadOptions};
+use crate::hub::sentence_transformers::{read_sentence_config, Pooling};
+use crate::hub::tokenizer::{PretrainedTokenizer, Truncation};
+use crate::hub::LoadReport;
+use crate::models::bert::{cls_pool, l2_normalize, max_pool, mean_pool, Bert, BertArchitecture, BertInput};
+use crate::nn::Mode;
+use crate::{Error, Result};
+
+/// A sentence embedder, built once and used from any number of threads (`&self`).
+pub struct Embedder {
+    model: Bert,
+    tokenizer: PretrainedTokenizer,
+    pooling: Pooling,
+    normalize: bool,
+    max_length: usize,
+    device: Device,
+    pub report: LoadReport,
+}
+
+impl Embedder {
+    /// Reads `dir` (see [`read_sentence_config`]). Inputs are truncated to `sentence_bert_config.json`'s
+    /// `max_seq_length` (as sentence-transformers does), else to `max_position_embeddings`.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let sentence = read_sentence_config(dir)?;
+        let options = LoadOptions { architecture: Some(BertArchitecture::Base), ..LoadOptions::default() };
+        let loaded = bert::load(dir, &options, device)?;
+        let positions = loaded.model.config().max_position_embeddings;
+        Ok(Self {
+            model: loaded.frozen()?,
+            tokenizer: PretrainedTokenizer::from_dir(dir)?,
+            pooling: sentence.pooling,
+            normalize: sentence.normalize,
+            max_length: sentence.max_seq_length.unwrap_or(positions).min(positions),
+            device: device.clone(),
+            report: loaded.report,
+        })
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.model.config().hidden_size
+    }
+
+    pub fn normalizes(&self) -> bool {
+        self.normalize
+    }
+
+    /// The longest input in tokens ([CLS] and [SEP] included); longer ones are truncated.
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    /// Tokens each sentence becomes after truncation (what the model reads; for usage counts).
+    pub fn token_counts(&self, sentences: &[&str]) -> Result<Vec<usize>> {
+        let inputs: Vec<(&str, Option<&str>)> = sentences.iter().map(|s| (*s, None)).collect();
+        let encoded = self.tokenizer.encode(&inputs, self.max_length, Truncation::LongestFirst)?;
+        Ok(encoded.attention_mask.iter().map(|m| m.iter().filter(|&&v| v == 1).count()).collect())
+    }
+
+    /// Embeddings (B, C) of one batch of sentences.
+    pub fn embed_batch(&self, sentences: &[&str]) -> Result<Tensor> {
+        let inputs: Vec<(&str, Option<&str>)> = sentences.iter().map(|s| (*s, None)).collect();
+        let encoded = self.tokenizer.encode(&inputs, self.max_length, Truncation::LongestFirst)?;
+        let (input_ids, attention_mask, token_type_ids) = encoded.tensors(&self.device)?;
+        let input =
+            BertInput { input_ids, attention_mask: Some(attention_mask.clone()), token_type_ids: Some(token_type_ids) };
+        let (hidden, _) = self.model.encode(&input, &mut Mode::Eval)?;
+        let pooled = match self.pooling {
+            Pooling::Mean => mean_pool(&hidden, &attention_mask)?,
+            Pooling::Cls => cls_pool(&hidden)?,
+            Pooling::Max => max_pool(&hidden, &attention_mask)?,
+            Pooling::MeanSqrtLen => {
+                let mean = mean_pool(&hidden, &attention_mask)?;
+                let counts = attention_mask.to_dtype(DType::F32)?.sum_keepdim(1)?;
+                mean.broadcast_mul(&counts.sqrt()?)?
+            }
+        };
+        if self.normalize {
+            l2_normalize(&pooled)
+        } else {
+            Ok(pooled)
+        }
+    }
+
+    /// Embeddings (N, C) of all `sentences`, `batch_size` at a time. Sentences are sorted by length first, so a
+    /// batch carries little padding, and the rows are returned in input order.
+    pub fn embed(&self, sentences: &[&str], batch_size: usize) -> Result<Tensor> {
+        if batch_size == 0 {
+            return Err(Error::config("batch_size", 0, "at least 1"));
+        }
+        if sentences.is_empty() {
+            return Ok(Tensor::zeros((0, self.dimension()), DType::F32, &self.device)?);
+        }
+        let mut order: Vec<usize> = (0..sentences.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(sentences[i].len()));
+        let mut rows = vec![None; sentences.len()];
+        for chunk in order.chunks(batch_size) {
+            let batch: Vec<&str> = chunk.iter().map(|&i| sentences[i]).collect();
+            let embeddings = self.embed_batch(&batch)?;
+            for (row, &i) in chunk.iter().enumerate() {
+                rows[i] = Some(embeddings.get(row)?);
+            }
+        }
+        let rows: Vec<Tensor> = rows.into_iter().flatten().collect();
+        Ok(Tensor::stack(&rows, 0)?)
+    }
+
+    /// As [`embed`](Self::embed), as one vector per sentence.
+    pub fn embed_vectors(&self, sentences: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>> {
+        Ok(self.embed(sentences, batch_size)?.to_vec2::<f32>()?)
+    }
+}

@@ -1,0 +1,129 @@
+//! Text generation with a GPT-2 directory: prompts as text or ids, the continuation streamed as UTF-8-safe text
+//! pieces ([`TextStream`]) that stop at stop strings, one prompt at a time or many in left-padded batches.
+
+use std::path::Path;
+
+use candle_core::Device;
+
+use super::text_stream::TextStream;
+use crate::decode::generate::{generate, generate_batch, GenerateOptions, StopReason};
+use crate::hub::gpt2;
+use crate::hub::tokenizer::PretrainedTokenizer;
+use crate::models::Gpt2;
+use crate::{Error, Result};
+
+/// A GPT-2 model with its tokenizer (if the directory has one), built once and used from any number of threads
+/// (`&self`; each call draws from its own generator seeded by its options).
+pub struct Generator {
+    model: Gpt2,
+    tokenizer: Option<PretrainedTokenizer>,
+}
+
+/// One prompt's continuation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub prompt_ids: Vec<u32>,
+    pub generated_ids: Vec<u32>,
+    /// The continuation's text without any stop string (`None` without a tokenizer).
+    pub text: Option<String>,
+    pub stop: StopReason,
+}
+
+impl Generator {
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let model = gpt2::load(dir, device)?.frozen()?;
+        // tokenizer.json, or GPT-2's original vocab.json + merges.txt; a model trained on ids may have neither.
+        let has_tokenizer = ["tokenizer.json", "vocab.json"].iter().any(|name| dir.join(name).exists());
+        let tokenizer = has_tokenizer.then(|| PretrainedTokenizer::from_dir(dir)).transpose()?;
+        Ok(Self { model, tokenizer })
+    }
+
+    pub fn model(&self) -> &Gpt2 {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> Option<&PretrainedTokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    /// The model's end-of-text id when it is a real token (models trained without one carry an id past the
+    /// vocabulary).
+    pub fn eos_token_id(&self) -> Option<u32> {
+        let config = self.model.config();
+        (config.eos_token_id < config.vocab_size as u32).then_some(config.eos_token_id)
+    }
+
+    /// The ids of a text prompt.
+    pub fn encode(&self, prompt: &str) -> Result<Vec<u32>> {
+        self.text_tokenizer()?.ids(prompt)
+    }
+
+    /// Continues `prompt`, calling `on_text` with each piece of text as soon as it is whole (never a split
+    /// character, never part of a stop string). Without a tokenizer, `stops` must be empty and no text is
+    /// produced.
+    pub fn complete(
+        &self,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        stops: &[String],
+        mut on_text: impl FnMut(&str) -> Result<()>,
+    ) -> Result<Completion> {
+        let Some(tokenizer) = &self.tokenizer else {
+            if !stops.is_empty() {
+                return Err(Error::tokenizer("stop strings", "they need the model directory's tokenizer.json"));
+            }
+            let (generated_ids, stop) = generate(&self.model, prompt, options, |_| Ok(true))?;
+            return Ok(Completion { prompt_ids: prompt.to_vec(), generated_ids, text: None, stop });
+        };
+        let mut stream = TextStream::new(tokenizer, stops);
+        let (generated_ids, mut stop) = generate(&self.model, prompt, options, |token| {
+            let piece = stream.push(token)?;
+            if !piece.is_empty() {
+                on_text(&piece)?;
+            }
+            Ok(!stream.stopped())
+        })?;
+        let rest = stream.finish();
+        if !rest.is_empty() {
+            on_text(&rest)?;
+        }
+        if stream.stopped() {
+            stop = StopReason::Caller;
+        }
+        Ok(Completion { prompt_ids: prompt.to_vec(), generated_ids, text: Some(stream.text().to_string()), stop })
+    }
+
+    /// Continues every prompt of `prompts` together (left-padded, see [`generate_batch`]); each row stops at its
+    /// own stop string.
+    pub fn complete_batch(
+        &self,
+        prompts: &[Vec<u32>],
+        options: &GenerateOptions,
+        stops: &[String],
+    ) -> Result<Vec<Completion>> {
+        let tokenizer = self.text_tokenizer()?;
+        let mut streams: Vec<TextStream> = prompts.iter().map(|_| TextStream::new(tokenizer, stops)).collect();
+        let pad = options.eos_token_id.or(self.eos_token_id()).unwrap_or(0);
+        let results = generate_batch(&self.model, prompts, options, pad, |row, token| {
+            streams[row].push(token)?;
+            Ok(!streams[row].stopped())
+        })?;
+        let completions = prompts.iter().zip(results).zip(streams.iter_mut()).map(|((prompt, result), stream)| {
+            stream.finish();
+            let stop = if stream.stopped() { StopReason::Caller } else { result.stop };
+            Completion {
+                prompt_ids: prompt.clone(),
+                generated_ids: result.tokens,
+                text: Some(stream.text().to_string()),
+                stop,
+            }
+        });
+        Ok(completions.collect())
+    }
+
+    fn text_tokenizer(&self) -> Result<&PretrainedTokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| {
+            Error::tokenizer("generation", "the model directory has no tokenizer.json (give prompt ids instead)")
+        })
+    }
+}
