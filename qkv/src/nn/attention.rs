@@ -18,25 +18,57 @@ use super::{
 use crate::kernels::{self, softmax::masked_softmax};
 use crate::{Error, Result};
 
-/// Attention(Q, K, V) = softmax(QKᵀ/√Dh + M)·V, eq. (1), with dropout on the probabilities (§5.4).
+/// How a query is scored against a key before the softmax. The one choice every attention path goes through;
+/// experiments add others here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Score {
+    /// q·k / √Dh, eq. (1).
+    #[default]
+    ScaledDot,
+    /// q·k without the 1/√Dh factor (§3.2.1 explains why the factor is there; experiments drop it to see).
+    Dot,
+}
+
+impl Score {
+    /// The factor the dot product is multiplied by.
+    fn scale(self, head_dim: usize) -> f64 {
+        match self {
+            Score::ScaledDot => 1.0 / (head_dim as f64).sqrt(),
+            Score::Dot => 1.0,
+        }
+    }
+}
+
+/// Which computation a pass takes: decided in one place, [`ScaledDotProduct::path`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// [`crate::kernels::attention`]: tiled, never materialises the weights, reads heads where they lie.
+    Fused,
+    /// Scores, masked softmax, dropout and the weighted sum as separate (differentiable) ops.
+    Composed,
+}
+
+/// Attention(Q, K, V) = softmax(score(Q, K) + M)·V, eq. (1), with dropout on the probabilities (§5.4).
 #[derive(Debug, Clone)]
 pub struct ScaledDotProduct {
-    scaled: bool,
+    score: Score,
     dropout: Dropout,
 }
 
 impl ScaledDotProduct {
-    /// `scaled = false` drops the 1/√Dh factor — the paper's §3.2.1 explains why it is there; experiments
-    /// switch it off to see.
+    /// `scaled = false` drops the 1/√Dh factor ([`Score::Dot`]).
     pub fn new(scaled: bool, dropout: f64) -> Result<Self> {
-        Ok(Self { scaled, dropout: Dropout::new(dropout, "attention dropout")? })
+        Self::with_score(if scaled { Score::ScaledDot } else { Score::Dot }, dropout)
     }
 
-    /// q (B, H, T, Dh), k and v (B, H, S, Dh) → output (B, H, T, Dh) and, with `need_weights`, the attention
-    /// weights (B, H, T, S) before dropout. A query whose keys are all masked gets zero weights and output.
-    ///
-    /// Without weights, relative positions or active dropout this runs as the fused
-    /// [`crate::kernels::attention`], which never materialises the weights.
+    pub fn with_score(score: Score, dropout: f64) -> Result<Self> {
+        Ok(Self { score, dropout: Dropout::new(dropout, "attention dropout")? })
+    }
+
+    /// q (B, H, T, Dh), k and v (B, H, S, Dh) — any layout whose last dimension is contiguous, such as a
+    /// cache's views — → output (B, H, T, Dh) and, with `need_weights`, the attention weights (B, H, T, S)
+    /// before dropout. A query whose keys are all masked gets zero weights and output.
     pub fn forward(
         &self,
         (q, k, v): (&Tensor, &Tensor, &Tensor),
@@ -45,17 +77,72 @@ impl ScaledDotProduct {
         mode: &mut Mode,
         need_weights: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let scale = self.scale(q.dim(3)?);
+        let scale = self.score.scale(q.dim(3)?);
         let bias = mask.map(AttentionMask::bias);
-        if !need_weights && relative.is_none() && self.fusable(q, mode) {
-            return Ok((kernels::attention::attention(q, k, v, bias, scale)?, None));
+        match self.path(q, mode, need_weights, relative.is_some()) {
+            Path::Fused => Ok((kernels::attention::attention(q, k, v, bias, scale)?, None)),
+            Path::Composed => self.composed((q, k, v), mask, relative, mode, need_weights),
         }
+    }
+
+    /// Heads as column blocks of the projections: q (B, T, H·Dh), k and v (B, S, H·Dh) → (B, T, H·Dh), and the
+    /// weights (B, H, T, S) with `need_weights`. The fused path reads the heads in place (no splitting copies,
+    /// no merge); the composed one splits them.
+    pub fn forward_merged(
+        &self,
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        num_heads: usize,
+        mask: Option<&AttentionMask>,
+        relative: Option<&RelativeTerms>,
+        mode: &mut Mode,
+        need_weights: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let head_dim = q.dim(2)? / num_heads.max(1);
+        let bias = mask.map(AttentionMask::bias);
+        match self.path(q, mode, need_weights, relative.is_some()) {
+            Path::Fused => {
+                let scale = self.score.scale(head_dim);
+                Ok((kernels::attention::attention_merged(q, k, v, num_heads, bias, scale)?, None))
+            }
+            Path::Composed => {
+                let split = |x: &Tensor| split_heads(x, num_heads, head_dim);
+                let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+                let (heads, weights) = self.composed((&q, &k, &v), mask, relative, mode, need_weights)?;
+                Ok((merge_heads(&heads)?, weights))
+            }
+        }
+    }
+
+    /// The fused kernel computes the scaled dot product without weights, relative terms or dropout, on CPU
+    /// f32 tensors; everything else is composed.
+    fn path(&self, q: &Tensor, mode: &Mode, need_weights: bool, relative: bool) -> Path {
+        let dropout_active = mode.is_train() && self.dropout.p() > 0.0;
+        let kernel_score = matches!(self.score, Score::ScaledDot | Score::Dot);
+        if kernel_score && !need_weights && !relative && !dropout_active && kernels::fused(q) {
+            Path::Fused
+        } else {
+            Path::Composed
+        }
+    }
+
+    fn composed(
+        &self,
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        mask: Option<&AttentionMask>,
+        relative: Option<&RelativeTerms>,
+        mode: &mut Mode,
+        need_weights: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (k, v) = (&k.contiguous()?, &v.contiguous()?); // cache views have spare rows between heads
         let mut scores = q.matmul(&k.t()?)?; // (B, H, T, S)
         if let Some(rel) = relative {
             scores = (scores + rel.key_scores(q)?)?;
         }
-        let weights = masked_softmax(&scores, bias, scale)?;
+        let bias = match mask {
+            Some(mask) => Some(mask.bias_as(scores.dtype())?),
+            None => None,
+        };
+        let weights = masked_softmax(&scores, bias.as_ref(), self.score.scale(q.dim(3)?))?;
         let dropped = self.dropout.forward(&weights, mode)?;
         let mut output = dropped.matmul(v)?; // (B, H, T, Dh)
         if let Some(rel) = relative {
@@ -63,20 +150,18 @@ impl ScaledDotProduct {
         }
         Ok((output, need_weights.then_some(weights)))
     }
+}
 
-    /// 1/√Dh, or 1 unscaled.
-    fn scale(&self, head_dim: usize) -> f64 {
-        if self.scaled {
-            1.0 / (head_dim as f64).sqrt()
-        } else {
-            1.0
-        }
-    }
+/// (B, L, H·Dh) → (B, H, L, Dh)
+fn split_heads(x: &Tensor, num_heads: usize, head_dim: usize) -> Result<Tensor> {
+    let (b, l, _) = x.dims3()?;
+    Ok(x.reshape((b, l, num_heads, head_dim))?.transpose(1, 2)?.contiguous()?)
+}
 
-    /// Whether the fused kernel can run: no active dropout on the weights, CPU f32 tensors.
-    fn fusable(&self, x: &Tensor, mode: &Mode) -> bool {
-        !(mode.is_train() && self.dropout.p() > 0.0) && kernels::fused(x)
-    }
+/// (B, H, L, Dh) → (B, L, H·Dh)
+fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, l, dh) = x.dims4()?;
+    Ok(x.transpose(1, 2)?.reshape((b, l, h * dh))?)
 }
 
 /// What an attention block reuses from earlier decoding steps.
@@ -101,15 +186,15 @@ pub struct AttentionConfig {
     pub bias: bool,
     /// Dropout on the attention probabilities.
     pub dropout: f64,
-    /// Divide scores by √Dh (the paper: yes).
-    pub scaled: bool,
+    /// The query-key score (the paper: scaled dot product).
+    pub score: Score,
     /// Clipping distance k of Shaw et al.'s relative position representations; `None` for none.
     pub relative_max_distance: Option<usize>,
 }
 
 impl AttentionConfig {
     pub fn new(d_model: usize, num_heads: usize) -> Self {
-        Self { d_model, num_heads, bias: true, dropout: 0.0, scaled: true, relative_max_distance: None }
+        Self { d_model, num_heads, bias: true, dropout: 0.0, score: Score::ScaledDot, relative_max_distance: None }
     }
 
     /// Dh = C / H, or an error naming both numbers.
@@ -156,7 +241,7 @@ impl MultiHeadAttention {
             k_proj: projection("k_proj")?,
             v_proj: projection("v_proj")?,
             out_proj: projection("out_proj")?,
-            attention: ScaledDotProduct::new(config.scaled, config.dropout)?,
+            attention: ScaledDotProduct::with_score(config.score, config.dropout)?,
             relative,
             num_heads: config.num_heads,
             head_dim,
@@ -199,36 +284,47 @@ impl MultiHeadAttention {
         cache: Option<StepCache>,
     ) -> Result<(Tensor, Option<Tensor>)> {
         self.check_inputs(query, memory)?;
-        if cache.is_none() && !need_weights && self.relative.is_none() && self.attention.fusable(query, mode) {
-            // Heads as column blocks of the projections: no splitting copies, no merge.
-            let (q, k, v) = (self.q_proj.forward(query)?, self.k_proj.forward(memory)?, self.v_proj.forward(memory)?);
-            let scale = self.attention.scale(self.head_dim);
-            let bias = mask.map(AttentionMask::bias);
-            let heads = kernels::attention::attention_merged(&q, &k, &v, self.num_heads, bias, scale)?;
-            return Ok((self.out_proj.forward(&heads)?, None));
-        }
-        let q = self.split_heads(&self.q_proj.forward(query)?)?;
-        let project = |x: &Tensor| -> Result<(Tensor, Tensor)> {
-            Ok((self.split_heads(&self.k_proj.forward(x)?)?, self.split_heads(&self.v_proj.forward(x)?)?))
+        let q = self.q_proj.forward(query)?;
+        let project =
+            |x: &Tensor| -> Result<(Tensor, Tensor)> { Ok((self.k_proj.forward(x)?, self.v_proj.forward(x)?)) };
+        let Some(cache) = cache else {
+            let (k, v) = project(memory)?;
+            let relative = match &self.relative {
+                Some(rel) => Some(rel.terms(query.dim(1)?, memory.dim(1)?)?),
+                None => None,
+            };
+            let (output, weights) = self.attention.forward_merged(
+                (&q, &k, &v),
+                self.num_heads,
+                mask,
+                relative.as_ref(),
+                mode,
+                need_weights,
+            )?;
+            return Ok((self.out_proj.forward(&output)?, weights));
+        };
+        let q = self.split_heads(&q)?;
+        let project_heads = |x: &Tensor| -> Result<(Tensor, Tensor)> {
+            let (k, v) = project(x)?;
+            Ok((self.split_heads(&k)?, self.split_heads(&v)?))
         };
         let (k, v) = match cache {
-            None => project(memory)?,
-            Some(StepCache::Grow(cache)) => {
-                let (k, v) = project(memory)?;
+            StepCache::Grow(cache) => {
+                let (k, v) = project_heads(memory)?;
                 cache.append(&k, &v)?
             }
-            Some(StepCache::Memory(slot)) => match slot {
+            // The memory's keys and values are projected at the first step only.
+            StepCache::Memory(slot) => match slot {
                 Some(kv) => kv.clone(),
-                None => slot.insert(project(memory)?).clone(),
+                None => slot.insert(project_heads(memory)?).clone(),
             },
         };
-        let (t, s) = (q.dim(2)?, k.dim(2)?);
         let relative = match &self.relative {
-            Some(rel) => Some(rel.terms(t, s)?),
+            Some(rel) => Some(rel.terms(q.dim(2)?, k.dim(2)?)?),
             None => None,
         };
         let (heads, weights) = self.attention.forward((&q, &k, &v), mask, relative.as_ref(), mode, need_weights)?;
-        let output = self.out_proj.forward(&self.merge_heads(&heads)?)?;
+        let output = self.out_proj.forward(&merge_heads(&heads)?)?;
         Ok((output, weights))
     }
 
@@ -250,13 +346,6 @@ impl MultiHeadAttention {
 
     /// (B, L, C) → (B, H, L, Dh)
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, l, _) = x.dims3()?;
-        Ok(x.reshape((b, l, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
-    }
-
-    /// (B, H, L, Dh) → (B, L, C)
-    fn merge_heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, _, l, _) = x.dims4()?;
-        Ok(x.transpose(1, 2)?.reshape((b, l, self.d_model))?)
+        split_heads(x, self.num_heads, self.head_dim)
     }
 }

@@ -3,6 +3,7 @@
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use super::attention::Score;
 use super::{
     attention::AttentionConfig,
     dropout::{Dropout, DropoutRates},
@@ -70,7 +71,7 @@ impl LayerConfig {
             num_heads: self.num_heads,
             bias: self.bias,
             dropout: self.dropout.attention,
-            scaled: self.scaled_attention,
+            score: if self.scaled_attention { Score::ScaledDot } else { Score::Dot },
             relative_max_distance: self.relative_max_distance,
         }
     }
