@@ -3,12 +3,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use anyhow::{Context, Result};
 use clap::Parser;
-use qkv::hub::{self, bert};
-use qkv::models::bert::BertInput;
-use qkv::nn::Mode;
+use qkv::hub;
+use qkv::inference::forward::checkpoint_outputs;
 
 #[derive(Parser)]
 pub struct Args {
@@ -26,40 +24,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let device = Device::Cpu;
-    let architecture = hub::architecture_name(&args.model)?;
-    let mut inputs = hub::load_integer_tensors(&args.input, &device)?;
-    let Some(input_ids) = inputs.remove("input_ids") else {
-        bail!("{}: no tensor `input_ids`", args.input.display());
-    };
-    let outputs: Vec<(String, Tensor)> = if architecture.starts_with("Bert") || architecture == "bert" {
-        let loaded = bert::load(&args.model, &bert::LoadOptions::default(), &device)
-            .with_context(|| format!("loading {}", args.model.display()))?;
-        let input = BertInput {
-            input_ids,
-            attention_mask: inputs.remove("attention_mask"),
-            token_type_ids: inputs.remove("token_type_ids"),
-        };
-        let outputs = loaded.frozen()?.forward(&input, &mut Mode::Eval)?;
-        outputs.into_iter().map(|(name, t)| (name.to_string(), t)).collect()
-    } else if architecture.starts_with("GPT2") || architecture == "gpt2" {
-        let loaded =
-            qkv::hub::gpt2::load(&args.model, &device).with_context(|| format!("loading {}", args.model.display()))?;
-        let mask = inputs.remove("attention_mask");
-        let model = loaded.frozen()?;
-        let hidden = model.hidden_masked(&input_ids, mask.as_ref(), &mut Mode::Eval)?;
-        if architecture == "GPT2Model" {
-            vec![("last_hidden_state".to_string(), hidden)]
-        } else {
-            vec![("logits".to_string(), model.logits(&hidden)?)]
-        }
-    } else {
-        bail!(
-            "{}: architecture {architecture} is not supported (BertModel, BertFor*, GPT2Model and GPT2LMHeadModel are)",
-            args.model.display()
-        );
-    };
-    if let Some(name) = inputs.keys().next() {
+    let device = crate::device::device();
+    let inputs = hub::load_integer_tensors(&args.input, &device)?;
+    let (outputs, unused) = checkpoint_outputs(&args.model, inputs, &device)
+        .with_context(|| format!("running {} on {}", args.model.display(), args.input.display()))?;
+    for name in unused {
         eprintln!("warning: input tensor `{name}` is not used");
     }
     hub::save_safetensors(&outputs, &args.output)?;

@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 
-use super::{assign, load_weights, read_config, save_safetensors, write_json, LoadReport};
+use super::{assign, load_weights, read_config, save_safetensors, write_json, LoadReport, WeightSource};
 use crate::models::bert::{Bert, BertArchitecture, BertConfig};
 use crate::nn::{params::named_vars, seeded_var_builder};
 use crate::{Error, Result};
@@ -118,14 +118,6 @@ pub struct LoadedBert {
     pub report: LoadReport,
 }
 
-impl LoadedBert {
-    /// The same model for inference only: over the same weights, without recording gradients.
-    pub fn frozen(&self) -> Result<Bert> {
-        let device = self.vars.first().map(|(_, v)| v.device().clone()).unwrap_or(Device::Cpu);
-        Bert::new(self.model.config(), self.model.architecture(), super::frozen(&self.vars, &device))
-    }
-}
-
 /// Reads config.json (`model_type` "bert") and the weights of `dir` into the class named by `options` or by
 /// the config.
 pub fn load(dir: &Path, options: &LoadOptions, device: &Device) -> Result<LoadedBert> {
@@ -135,6 +127,31 @@ pub fn load(dir: &Path, options: &LoadOptions, device: &Device) -> Result<Loaded
 
 /// As [`load`], with a config the caller has adjusted (e.g. the number of labels of a new classifier).
 pub fn load_with_config(dir: &Path, config: BertConfig, options: &LoadOptions, device: &Device) -> Result<LoadedBert> {
+    check_config(dir, &config)?;
+    let architecture = architecture_of(&config, options.architecture)?;
+    let varmap = VarMap::new();
+    let vb = seeded_var_builder(&varmap, options.seed, DType::F32, device);
+    let model = Bert::new(&config, architecture, vb)?;
+    let vars = named_vars(&varmap);
+    let report = load_into(dir, &vars, architecture, options.initialize_missing)?;
+    Ok(LoadedBert { model, vars, report })
+}
+
+/// Reads `dir` for inference: the model is built directly over the checkpoint's tensors through the name
+/// table (no fresh initialisation, no variables, no gradients recorded). Every parameter must be in the
+/// checkpoint; tensors the class does not use are reported.
+pub fn load_frozen(dir: &Path, architecture: Option<BertArchitecture>, device: &Device) -> Result<(Bert, LoadReport)> {
+    let config: BertConfig = read_config(dir)?;
+    check_config(dir, &config)?;
+    let architecture = architecture_of(&config, architecture)?;
+    let weights = normalise_names(load_weights(dir, device)?, architecture);
+    let source = WeightSource::renamed(weights, dir, move |name| checkpoint_name(name, architecture));
+    let model = Bert::new(&config, architecture, source.builder(DType::F32, device))?;
+    Ok((model, source.report()))
+}
+
+/// A BERT config qkv can build.
+fn check_config(dir: &Path, config: &BertConfig) -> Result<()> {
     if config.model_type != "bert" {
         let message = format!("model_type is {:?}; this loader reads \"bert\"", config.model_type);
         return Err(Error::input(dir.join("config.json"), None, message));
@@ -143,19 +160,18 @@ pub fn load_with_config(dir: &Path, config: BertConfig, options: &LoadOptions, d
         let message = "tie_word_embeddings = false is not supported (the MLM decoder is the word embedding)";
         return Err(Error::input(dir.join("config.json"), None, message));
     }
-    let architecture = match options.architecture {
-        Some(a) => a,
+    Ok(())
+}
+
+/// The class asked for, else the config's `architectures[0]`, else BertModel.
+fn architecture_of(config: &BertConfig, asked: Option<BertArchitecture>) -> Result<BertArchitecture> {
+    match asked {
+        Some(a) => Ok(a),
         None => match config.architectures.as_ref().and_then(|a| a.first()) {
-            Some(name) => name.parse()?,
-            None => BertArchitecture::Base,
+            Some(name) => name.parse(),
+            None => Ok(BertArchitecture::Base),
         },
-    };
-    let varmap = VarMap::new();
-    let vb = seeded_var_builder(&varmap, options.seed, DType::F32, device);
-    let model = Bert::new(&config, architecture, vb)?;
-    let vars = named_vars(&varmap);
-    let report = load_into(dir, &vars, architecture, options.initialize_missing)?;
-    Ok(LoadedBert { model, vars, report })
+    }
 }
 
 /// Sets the parameters `vars` of an existing `architecture` model from the weights in `dir`; with

@@ -9,7 +9,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 
-use super::{assign, load_weights, read_config, save_safetensors, write_json, LoadReport};
+use super::{assign, load_weights, read_config, save_safetensors, write_json, LoadReport, WeightSource};
 use crate::models::{Gpt2, Gpt2Config};
 use crate::nn::{params::named_vars, seeded_var_builder};
 use crate::{Error, Result};
@@ -34,27 +34,36 @@ pub struct LoadedGpt2 {
     pub report: LoadReport,
 }
 
-impl LoadedGpt2 {
-    /// The same model for inference only: over the same weights, without recording gradients.
-    pub fn frozen(&self) -> Result<Gpt2> {
-        let device = self.vars.first().map(|(_, v)| v.device().clone()).unwrap_or(Device::Cpu);
-        Gpt2::new(self.model.config(), super::frozen(&self.vars, &device))
-    }
-}
-
 /// Reads config.json (`model_type` "gpt2") and the weights of `dir`. The LM head is the token embedding unless
 /// `tie_word_embeddings` is false, in which case `lm_head.weight` must be in the checkpoint.
 pub fn load(dir: &Path, device: &Device) -> Result<LoadedGpt2> {
-    let config: Gpt2Config = read_config(dir)?;
-    if config.model_type != "gpt2" {
-        let message = format!("model_type is {:?}; this loader reads \"gpt2\"", config.model_type);
-        return Err(Error::input(dir.join("config.json"), None, message));
-    }
+    let config = read_gpt2_config(dir)?;
     let varmap = VarMap::new();
     let model = Gpt2::new(&config, seeded_var_builder(&varmap, 0, DType::F32, device))?;
     let vars = named_vars(&varmap);
     let report = load_into(dir, &vars, config.tie_word_embeddings)?;
     Ok(LoadedGpt2 { model, vars, report })
+}
+
+/// config.json, which must be a GPT-2's.
+fn read_gpt2_config(dir: &Path) -> Result<Gpt2Config> {
+    let config: Gpt2Config = read_config(dir)?;
+    if config.model_type != "gpt2" {
+        let message = format!("model_type is {:?}; this loader reads \"gpt2\"", config.model_type);
+        return Err(Error::input(dir.join("config.json"), None, message));
+    }
+    Ok(config)
+}
+
+/// Reads `dir` for inference: the model is built directly over the checkpoint's tensors (renamed, Conv1D
+/// weights transposed, `c_attn` split), with no fresh initialisation and no variables. Tensors it does not use
+/// are reported.
+pub fn load_frozen(dir: &Path, device: &Device) -> Result<(Gpt2, LoadReport)> {
+    let config = read_gpt2_config(dir)?;
+    let weights = from_checkpoint(load_weights(dir, device)?, dir, config.tie_word_embeddings)?;
+    let source = WeightSource::new(weights, dir);
+    let model = Gpt2::new(&config, source.builder(DType::F32, device))?;
+    Ok((model, source.report()))
 }
 
 /// Sets the parameters `vars` of an existing GPT-2 from the weights in `dir` (every parameter must be there).

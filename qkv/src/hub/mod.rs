@@ -19,7 +19,7 @@ pub use weights::{
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 use serde::de::DeserializeOwned;
 
 use crate::{Error, Result};
@@ -28,14 +28,6 @@ use crate::{Error, Result};
 pub const WEIGHTS: &str = "model.safetensors";
 /// The index of sharded weights: `{"weight_map": {tensor name: shard file}}`.
 pub const WEIGHTS_INDEX: &str = "model.safetensors.index.json";
-
-/// Detached copies of `vars` (sharing their storage) in a VarBuilder: a model built over it records no autograd
-/// graph, which inference does not need — when an op's input is a variable, candle keeps every intermediate of
-/// the forward pass alive until its output is dropped.
-pub fn frozen(vars: &[(String, Var)], device: &Device) -> candle_nn::VarBuilder<'static> {
-    let tensors: HashMap<String, Tensor> = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect();
-    candle_nn::VarBuilder::from_tensors(tensors, DType::F32, device)
-}
 
 /// Reads and parses a JSON file, naming it in any error.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {

@@ -134,15 +134,38 @@ pub fn save_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()>
 #[derive(Clone)]
 pub struct WeightSource(Arc<Source>);
 
+/// qkv parameter name → the name its tensor has in the source (an architecture's name table).
+type NameTable = Box<dyn Fn(&str) -> String + Send + Sync>;
+
 struct Source {
     tensors: HashMap<String, Tensor>,
     origin: PathBuf,
+    names: Option<NameTable>,
     read: Mutex<BTreeSet<String>>,
 }
 
 impl WeightSource {
+    /// Tensors under qkv's parameter names.
     pub fn new(tensors: HashMap<String, Tensor>, origin: &Path) -> Self {
-        Self(Arc::new(Source { tensors, origin: origin.to_path_buf(), read: Mutex::new(BTreeSet::new()) }))
+        Self::named(tensors, origin, None)
+    }
+
+    /// Tensors under a checkpoint's names; `names` maps each qkv parameter to its checkpoint name.
+    pub fn renamed(
+        tensors: HashMap<String, Tensor>,
+        origin: &Path,
+        names: impl Fn(&str) -> String + Send + Sync + 'static,
+    ) -> Self {
+        Self::named(tensors, origin, Some(Box::new(names)))
+    }
+
+    fn named(tensors: HashMap<String, Tensor>, origin: &Path, names: Option<NameTable>) -> Self {
+        let read = Mutex::new(BTreeSet::new());
+        Self(Arc::new(Source { tensors, origin: origin.to_path_buf(), names, read }))
+    }
+
+    fn key(&self, name: &str) -> String {
+        self.0.names.as_ref().map_or_else(|| name.to_string(), |names| names(name))
     }
 
     /// The tensors of a safetensors file (qkv's own checkpoints: qkv's names).
@@ -164,11 +187,12 @@ impl WeightSource {
     }
 
     fn fetch(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
-        let tensor = self.0.tensors.get(name).ok_or_else(|| {
-            candle_core::Error::Msg(format!("{}: tensor `{name}` is missing", self.0.origin.display()))
+        let key = self.key(name);
+        let tensor = self.0.tensors.get(&key).ok_or_else(|| {
+            candle_core::Error::Msg(format!("{}: tensor `{key}` is missing", self.0.origin.display()))
         })?;
         if let Ok(mut read) = self.0.read.lock() {
-            read.insert(name.to_string());
+            read.insert(key);
         }
         tensor.to_dtype(dtype)?.to_device(device)
     }
@@ -185,9 +209,9 @@ impl SimpleBackend for WeightSource {
     ) -> candle_core::Result<Tensor> {
         let tensor = self.fetch(name, dtype, dev)?;
         if tensor.shape() != &shape {
-            let origin = self.0.origin.display();
+            let (origin, key) = (self.0.origin.display(), self.key(name));
             let message =
-                format!("{origin}: tensor `{name}` has shape {:?}, expected {:?}", tensor.dims(), shape.dims());
+                format!("{origin}: tensor `{key}` has shape {:?}, expected {:?}", tensor.dims(), shape.dims());
             return Err(candle_core::Error::Msg(message));
         }
         Ok(tensor)
@@ -198,7 +222,7 @@ impl SimpleBackend for WeightSource {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.0.tensors.contains_key(name)
+        self.0.tensors.contains_key(&self.key(name))
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::hub::bert::{self, LoadOptions};
+use crate::hub::bert;
 use crate::hub::sentence_transformers::{read_sentence_config, Pooling};
 use crate::hub::tokenizer::{PretrainedTokenizer, Truncation};
 use crate::hub::LoadReport;
@@ -29,17 +29,16 @@ impl Embedder {
     /// `max_seq_length` (as sentence-transformers does), else to `max_position_embeddings`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let sentence = read_sentence_config(dir)?;
-        let options = LoadOptions { architecture: Some(BertArchitecture::Base), ..LoadOptions::default() };
-        let loaded = bert::load(dir, &options, device)?;
-        let positions = loaded.model.config().max_position_embeddings;
+        let (model, report) = bert::load_frozen(dir, Some(BertArchitecture::Base), device)?;
+        let positions = model.config().max_position_embeddings;
         Ok(Self {
-            model: loaded.frozen()?,
+            model,
             tokenizer: PretrainedTokenizer::from_dir(dir)?,
             pooling: sentence.pooling,
             normalize: sentence.normalize,
             max_length: sentence.max_seq_length.unwrap_or(positions).min(positions),
             device: device.clone(),
-            report: loaded.report,
+            report,
         })
     }
 

@@ -31,7 +31,7 @@ pub struct Completion {
 
 impl Generator {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let model = gpt2::load(dir, device)?.frozen()?;
+        let (model, _) = gpt2::load_frozen(dir, device)?;
         // tokenizer.json, or GPT-2's original vocab.json + merges.txt; a model trained on ids may have neither.
         let has_tokenizer = ["tokenizer.json", "vocab.json"].iter().any(|name| dir.join(name).exists());
         let tokenizer = has_tokenizer.then(|| PretrainedTokenizer::from_dir(dir)).transpose()?;

@@ -5,11 +5,13 @@
 //! - [`Generator`]: GPT-2 continuations, streamed as UTF-8-safe text that stops at stop strings;
 //! - [`Translator`]: encoder-decoder translation, greedy or beam search;
 //! - [`Pipeline`]: BERT task heads as transformers' pipelines — fill-mask, text classification, question
-//!   answering.
+//!   answering;
+//! - [`forward::checkpoint_outputs`]: any supported checkpoint's raw outputs on given ids.
 //!
 //! [`ModelKind::detect`] tells from a directory's files which of them it is.
 
 pub mod embedder;
+pub mod forward;
 pub mod generator;
 pub mod pipeline;
 pub mod text_stream;

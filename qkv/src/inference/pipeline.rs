@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use candle_nn::ops::softmax_last_dim;
 
-use crate::hub::bert::{self, LoadOptions};
+use crate::hub::bert;
 use crate::hub::tokenizer::{PretrainedTokenizer, QuestionWindow, Truncation};
 use crate::models::bert::{Bert, BertArchitecture, BertInput};
 use crate::nn::Mode;
@@ -71,8 +71,7 @@ impl Default for QaOptions {
 impl Pipeline {
     /// Loads `dir` as `architecture` (its checkpoint must have that head) onto `device`.
     pub fn load(dir: &Path, architecture: BertArchitecture, device: &Device) -> Result<Self> {
-        let options = LoadOptions { architecture: Some(architecture), ..LoadOptions::default() };
-        let model = bert::load(dir, &options, device)?.frozen()?;
+        let (model, _) = bert::load_frozen(dir, Some(architecture), device)?;
         Ok(Self { model, tokenizer: PretrainedTokenizer::from_dir(dir)?, device: device.clone() })
     }
 

@@ -405,7 +405,5 @@ const TOKENIZER_FILES: [&str; 4] = ["tokenizer.json", "tokenizer_config.json", "
 
 /// Loads a fine-tuned directory for prediction (evaluation mode).
 pub fn load_classifier(dir: &Path) -> Result<Bert> {
-    let options =
-        LoadOptions { architecture: Some(BertArchitecture::SequenceClassification), ..LoadOptions::default() };
-    bert::load(dir, &options, &Device::Cpu)?.frozen()
+    Ok(bert::load_frozen(dir, Some(BertArchitecture::SequenceClassification), &Device::Cpu)?.0)
 }
