@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use qkv::hub;
-use qkv::inference::forward::checkpoint_outputs;
+use qkv::inference::forward::{checkpoint_outputs, CheckpointOutputs};
 
 #[derive(Parser)]
 pub struct Args {
@@ -26,9 +26,9 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let device = crate::device::device();
     let inputs = hub::load_integer_tensors(&args.input, &device)?;
-    let (outputs, unused) = checkpoint_outputs(&args.model, inputs, &device)
+    let CheckpointOutputs { outputs, unused_inputs } = checkpoint_outputs(&args.model, inputs, &device)
         .with_context(|| format!("running {} on {}", args.model.display(), args.input.display()))?;
-    for name in unused {
+    for name in unused_inputs {
         eprintln!("warning: input tensor `{name}` is not used");
     }
     hub::save_safetensors(&outputs, &args.output)?;

@@ -11,13 +11,21 @@ use crate::models::bert::BertInput;
 use crate::nn::Mode;
 use crate::{Error, Result};
 
+/// What a checkpoint's class returned.
+pub struct CheckpointOutputs {
+    /// Under transformers' names, in the order the class returns them.
+    pub outputs: Vec<(String, Tensor)>,
+    /// Input tensors the class does not take.
+    pub unused_inputs: Vec<String>,
+}
+
 /// The outputs of `dir`'s class on `inputs` (`input_ids`, and `attention_mask` / `token_type_ids` where the
-/// class takes them), and the names of the inputs it did not use.
+/// class takes them).
 pub fn checkpoint_outputs(
     dir: &Path,
     mut inputs: HashMap<String, Tensor>,
     device: &Device,
-) -> Result<(Vec<(String, Tensor)>, Vec<String>)> {
+) -> Result<CheckpointOutputs> {
     let architecture = hub::architecture_name(dir)?;
     let input_ids =
         inputs.remove("input_ids").ok_or_else(|| Error::config("inputs", "no input_ids", "a tensor `input_ids`"))?;
@@ -44,7 +52,7 @@ pub fn checkpoint_outputs(
         );
         return Err(Error::input(dir.join("config.json"), None, message));
     };
-    let mut unused: Vec<String> = inputs.into_keys().collect();
-    unused.sort();
-    Ok((outputs, unused))
+    let mut unused_inputs: Vec<String> = inputs.into_keys().collect();
+    unused_inputs.sort();
+    Ok(CheckpointOutputs { outputs, unused_inputs })
 }

@@ -51,7 +51,7 @@ pub struct TranslationTraining {
     /// Decoding for the validation BLEU (greedy by default: cheap, and enough to rank checkpoints).
     pub eval_decode: DecodeOptions,
     /// Also score validation by exact match (the share of hypotheses equal to their reference), for tasks
-    /// whose outputs are single words or numbers, where BLEU says little.
+    /// whose outputs are single words or numbers, where BLEU says little; it then picks the best checkpoint.
     pub exact_match: bool,
     #[serde(flatten)]
     pub run: LoopSettings,
@@ -268,8 +268,10 @@ impl Task for TranslationTask {
         Ok(Evaluation { val_loss: loss_sum / tokens.max(1) as f64, metrics })
     }
 
+    /// The best validation BLEU, or exact match where it is measured (outputs too short for BLEU).
     fn selection(&self) -> Selection {
-        Selection { metric: Some("val_bleu"), ties_by_loss: true }
+        let metric = if self.training.exact_match { "val_exact_match" } else { "val_bleu" };
+        Selection { metric: Some(metric), ties_by_loss: true }
     }
 
     /// config.json, model.safetensors and tokenizer.json: what `translate` loads.
