@@ -1,25 +1,28 @@
-//! `--device`: where models are loaded and run. This build computes on the CPU (candle is built without its
-//! CUDA and Metal features), so `cpu` is the one choice today; the library takes a `candle_core::Device`
-//! everywhere, so a build with those features only has to map more names here.
+//! `--device`: where models are loaded, run and trained, parsed once at start-up into the library's
+//! `Placement` (this build: `cpu`).
 
 use std::sync::OnceLock;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::Device;
+use qkv::device::Placement;
 
-static DEVICE: OnceLock<Device> = OnceLock::new();
+static PLACEMENT: OnceLock<Placement> = OnceLock::new();
 
-/// Parses `--device` once, at start-up.
+/// Parses `--device` (before any command runs).
 pub fn choose(name: &str) -> Result<()> {
-    let device = match name {
-        "cpu" => Device::Cpu,
-        other => bail!("--device {other}: this build runs on the CPU only (expected `cpu`)"),
-    };
-    let _ = DEVICE.set(device);
+    let placement: Placement = name.parse()?;
+    placement.device()?;
+    let _ = PLACEMENT.set(placement);
     Ok(())
 }
 
-/// The device chosen with `--device` (the CPU before the choice).
+/// The placement chosen with `--device`.
+pub fn placement() -> Placement {
+    PLACEMENT.get().copied().unwrap_or_default()
+}
+
+/// Its device.
 pub fn device() -> Device {
-    DEVICE.get().cloned().unwrap_or(Device::Cpu)
+    placement().device().unwrap_or(Device::Cpu)
 }

@@ -21,6 +21,7 @@
 
 mod atomic_file;
 pub mod decode;
+pub mod device;
 pub mod error;
 pub mod hub;
 pub mod inference;

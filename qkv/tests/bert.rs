@@ -289,7 +289,7 @@ fn fine_tuned_models_round_trip_through_transformers() {
         attention_mask: Some(expected["input.attention_mask"].clone()),
         token_type_ids: Some(expected["input.token_type_ids"].clone()),
     };
-    let model = load_classifier(&committed).unwrap();
+    let model = load_classifier(&committed, &Device::Cpu).unwrap();
     let ours = model.forward(&input, &mut Mode::Eval).unwrap().remove("logits").unwrap();
     let err = error(&ours, &expected["output.logits"]);
     assert!(err <= OUTPUT_TOL, "committed model vs transformers: {err:e}");
@@ -310,7 +310,12 @@ fn fine_tuned_models_round_trip_through_transformers() {
     };
     let done = fine_tune(&fixtures().join("BertModel"), &out, &training, |_| {}).unwrap();
     assert_eq!(done.evaluations.len(), 2);
-    let again = load_classifier(&out).unwrap().forward(&input, &mut Mode::Eval).unwrap().remove("logits").unwrap();
+    let again = load_classifier(&out, &Device::Cpu)
+        .unwrap()
+        .forward(&input, &mut Mode::Eval)
+        .unwrap()
+        .remove("logits")
+        .unwrap();
     let err = error(&again, &ours);
     assert!(err <= 1e-4, "fine-tuning again: {err:e}");
     // Hugging Face's names: checkpoint-N after N optimizer steps (12 rows in batches of 4: 3 per epoch).

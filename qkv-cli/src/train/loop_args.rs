@@ -128,12 +128,13 @@ impl LoopArgs {
 }
 
 /// A task's training options: `--config`'s JSON over the task's defaults (or the defaults alone), then the
-/// loop's flags.
+/// loop's flags and `--device`.
 pub fn options<T: TrainingOptions>(config: Option<&Path>, flags: &LoopArgs) -> Result<T> {
     let mut options: T = match config {
         Some(path) => read_options(path)?,
         None => T::default(),
     };
     flags.apply(options.loop_settings_mut());
+    options.loop_settings_mut().device = crate::device::placement();
     Ok(options)
 }

@@ -138,7 +138,7 @@ pub fn generate_batch(
             return Err(Error::config("prompt", found, format!("at most n_positions = {limit}")));
         }
     }
-    let mut rows = PaddedRows::new(prompts, pad_token_id);
+    let mut rows = PaddedRows::new(prompts, pad_token_id, model.device());
     let mut contexts: Vec<Vec<u32>> = prompts.to_vec();
     let mut generated: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
     let mut stops: Vec<Option<StopReason>> = vec![None; prompts.len()];
@@ -195,9 +195,9 @@ struct PaddedRows {
 }
 
 impl PaddedRows {
-    fn new(prompts: &[Vec<u32>], pad_token_id: u32) -> Self {
+    fn new(prompts: &[Vec<u32>], pad_token_id: u32, device: &Device) -> Self {
         let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        let mut rows = Self { ids: vec![], positions: vec![], valid: vec![], device: Device::Cpu };
+        let mut rows = Self { ids: vec![], positions: vec![], valid: vec![], device: device.clone() };
         for prompt in prompts {
             let pad = width - prompt.len();
             rows.ids.push([vec![pad_token_id; pad], prompt.clone()].concat());

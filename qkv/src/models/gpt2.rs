@@ -117,6 +117,11 @@ pub struct Gpt2 {
 }
 
 impl Gpt2 {
+    /// The device the weights are on (inputs must be there too).
+    pub fn device(&self) -> &candle_core::Device {
+        self.wte.table().device()
+    }
+
     /// Parameters `wte.weight` (V, C), `wpe.weight` (n_positions, C), `blocks.{i}.*`, `ln_f.*` and, untied,
     /// `lm_head.weight`.
     pub fn new(config: &Gpt2Config, vb: VarBuilder) -> Result<Self> {

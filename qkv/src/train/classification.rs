@@ -161,7 +161,7 @@ impl ClassificationTask {
     /// Reads and encodes the data with the tokenizer of `model_dir`, and builds the classifier over `config`
     /// (its weights: those of `model_dir`, a fresh head where it has none).
     fn new(training: ClassifierTraining, model_dir: &Path, config: Option<BertConfig>) -> Result<Self> {
-        let device = Device::Cpu;
+        let device = training.run.device.device()?;
         let train_rows = read_labeled_texts(&training.train_file, training.header)?;
         let dev_rows = read_labeled_texts(&training.dev_file, training.header)?;
         let mut config = match config {
@@ -403,7 +403,7 @@ fn logits(model: &Bert, input: &BertInput, mode: &mut Mode) -> Result<Tensor> {
 
 const TOKENIZER_FILES: [&str; 4] = ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"];
 
-/// Loads a fine-tuned directory for prediction (evaluation mode).
-pub fn load_classifier(dir: &Path) -> Result<Bert> {
-    Ok(bert::load_frozen(dir, Some(BertArchitecture::SequenceClassification), &Device::Cpu)?.0)
+/// Loads a fine-tuned directory for prediction (evaluation mode) onto `device`.
+pub fn load_classifier(dir: &Path, device: &Device) -> Result<Bert> {
+    Ok(bert::load_frozen(dir, Some(BertArchitecture::SequenceClassification), device)?.0)
 }

@@ -156,7 +156,7 @@ pub type LmTrainer = Trainer<LmTask>;
 
 impl LmTask {
     fn new(training: LmTraining, config: Gpt2Config, tokenizer: tokenizers::Tokenizer, text: &str) -> Result<Self> {
-        let device = Device::Cpu;
+        let device = training.run.device.device()?;
         let (train_text, valid_text) = split(text, training.validation_fraction);
         let train = encode_text(&tokenizer, train_text)?;
         let valid = encode_text(&tokenizer, valid_text)?;

@@ -185,7 +185,7 @@ impl MlmTask {
         if train.is_empty() {
             return Err(Error::input(&training.text_file, None, "has no non-empty lines to train on"));
         }
-        let device = Device::Cpu;
+        let device = training.run.device.device()?;
         let varmap = VarMap::new();
         let vb = seeded_var_builder(&varmap, training.run.seed, DType::F32, &device);
         let model = Bert::new(&config, BertArchitecture::MaskedLm, vb)?;
@@ -194,7 +194,7 @@ impl MlmTask {
         let by_epochs = training.run.num_train_epochs.map_or(usize::MAX, |n| n * per_epoch);
         let total_steps = training.run.max_steps.unwrap_or(usize::MAX).min(by_epochs);
         let warmup = (training.warmup_ratio * total_steps as f64).ceil() as usize;
-        let masking = Masking::new(&tokenizer, training.mlm_probability)?;
+        let masking = Masking::new(&tokenizer, training.mlm_probability, &device)?;
         Ok(Self { training, tokenizer, model, vars, train, valid, masking, total_steps, warmup })
     }
 
@@ -291,6 +291,7 @@ impl Task for MlmTask {
 
 /// Builds masked batches and their loss.
 struct Masking {
+    device: Device,
     specials: Vec<u32>,
     mask: u32,
     vocab: u32,
@@ -299,11 +300,11 @@ struct Masking {
 }
 
 impl Masking {
-    fn new(tokenizer: &PretrainedTokenizer, probability: f64) -> Result<Self> {
+    fn new(tokenizer: &PretrainedTokenizer, probability: f64, device: &Device) -> Result<Self> {
         let mask = tokenizer.token_to_id("[MASK]").ok_or_else(|| Error::tokenizer("masking", "no [MASK] token"))?;
         let pad = tokenizer.token_to_id("[PAD]").unwrap_or(0);
         let (specials, vocab) = (tokenizer.special_ids(), tokenizer.vocab_size() as u32);
-        Ok(Self { specials, mask, vocab, pad, probability })
+        Ok(Self { device: device.clone(), specials, mask, vocab, pad, probability })
     }
 
     /// The padded, masked input of `batch`, its labels (B·S) and how many positions are predicted. A batch
@@ -325,13 +326,13 @@ impl Masking {
                 (labels[i], inputs[i], predicted) = (inputs[i], self.mask, 1);
             }
         }
-        let device = Device::Cpu;
+        let device = &self.device;
         let input = BertInput {
-            input_ids: Tensor::from_vec(inputs, (b, s), &device)?,
-            attention_mask: Some(Tensor::from_vec(valid, (b, s), &device)?),
+            input_ids: Tensor::from_vec(inputs, (b, s), device)?,
+            attention_mask: Some(Tensor::from_vec(valid, (b, s), device)?),
             token_type_ids: None,
         };
-        Ok((input, Tensor::from_vec(labels, b * s, &device)?, predicted))
+        Ok((input, Tensor::from_vec(labels, b * s, device)?, predicted))
     }
 
     /// Mean cross-entropy of the predicted positions.

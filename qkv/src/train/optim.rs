@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{backprop::GradStore, CpuStorage, InplaceOp2, Layout, Var};
+use candle_core::{backprop::GradStore, CpuStorage, DType, InplaceOp2, Layout, Tensor, Var};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -53,8 +53,15 @@ struct Param {
     name: String,
     var: Var,
     decay: bool,
-    m: Vec<f32>,
-    v: Vec<f32>,
+    moments: Moments,
+}
+
+/// Adam's first and second moments of one parameter.
+enum Moments {
+    /// f32 CPU parameters: host vectors updated in place by the fused kernel.
+    Host(Vec<f32>, Vec<f32>),
+    /// Any other device or dtype: tensors beside the parameter, updated with tensor ops.
+    Tensors(Tensor, Tensor),
 }
 
 /// What one step saw.
@@ -77,11 +84,12 @@ impl AdamW {
         let params = vars
             .into_iter()
             .map(|(name, var)| {
-                if !crate::kernels::fused(var.as_tensor()) {
-                    return Err(Error::shape("parameter", "an f32 CPU tensor", var.dims()));
-                }
-                let n = var.elem_count();
-                Ok(Param { decay: decay(&name, &var), name, var, m: vec![0.0; n], v: vec![0.0; n] })
+                let moments = if crate::kernels::fused(var.as_tensor()) {
+                    Moments::Host(vec![0.0; var.elem_count()], vec![0.0; var.elem_count()])
+                } else {
+                    Moments::Tensors(var.as_tensor().zeros_like()?, var.as_tensor().zeros_like()?)
+                };
+                Ok(Param { decay: decay(&name, &var), name, var, moments })
             })
             .collect::<Result<_>>()?;
         Ok(Self { config, params, step: 0 })
@@ -117,6 +125,16 @@ impl AdamW {
         let c = self.config;
         for p in &mut self.params {
             let Some(grad) = grads.get(&p.var) else { continue };
+            let (m, v) = match &mut p.moments {
+                Moments::Host(m, v) => (m, v),
+                Moments::Tensors(m, v) => {
+                    let g = (grad * clip as f64)?;
+                    let (new_p, new_m, new_v) = composed_step((p.var.as_tensor(), m, v), &g, c, (lr, t, p.decay))?;
+                    p.var.set(&new_p)?;
+                    (*m, *v) = (new_m, new_v);
+                    continue;
+                }
+            };
             let update = Update {
                 lr: lr as f32,
                 beta1: c.beta1 as f32,
@@ -126,7 +144,7 @@ impl AdamW {
                 bias1: 1.0 - (c.beta1 as f32).powi(t),
                 bias2: 1.0 - (c.beta2 as f32).powi(t),
                 clip,
-                moments: Mutex::new((&mut p.m, &mut p.v)),
+                moments: Mutex::new((m, v)),
             };
             p.var.as_tensor().inplace_op2(&grad.contiguous()?, &update)?;
         }
@@ -137,15 +155,15 @@ impl AdamW {
     pub fn state(&self) -> Result<(usize, Vec<(String, candle_core::Tensor)>)> {
         let mut tensors = Vec::with_capacity(2 * self.params.len());
         for p in &self.params {
-            let shape = p.var.shape();
-            tensors.push((
-                format!("m.{}", p.name),
-                candle_core::Tensor::from_slice(&p.m, shape, &candle_core::Device::Cpu)?,
-            ));
-            tensors.push((
-                format!("v.{}", p.name),
-                candle_core::Tensor::from_slice(&p.v, shape, &candle_core::Device::Cpu)?,
-            ));
+            let (m, v) = match &p.moments {
+                Moments::Host(m, v) => {
+                    let (shape, device) = (p.var.shape(), p.var.device());
+                    (Tensor::from_slice(m, shape, device)?, Tensor::from_slice(v, shape, device)?)
+                }
+                Moments::Tensors(m, v) => (m.clone(), v.clone()),
+            };
+            tensors.push((format!("m.{}", p.name), m));
+            tensors.push((format!("v.{}", p.name), v));
         }
         Ok((self.step, tensors))
     }
@@ -158,7 +176,7 @@ impl AdamW {
         mut tensors: std::collections::HashMap<String, candle_core::Tensor>,
     ) -> Result<()> {
         for p in &mut self.params {
-            for (prefix, dst) in [("m", &mut p.m), ("v", &mut p.v)] {
+            let mut take = |prefix: &str| -> Result<Tensor> {
                 let name = format!("{prefix}.{}", p.name);
                 let t = tensors
                     .remove(&name)
@@ -166,8 +184,19 @@ impl AdamW {
                 if t.dims() != p.var.dims() {
                     return Err(Error::shape("optimizer moment", format!("{name} {:?}", p.var.dims()), t.dims()));
                 }
-                *dst = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            }
+                Ok(t)
+            };
+            let (m, v) = (take("m")?, take("v")?);
+            p.moments = match p.moments {
+                Moments::Host(..) => {
+                    let host = |t: Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+                    Moments::Host(host(m)?, host(v)?)
+                }
+                Moments::Tensors(..) => {
+                    let like = |t: Tensor| t.to_dtype(p.var.dtype())?.to_device(p.var.device());
+                    Moments::Tensors(like(m)?, like(v)?)
+                }
+            };
         }
         if let Some(name) = tensors.keys().next() {
             return Err(Error::config("optimizer state", name, "only moments of this model's parameters"));
@@ -181,6 +210,10 @@ impl AdamW {
         let mut total = 0f64;
         for p in &self.params {
             let Some(grad) = grads.get(&p.var) else { continue };
+            if !crate::kernels::fused(grad) {
+                total += grad.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+                continue;
+            }
             let grad = grad.contiguous()?;
             let (storage, layout) = grad.storage_and_layout();
             let g = storage_f32(&storage, layout, "gradient norm")?;
@@ -251,12 +284,9 @@ impl InplaceOp2 for Update<'_> {
     }
 }
 
-/// The same update written with tensor ops, for tests: (p, m, v) after step `t`.
-#[cfg(test)]
-use candle_core::Tensor;
-
-#[cfg(test)]
-fn reference_step(
+/// The same update written with tensor ops, for parameters the kernel cannot update (other devices and
+/// dtypes) and as the kernel's reference in tests: (p, m, v) after step `t`.
+fn composed_step(
     (p, m, v): (&Tensor, &Tensor, &Tensor),
     g: &Tensor,
     config: AdamWConfig,
@@ -308,13 +338,40 @@ mod tests {
                 for (i, var) in [&w, &b].iter().enumerate() {
                     let (p, m, v, decay) = &reference[i];
                     let g = (grads.get(var).unwrap() * coef).unwrap();
-                    let (p, m, v) = reference_step((p, m, v), &g, config, (1e-2, step, *decay)).unwrap();
+                    let (p, m, v) = composed_step((p, m, v), &g, config, (1e-2, step, *decay)).unwrap();
                     let err = relative_error(var.as_tensor(), &p);
                     assert!(err <= 1e-5, "clip {clip:?} step {step} param {i}: {err:e}");
                     reference[i] = (p, m, v, *decay);
                 }
             }
         }
+    }
+
+    /// Parameters the kernel cannot take (here f64) are updated by the composed twin, to the same values as
+    /// f32 parameters through the kernel, and their moments round-trip through the optimizer state.
+    #[test]
+    fn other_dtypes_take_the_composed_update() {
+        let config = AdamWConfig { weight_decay: 0.1, ..AdamWConfig::default() };
+        let w32 = randn(&[5, 6], 3, 1.0);
+        let w64 = Var::from_tensor(&w32.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
+        let mut fused = AdamW::new(vec![("w".into(), w32.clone())], config, AdamW::decay_matrices).unwrap();
+        let mut composed = AdamW::new(vec![("w".into(), w64.clone())], config, AdamW::decay_matrices).unwrap();
+        for _ in 0..3 {
+            let g32 = w32.as_tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let g64 = w64.as_tensor().sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let (a, b) = (fused.step(&g32, 1e-2, Some(1.0)).unwrap(), composed.step(&g64, 1e-2, Some(1.0)).unwrap());
+            assert!((a.grad_norm - b.grad_norm).abs() <= 1e-5 * a.grad_norm);
+        }
+        let err = relative_error(&w64.as_tensor().to_dtype(DType::F32).unwrap(), w32.as_tensor());
+        assert!(err <= 1e-5, "{err:e}");
+        let (step, moments) = composed.state().unwrap();
+        assert_eq!((step, moments[0].1.dtype()), (3, DType::F64));
+        let mut again = AdamW::new(vec![("w".into(), w64.clone())], config, AdamW::decay_matrices).unwrap();
+        again.load_state(step, moments.into_iter().collect()).unwrap();
+        assert_eq!(
+            again.state().unwrap().1[1].1.to_vec2::<f64>().unwrap(),
+            composed.state().unwrap().1[1].1.to_vec2::<f64>().unwrap()
+        );
     }
 
     #[test]

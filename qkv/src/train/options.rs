@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{data_parallel, AdamWConfig};
+use crate::device::Placement;
 use crate::{Error, Result};
 
 /// The options of the loop itself. Every task's training options embed them (`#[serde(flatten)]`), so a
@@ -48,6 +49,8 @@ pub struct LoopSettings {
     pub logging_steps: usize,
     /// Stop after this many evaluations in a row without a new best.
     pub early_stopping_patience: Option<usize>,
+    /// Where the model is built and trained.
+    pub device: Placement,
 }
 
 impl Default for LoopSettings {
@@ -65,6 +68,7 @@ impl Default for LoopSettings {
             save_steps: None,
             logging_steps: 10,
             early_stopping_patience: None,
+            device: Placement::Cpu,
         }
     }
 }

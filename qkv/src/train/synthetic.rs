@@ -243,7 +243,7 @@ impl TrainerTask for SyntheticTask {
     type Start = ();
 
     fn create(config: SyntheticConfig, _: ()) -> Result<Self> {
-        let device = Device::Cpu;
+        let device = config.run.device.device()?;
         let vars = VarMap::new();
         let model = Transformer::new(&config.model(), seeded_var_builder(&vars, config.run.seed, DType::F32, &device))?;
         Ok(Self { config, model, vars: named_vars(&vars), device })

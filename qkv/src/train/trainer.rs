@@ -318,6 +318,7 @@ impl<T: Task> Trainer<T> {
         let state: TrainState = crate::hub::read_json(&checkpoint.join("state.json"))?;
         task.load_model(&checkpoint)?;
         let mut trainer = Self::assemble(Some(run_dir), task, state)?;
+        // Read to the host; the optimizer moves each moment to its parameter's device.
         let moments = load_safetensors(&checkpoint.join("optimizer.safetensors"), &candle_core::Device::Cpu)?;
         trainer.optimizer.load_state(trainer.state.step, moments)?;
         Ok(trainer)

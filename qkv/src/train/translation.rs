@@ -147,7 +147,7 @@ impl TranslationTask {
         tokenizer: Tokenizer,
         pairs: Vec<SentencePair>,
     ) -> Result<Self> {
-        let device = Device::Cpu;
+        let device = training.run.device.device()?;
         let (train, skipped) = encode_pairs(&tokenizer, &pairs, Some(training.max_len))?;
         if train.is_empty() {
             let message = format!("no training pair has at most max_len = {} tokens per side", training.max_len);
