@@ -7,14 +7,11 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use clap::Parser;
 use qkv::decode::DecodeOptions;
 use qkv::inference::Translator;
 use qkv::models::TransformerConfig;
 use qkv::plot;
-use qkv::text::batch::batch_of;
-use qkv::text::batch::Example;
 use qkv::text::number_words::{self, NumberPair};
 use qkv::train::trainer::LoopSettings;
 use qkv::train::translation::{TranslationTrainer, TranslationTraining};
@@ -120,7 +117,7 @@ pub fn run(args: Args) -> Result<()> {
     train_with_progress(&mut trainer, &AtomicBool::new(false), &run_dir)?;
     let train_seconds = started.elapsed().as_secs_f64();
 
-    let model = Translator::load(&run_dir, &Device::Cpu)?;
+    let model = Translator::load(&run_dir, &crate::device::device())?;
     let sources: Vec<String> = test.iter().map(|p| p.1.clone()).collect();
     let translations = model.translate(&sources, &DecodeOptions::greedy(), 4096)?;
     let exact_match = test.iter().zip(&translations).filter(|(p, t)| p.2 == **t).count();
@@ -188,22 +185,7 @@ fn write_side(path: &Path, pairs: &[NumberPair], side: impl Fn(&NumberPair) -> &
 
 /// Every decoder layer's and head's cross-attention while the model reads its own translation of `example`.
 fn draw_cross_attention(model: &Translator, example: &NumberPair, path: &Path) -> Result<()> {
-    let t = &model.tokenizer;
-    let target = t.encode(&model.translate(std::slice::from_ref(&example.1), &DecodeOptions::greedy(), 4096)?[0])?;
-    let example_ids = Example { source: t.encode(&example.1)?, target };
-    let batch = batch_of(t, std::slice::from_ref(&example_ids), &[0], &Device::Cpu)?;
-    let maps = model.model.attention_maps(&batch.source, &batch.source_valid, &batch.decoder_input)?;
-    let mut weights = Vec::with_capacity(maps.len());
-    for layer in &maps {
-        // (1, H, T, S) → [head][target][source]
-        weights.push(layer.cross_attn.squeeze(0)?.to_vec3::<f32>()?);
-    }
-    let label = |id: &u32| t.id_to_token(*id).unwrap_or_else(|| format!("#{id}"));
-    let mut source_tokens: Vec<String> = example_ids.source.iter().map(label).collect();
-    source_tokens.push(label(&t.eos_id()));
-    // Row i is the query that predicts output token i.
-    let mut target_tokens: Vec<String> = example_ids.target.iter().map(label).collect();
-    target_tokens.push(label(&t.eos_id()));
+    let maps = model.cross_attention(&example.1, None)?;
     let title = format!("cross-attention reading \"{}\"", example.1);
-    Ok(plot::attention_grid(&weights, &source_tokens, &target_tokens, &title, path)?)
+    Ok(plot::attention_grid(&maps.weights, &maps.source_tokens, &maps.target_tokens, &title, path)?)
 }

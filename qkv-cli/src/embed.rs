@@ -43,7 +43,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(path) if path.extension().is_some_and(|e| e == "npy") => {
             let tmp = path.with_extension("npy.tmp");
             let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-            write_npy(BufWriter::new(file), &embeddings.to_vec2()?)
+            qkv::npy::write_f32_matrix(BufWriter::new(file), &embeddings.to_vec2()?)
                 .with_context(|| format!("writing {}", tmp.display()))?;
             std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
         }
@@ -78,41 +78,4 @@ fn write_jsonl(mut out: impl Write, sentences: &[String], rows: &[Vec<f32>]) -> 
     }
     out.flush()?;
     Ok(())
-}
-
-/// An (N, C) float32 matrix in NumPy's .npy format (version 1.0), written through a buffer (candle's
-/// `write_npy` issues one system call per element).
-fn write_npy(mut out: impl Write, rows: &[Vec<f32>]) -> Result<()> {
-    let columns = rows.first().map_or(0, Vec::len);
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {columns}), }}", rows.len());
-    // Magic (6) + version (2) + length (2) + header + newline, padded to a multiple of 64.
-    let unpadded = 10 + header.len() + 1;
-    header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
-    header.push('\n');
-    out.write_all(b"\x93NUMPY\x01\x00")?;
-    out.write_all(&(header.len() as u16).to_le_bytes())?;
-    out.write_all(header.as_bytes())?;
-    for row in rows {
-        for value in row {
-            out.write_all(&value.to_le_bytes())?;
-        }
-    }
-    out.flush()?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn npy_header_is_aligned_and_data_follows() {
-        let mut bytes = Vec::new();
-        super::write_npy(&mut bytes, &[vec![1.0, 2.0], vec![3.0, 4.0], vec![5.0, 6.0]]).unwrap();
-        assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
-        let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-        assert_eq!((10 + header_len) % 64, 0);
-        let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
-        assert!(header.contains("'shape': (3, 2)") && header.ends_with('\n'), "{header}");
-        assert_eq!(bytes.len(), 10 + header_len + 6 * 4);
-        assert_eq!(&bytes[10 + header_len..10 + header_len + 4], &1f32.to_le_bytes());
-    }
 }

@@ -5,10 +5,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::D;
 use clap::Parser;
 use qkv::metrics::correlation::{pearson, spearman};
-use qkv::models::bert::l2_normalize;
 use qkv::text::labeled::read_scored_pairs;
 
 #[derive(Parser)]
@@ -32,11 +30,8 @@ pub fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     let firsts: Vec<&str> = pairs.iter().map(|p| p.first.as_str()).collect();
     let seconds: Vec<&str> = pairs.iter().map(|p| p.second.as_str()).collect();
-    // Cosine similarity: dot products of unit vectors (normalised here in case the model does not).
-    let a = l2_normalize(&encoder.embed(&firsts, args.batch_size)?)?;
-    let b = l2_normalize(&encoder.embed(&seconds, args.batch_size)?)?;
+    let cosines = encoder.cosines(&firsts, &seconds, args.batch_size)?;
     let elapsed = started.elapsed().as_secs_f64();
-    let cosines: Vec<f64> = (a * b)?.sum(D::Minus1)?.to_vec1::<f32>()?.into_iter().map(f64::from).collect();
     let gold: Vec<f64> = pairs.iter().map(|p| p.score).collect();
     let rho = 100.0 * spearman(&cosines, &gold)?;
     let r = 100.0 * pearson(&cosines, &gold)?;

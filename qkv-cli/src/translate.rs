@@ -39,6 +39,13 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let model = Translator::load(&args.model, &crate::device::device())
         .with_context(|| format!("loading {}", args.model.display()))?;
+    if !model.report.unused.is_empty() {
+        eprintln!(
+            "warning: {} tensors of the checkpoint are not used: {:?}",
+            model.report.unused.len(),
+            model.report.unused
+        );
+    }
     let sentences = match &args.input {
         Some(path) => read_lines(path)?,
         None => {

@@ -29,6 +29,7 @@ pub mod kernels;
 pub mod metrics;
 pub mod models;
 pub mod nn;
+pub mod npy;
 pub mod plot;
 pub mod rng;
 pub mod run_log;

@@ -323,6 +323,50 @@ fn fine_tuned_models_round_trip_through_transformers() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// Fine-tuning on the shared loop: stopped mid-epoch and resumed from its `checkpoint-N/`, it takes the same
+/// steps (dropout and batch order included) as a run that never stopped; early stopping ends a run whose
+/// metric stops improving, and the best epoch's model is at the top of the output directory.
+#[test]
+fn fine_tuning_resumes_exactly_and_stops_early() {
+    use qkv::train::classification::{ClassificationTrainer, ClassifierTraining};
+    use qkv::train::trainer::{Finish, LoopSettings};
+    let scratch = std::env::temp_dir().join(format!("qkv-finetune-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let training = ClassifierTraining {
+        train_file: fixtures().join("toy.tsv"),
+        dev_file: fixtures().join("toy.tsv"),
+        per_device_train_batch_size: 4,
+        learning_rate: 1e-3,
+        run: LoopSettings { num_train_epochs: Some(3), seed: 5, shards: 2, ..ClassifierTraining::default().run },
+        ..ClassifierTraining::default()
+    };
+    let model = fixtures().join("BertModel");
+    let mut straight =
+        ClassificationTrainer::create(&scratch.join("straight"), training.clone(), model.clone()).unwrap();
+    let (_, expected) = support::step_losses(&mut straight, None);
+    assert_eq!(expected.len(), 9, "12 rows in batches of 4, 3 epochs");
+    let mut first = ClassificationTrainer::create(&scratch.join("resumed"), training.clone(), model.clone()).unwrap();
+    let (finish, mut losses) = support::step_losses(&mut first, Some(4));
+    assert_eq!(finish, Finish::Interrupted);
+    assert!(scratch.join("resumed/checkpoint-4/optimizer.safetensors").exists());
+    let mut second = ClassificationTrainer::resume(&scratch.join("resumed")).unwrap();
+    losses.extend(support::step_losses(&mut second, None).1);
+    assert_eq!(losses, expected);
+    assert!(scratch.join("resumed/model.safetensors").exists() && scratch.join("resumed/config.json").exists());
+
+    // A learning rate too small to change a prediction: accuracy never improves on the first evaluation.
+    let still = ClassifierTraining {
+        learning_rate: 1e-12,
+        run: LoopSettings { num_train_epochs: Some(10), early_stopping_patience: Some(2), ..training.run.clone() },
+        ..training
+    };
+    let mut patient = ClassificationTrainer::create(&scratch.join("patient"), still, model).unwrap();
+    let (finish, losses) = support::step_losses(&mut patient, None);
+    assert_eq!((finish, losses.len()), (Finish::EarlyStopped, 9), "stopped after epochs 2 and 3 brought nothing");
+    assert_eq!(patient.state().best_step, Some(3), "ties keep the earlier epoch");
+    std::fs::remove_dir_all(&scratch).unwrap();
+}
+
 // ---- pipelines ----
 
 #[derive(serde::Deserialize)]

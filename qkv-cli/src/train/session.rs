@@ -21,6 +21,10 @@ pub fn run_with_progress<T: Task>(
     plotted: plot::CurveOptions,
     describe: impl Fn(&EvalRecord) -> String,
 ) -> Result<Finish> {
+    let unused = &trainer.resume_report().unused;
+    if !unused.is_empty() {
+        eprintln!("warning: the checkpoint has {} tensors the model does not use: {unused:?}", unused.len());
+    }
     let bar = crate::progress::steps_bar();
     let mut planned = None;
     let result = trainer.run(stop, |event| match event {

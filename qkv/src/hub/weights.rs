@@ -292,6 +292,30 @@ pub fn average_model_dirs(inputs: &[PathBuf], out: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// A model built over a WeightSource gets the tensors themselves; a missing or wrongly shaped one fails
+    /// the build naming the file and tensor; tensors nobody asked for are reported.
+    #[test]
+    fn weight_sources_name_what_is_wrong_and_report_the_rest() {
+        let dev = Device::Cpu;
+        let tensors = HashMap::from([
+            ("w".to_string(), Tensor::arange(0f32, 6.0, &dev).unwrap().reshape((2, 3)).unwrap()),
+            ("spare".to_string(), Tensor::zeros(2, DType::F32, &dev).unwrap()),
+        ]);
+        let source =
+            WeightSource::renamed(tensors, Path::new("dir/model.safetensors"), |name| name.replace("ours.", ""));
+        let vb = source.builder(DType::F32, &dev);
+        let w = vb.get((2, 3), "ours.w").unwrap();
+        assert_eq!(w.to_vec2::<f32>().unwrap()[1], vec![3.0, 4.0, 5.0]);
+        assert_eq!(source.report().unused, vec!["spare".to_string()]);
+        let message = vb.get((3, 2), "ours.w").unwrap_err().to_string();
+        assert!(
+            message.contains("dir/model.safetensors") && message.contains("`w`") && message.contains("[2, 3]"),
+            "{message}"
+        );
+        let message = vb.get(4, "ours.b").unwrap_err().to_string();
+        assert!(message.contains("`b` is missing"), "{message}");
+    }
+
     #[test]
     fn parameters_round_trip_and_mismatches_are_named() -> Result<()> {
         let root = std::env::temp_dir().join(format!("qkv-weights-{}", std::process::id()));

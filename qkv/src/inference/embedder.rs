@@ -110,6 +110,18 @@ impl Embedder {
         Ok(Tensor::stack(&rows, 0)?)
     }
 
+    /// The cosine similarity of each pair (`firsts[i]`, `seconds[i]`), as sentence-transformers' STS
+    /// evaluation computes it (rows normalised here whether or not the model normalises).
+    pub fn cosines(&self, firsts: &[&str], seconds: &[&str], batch_size: usize) -> Result<Vec<f64>> {
+        if firsts.len() != seconds.len() {
+            let found = format!("{} first and {} second sentences", firsts.len(), seconds.len());
+            return Err(Error::config("sentence pairs", found, "as many of each"));
+        }
+        let a = l2_normalize(&self.embed(firsts, batch_size)?)?;
+        let b = l2_normalize(&self.embed(seconds, batch_size)?)?;
+        Ok((a * b)?.sum(candle_core::D::Minus1)?.to_vec1::<f32>()?.into_iter().map(f64::from).collect())
+    }
+
     /// As [`embed`](Self::embed), as one vector per sentence.
     pub fn embed_vectors(&self, sentences: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>> {
         Ok(self.embed(sentences, batch_size)?.to_vec2::<f32>()?)

@@ -23,7 +23,7 @@ pub use embedder::Embedder;
 pub use generator::{Completion, Generator};
 pub use pipeline::{Answer, LabelScore, MaskPrediction, Pipeline, QaOptions};
 pub use text_stream::TextStream;
-pub use translator::Translator;
+pub use translator::{CrossAttention, Translator};
 
 use crate::hub::read_config;
 use crate::models::bert::BertArchitecture;

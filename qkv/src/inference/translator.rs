@@ -13,6 +13,17 @@ use crate::text::batch::{batch_of, token_batches, Example};
 use crate::text::tokenizer::Tokenizer;
 use crate::Result;
 
+/// Every decoder layer's and head's cross-attention while the model reads a target after a source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrossAttention {
+    /// The source's subword tokens, EOS last.
+    pub source_tokens: Vec<String>,
+    /// The target's tokens, EOS last: row i is the query that predicts token i.
+    pub target_tokens: Vec<String>,
+    /// [layer][head][target position][source position]
+    pub weights: Vec<Vec<Vec<Vec<f32>>>>,
+}
+
 /// A trained translation model loaded from a model directory (config.json, model.safetensors,
 /// tokenizer.json): a run's `best/`, one of its checkpoints, or an averaged model. Built once, used from any
 /// number of threads (`&self`).
@@ -38,6 +49,30 @@ impl Translator {
         let weights = WeightSource::from_file(&dir.join(WEIGHTS), device)?;
         let model = Transformer::new(&config, weights.builder(DType::F32, device))?;
         Ok(Self { model, tokenizer, config, report: weights.report(), device: device.clone() })
+    }
+
+    /// The cross-attention of every decoder layer and head while the model reads `target` after `source` —
+    /// its own greedy translation when `target` is `None`.
+    pub fn cross_attention(&self, source: &str, target: Option<&str>) -> Result<CrossAttention> {
+        let t = &self.tokenizer;
+        let target = match target {
+            Some(text) => text.to_string(),
+            None => self.translate(&[source.to_string()], &DecodeOptions::greedy(), 4096)?.remove(0),
+        };
+        let example = Example { source: t.encode(source)?, target: t.encode(&target)? };
+        let batch = batch_of(t, std::slice::from_ref(&example), &[0], &self.device)?;
+        let maps = self.model.attention_maps(&batch.source, &batch.source_valid, &batch.decoder_input)?;
+        let mut weights = Vec::with_capacity(maps.len());
+        for layer in &maps {
+            weights.push(layer.cross_attn.squeeze(0)?.to_vec3::<f32>()?); // (1, H, T, S) → [head][target][source]
+        }
+        let label = |id: &u32| t.id_to_token(*id).unwrap_or_else(|| format!("#{id}"));
+        let with_eos = |ids: &[u32]| ids.iter().chain([t.eos_id()].iter()).map(label).collect::<Vec<_>>();
+        Ok(CrossAttention {
+            source_tokens: with_eos(&example.source),
+            target_tokens: with_eos(&example.target),
+            weights,
+        })
     }
 
     /// Translates sentences in batches of about `max_tokens` source tokens, longest first, returning them in

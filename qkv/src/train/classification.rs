@@ -21,8 +21,8 @@ use super::trainer::{
 };
 use super::{cross_entropy, schedule, AdamWConfig};
 use crate::hub::bert::{self, LoadOptions};
-use crate::hub::read_config;
 use crate::hub::tokenizer::{PretrainedTokenizer, Truncation};
+use crate::hub::{read_config, LoadReport};
 use crate::metrics::classification::{accuracy, f1, matthews_correlation};
 use crate::models::bert::{Bert, BertArchitecture, BertConfig, BertInput};
 use crate::nn::Mode;
@@ -304,8 +304,8 @@ impl Task for ClassificationTask {
         Ok(())
     }
 
-    fn load_model(&self, dir: &Path) -> Result<()> {
-        bert::load_into(dir, &self.vars, BertArchitecture::SequenceClassification, false).map(|_| ())
+    fn load_model(&self, dir: &Path) -> Result<LoadReport> {
+        bert::load_into(dir, &self.vars, BertArchitecture::SequenceClassification, false)
     }
 }
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::trainer::{epoch_rng, Evaluation, LoopSettings, Objective, StepContext, Task, Trainer, TrainingOptions};
 use super::{cross_entropy, schedule, AdamWConfig};
-use crate::hub::{gpt2, read_json};
+use crate::hub::{gpt2, read_json, LoadReport};
 use crate::models::{Gpt2, Gpt2Config};
 use crate::nn::{params::named_vars, seeded_var_builder, Mode};
 use crate::text::corpus::read_text;
@@ -300,8 +300,8 @@ impl Task for LmTask {
         write_tokenizer_json(&self.tokenizer, &dir.join("tokenizer.json"))
     }
 
-    fn load_model(&self, dir: &Path) -> Result<()> {
-        gpt2::load_into(dir, &self.vars, self.model.config().tie_word_embeddings).map(|_| ())
+    fn load_model(&self, dir: &Path) -> Result<LoadReport> {
+        gpt2::load_into(dir, &self.vars, self.model.config().tie_word_embeddings)
     }
 }
 

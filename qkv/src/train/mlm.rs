@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::trainer::{epoch_rng, Evaluation, LoopSettings, Objective, StepContext, Task, Trainer, TrainingOptions};
 use super::{cross_entropy, schedule, AdamWConfig};
 use crate::hub::tokenizer::{PretrainedTokenizer, Truncation};
-use crate::hub::{bert, read_json};
+use crate::hub::{bert, read_json, LoadReport};
 use crate::models::bert::{Bert, BertArchitecture, BertConfig, BertInput};
 use crate::nn::mode::Rng;
 use crate::nn::{params::named_vars, seeded_var_builder, Mode};
@@ -284,8 +284,8 @@ impl Task for MlmTask {
         self.tokenizer.save_to_dir(dir, self.training.lowercase)
     }
 
-    fn load_model(&self, dir: &Path) -> Result<()> {
-        bert::load_into(dir, &self.vars, BertArchitecture::MaskedLm, false).map(|_| ())
+    fn load_model(&self, dir: &Path) -> Result<LoadReport> {
+        bert::load_into(dir, &self.vars, BertArchitecture::MaskedLm, false)
     }
 }
 

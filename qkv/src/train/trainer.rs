@@ -33,7 +33,7 @@ pub use super::options::{read_options, LoopSettings, TrainingOptions};
 use super::AdamW;
 use crate::atomic_file::replace_dir_atomically;
 use crate::hub::write_json;
-use crate::hub::{load_parameters, load_safetensors, save_safetensors};
+use crate::hub::{load_parameters, load_safetensors, save_safetensors, LoadReport};
 use crate::nn::Mode;
 use crate::rng::Rng;
 use crate::run_log::LogFile;
@@ -131,9 +131,10 @@ pub trait Task: Objective + Sized {
     }
     /// Writes a loadable model directory (config, weights, tokenizer) into `dir`.
     fn save_model(&self, dir: &Path) -> Result<()>;
-    /// Sets the parameters from a directory [`save_model`](Task::save_model) wrote (for resuming).
-    fn load_model(&self, dir: &Path) -> Result<()> {
-        load_parameters(self.vars(), &dir.join("model.safetensors")).map(|_| ())
+    /// Sets the parameters from a directory [`save_model`](Task::save_model) wrote (for resuming); tensors no
+    /// parameter took are reported.
+    fn load_model(&self, dir: &Path) -> Result<LoadReport> {
+        load_parameters(self.vars(), &dir.join("model.safetensors"))
     }
 }
 
@@ -283,6 +284,8 @@ pub struct Trainer<T: Task> {
     state: TrainState,
     /// When this session's `run` began and the training seconds before it.
     clock: Option<(Instant, f64)>,
+    /// What loading the checkpoint of a resumed run left over.
+    resumed: LoadReport,
 }
 
 impl<T: Task> Trainer<T> {
@@ -316,8 +319,9 @@ impl<T: Task> Trainer<T> {
         let training: T::Training = read_options(&checkpoint.join("training.json"))?;
         let task = T::reopen(&checkpoint, training)?;
         let state: TrainState = crate::hub::read_json(&checkpoint.join("state.json"))?;
-        task.load_model(&checkpoint)?;
+        let report = task.load_model(&checkpoint)?;
         let mut trainer = Self::assemble(Some(run_dir), task, state)?;
+        trainer.resumed = report;
         // Read to the host; the optimizer moves each moment to its parameter's device.
         let moments = load_safetensors(&checkpoint.join("optimizer.safetensors"), &candle_core::Device::Cpu)?;
         trainer.optimizer.load_state(trainer.state.step, moments)?;
@@ -327,7 +331,8 @@ impl<T: Task> Trainer<T> {
     fn assemble(run_dir: Option<&Path>, task: T, state: TrainState) -> Result<Self> {
         let settings = task.training().loop_settings().clone();
         let optimizer = AdamW::new(task.vars().to_vec(), settings.adam, AdamW::decay_matrices)?;
-        Ok(Self { run_dir: run_dir.map(Path::to_path_buf), task, settings, optimizer, state, clock: None })
+        let resumed = LoadReport::default();
+        Ok(Self { run_dir: run_dir.map(Path::to_path_buf), task, settings, optimizer, state, clock: None, resumed })
     }
 
     /// Gives the trained task back (its model, tokenizer …).
@@ -341,6 +346,11 @@ impl<T: Task> Trainer<T> {
 
     pub fn state(&self) -> &TrainState {
         &self.state
+    }
+
+    /// Checkpoint tensors a resumed run's model did not take (empty for a new run).
+    pub fn resume_report(&self) -> &LoadReport {
+        &self.resumed
     }
 
     /// The run directory; `None` for an in-memory run.
@@ -577,4 +587,120 @@ pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<PathBuf>> {
 /// The newest step checkpoint of a run, or an error saying there is none to resume from.
 pub fn resume_point(run_dir: &Path) -> Result<PathBuf> {
     latest_checkpoint(run_dir)?.ok_or_else(|| Error::input(run_dir, None, "no checkpoint to resume from"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use candle_core::Device;
+    use rand::RngCore;
+
+    use super::*;
+
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    struct ToyTraining {
+        #[serde(flatten)]
+        run: LoopSettings,
+    }
+
+    impl TrainingOptions for ToyTraining {
+        fn loop_settings(&self) -> &LoopSettings {
+            &self.run
+        }
+        fn loop_settings_mut(&mut self) -> &mut LoopSettings {
+            &mut self.run
+        }
+        fn validate(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What one loss was told: step, epoch, planned steps, progress, and a draw from the task's generator.
+    type Seen = (usize, usize, Option<usize>, f64, u64);
+
+    /// Fits w to 3 from eight examples in batches of two, recording what each loss was told.
+    struct Toy {
+        training: ToyTraining,
+        vars: Vec<(String, Var)>,
+        seen: Mutex<Vec<Seen>>,
+    }
+
+    impl Objective for Toy {
+        fn vars(&self) -> &[(String, Var)] {
+            &self.vars
+        }
+        fn loss(&self, batch: &[usize], context: &mut StepContext, _: &mut Mode) -> Result<(Tensor, usize)> {
+            let draw = context.rng.next_u64();
+            let record = (context.step, context.epoch, context.planned_steps, context.progress(), draw);
+            self.seen.lock().unwrap().push(record);
+            let w = self.vars[0].1.as_tensor();
+            Ok(((w - 3.0)?.sqr()?.sum_all()?, batch.len()))
+        }
+    }
+
+    impl Task for Toy {
+        type Training = ToyTraining;
+        type Start = ();
+        fn create(training: ToyTraining, _: ()) -> Result<Self> {
+            let w = Var::zeros(1, candle_core::DType::F32, &Device::Cpu)?;
+            Ok(Self { training, vars: vec![("w".into(), w)], seen: Mutex::new(Vec::new()) })
+        }
+        fn reopen(_: &Path, training: ToyTraining) -> Result<Self> {
+            Self::create(training, ())
+        }
+        fn training(&self) -> &ToyTraining {
+            &self.training
+        }
+        fn epoch_batches(&self, _: usize) -> Result<Vec<Vec<usize>>> {
+            Ok((0..8).collect::<Vec<_>>().chunks(2).map(<[usize]>::to_vec).collect())
+        }
+        fn learning_rate(&self, _: usize) -> f64 {
+            0.1
+        }
+        fn evaluate(&self) -> Result<Evaluation> {
+            let w = self.vars[0].1.as_tensor().to_vec1::<f32>()?[0] as f64;
+            Ok(Evaluation { val_loss: (w - 3.0).powi(2), metrics: BTreeMap::new() })
+        }
+        fn save_model(&self, dir: &Path) -> Result<()> {
+            crate::hub::save_parameters(&self.vars, &dir.join("model.safetensors"))
+        }
+    }
+
+    fn toy_training() -> ToyTraining {
+        ToyTraining { run: LoopSettings { num_train_epochs: Some(2), shards: 1, ..LoopSettings::default() } }
+    }
+
+    /// The loss sees the step, the epoch, the planned steps and the fraction done, and draws from the task's
+    /// own generator, which a resumed run continues exactly.
+    #[test]
+    fn the_loss_gets_the_step_context_and_a_generator_that_resumes() {
+        let mut straight = Trainer::<Toy>::in_memory(toy_training(), ()).unwrap();
+        assert_eq!(straight.run(&AtomicBool::new(false), |_| {}).unwrap(), Finish::Completed);
+        let seen = straight.task().seen.lock().unwrap().clone();
+        let steps: Vec<(usize, usize, Option<usize>)> = seen.iter().map(|s| (s.0, s.1, s.2)).collect();
+        let expected: Vec<(usize, usize, Option<usize>)> = (1..=8).map(|s| (s, (s - 1) / 4, Some(8))).collect();
+        assert_eq!(steps, expected);
+        assert_eq!((seen[0].3, seen[4].3), (0.0, 0.5));
+        assert_ne!(seen[0].4, seen[1].4, "a fresh draw each step");
+
+        let dir = std::env::temp_dir().join(format!("qkv-trainer-context-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut first = Trainer::<Toy>::create(&dir, toy_training(), ()).unwrap();
+        let stop = AtomicBool::new(false);
+        let finish = first
+            .run(&stop, |event| {
+                if matches!(event, Event::Step(r) if r.step == 3) {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            })
+            .unwrap();
+        assert_eq!(finish, Finish::Interrupted);
+        let mut second = Trainer::<Toy>::resume(&dir).unwrap();
+        second.run(&AtomicBool::new(false), |_| {}).unwrap();
+        let mut resumed = first.task().seen.lock().unwrap().clone();
+        resumed.extend(second.task().seen.lock().unwrap().iter().cloned());
+        assert_eq!(resumed, seen);
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
