@@ -118,7 +118,7 @@ impl LoopSettings {
 }
 
 /// A task's training options: stored as `training.json` in the run and in every checkpoint.
-pub trait TrainingOptions: Serialize + DeserializeOwned + Default {
+pub trait TrainingOptions: Serialize + DeserializeOwned + Default + Clone {
     fn loop_settings(&self) -> &LoopSettings;
     fn loop_settings_mut(&mut self) -> &mut LoopSettings;
     /// Checks the task's own options (the loop's are checked by the trainer).

@@ -499,7 +499,7 @@ impl<T: Task> Trainer<T> {
         };
         replace_dir_atomically(&dir, |tmp| {
             self.task.save_model(tmp)?;
-            write_json(&tmp.join("training.json"), self.task.training())?;
+            write_json(&tmp.join("training.json"), &self.training_now())?;
             write_json(&tmp.join("state.json"), &self.state)?;
             let (_, moments) = self.optimizer.state()?;
             save_safetensors(&moments, &tmp.join("optimizer.safetensors"))
@@ -515,6 +515,14 @@ impl<T: Task> Trainer<T> {
             fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
         }
         Ok(())
+    }
+
+    /// The task's options with this session's loop settings (a resumed run may have been given more steps or
+    /// time), so that resuming from the next checkpoint goes on with them.
+    fn training_now(&self) -> T::Training {
+        let mut training = self.task.training().clone();
+        *training.loop_settings_mut() = self.settings.clone();
+        training
     }
 
     /// `best/` (with the run's state) in the run layout; in Hugging Face's, the model's files in the run
