@@ -24,6 +24,7 @@ mod generate;
 mod plot;
 mod progress;
 mod qa;
+mod serve;
 mod sts;
 mod train;
 mod translate;
@@ -95,6 +96,8 @@ enum Command {
     Qa(qa::Args),
     /// Run a Hugging Face checkpoint on token ids from a safetensors file; write its outputs to another
     Forward(forward::Args),
+    /// Serve model directories over an OpenAI-compatible HTTP API (/v1/embeddings, /v1/completions, /v1/models)
+    Serve(serve::Args),
     /// Time qkv's side of a benchmark workload and print JSON (tools/bench/run.sh compares it with PyTorch)
     Bench(bench::Args),
 }
@@ -123,6 +126,7 @@ fn main() -> ExitCode {
         Command::Classify(args) => classify::run(args),
         Command::Qa(args) => qa::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

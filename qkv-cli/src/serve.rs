@@ -1,0 +1,98 @@
+//! `qkv serve`: model directories behind an OpenAI-compatible HTTP API (see `qkv_serve`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use qkv_serve::{serve, ServeConfig};
+
+#[derive(Parser)]
+pub struct Args {
+    /// A model directory to serve, as NAME=DIR or DIR (named after its folder); repeat for several. Its kind
+    /// (embeddings, GPT-2, translation) is read from its files
+    #[arg(long, required = true)]
+    model: Vec<String>,
+    /// Address to listen on (loopback by default; 0.0.0.0 exposes the server to the network)
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1/* (also read from QKV_API_KEY)
+    #[arg(long, env = "QKV_API_KEY")]
+    api_key: Option<String>,
+    /// Largest request body in bytes
+    #[arg(long, default_value_t = ServeConfig::default().max_body_bytes)]
+    max_body_bytes: usize,
+    /// Largest input (a prompt, a text to embed) in tokens
+    #[arg(long, default_value_t = ServeConfig::default().max_input_tokens)]
+    max_input_tokens: usize,
+    /// Largest `max_tokens` a completion may ask for
+    #[arg(long, default_value_t = ServeConfig::default().max_new_tokens)]
+    max_new_tokens: usize,
+    /// Requests computed at once
+    #[arg(long, default_value_t = ServeConfig::default().workers)]
+    workers: usize,
+    /// Requests that may wait for a worker; more are answered 503 with Retry-After
+    #[arg(long, default_value_t = ServeConfig::default().queue)]
+    queue: usize,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let mut models = Vec::new();
+    for spec in &args.model {
+        let (name, dir) = match spec.split_once('=') {
+            Some((name, dir)) => (name.to_string(), PathBuf::from(dir)),
+            None => {
+                let dir = PathBuf::from(spec);
+                let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| spec.clone());
+                (name, dir)
+            }
+        };
+        if models.iter().any(|(n, _): &(String, PathBuf)| *n == name) {
+            bail!("--model {spec}: the name `{name}` is taken; give NAME=DIR");
+        }
+        models.push((name, dir));
+    }
+    let config = ServeConfig {
+        models,
+        address: SocketAddr::new(args.host, args.port),
+        api_key: args.api_key,
+        max_body_bytes: args.max_body_bytes,
+        max_input_tokens: args.max_input_tokens,
+        max_new_tokens: args.max_new_tokens,
+        workers: args.workers,
+        queue: args.queue,
+    };
+    let address = config.address;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    runtime.block_on(async move {
+        eprintln!("loading {} model(s); serving on http://{address}", config.models.len());
+        serve(config, shutdown_signal()).await.map_err(anyhow::Error::msg)
+    })?;
+    eprintln!("stopped");
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM: stop accepting, let requests in flight finish, then return.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("shutting down: finishing requests in flight");
+}

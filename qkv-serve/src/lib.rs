@@ -1,0 +1,177 @@
+//! `qkv serve`: qkv's models behind an OpenAI-compatible HTTP API, so the clients written for OpenAI, Hugging
+//! Face's text-embeddings-inference and llama.cpp's server work unchanged.
+//!
+//! Built on tokio and axum (over hyper): the most used async stack in Rust, the one text-embeddings-inference
+//! runs on, with graceful shutdown, body limits and server-sent events built in. The server reaches qkv only
+//! through [`qkv::inference`]; inference runs on tokio's blocking threads, at most `workers` requests at a time,
+//! and a request that finds `queue` others waiting is answered 503 with `Retry-After` instead of queueing
+//! without bound.
+//!
+//! Endpoints: `POST /v1/embeddings`, `POST /v1/completions` (`stream: true` as server-sent events ending in
+//! `data: [DONE]`), `POST /v1/translations` (qkv's own: `input`, `beam`, `alpha`, `max_length`),
+//! `GET /v1/models`, `GET /health`.
+
+pub mod api;
+mod base64;
+mod completions;
+mod embeddings;
+mod registry;
+mod translations;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use api::{ApiError, ModelCard, ModelList};
+pub use registry::{Registry, Served};
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// (name, model directory); the kind of each is detected from its files.
+    pub models: Vec<(String, PathBuf)>,
+    pub address: SocketAddr,
+    /// Requests to /v1/* must carry `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
+    /// Request bodies larger than this are refused (413).
+    pub max_body_bytes: usize,
+    /// Inputs (embedding texts, prompts) longer than this many tokens are refused, naming both numbers.
+    pub max_input_tokens: usize,
+    /// The largest `max_tokens` a completion may ask for.
+    pub max_new_tokens: usize,
+    /// Requests computed at the same time.
+    pub workers: usize,
+    /// Requests allowed to wait for a worker; one more is answered 503.
+    pub queue: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            models: Vec::new(),
+            address: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_key: None,
+            max_body_bytes: 2 << 20,
+            max_input_tokens: 8192,
+            max_new_tokens: 2048,
+            workers: 2,
+            queue: 64,
+        }
+    }
+}
+
+/// What every handler sees.
+pub struct AppState {
+    pub registry: Registry,
+    pub config: ServeConfig,
+    workers: Arc<Semaphore>,
+    waiting: AtomicUsize,
+}
+
+impl AppState {
+    pub fn new(registry: Registry, config: ServeConfig) -> Arc<Self> {
+        let workers = Arc::new(Semaphore::new(config.workers.max(1)));
+        Arc::new(Self { registry, config, workers, waiting: AtomicUsize::new(0) })
+    }
+
+    /// Runs `work` on a blocking thread once a worker is free; 503 when the queue is full.
+    async fn compute<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _permit = self.admit().await?;
+        tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::from_qkv(qkv_error(e)))?
+    }
+
+    /// A worker permit (held for as long as the work, a stream included, runs), or 503 when `queue` requests are
+    /// already waiting for one.
+    async fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        if let Ok(permit) = self.workers.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.config.queue {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::busy());
+        }
+        let permit = self.workers.clone().acquire_owned().await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        permit.map_err(|_| ApiError::busy())
+    }
+}
+
+/// A panicked or cancelled inference task, as an error (the server keeps serving).
+fn qkv_error(error: tokio::task::JoinError) -> qkv::Error {
+    qkv::Error::io("inference task", std::io::Error::other(error.to_string()))
+}
+
+/// The routes over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/embeddings", post(embeddings::handle))
+        .route("/v1/completions", post(completions::handle))
+        .route("/v1/translations", post(translations::handle))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .route("/health", get(health))
+        .merge(api)
+        .fallback(|request: Request| async move { ApiError::not_found(request.uri().path()) })
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .with_state(state)
+}
+
+/// Loads the models, binds the address and serves until `shutdown` resolves; requests in flight then finish.
+pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
+    let models = config.models.clone();
+    let registry = tokio::task::spawn_blocking(move || Registry::load(&models))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let listener =
+        tokio::net::TcpListener::bind(config.address).await.map_err(|e| format!("binding {}: {e}", config.address))?;
+    serve_on(listener, AppState::new(registry, config), shutdown).await
+}
+
+/// Serves `state` on a bound listener (tests bind port 0).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await.map_err(|e| e.to_string())
+}
+
+async fn health() -> impl IntoResponse {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
+    let data = state
+        .registry
+        .names()
+        .into_iter()
+        .map(|id| ModelCard { id, object: "model", created: 0, owned_by: "qkv" })
+        .collect();
+    Json(ModelList { object: "list", data })
+}
+
+/// With an API key configured, /v1/* requests must bring it.
+async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if let Some(key) = &state.config.api_key {
+        let given = request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if given.and_then(|v| v.strip_prefix("Bearer ")) != Some(key.as_str()) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(request).await
+}

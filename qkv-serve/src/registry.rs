@@ -1,0 +1,94 @@
+//! The served models, each loaded once from its directory as the kind its files say it is.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use candle_core::Device;
+use qkv::inference::{Embedder, Generator, ModelKind, Translator};
+
+use crate::api::ApiError;
+
+/// A loaded model (boxed: the variants differ in size and each is shared behind an `Arc` anyway).
+pub enum Served {
+    Embedder(Box<Embedder>),
+    Generator(Box<Generator>),
+    Translator(Box<Translator>),
+}
+
+impl Served {
+    fn kind(&self) -> &'static str {
+        match self {
+            Served::Embedder(_) => "an embedding model",
+            Served::Generator(_) => "a generative (GPT-2) model",
+            Served::Translator(_) => "a translation model",
+        }
+    }
+}
+
+/// The models by name.
+pub struct Registry {
+    models: BTreeMap<String, Arc<Served>>,
+}
+
+impl Registry {
+    /// Loads every (name, directory); a directory of a kind the server has no endpoint for is an error.
+    pub fn load(models: &[(String, PathBuf)]) -> qkv::Result<Self> {
+        let device = Device::Cpu;
+        let mut loaded = BTreeMap::new();
+        for (name, dir) in models {
+            let served = match ModelKind::detect(dir)? {
+                ModelKind::Embedder => Served::Embedder(Box::new(Embedder::load(dir, &device)?)),
+                ModelKind::Generator => Served::Generator(Box::new(Generator::load(dir, &device)?)),
+                ModelKind::Translator => Served::Translator(Box::new(Translator::load(dir, &device)?)),
+                ModelKind::BertTask(head) => {
+                    let message = format!("a BERT with a {head:?} head: the server has no endpoint for it yet");
+                    return Err(qkv::Error::io(dir, std::io::Error::other(message)));
+                }
+            };
+            loaded.insert(name.clone(), Arc::new(served));
+        }
+        Ok(Self { models: loaded })
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.models.keys().cloned().collect()
+    }
+
+    fn get(&self, name: &str) -> Result<Arc<Served>, ApiError> {
+        self.models.get(name).cloned().ok_or_else(|| ApiError::model_not_found(name, &self.names()))
+    }
+
+    /// The embedding model `name`, or a 4xx saying why not.
+    pub fn embedder(&self, name: &str) -> Result<Arc<Served>, ApiError> {
+        let served = self.get(name)?;
+        match *served {
+            Served::Embedder(_) => Ok(served),
+            ref other => {
+                Err(ApiError::invalid("model", format!("`{name}` is {}, not an embedding model", other.kind())))
+            }
+        }
+    }
+
+    /// The translation model `name`, or a 4xx saying why not.
+    pub fn translator(&self, name: &str) -> Result<Arc<Served>, ApiError> {
+        let served = self.get(name)?;
+        match *served {
+            Served::Translator(_) => Ok(served),
+            ref other => {
+                Err(ApiError::invalid("model", format!("`{name}` is {}, not a translation model", other.kind())))
+            }
+        }
+    }
+
+    /// The generative model `name`, or a 4xx saying why not.
+    pub fn generator(&self, name: &str) -> Result<Arc<Served>, ApiError> {
+        let served = self.get(name)?;
+        match *served {
+            Served::Generator(_) => Ok(served),
+            ref other => {
+                Err(ApiError::invalid("model", format!("`{name}` is {}, not a generative model", other.kind())))
+            }
+        }
+    }
+}
