@@ -36,6 +36,12 @@ pub struct Args {
     /// Requests that may wait for a worker; more are answered 503 with Retry-After
     #[arg(long, default_value_t = ServeConfig::default().queue)]
     queue: usize,
+    /// Sentences an embedding batch gathers from concurrent requests
+    #[arg(long, default_value_t = ServeConfig::default().batch_size)]
+    batch_size: usize,
+    /// Milliseconds an embedding batch waits for more requests after its first
+    #[arg(long, default_value_t = 2)]
+    batch_wait_ms: u64,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -63,6 +69,8 @@ pub fn run(args: Args) -> Result<()> {
         max_new_tokens: args.max_new_tokens,
         workers: args.workers,
         queue: args.queue,
+        batch_size: args.batch_size,
+        batch_wait: std::time::Duration::from_millis(args.batch_wait_ms),
     };
     let address = config.address;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;

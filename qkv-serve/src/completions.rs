@@ -33,13 +33,17 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     let stream = request.stream;
     let plan = plan(request, generator, &state.config)?;
     let permit = state.admit().await?;
+    let metrics = state.metrics.clone();
     if stream {
-        return Ok(stream_response(served, plan, permit));
+        return Ok(stream_response(served, plan, permit, metrics));
     }
     let result = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let Served::Generator(generator) = &*served else { unreachable!("checked by the registry") };
-        complete_all(generator, &plan)
+        let response = complete_all(generator, &plan)?;
+        let generated = response.usage.as_ref().and_then(|u| u.completion_tokens).unwrap_or(0);
+        metrics.generated_tokens.fetch_add(generated as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(response)
     })
     .await
     .map_err(|e| ApiError::from_qkv(qkv::Error::io("inference task", std::io::Error::other(e.to_string()))))??;
@@ -158,7 +162,12 @@ fn complete_all(generator: &Generator, plan: &Plan) -> Result<CompletionsRespons
 
 /// Server-sent events: a chunk per piece of text, one with each choice's `finish_reason`, then `[DONE]`. When
 /// the client goes away the channel closes and generation stops at its next token.
-fn stream_response(served: Arc<Served>, plan: Plan, permit: tokio::sync::OwnedSemaphorePermit) -> Response {
+fn stream_response(
+    served: Arc<Served>,
+    plan: Plan,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
@@ -188,7 +197,11 @@ fn stream_response(served: Arc<Served>, plan: Plan, permit: tokio::sync::OwnedSe
                     tx.blocking_send(chunk(index, piece, None)).map_err(|_| closed())
                 });
                 let event = match done {
-                    Ok(done) => chunk(index, "", Some(finish_reason(done.stop))),
+                    Ok(done) => {
+                        let generated = done.generated_ids.len() as u64;
+                        metrics.generated_tokens.fetch_add(generated, std::sync::atomic::Ordering::Relaxed);
+                        chunk(index, "", Some(finish_reason(done.stop)))
+                    }
                     Err(e) => {
                         let error = ApiError::from_qkv(e);
                         Event::default().data(serde_json::json!({"error": {"message": error.message}}).to_string())

@@ -28,25 +28,14 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: Bytes) -> Result<J
     if texts.is_empty() || texts.iter().any(|t| t.is_empty()) {
         return Err(ApiError::invalid("input", "expected one or more non-empty strings"));
     }
-    let limit = state.config.max_input_tokens;
-    let dimensions = request.dimensions;
-    let (rows, tokens) = state
-        .compute(move || {
-            let Served::Embedder(embedder) = &*served else { unreachable!("checked by the registry") };
-            if let Some(d) = dimensions.filter(|&d| d != embedder.dimension()) {
-                let message = format!("{d}: this model's embeddings have {} dimensions", embedder.dimension());
-                return Err(ApiError::invalid("dimensions", message));
-            }
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let counts = embedder.token_counts(&refs).map_err(ApiError::from_qkv)?;
-            if let Some(i) = counts.iter().position(|&n| n > limit) {
-                let message = format!("input {i} has {} tokens; the server takes at most {limit}", counts[i]);
-                return Err(ApiError::invalid("input", message));
-            }
-            let rows = embedder.embed_vectors(&refs, 32).map_err(ApiError::from_qkv)?;
-            Ok((rows, counts.iter().sum::<usize>()))
-        })
-        .await?;
+    if let Some(d) = request.dimensions {
+        let Served::Embedder(embedder) = &*served else { unreachable!("checked by the registry") };
+        if d != embedder.dimension() {
+            let message = format!("{d}: this model's embeddings have {} dimensions", embedder.dimension());
+            return Err(ApiError::invalid("dimensions", message));
+        }
+    }
+    let (rows, tokens) = state.batcher(&request.model)?.embed(texts).await?;
     let data = rows
         .into_iter()
         .enumerate()

@@ -9,20 +9,23 @@
 //!
 //! Endpoints: `POST /v1/embeddings`, `POST /v1/completions` (`stream: true` as server-sent events ending in
 //! `data: [DONE]`), `POST /v1/translations` (qkv's own: `input`, `beam`, `alpha`, `max_length`),
-//! `GET /v1/models`, `GET /health`.
+//! `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text).
 
 pub mod api;
 mod base64;
+mod batcher;
 mod completions;
 mod embeddings;
+mod metrics;
 mod registry;
 mod translations;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -33,6 +36,8 @@ use axum::{Json, Router};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use api::{ApiError, ModelCard, ModelList};
+use batcher::{BatchPolicy, Batcher};
+use metrics::Metrics;
 pub use registry::{Registry, Served};
 
 /// How the server runs.
@@ -53,6 +58,10 @@ pub struct ServeConfig {
     pub workers: usize,
     /// Requests allowed to wait for a worker; one more is answered 503.
     pub queue: usize,
+    /// Sentences an embedding batch gathers from concurrent requests before it runs.
+    pub batch_size: usize,
+    /// How long an embedding batch waits for more requests after its first.
+    pub batch_wait: std::time::Duration,
 }
 
 impl Default for ServeConfig {
@@ -66,6 +75,8 @@ impl Default for ServeConfig {
             max_new_tokens: 2048,
             workers: 2,
             queue: 64,
+            batch_size: 32,
+            batch_wait: std::time::Duration::from_millis(2),
         }
     }
 }
@@ -75,13 +86,42 @@ pub struct AppState {
     pub registry: Registry,
     pub config: ServeConfig,
     workers: Arc<Semaphore>,
-    waiting: AtomicUsize,
+    waiting: Arc<AtomicUsize>,
+    pub metrics: Arc<Metrics>,
+    /// One per embedding model, started with the server (they need its runtime).
+    batchers: OnceLock<BTreeMap<String, Batcher>>,
 }
 
 impl AppState {
     pub fn new(registry: Registry, config: ServeConfig) -> Arc<Self> {
         let workers = Arc::new(Semaphore::new(config.workers.max(1)));
-        Arc::new(Self { registry, config, workers, waiting: AtomicUsize::new(0) })
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let metrics = Arc::new(Metrics::default());
+        Arc::new(Self { registry, config, workers, waiting, metrics, batchers: OnceLock::new() })
+    }
+
+    /// Starts a batcher per embedding model (once; inside the runtime).
+    fn start_batchers(&self) {
+        let policy = BatchPolicy {
+            batch_size: self.config.batch_size.max(1),
+            batch_wait: self.config.batch_wait,
+            queue: self.config.queue,
+            max_input_tokens: self.config.max_input_tokens,
+        };
+        self.batchers.get_or_init(|| {
+            let embedders = self.registry.names().into_iter().filter_map(|name| {
+                let model = self.registry.embedder(&name).ok()?;
+                let queues = (self.workers.clone(), self.waiting.clone(), self.metrics.clone());
+                Some((name, Batcher::start(model, queues, policy)))
+            });
+            embedders.collect()
+        });
+    }
+
+    /// The batcher of embedding model `name`.
+    fn batcher(&self, name: &str) -> Result<&Batcher, ApiError> {
+        self.registry.embedder(name)?;
+        self.batchers.get().and_then(|b| b.get(name)).ok_or_else(ApiError::busy)
     }
 
     /// Runs `work` on a blocking thread once a worker is free; 503 when the queue is full.
@@ -124,7 +164,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .merge(api)
+        .layer(middleware::from_fn_with_state(state.clone(), count))
         .fallback(|request: Request| async move { ApiError::not_found(request.uri().path()) })
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state)
@@ -148,6 +190,7 @@ pub async fn serve_on(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    state.start_batchers();
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await.map_err(|e| e.to_string())
 }
 
@@ -163,6 +206,22 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
         .map(|id| ModelCard { id, object: "model", created: 0, owned_by: "qkv" })
         .collect();
     Json(ModelList { object: "list", data })
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let body = state.metrics.render(state.waiting.load(Ordering::Relaxed));
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+/// Counts every /v1/* request and those answered with an error.
+async fn count(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let endpoint = request.uri().path().strip_prefix("/v1/").map(str::to_string);
+    let response = next.run(request).await;
+    if let Some(endpoint) = endpoint {
+        let failed = response.status().is_client_error() || response.status().is_server_error();
+        state.metrics.record(&endpoint, failed);
+    }
+    response
 }
 
 /// With an API key configured, /v1/* requests must bring it.

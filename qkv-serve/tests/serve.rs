@@ -277,10 +277,11 @@ fn an_api_key_is_required_when_set() {
     assert_eq!(server.request("GET", "/health", "", &[]).0, 200, "health needs no key");
 }
 
-/// 32 clients at once each get their own embedding back.
+/// 32 clients at once each get their own embedding back, computed in shared batches (counted by /metrics).
 #[test]
 fn concurrent_clients_get_their_own_answers() {
-    let server = Arc::new(Server::start(ServeConfig { workers: 2, queue: 64, ..ServeConfig::default() }));
+    let batch_wait = std::time::Duration::from_millis(50);
+    let server = Arc::new(Server::start(ServeConfig { workers: 2, queue: 64, batch_wait, ..ServeConfig::default() }));
     let embedder = Embedder::load(&fixture("bert/BertModel"), &Device::Cpu).unwrap();
     let texts: Vec<String> = (0..32).map(|i| format!("sentence number {i} about {}", i * 7 % 5)).collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -307,6 +308,16 @@ fn concurrent_clients_get_their_own_answers() {
     for (i, (got, want)) in answers.iter().zip(&direct).enumerate() {
         assert!(got.iter().zip(want).all(|(a, b)| (a - b).abs() <= 1e-5), "client {i}");
     }
+    let (status, head, metrics) = server.request("GET", "/metrics", "", &[]);
+    assert!(status == 200 && head.contains("text/plain"), "{head}");
+    let counter = |name: &str| -> u64 {
+        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(counter("qkv_requests_total{endpoint=\"embeddings\"}"), 32);
+    assert_eq!(counter("qkv_embedded_sentences_total"), 32);
+    let batches = counter("qkv_embedding_batches_total");
+    assert!(batches < 16, "32 concurrent requests ran in {batches} batches");
 }
 
 /// With every worker busy and no room to wait, a request is told to come back (503, Retry-After); a stream in
@@ -314,7 +325,8 @@ fn concurrent_clients_get_their_own_answers() {
 #[test]
 fn a_full_server_says_retry_and_shutdown_finishes_streams() {
     let mut server = Server::start(ServeConfig { workers: 1, queue: 0, ..ServeConfig::default() });
-    let long = json!({"model": "gpt", "prompt": "First Citizen:", "max_tokens": 48, "temperature": 0, "stream": true});
+    // Sixteen choices of 48 tokens keep the one worker busy well past the next request.
+    let long = json!({"model": "gpt", "prompt": "First", "max_tokens": 48, "n": 16, "seed": 1, "stream": true});
     let stream = server.send("POST", "/v1/completions", &long.to_string(), &[]);
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
