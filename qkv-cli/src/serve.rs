@@ -39,8 +39,9 @@ pub struct Args {
     /// Sentences an embedding batch gathers from concurrent requests
     #[arg(long, default_value_t = ServeConfig::default().batch_size)]
     batch_size: usize,
-    /// Milliseconds an embedding batch waits for more requests after its first
-    #[arg(long, default_value_t = 2)]
+    /// Milliseconds an embedding batch waits for more requests after its first (default: none; batches form
+    /// from what queues while the previous one runs)
+    #[arg(long, default_value_t = 0)]
     batch_wait_ms: u64,
 }
 

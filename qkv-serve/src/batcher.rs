@@ -1,6 +1,8 @@
-//! Dynamic batching for embeddings: requests that arrive together are embedded together. A request joins the
-//! open batch; the batch runs once it holds `batch_size` sentences or `batch_wait` has passed since its first
-//! request, on one worker, and each request gets its own rows back. A batch embeds several times more sentences
+//! Dynamic batching for embeddings: requests that arrive together are embedded together. A model's batches run
+//! one after another (each already spreads over every core); while one runs, new requests queue, and the next
+//! batch takes all of them (up to `batch_size` sentences), so an idle server answers at once and a loaded one
+//! computes full batches. `batch_wait` can hold a batch open a little longer for more requests. Each request gets
+//! its own rows back. A batch embeds several times more sentences
 //! per second than one sentence at a time (MiniLM on 2 cores: ≈ 600 against ≈ 215, BENCHMARKS.md), so
 //! concurrent clients become throughput instead of a queue.
 
@@ -79,8 +81,13 @@ async fn run(
     while let Some(first) = queue.recv().await {
         let mut jobs = vec![first];
         let mut sentences = jobs[0].texts.len();
-        let deadline = tokio::time::Instant::now() + policy.batch_wait;
         while sentences < policy.batch_size {
+            let Ok(job) = queue.try_recv() else { break };
+            sentences += job.texts.len();
+            jobs.push(job);
+        }
+        let deadline = tokio::time::Instant::now() + policy.batch_wait;
+        while sentences < policy.batch_size && !policy.batch_wait.is_zero() {
             match tokio::time::timeout_at(deadline, queue.recv()).await {
                 Ok(Some(job)) => {
                     sentences += job.texts.len();
@@ -92,10 +99,12 @@ async fn run(
         let Ok(permit) = workers.clone().acquire_owned().await else { return };
         waiting.fetch_sub(jobs.len(), Ordering::SeqCst);
         let (model, metrics) = (model.clone(), metrics.clone());
-        tokio::task::spawn_blocking(move || {
+        let batch = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             embed_batch(&model, jobs, policy, &metrics);
         });
+        // The next batch forms from what queued meanwhile.
+        let _ = batch.await;
     }
 }
 

@@ -76,7 +76,7 @@ impl Default for ServeConfig {
             workers: 2,
             queue: 64,
             batch_size: 32,
-            batch_wait: std::time::Duration::from_millis(2),
+            batch_wait: std::time::Duration::ZERO,
         }
     }
 }
