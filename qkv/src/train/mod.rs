@@ -1,4 +1,6 @@
-//! Training: losses, learning-rate schedules, and a small built-in sequence task.
+//! Training: the one loop every objective runs on ([`trainer`]) and its settings ([`options`]), the objectives
+//! (translation, language modelling, masked-LM pre-training, classification fine-tuning, a synthetic task),
+//! losses, AdamW, learning-rate schedules and data-parallel micro-batches.
 
 pub mod classification;
 pub mod data_parallel;
