@@ -21,9 +21,8 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: Bytes) -> Result<J
     };
     let texts = match request.input {
         EmbeddingInput::Text(texts) => texts.into_vec(),
-        EmbeddingInput::Ids(_) | EmbeddingInput::IdLists(_) => {
-            return Err(ApiError::invalid("input", "token-id input is not supported yet: send text"));
-        }
+        EmbeddingInput::Ids(ids) => return embed_ids(&state, served, vec![ids], request.model, base64).await,
+        EmbeddingInput::IdLists(rows) => return embed_ids(&state, served, rows, request.model, base64).await,
     };
     if texts.is_empty() || texts.iter().any(|t| t.is_empty()) {
         return Err(ApiError::invalid("input", "expected one or more non-empty strings"));
@@ -36,6 +35,40 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: Bytes) -> Result<J
         }
     }
     let (rows, tokens) = state.batcher(&request.model)?.embed(texts).await?;
+    Ok(respond(rows, tokens, request.model, base64))
+}
+
+/// Token-id inputs, exactly as the model reads them (no cross-request batching).
+async fn embed_ids(
+    state: &AppState,
+    served: Arc<Served>,
+    rows: Vec<Vec<u32>>,
+    model: String,
+    base64: bool,
+) -> Result<Json<EmbeddingsResponse>, ApiError> {
+    if rows.is_empty() {
+        return Err(ApiError::invalid("input", "expected one or more lists of token ids"));
+    }
+    let limit = state.config.max_input_tokens;
+    if let Some(i) = rows.iter().position(|r| r.len() > limit) {
+        return Err(ApiError::invalid("input", format!("input {i} has {} tokens; at most {limit}", rows[i].len())));
+    }
+    let tokens = rows.iter().map(Vec::len).sum();
+    let vectors = state
+        .compute(move || {
+            let Served::Embedder(embedder) = &*served else { unreachable!("checked by the registry") };
+            embedder.embed_ids(&rows).map_err(|e| {
+                let mut error = ApiError::from_qkv(e);
+                error.param = Some("input".into());
+                error
+            })
+        })
+        .await?;
+    Ok(respond(vectors, tokens, model, base64))
+}
+
+/// The response body: rows as floats or base64, and the tokens they counted.
+fn respond(rows: Vec<Vec<f32>>, tokens: usize, model: String, base64: bool) -> Json<EmbeddingsResponse> {
     let data = rows
         .into_iter()
         .enumerate()
@@ -50,5 +83,5 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: Bytes) -> Result<J
         })
         .collect();
     let usage = Usage { prompt_tokens: tokens, completion_tokens: None, total_tokens: tokens };
-    Ok(Json(EmbeddingsResponse { object: "list", data, model: request.model, usage }))
+    Json(EmbeddingsResponse { object: "list", data, model, usage })
 }

@@ -152,6 +152,17 @@ fn every_endpoint_answers_as_openai_does() {
     // 4 bytes per float, 4 base64 characters per 3 bytes.
     assert_eq!(encoded["data"][0]["embedding"].as_str().unwrap().len(), (4 * direct[1].len()).div_ceil(3) * 4);
 
+    // Token ids, as the model reads them, give the same vector as the text they encode.
+    let ids = Embedder::load(&fixture("bert/BertModel"), &Device::Cpu).unwrap().encode("dogs run").unwrap();
+    let (status, by_ids) = server.post("/v1/embeddings", &json!({"model": "emb", "input": ids}));
+    assert_eq!(status, 200, "{by_ids}");
+    let got: Vec<f32> =
+        by_ids["data"][0]["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    assert!(got.iter().zip(&direct[1]).all(|(a, b)| (a - b).abs() <= 1e-6));
+    assert_eq!(by_ids["usage"]["prompt_tokens"], ids.len());
+    let (_, two) = server.post("/v1/embeddings", &json!({"model": "emb", "input": [ids.clone(), ids]}));
+    assert_eq!(two["data"].as_array().unwrap().len(), 2);
+
     // Greedy completions equal the library's greedy generation; streamed chunks add up to the same text.
     let generator = generator();
     let prompt = generator.encode("First Citizen:").unwrap();
@@ -213,7 +224,8 @@ fn bad_requests_get_openai_error_bodies() {
         ("POST", "/v1/embeddings", r#"{"model": "emb", "input": ""}"#.into(), 400, "input"),
         ("POST", "/v1/embeddings", r#"{"model": "emb", "input": []}"#.into(), 400, "input"),
         ("POST", "/v1/embeddings", r#"{"model": "emb", "input": 7}"#.into(), 400, "input"),
-        ("POST", "/v1/embeddings", r#"{"model": "emb", "input": [1, 2]}"#.into(), 400, "input"),
+        ("POST", "/v1/embeddings", r#"{"model": "emb", "input": [999999]}"#.into(), 400, "input"),
+        ("POST", "/v1/embeddings", r#"{"model": "emb", "input": [[]]}"#.into(), 400, "input"),
         (
             "POST",
             "/v1/embeddings",

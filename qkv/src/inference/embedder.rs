@@ -67,6 +67,36 @@ impl Embedder {
         let inputs: Vec<(&str, Option<&str>)> = sentences.iter().map(|s| (*s, None)).collect();
         let encoded = self.tokenizer.encode(&inputs, self.max_length, Truncation::LongestFirst)?;
         let (input_ids, attention_mask, token_type_ids) = encoded.tensors(&self.device)?;
+        self.pooled(input_ids, attention_mask, token_type_ids)
+    }
+
+    /// Embeddings of already tokenized inputs, each row exactly what the model reads ([CLS] … [SEP] included as
+    /// the tokenizer writes them), at most [`max_length`](Self::max_length) ids below the vocabulary size.
+    pub fn embed_ids(&self, rows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let vocab = self.model.config().vocab_size as u32;
+        for (i, row) in rows.iter().enumerate() {
+            if row.is_empty() || row.len() > self.max_length {
+                let found = format!("row {i} has {} ids", row.len());
+                return Err(Error::config("token ids", found, format!("1 to {} per input", self.max_length)));
+            }
+            if let Some(&id) = row.iter().find(|&&id| id >= vocab) {
+                return Err(Error::config("token ids", format!("id {id} in row {i}"), format!("ids below {vocab}")));
+            }
+        }
+        let width = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let (mut ids, mut mask) = (Vec::with_capacity(rows.len() * width), Vec::with_capacity(rows.len() * width));
+        for row in rows {
+            ids.extend(row.iter().copied().chain(std::iter::repeat_n(0, width - row.len())));
+            mask.extend(std::iter::repeat_n(1u32, row.len()).chain(std::iter::repeat_n(0, width - row.len())));
+        }
+        let shape = (rows.len(), width);
+        let ids = Tensor::from_vec(ids, shape, &self.device)?;
+        let mask = Tensor::from_vec(mask, shape, &self.device)?;
+        Ok(self.pooled(ids.clone(), mask, ids.zeros_like()?)?.to_vec2::<f32>()?)
+    }
+
+    /// The model over (B, S) ids, mask and segments, pooled and (when the directory says so) normalised.
+    fn pooled(&self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Result<Tensor> {
         let input =
             BertInput { input_ids, attention_mask: Some(attention_mask.clone()), token_type_ids: Some(token_type_ids) };
         let (hidden, _) = self.model.encode(&input, &mut Mode::Eval)?;
@@ -85,6 +115,13 @@ impl Embedder {
         } else {
             Ok(pooled)
         }
+    }
+
+    /// The ids each sentence becomes (what [`embed_ids`](Self::embed_ids) takes).
+    pub fn encode(&self, sentence: &str) -> Result<Vec<u32>> {
+        let encoded = self.tokenizer.encode(&[(sentence, None)], self.max_length, Truncation::LongestFirst)?;
+        let n = encoded.attention_mask[0].iter().filter(|&&m| m == 1).count();
+        Ok(encoded.input_ids[0][..n].to_vec())
     }
 
     /// Embeddings (N, C) of all `sentences`, `batch_size` at a time. Sentences are sorted by length first, so a
