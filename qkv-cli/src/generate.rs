@@ -121,6 +121,7 @@ fn options(args: &Args, generator: &Generator) -> GenerateOptions {
         eos_token_id: generator.eos_token_id().filter(|_| !args.ignore_eos),
         use_cache: !args.no_cache,
         slide: args.slide,
+        logprobs: None,
     }
 }
 

@@ -270,8 +270,18 @@ fn default_n() -> usize {
 pub struct Choice {
     pub text: String,
     pub index: usize,
-    pub logprobs: Option<()>,
+    pub logprobs: Option<LogProbs>,
     pub finish_reason: Option<&'static str>,
+}
+
+/// OpenAI's legacy completion `logprobs`: per generated token its text, log-probability, the most likely
+/// alternatives and the character offset where it starts in the choice's text.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogProbs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f64>,
+    pub top_logprobs: Vec<std::collections::BTreeMap<String, f64>>,
+    pub text_offset: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]

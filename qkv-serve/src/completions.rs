@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use qkv::decode::generate::{GenerateOptions, StopReason};
+use qkv::decode::generate::{GenerateOptions, StopReason, TokenChoice};
 use qkv::inference::Generator;
 use tokio_stream::StreamExt;
 
@@ -52,8 +52,16 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
 
 /// Checks the request against the model and the server's limits.
 fn plan(request: CompletionsRequest, generator: &Generator, config: &crate::ServeConfig) -> Result<Plan, ApiError> {
-    if request.logprobs.is_some() {
-        return Err(ApiError::invalid("logprobs", "log-probabilities are not supported yet"));
+    if let Some(k) = request.logprobs {
+        if k > 5 {
+            return Err(ApiError::invalid("logprobs", format!("{k}: at most 5 alternatives, as OpenAI allows")));
+        }
+        if request.stream {
+            return Err(ApiError::invalid("logprobs", "log-probabilities are not streamed yet: drop `stream`"));
+        }
+        if generator.tokenizer().is_none() {
+            return Err(ApiError::invalid("logprobs", "this model has no tokenizer to name the tokens"));
+        }
     }
     if request.n == 0 || request.n > 16 {
         return Err(ApiError::invalid("n", format!("{}: expected 1 to 16 choices", request.n)));
@@ -106,6 +114,7 @@ fn plan(request: CompletionsRequest, generator: &Generator, config: &crate::Serv
         top_p: request.top_p.filter(|p| *p < 1.0),
         seed,
         eos_token_id: generator.eos_token_id(),
+        logprobs: request.logprobs,
         ..GenerateOptions::default()
     };
     Ok(Plan { model: request.model, prompts, n: request.n, options, stops, echo: request.echo })
@@ -140,8 +149,13 @@ fn complete_all(generator: &Generator, plan: &Plan) -> Result<CompletionsRespons
                 .complete(prompt, &choice_options(plan, index), &plan.stops, |_| Ok(()))
                 .map_err(ApiError::from_qkv)?;
             completion_tokens += done.generated_ids.len();
-            let text = echo_text(generator, plan, prompt)? + done.text.as_deref().unwrap_or_default();
-            choices.push(Choice { text, index, logprobs: None, finish_reason: Some(finish_reason(done.stop)) });
+            let echo = echo_text(generator, plan, prompt)?;
+            let logprobs = match plan.options.logprobs {
+                Some(_) => Some(log_probs(generator, &done.logprobs, echo.chars().count())?),
+                None => None,
+            };
+            let text = echo + done.text.as_deref().unwrap_or_default();
+            choices.push(Choice { text, index, logprobs, finish_reason: Some(finish_reason(done.stop)) });
         }
     }
     let prompt_tokens: usize = plan.prompts.iter().map(Vec::len).sum();
@@ -158,6 +172,25 @@ fn complete_all(generator: &Generator, plan: &Plan) -> Result<CompletionsRespons
         choices,
         usage: Some(usage),
     })
+}
+
+/// The `logprobs` object of one choice; offsets count characters from the start of its text (after an echo of
+/// `offset` characters).
+fn log_probs(generator: &Generator, choices: &[TokenChoice], offset: usize) -> Result<api::LogProbs, ApiError> {
+    let tokenizer = generator.tokenizer().ok_or_else(|| ApiError::invalid("logprobs", "no tokenizer"))?;
+    let name = |id: u32| tokenizer.decode(&[id]).map_err(ApiError::from_qkv);
+    let mut out = api::LogProbs { tokens: vec![], token_logprobs: vec![], top_logprobs: vec![], text_offset: vec![] };
+    let mut at = offset;
+    for choice in choices {
+        let token = name(choice.token)?;
+        out.text_offset.push(at);
+        at += token.chars().count();
+        out.tokens.push(token);
+        out.token_logprobs.push(choice.logprob.unwrap_or(f64::NAN));
+        let top = choice.top.iter().map(|&(id, lp)| Ok((name(id)?, lp))).collect::<Result<_, ApiError>>()?;
+        out.top_logprobs.push(top);
+    }
+    Ok(out)
 }
 
 /// Server-sent events: a chunk per piece of text, one with each choice's `finish_reason`, then `[DONE]`. When

@@ -191,6 +191,24 @@ fn every_endpoint_answers_as_openai_does() {
     assert_eq!(text, expected);
     assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "length");
 
+    // Log-probabilities: one per generated token, the greedy choice the most likely of its alternatives.
+    let with_logprobs =
+        json!({"model": "gpt", "prompt": "First Citizen:", "max_tokens": 12, "temperature": 0, "logprobs": 2});
+    let (status, scored) = server.post("/v1/completions", &with_logprobs);
+    assert_eq!(status, 200, "{scored}");
+    let logprobs = &scored["choices"][0]["logprobs"];
+    assert_eq!(scored["choices"][0]["text"].as_str(), Some(expected.as_str()));
+    assert_eq!(logprobs["tokens"].as_array().unwrap().len(), 12);
+    for (i, lp) in logprobs["token_logprobs"].as_array().unwrap().iter().enumerate() {
+        let top = logprobs["top_logprobs"][i].as_object().unwrap();
+        let best = top.values().map(|v| v.as_f64().unwrap()).fold(f64::NEG_INFINITY, f64::max);
+        assert!(
+            top.len() <= 2 && lp.as_f64().unwrap() <= 0.0 && (best - lp.as_f64().unwrap()).abs() < 1e-9,
+            "{logprobs}"
+        );
+    }
+    assert_eq!(logprobs["text_offset"][0], 0);
+
     // Prompts as ids, echo, several choices, a stop string.
     let ids = json!({"model": "gpt", "prompt": prompt, "max_tokens": 12, "temperature": 0, "echo": true});
     let (_, echoed) = server.post("/v1/completions", &ids);
@@ -244,7 +262,14 @@ fn bad_requests_get_openai_error_bodies() {
         ("POST", "/v1/completions", r#"{"model": "gpt", "prompt": "x", "temperature": -1}"#.into(), 400, "temperature"),
         ("POST", "/v1/completions", r#"{"model": "gpt", "prompt": "x", "top_p": 0}"#.into(), 400, "top_p"),
         ("POST", "/v1/completions", r#"{"model": "gpt", "prompt": "x", "n": 0}"#.into(), 400, "n"),
-        ("POST", "/v1/completions", r#"{"model": "gpt", "prompt": "x", "logprobs": 2}"#.into(), 400, "logprobs"),
+        ("POST", "/v1/completions", r#"{"model": "gpt", "prompt": "x", "logprobs": 6}"#.into(), 400, "logprobs"),
+        (
+            "POST",
+            "/v1/completions",
+            r#"{"model": "gpt", "prompt": "x", "logprobs": 1, "stream": true}"#.into(),
+            400,
+            "logprobs",
+        ),
         ("POST", "/v1/completions", r#"{"model": "gpt", "prompt": "x", "stop": ["", "a"]}"#.into(), 400, "stop"),
         ("POST", "/v1/completions", r#"{"model": "gpt", "prompt": "x", "stream": "yes"}"#.into(), 400, "stream"),
         ("POST", "/v1/embeddings", big, 413, ""),

@@ -128,3 +128,34 @@ fn directories_are_recognised_by_kind() {
     assert!(message.contains("config.json") && message.contains("\"t5\""), "{message}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Log-probabilities are those of the model's own distribution: the first generated token's equals the log
+/// softmax of a full forward pass over the prompt, and a greedy choice is the top alternative.
+#[test]
+fn completions_report_the_model_s_log_probabilities() {
+    use candle_core::{Tensor, D};
+    use qkv::nn::Mode;
+    let generator = Generator::load(&fixture("gpt2/qkv-trained"), &Device::Cpu).unwrap();
+    let prompt = generator.encode("First Citizen:").unwrap();
+    let options = GenerateOptions { logprobs: Some(3), ..greedy(6) };
+    let done = generator.complete(&prompt, &options, &[], |_| Ok(())).unwrap();
+    assert_eq!(done.logprobs.len(), 6);
+    for (choice, &token) in done.logprobs.iter().zip(&done.generated_ids) {
+        assert_eq!(choice.token, token);
+        assert_eq!(choice.top.len(), 3);
+        assert_eq!((choice.top[0].0, choice.top[0].1), (token, choice.logprob.unwrap()));
+        assert!(choice.top.windows(2).all(|w| w[0].1 >= w[1].1));
+    }
+    let ids = Tensor::new(prompt.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let logits = generator.model().forward(&ids, &mut Mode::Eval).unwrap(); // (1, T, V)
+    let last = logits.get(0).unwrap().get(prompt.len() - 1).unwrap().to_dtype(candle_core::DType::F64).unwrap();
+    let log_softmax = (&last
+        - last.exp().unwrap().sum_keepdim(D::Minus1).unwrap().log().unwrap().broadcast_as(last.shape()).unwrap())
+    .unwrap();
+    let want = log_softmax.to_vec1::<f64>().unwrap()[done.generated_ids[0] as usize];
+    let got = done.logprobs[0].logprob.unwrap();
+    assert!((got - want).abs() <= 1e-4, "{got} against {want}");
+    let without = generator.complete(&prompt, &greedy(6), &[], |_| Ok(())).unwrap();
+    assert!(without.logprobs.is_empty());
+    assert_eq!(without.generated_ids, done.generated_ids, "asking for log-probabilities changes no choice");
+}

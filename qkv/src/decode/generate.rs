@@ -31,6 +31,9 @@ pub struct GenerateOptions {
     /// When the model's context (n_positions) is full, drop the oldest tokens and go on, recomputing the
     /// window (nanoGPT's sampler does this) instead of stopping.
     pub slide: bool,
+    /// Report each chosen token's log-probability under the model (before penalty, temperature and
+    /// truncation, as OpenAI reports them) and this many most likely alternatives.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for GenerateOptions {
@@ -46,6 +49,7 @@ impl Default for GenerateOptions {
             eos_token_id: None,
             use_cache: true,
             slide: false,
+            logprobs: None,
         }
     }
 }
@@ -93,6 +97,16 @@ impl StopReason {
     }
 }
 
+/// A chosen token, with its log-probability and the most likely alternatives when
+/// [`GenerateOptions::logprobs`] asks for them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenChoice {
+    pub token: u32,
+    pub logprob: Option<f64>,
+    /// (token, log-probability), most likely first.
+    pub top: Vec<(u32, f64)>,
+}
+
 /// One prompt's continuation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Generated {
@@ -124,6 +138,17 @@ pub fn generate_batch(
     pad_token_id: u32,
     mut on_token: impl FnMut(usize, u32) -> Result<bool>,
 ) -> Result<Vec<Generated>> {
+    generate_batch_choices(model, prompts, options, pad_token_id, |row, choice| on_token(row, choice.token))
+}
+
+/// As [`generate_batch`], handing `on_choice` each token with its log-probabilities (when asked for).
+pub fn generate_batch_choices(
+    model: &Gpt2,
+    prompts: &[Vec<u32>],
+    options: &GenerateOptions,
+    pad_token_id: u32,
+    mut on_choice: impl FnMut(usize, &TokenChoice) -> Result<bool>,
+) -> Result<Vec<Generated>> {
     options.validate()?;
     let limit = model.config().n_positions;
     if prompts.is_empty() {
@@ -151,11 +176,16 @@ pub fn generate_batch(
     while stops.iter().any(Option::is_none) {
         let mut next = vec![pad_token_id; prompts.len()];
         for (row, stop) in stops.iter_mut().enumerate().filter(|(_, stop)| stop.is_none()) {
+            let log_probabilities = options.logprobs.map(|_| log_softmax(&logits[row]));
             let token = choose(&mut logits[row], &contexts[row], options, &mut rng)?;
             contexts[row].push(token);
             generated[row].push(token);
             next[row] = token;
-            *stop = if !on_token(row, token)? {
+            let choice = match (&log_probabilities, options.logprobs) {
+                (Some(lp), Some(k)) => TokenChoice { token, logprob: Some(lp[token as usize]), top: top_k(lp, k) },
+                _ => TokenChoice { token, logprob: None, top: Vec::new() },
+            };
+            *stop = if !on_choice(row, &choice)? {
                 Some(StopReason::Caller)
             } else if options.eos_token_id == Some(token) {
                 Some(StopReason::Eos)
@@ -285,6 +315,20 @@ fn choose(logits: &mut [f64], context: &[u32], options: &GenerateOptions, rng: &
         draw -= w;
     }
     Ok(argmax(logits) as u32) // rounding left the draw past the end
+}
+
+/// log softmax of one row of logits.
+fn log_softmax(logits: &[f64]) -> Vec<f64> {
+    let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let log_total = logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln() + max;
+    logits.iter().map(|l| l - log_total).collect()
+}
+
+/// The `k` largest entries of `values` as (index, value), largest first.
+fn top_k(values: &[f64], k: usize) -> Vec<(u32, f64)> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
+    order.into_iter().take(k).map(|i| (i as u32, values[i])).collect()
 }
 
 /// transformers' RepetitionPenaltyLogitsProcessor: every token present in `context` has its logit divided by

@@ -6,7 +6,9 @@ use std::path::Path;
 use candle_core::Device;
 
 use super::text_stream::TextStream;
-use crate::decode::generate::{generate, generate_batch, GenerateOptions, StopReason};
+use crate::decode::generate::{
+    generate_batch, generate_batch_choices, GenerateOptions, Generated, StopReason, TokenChoice,
+};
 use crate::hub::gpt2;
 use crate::hub::tokenizer::PretrainedTokenizer;
 use crate::models::Gpt2;
@@ -27,6 +29,8 @@ pub struct Completion {
     /// The continuation's text without any stop string (`None` without a tokenizer).
     pub text: Option<String>,
     pub stop: StopReason,
+    /// Each generated token's log-probability and alternatives, when the options asked for them.
+    pub logprobs: Vec<TokenChoice>,
 }
 
 impl Generator {
@@ -72,17 +76,25 @@ impl Generator {
             if !stops.is_empty() {
                 return Err(Error::tokenizer("stop strings", "they need the model directory's tokenizer.json"));
             }
-            let (generated_ids, stop) = generate(&self.model, prompt, options, |_| Ok(true))?;
-            return Ok(Completion { prompt_ids: prompt.to_vec(), generated_ids, text: None, stop });
+            let mut logprobs = Vec::new();
+            let mut done = generate_batch_choices(&self.model, &[prompt.to_vec()], options, 0, |_, choice| {
+                logprobs.extend(options.logprobs.map(|_| choice.clone()));
+                Ok(true)
+            })?;
+            let Generated { tokens: generated_ids, stop } = done.remove(0);
+            return Ok(Completion { prompt_ids: prompt.to_vec(), generated_ids, text: None, stop, logprobs });
         };
         let mut stream = TextStream::new(tokenizer, stops);
-        let (generated_ids, mut stop) = generate(&self.model, prompt, options, |token| {
-            let piece = stream.push(token)?;
+        let mut logprobs = Vec::new();
+        let mut done = generate_batch_choices(&self.model, &[prompt.to_vec()], options, 0, |_, choice| {
+            logprobs.extend(options.logprobs.map(|_| choice.clone()));
+            let piece = stream.push(choice.token)?;
             if !piece.is_empty() {
                 on_text(&piece)?;
             }
             Ok(!stream.stopped())
         })?;
+        let Generated { tokens: generated_ids, mut stop } = done.remove(0);
         let rest = stream.finish();
         if !rest.is_empty() {
             on_text(&rest)?;
@@ -90,7 +102,8 @@ impl Generator {
         if stream.stopped() {
             stop = StopReason::Caller;
         }
-        Ok(Completion { prompt_ids: prompt.to_vec(), generated_ids, text: Some(stream.text().to_string()), stop })
+        let text = Some(stream.text().to_string());
+        Ok(Completion { prompt_ids: prompt.to_vec(), generated_ids, text, stop, logprobs })
     }
 
     /// Continues every prompt of `prompts` together (left-padded, see [`generate_batch`]); each row stops at its
@@ -116,6 +129,7 @@ impl Generator {
                 generated_ids: result.tokens,
                 text: Some(stream.text().to_string()),
                 stop,
+                logprobs: Vec::new(),
             }
         });
         Ok(completions.collect())
