@@ -61,34 +61,25 @@ impl Registry {
 
     /// The embedding model `name`, or a 4xx saying why not.
     pub fn embedder(&self, name: &str) -> Result<Arc<Served>, ApiError> {
-        let served = self.get(name)?;
-        match *served {
-            Served::Embedder(_) => Ok(served),
-            ref other => {
-                Err(ApiError::invalid("model", format!("`{name}` is {}, not an embedding model", other.kind())))
-            }
-        }
+        self.of_kind(name, "an embedding model", |s| matches!(s, Served::Embedder(_)))
     }
 
     /// The translation model `name`, or a 4xx saying why not.
     pub fn translator(&self, name: &str) -> Result<Arc<Served>, ApiError> {
-        let served = self.get(name)?;
-        match *served {
-            Served::Translator(_) => Ok(served),
-            ref other => {
-                Err(ApiError::invalid("model", format!("`{name}` is {}, not a translation model", other.kind())))
-            }
-        }
+        self.of_kind(name, "a translation model", |s| matches!(s, Served::Translator(_)))
     }
 
     /// The generative model `name`, or a 4xx saying why not.
     pub fn generator(&self, name: &str) -> Result<Arc<Served>, ApiError> {
+        self.of_kind(name, "a generative model", |s| matches!(s, Served::Generator(_)))
+    }
+
+    /// Model `name` if `is_wanted` says it is `wanted` (for the error), else 404 or 400.
+    fn of_kind(&self, name: &str, wanted: &str, is_wanted: fn(&Served) -> bool) -> Result<Arc<Served>, ApiError> {
         let served = self.get(name)?;
-        match *served {
-            Served::Generator(_) => Ok(served),
-            ref other => {
-                Err(ApiError::invalid("model", format!("`{name}` is {}, not a generative model", other.kind())))
-            }
+        if is_wanted(&served) {
+            return Ok(served);
         }
+        Err(ApiError::invalid("model", format!("`{name}` is {}, not {wanted}", served.kind())))
     }
 }
