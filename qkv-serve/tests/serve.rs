@@ -314,17 +314,29 @@ fn an_api_key_is_required_when_set() {
     assert_eq!(server.request("GET", "/health", "", &[]).0, 200, "health needs no key");
 }
 
-/// 32 clients at once each get their own embedding back, computed in shared batches (counted by /metrics).
+/// 64 clients at once — 48 embedding sentences, 16 sampling completions with their own seeds — each get their own
+/// answer back, the embeddings computed in shared batches (counted by /metrics).
 #[test]
 fn concurrent_clients_get_their_own_answers() {
     let batch_wait = std::time::Duration::from_millis(50);
-    let server = Arc::new(Server::start(ServeConfig { workers: 2, queue: 64, batch_wait, ..ServeConfig::default() }));
+    let server = Arc::new(Server::start(ServeConfig { workers: 2, queue: 128, batch_wait, ..ServeConfig::default() }));
     let embedder = Embedder::load(&fixture("bert/BertModel"), &Device::Cpu).unwrap();
-    let texts: Vec<String> = (0..32).map(|i| format!("sentence number {i} about {}", i * 7 % 5)).collect();
+    let texts: Vec<String> = (0..48).map(|i| format!("sentence number {i} about {}", i * 7 % 5)).collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let direct = embedder.embed_vectors(&refs, 1).unwrap();
-    let answers: Vec<Vec<f32>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = texts
+    let generator = generator();
+    let prompt = generator.encode("To be").unwrap();
+    let sampled = |seed: u64| GenerateOptions {
+        max_new_tokens: 8,
+        seed,
+        eos_token_id: generator.eos_token_id(),
+        ..GenerateOptions::default()
+    };
+    let expected: Vec<String> = (0..16)
+        .map(|seed| generator.complete(&prompt, &sampled(seed), &[], |_| Ok(())).unwrap().text.unwrap())
+        .collect();
+    let (embeddings, completions): (Vec<Vec<f32>>, Vec<String>) = std::thread::scope(|scope| {
+        let embedding_clients: Vec<_> = texts
             .iter()
             .map(|text| {
                 let server = server.clone();
@@ -340,21 +352,37 @@ fn concurrent_clients_get_their_own_answers() {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let completion_clients: Vec<_> = (0..16u64)
+            .map(|seed| {
+                let server = server.clone();
+                scope.spawn(move || {
+                    let request = json!({"model": "gpt", "prompt": "To be", "max_tokens": 8, "seed": seed});
+                    let (status, body) = server.post("/v1/completions", &request);
+                    assert_eq!(status, 200, "{body}");
+                    body["choices"][0]["text"].as_str().unwrap().to_string()
+                })
+            })
+            .collect();
+        (
+            embedding_clients.into_iter().map(|h| h.join().unwrap()).collect(),
+            completion_clients.into_iter().map(|h| h.join().unwrap()).collect(),
+        )
     });
-    for (i, (got, want)) in answers.iter().zip(&direct).enumerate() {
+    for (i, (got, want)) in embeddings.iter().zip(&direct).enumerate() {
         assert!(got.iter().zip(want).all(|(a, b)| (a - b).abs() <= 1e-5), "client {i}");
     }
+    assert_eq!(completions, expected, "each completion is its own seed's");
     let (status, head, metrics) = server.request("GET", "/metrics", "", &[]);
     assert!(status == 200 && head.contains("text/plain"), "{head}");
     let counter = |name: &str| -> u64 {
         let line = metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {metrics}"));
         line.rsplit(' ').next().unwrap().parse().unwrap()
     };
-    assert_eq!(counter("qkv_requests_total{endpoint=\"embeddings\"}"), 32);
-    assert_eq!(counter("qkv_embedded_sentences_total"), 32);
+    assert_eq!(counter("qkv_requests_total{endpoint=\"embeddings\"}"), 48);
+    assert_eq!(counter("qkv_requests_total{endpoint=\"completions\"}"), 16);
+    assert_eq!(counter("qkv_embedded_sentences_total"), 48);
     let batches = counter("qkv_embedding_batches_total");
-    assert!(batches < 16, "32 concurrent requests ran in {batches} batches");
+    assert!(batches < 24, "48 concurrent requests ran in {batches} batches");
 }
 
 /// With every worker busy and no room to wait, a request is told to come back (503, Retry-After); a stream in
