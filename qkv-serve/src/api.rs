@@ -68,6 +68,11 @@ impl ApiError {
         }
     }
 
+    /// A panicked or cancelled inference task, as a 500 (the server keeps serving).
+    pub fn from_join(error: tokio::task::JoinError) -> Self {
+        Self::from_qkv(qkv::Error::io("inference task", std::io::Error::other(error.to_string())))
+    }
+
     /// A failure inside qkv: its message, as a 500 (or a 400 when the request caused it).
     pub fn from_qkv(error: qkv::Error) -> Self {
         let status = match error {

@@ -46,7 +46,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
         Ok(response)
     })
     .await
-    .map_err(|e| ApiError::from_qkv(qkv::Error::io("inference task", std::io::Error::other(e.to_string()))))??;
+    .map_err(ApiError::from_join)??;
     Ok(Json(result).into_response())
 }
 

@@ -130,7 +130,7 @@ impl AppState {
         work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let _permit = self.admit().await?;
-        tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::from_qkv(qkv_error(e)))?
+        tokio::task::spawn_blocking(work).await.map_err(ApiError::from_join)?
     }
 
     /// A worker permit (held for as long as the work, a stream included, runs), or 503 when `queue` requests are
@@ -147,11 +147,6 @@ impl AppState {
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         permit.map_err(|_| ApiError::busy())
     }
-}
-
-/// A panicked or cancelled inference task, as an error (the server keeps serving).
-fn qkv_error(error: tokio::task::JoinError) -> qkv::Error {
-    qkv::Error::io("inference task", std::io::Error::other(error.to_string()))
 }
 
 /// The routes over `state`.

@@ -72,22 +72,15 @@ impl Generator {
         stops: &[String],
         mut on_text: impl FnMut(&str) -> Result<()>,
     ) -> Result<Completion> {
-        let Some(tokenizer) = &self.tokenizer else {
-            if !stops.is_empty() {
-                return Err(Error::tokenizer("stop strings", "they need the model directory's tokenizer.json"));
-            }
-            let mut logprobs = Vec::new();
-            let mut done = generate_batch_choices(&self.model, &[prompt.to_vec()], options, 0, |_, choice| {
-                logprobs.extend(options.logprobs.map(|_| choice.clone()));
-                Ok(true)
-            })?;
-            let Generated { tokens: generated_ids, stop } = done.remove(0);
-            return Ok(Completion { prompt_ids: prompt.to_vec(), generated_ids, text: None, stop, logprobs });
-        };
-        let mut stream = TextStream::new(tokenizer, stops);
+        if self.tokenizer.is_none() && !stops.is_empty() {
+            return Err(Error::tokenizer("stop strings", "they need the model directory's tokenizer.json"));
+        }
+        // Without a tokenizer there is no text: ids only.
+        let mut stream = self.tokenizer.as_ref().map(|t| TextStream::new(t, stops));
         let mut logprobs = Vec::new();
         let mut done = generate_batch_choices(&self.model, &[prompt.to_vec()], options, 0, |_, choice| {
             logprobs.extend(options.logprobs.map(|_| choice.clone()));
+            let Some(stream) = stream.as_mut() else { return Ok(true) };
             let piece = stream.push(choice.token)?;
             if !piece.is_empty() {
                 on_text(&piece)?;
@@ -95,14 +88,19 @@ impl Generator {
             Ok(!stream.stopped())
         })?;
         let Generated { tokens: generated_ids, mut stop } = done.remove(0);
-        let rest = stream.finish();
-        if !rest.is_empty() {
-            on_text(&rest)?;
-        }
-        if stream.stopped() {
-            stop = StopReason::Caller;
-        }
-        let text = Some(stream.text().to_string());
+        let text = match stream.as_mut() {
+            Some(stream) => {
+                let rest = stream.finish();
+                if !rest.is_empty() {
+                    on_text(&rest)?;
+                }
+                if stream.stopped() {
+                    stop = StopReason::Caller;
+                }
+                Some(stream.text().to_string())
+            }
+            None => None,
+        };
         Ok(Completion { prompt_ids: prompt.to_vec(), generated_ids, text, stop, logprobs })
     }
 

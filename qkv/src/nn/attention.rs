@@ -117,8 +117,8 @@ impl ScaledDotProduct {
     /// f32 tensors; everything else is composed.
     fn path(&self, q: &Tensor, mode: &Mode, need_weights: bool, relative: bool) -> Path {
         let dropout_active = mode.is_train() && self.dropout.p() > 0.0;
-        let kernel_score = matches!(self.score, Score::ScaledDot | Score::Dot);
-        if kernel_score && !need_weights && !relative && !dropout_active && kernels::fused(q) {
+        // Every `Score` today is a scaled dot product the kernel computes; a score it cannot is composed here.
+        if !need_weights && !relative && !dropout_active && kernels::fused(q) {
             Path::Fused
         } else {
             Path::Composed

@@ -164,12 +164,13 @@ impl ClassificationTask {
         let device = training.run.device.device()?;
         let train_rows = read_labeled_texts(&training.train_file, training.header)?;
         let dev_rows = read_labeled_texts(&training.dev_file, training.header)?;
+        // A resumed run (its checkpoint's config given) keeps the label order it started with.
+        let resumed = config.is_some();
         let mut config = match config {
             Some(config) => config,
             None => read_config(model_dir)?,
         };
-        // A resumed run keeps the label order it started with.
-        let labels = match config.id2label.as_ref().filter(|_| model_dir != training.model_name_or_path) {
+        let labels = match config.id2label.as_ref().filter(|_| resumed) {
             Some(id2label) => (0..id2label.len())
                 .map(|i| id2label.get(&i.to_string()).cloned().unwrap_or_else(|| format!("LABEL_{i}")))
                 .collect(),

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -220,6 +221,8 @@ pub struct SyntheticTask {
     model: Transformer,
     vars: Vec<(String, Var)>,
     device: Device,
+    /// The last evaluation's exact matches and examples, which [`run`] reports instead of decoding again.
+    last_evaluation: Mutex<Option<(usize, Vec<Example>)>>,
 }
 
 impl Objective for SyntheticTask {
@@ -246,7 +249,7 @@ impl TrainerTask for SyntheticTask {
         let device = config.run.device.device()?;
         let vars = VarMap::new();
         let model = Transformer::new(&config.model(), seeded_var_builder(&vars, config.run.seed, DType::F32, &device))?;
-        Ok(Self { config, model, vars: named_vars(&vars), device })
+        Ok(Self { config, model, vars: named_vars(&vars), device, last_evaluation: Mutex::new(None) })
     }
 
     fn reopen(_: &Path, config: SyntheticConfig) -> Result<Self> {
@@ -269,7 +272,12 @@ impl TrainerTask for SyntheticTask {
 
     /// Held-out exact match (greedy) as `exact_match`; no validation loss (NaN).
     fn evaluate(&self) -> Result<Evaluation> {
-        let (exact, _) = evaluate(&self.model, &self.config, &self.device)?;
+        let (exact, examples) = evaluate(&self.model, &self.config, &self.device)?;
+        *self
+            .last_evaluation
+            .lock()
+            .map_err(|_| Error::config("evaluation", "poisoned", "one evaluation at a time"))? =
+            Some((exact, examples));
         let rate = exact as f64 / self.config.eval_size as f64;
         Ok(Evaluation { val_loss: f64::NAN, metrics: [("exact_match".to_string(), rate)].into() })
     }
@@ -296,7 +304,12 @@ pub fn run(config: &SyntheticConfig, mut on_step: impl FnMut(&StepRecord)) -> Re
     let train_seconds = start.elapsed().as_secs_f64();
     let steps = trainer.state().step;
     let task = trainer.into_task();
-    let (exact_match, examples) = evaluate(&task.model, config, &task.device)?;
+    // The trainer evaluated the final model after its last step; decoding the held-out set again would repeat it.
+    let last = task.last_evaluation.into_inner().ok().flatten();
+    let (exact_match, examples) = match last {
+        Some(evaluation) => evaluation,
+        None => evaluate(&task.model, config, &task.device)?,
+    };
     Ok(SyntheticReport {
         steps,
         parameters,
