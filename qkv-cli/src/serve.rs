@@ -43,6 +43,16 @@ pub struct Args {
     /// from what queues while the previous one runs)
     #[arg(long, default_value_t = 0)]
     batch_wait_ms: u64,
+    /// Completion choices a model decodes together (continuous batching: a new request joins the running
+    /// batch at its next step)
+    #[arg(long, default_value_t = ServeConfig::default().max_sequences)]
+    max_sequences: usize,
+    /// Seconds a request may take; later it is answered 504 and its generation cancelled
+    #[arg(long, default_value_t = ServeConfig::default().request_timeout.as_secs_f64())]
+    request_timeout: f64,
+    /// Seconds requests in flight get to finish after Ctrl-C or SIGTERM
+    #[arg(long, default_value_t = ServeConfig::default().grace_period.as_secs_f64())]
+    grace_period: f64,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -72,6 +82,9 @@ pub fn run(args: Args) -> Result<()> {
         queue: args.queue,
         batch_size: args.batch_size,
         batch_wait: std::time::Duration::from_millis(args.batch_wait_ms),
+        max_sequences: args.max_sequences,
+        request_timeout: seconds("--request-timeout", args.request_timeout)?,
+        grace_period: seconds("--grace-period", args.grace_period)?,
     };
     let address = config.address;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
@@ -81,6 +94,11 @@ pub fn run(args: Args) -> Result<()> {
     })?;
     eprintln!("stopped");
     Ok(())
+}
+
+/// A duration given in seconds on the command line.
+fn seconds(flag: &str, value: f64) -> Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(value).with_context(|| format!("{flag} {value}: expected seconds ≥ 0"))
 }
 
 /// Ctrl-C or SIGTERM: stop accepting, let requests in flight finish, then return.

@@ -58,6 +58,17 @@ impl ApiError {
         }
     }
 
+    /// The request ran past the server's time limit (504).
+    pub fn timeout(limit: std::time::Duration) -> Self {
+        Self {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            kind: "server_error",
+            message: format!("the request took longer than the server's limit of {:.1} s", limit.as_secs_f64()),
+            param: None,
+            code: Some("timeout"),
+        }
+    }
+
     pub fn not_found(path: &str) -> Self {
         Self {
             status: StatusCode::NOT_FOUND,

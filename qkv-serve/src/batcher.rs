@@ -135,6 +135,7 @@ fn embed_batch(model: &Served, jobs: Vec<Job>, policy: BatchPolicy, metrics: &Me
         Ok(rows) => {
             metrics.embedding_batches.fetch_add(1, Ordering::Relaxed);
             metrics.embedded_sentences.fetch_add(rows.len() as u64, Ordering::Relaxed);
+            metrics.embedding_batch_size.observe(rows.len() as f64);
             let mut rows = rows.into_iter();
             for (job, tokens) in valid {
                 let mine: Vec<Vec<f32>> = rows.by_ref().take(job.texts.len()).collect();

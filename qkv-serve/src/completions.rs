@@ -11,9 +11,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use qkv::decode::generate::{GenerateOptions, StopReason, TokenChoice};
 use qkv::inference::Generator;
+use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
 use crate::api::{self, ApiError, Choice, CompletionsRequest, CompletionsResponse, Prompt, Usage};
+use crate::scheduler::{Event as Decoded, Sequence};
 use crate::{AppState, Served};
 
 /// A validated request: the prompts as ids, one set of options per choice.
@@ -32,22 +34,27 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     let Served::Generator(generator) = &*served else { unreachable!("checked by the registry") };
     let stream = request.stream;
     let plan = plan(request, generator, &state.config)?;
-    let permit = state.admit().await?;
-    let metrics = state.metrics.clone();
+    let events = state.scheduler(&plan.model)?.submit(sequences(&plan), plan.stops.clone())?;
+    let deadline = tokio::time::Instant::now() + state.config.request_timeout;
     if stream {
-        return Ok(stream_response(served, plan, permit, metrics));
+        return Ok(stream_response(served, plan, events, deadline));
     }
-    let result = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let Served::Generator(generator) = &*served else { unreachable!("checked by the registry") };
-        let response = complete_all(generator, &plan)?;
-        let generated = response.usage.as_ref().and_then(|u| u.completion_tokens).unwrap_or(0);
-        metrics.generated_tokens.fetch_add(generated as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok(response)
-    })
-    .await
-    .map_err(ApiError::from_join)??;
-    Ok(Json(result).into_response())
+    let response = tokio::time::timeout_at(deadline, collect(generator, &plan, events))
+        .await
+        .map_err(|_| ApiError::timeout(state.config.request_timeout))??;
+    Ok(Json(response).into_response())
+}
+
+/// Every choice of every prompt, numbered as OpenAI numbers them (prompt by prompt), each with its own seed.
+fn sequences(plan: &Plan) -> Vec<Sequence> {
+    let mut out = Vec::new();
+    for (p, prompt) in plan.prompts.iter().enumerate() {
+        for c in 0..plan.n {
+            let index = p * plan.n + c;
+            out.push(Sequence { index, prompt: prompt.clone(), options: choice_options(plan, index) });
+        }
+    }
+    out
 }
 
 /// Checks the request against the model and the server's limits.
@@ -55,9 +62,6 @@ fn plan(request: CompletionsRequest, generator: &Generator, config: &crate::Serv
     if let Some(k) = request.logprobs {
         if k > 5 {
             return Err(ApiError::invalid("logprobs", format!("{k}: at most 5 alternatives, as OpenAI allows")));
-        }
-        if request.stream {
-            return Err(ApiError::invalid("logprobs", "log-probabilities are not streamed yet: drop `stream`"));
         }
         if generator.tokenizer().is_none() {
             return Err(ApiError::invalid("logprobs", "this model has no tokenizer to name the tokens"));
@@ -140,23 +144,43 @@ fn echo_text(generator: &Generator, plan: &Plan, prompt: &[u32]) -> Result<Strin
     }
 }
 
-fn complete_all(generator: &Generator, plan: &Plan) -> Result<CompletionsResponse, ApiError> {
-    let (mut choices, mut completion_tokens) = (Vec::new(), 0);
-    for (p, prompt) in plan.prompts.iter().enumerate() {
-        for c in 0..plan.n {
-            let index = p * plan.n + c;
-            let done = generator
-                .complete(prompt, &choice_options(plan, index), &plan.stops, |_| Ok(()))
-                .map_err(ApiError::from_qkv)?;
-            completion_tokens += done.generated_ids.len();
-            let echo = echo_text(generator, plan, prompt)?;
-            let logprobs = match plan.options.logprobs {
-                Some(_) => Some(log_probs(generator, &done.logprobs, echo.chars().count())?),
-                None => None,
-            };
-            let text = echo + done.text.as_deref().unwrap_or_default();
-            choices.push(Choice { text, index, logprobs, finish_reason: Some(finish_reason(done.stop)) });
+/// Gathers a request's events into OpenAI's response.
+async fn collect(
+    generator: &Generator,
+    plan: &Plan,
+    mut events: mpsc::UnboundedReceiver<Decoded>,
+) -> Result<CompletionsResponse, ApiError> {
+    let count = plan.prompts.len() * plan.n;
+    let mut texts = vec![String::new(); count];
+    let mut choices: Vec<Vec<TokenChoice>> = vec![Vec::new(); count];
+    let mut finished: Vec<Option<StopReason>> = vec![None; count];
+    let mut completion_tokens = 0;
+    while finished.iter().any(Option::is_none) {
+        match events.recv().await {
+            Some(Decoded::Token { index, text, choice }) => {
+                texts[index].push_str(&text);
+                if plan.options.logprobs.is_some() {
+                    choices[index].push(choice);
+                }
+            }
+            Some(Decoded::Done { index, stop, generated, rest }) => {
+                texts[index].push_str(&rest);
+                finished[index] = Some(stop);
+                completion_tokens += generated;
+            }
+            Some(Decoded::Failed(error)) => return Err(error),
+            None => return Err(ApiError::busy()),
         }
+    }
+    let mut out = Vec::with_capacity(count);
+    for (index, ((text, tokens), stop)) in texts.into_iter().zip(&choices).zip(finished).enumerate() {
+        let echo = echo_text(generator, plan, &plan.prompts[index / plan.n])?;
+        let logprobs = match plan.options.logprobs {
+            Some(_) => Some(log_probs(generator, tokens, echo.chars().count())?),
+            None => None,
+        };
+        let finish_reason = stop.map(finish_reason);
+        out.push(Choice { text: echo + &text, index, logprobs, finish_reason });
     }
     let prompt_tokens: usize = plan.prompts.iter().map(Vec::len).sum();
     let usage = Usage {
@@ -169,7 +193,7 @@ fn complete_all(generator: &Generator, plan: &Plan) -> Result<CompletionsRespons
         object: "text_completion",
         created: now(),
         model: plan.model.clone(),
-        choices,
+        choices: out,
         usage: Some(usage),
     })
 }
@@ -193,62 +217,99 @@ fn log_probs(generator: &Generator, choices: &[TokenChoice], offset: usize) -> R
     Ok(out)
 }
 
-/// Server-sent events: a chunk per piece of text, one with each choice's `finish_reason`, then `[DONE]`. When
-/// the client goes away the channel closes and generation stops at its next token.
+/// Server-sent events: each choice's echo, a chunk per token (its text, and its log-probabilities when asked
+/// for), one with each choice's `finish_reason`, then `[DONE]`. When the client goes away the response stream
+/// is dropped, the request's channel closes and its rows leave the batch; at the deadline the stream ends with
+/// an error event.
 fn stream_response(
     served: Arc<Served>,
     plan: Plan,
-    permit: tokio::sync::OwnedSemaphorePermit,
-    metrics: Arc<crate::metrics::Metrics>,
+    mut events: mpsc::UnboundedReceiver<Decoded>,
+    deadline: tokio::time::Instant,
 ) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let Served::Generator(generator) = &*served else { return };
-        let (id, created) = (completion_id(&plan), now());
-        let chunk = |index: usize, text: &str, finish: Option<&'static str>| {
-            let choice = Choice { text: text.to_string(), index, logprobs: None, finish_reason: finish };
-            let body = CompletionsResponse {
-                id: id.clone(),
-                object: "text_completion",
-                created,
-                model: plan.model.clone(),
-                choices: vec![choice],
-                usage: None,
-            };
-            Event::default().data(serde_json::to_string(&body).unwrap_or_default())
+    let (id, created, model) = (completion_id(&plan), now(), plan.model.clone());
+    let chunk = move |index: usize, text: String, logprobs: Option<api::LogProbs>, finish: Option<&'static str>| {
+        let choice = Choice { text, index, logprobs, finish_reason: finish };
+        let body = CompletionsResponse {
+            id: id.clone(),
+            object: "text_completion",
+            created,
+            model: model.clone(),
+            choices: vec![choice],
+            usage: None,
         };
-        let closed = || qkv::Error::io("client", std::io::Error::other("the client went away"));
-        for (p, prompt) in plan.prompts.iter().enumerate() {
-            for c in 0..plan.n {
-                let index = p * plan.n + c;
-                let echo = echo_text(generator, &plan, prompt).unwrap_or_default();
-                if !echo.is_empty() && tx.blocking_send(chunk(index, &echo, None)).is_err() {
-                    return;
-                }
-                let done = generator.complete(prompt, &choice_options(&plan, index), &plan.stops, |piece| {
-                    tx.blocking_send(chunk(index, piece, None)).map_err(|_| closed())
-                });
-                let event = match done {
-                    Ok(done) => {
-                        let generated = done.generated_ids.len() as u64;
-                        metrics.generated_tokens.fetch_add(generated, std::sync::atomic::Ordering::Relaxed);
-                        chunk(index, "", Some(finish_reason(done.stop)))
-                    }
-                    Err(e) => {
-                        let error = ApiError::from_qkv(e);
-                        Event::default().data(serde_json::json!({"error": {"message": error.message}}).to_string())
-                    }
-                };
-                if tx.blocking_send(event).is_err() {
+        Event::default().data(serde_json::to_string(&body).unwrap_or_default())
+    };
+    let body = async_stream(move |tx| async move {
+        let Served::Generator(generator) = &*served else { return };
+        let count = plan.prompts.len() * plan.n;
+        // Characters written so far per choice: where the next token's text starts.
+        let mut offsets = vec![0usize; count];
+        for (index, offset) in offsets.iter_mut().enumerate() {
+            let echo = echo_text(generator, &plan, &plan.prompts[index / plan.n]).unwrap_or_default();
+            if !echo.is_empty() {
+                *offset = echo.chars().count();
+                if tx.send(chunk(index, echo, None, None)).await.is_err() {
                     return;
                 }
             }
         }
-        let _ = tx.blocking_send(Event::default().data("[DONE]"));
+        let mut open = count;
+        while open > 0 {
+            let event = match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(event)) => event,
+                Ok(None) => return,
+                Err(_) => {
+                    let error = ApiError::timeout(deadline.elapsed());
+                    let _ = tx.send(error_event(&error)).await;
+                    return;
+                }
+            };
+            let sse = match event {
+                Decoded::Token { index, text, choice } => {
+                    let logprobs = match plan.options.logprobs {
+                        Some(_) => log_probs(generator, std::slice::from_ref(&choice), offsets[index]).ok(),
+                        None => None,
+                    };
+                    offsets[index] += text.chars().count();
+                    chunk(index, text, logprobs, None)
+                }
+                Decoded::Done { index, stop, rest, .. } => {
+                    open -= 1;
+                    if !rest.is_empty() && tx.send(chunk(index, rest, None, None)).await.is_err() {
+                        return;
+                    }
+                    chunk(index, String::new(), None, Some(finish_reason(stop)))
+                }
+                Decoded::Failed(error) => {
+                    let _ = tx.send(error_event(&error)).await;
+                    return;
+                }
+            };
+            if tx.send(sse).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Event::default().data("[DONE]")).await;
     });
-    let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>);
-    Sse::new(events).into_response()
+    Sse::new(body.map(Ok::<_, Infallible>)).into_response()
+}
+
+/// An error in the middle of a stream, in OpenAI's error body.
+fn error_event(error: &ApiError) -> Event {
+    let body = serde_json::json!({"error": {"message": error.message, "type": error.kind, "code": error.code}});
+    Event::default().data(body.to_string())
+}
+
+/// The events `produce` sends, as a stream (a task feeding a small channel: the response's back-pressure).
+fn async_stream<F, Fut>(produce: F) -> tokio_stream::wrappers::ReceiverStream<Event>
+where
+    F: FnOnce(mpsc::Sender<Event>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(produce(tx));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 fn completion_id(plan: &Plan) -> String {

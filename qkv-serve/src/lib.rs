@@ -3,9 +3,11 @@
 //!
 //! Built on tokio and axum (over hyper): the most used async stack in Rust, the one text-embeddings-inference
 //! runs on, with graceful shutdown, body limits and server-sent events built in. The server reaches qkv only
-//! through [`qkv::inference`]; inference runs on tokio's blocking threads, at most `workers` requests at a time,
-//! and a request that finds `queue` others waiting is answered 503 with `Retry-After` instead of queueing
-//! without bound.
+//! through [`qkv::inference`]; inference runs off the async threads, at most `workers` computations at a time:
+//! embedding requests in dynamic batches ([`batcher`]), completions in one continuously batched decoding loop
+//! per model ([`scheduler`]), translations one request per worker. A request that finds `queue` others waiting
+//! is answered 503 with `Retry-After` instead of queueing without bound; one that runs past `request_timeout`
+//! is answered 504 (its generation is cancelled).
 //!
 //! Endpoints: `POST /v1/embeddings`, `POST /v1/completions` (`stream: true` as server-sent events ending in
 //! `data: [DONE]`), `POST /v1/translations` (qkv's own: `input`, `beam`, `alpha`, `max_length`),
@@ -18,6 +20,7 @@ mod completions;
 mod embeddings;
 mod metrics;
 mod registry;
+mod scheduler;
 mod translations;
 
 use std::collections::BTreeMap;
@@ -39,6 +42,7 @@ use api::{ApiError, ModelCard, ModelList};
 use batcher::{BatchPolicy, Batcher};
 use metrics::Metrics;
 pub use registry::{Registry, Served};
+use scheduler::{SchedulePolicy, Scheduler};
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -62,6 +66,12 @@ pub struct ServeConfig {
     pub batch_size: usize,
     /// How long an embedding batch waits for more requests after its first.
     pub batch_wait: std::time::Duration,
+    /// Sequences (completion choices) a model decodes together.
+    pub max_sequences: usize,
+    /// A request not answered within this is answered 504 (a stream ends with an error event).
+    pub request_timeout: std::time::Duration,
+    /// After shutdown is asked for, requests in flight get this long to finish.
+    pub grace_period: std::time::Duration,
 }
 
 impl Default for ServeConfig {
@@ -77,6 +87,9 @@ impl Default for ServeConfig {
             queue: 64,
             batch_size: 32,
             batch_wait: std::time::Duration::ZERO,
+            max_sequences: 16,
+            request_timeout: std::time::Duration::from_secs(600),
+            grace_period: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -90,6 +103,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// One per embedding model, started with the server (they need its runtime).
     batchers: OnceLock<BTreeMap<String, Batcher>>,
+    /// One per generative model, likewise.
+    schedulers: OnceLock<BTreeMap<String, Scheduler>>,
 }
 
 impl AppState {
@@ -97,11 +112,12 @@ impl AppState {
         let workers = Arc::new(Semaphore::new(config.workers.max(1)));
         let waiting = Arc::new(AtomicUsize::new(0));
         let metrics = Arc::new(Metrics::default());
-        Arc::new(Self { registry, config, workers, waiting, metrics, batchers: OnceLock::new() })
+        let (batchers, schedulers) = (OnceLock::new(), OnceLock::new());
+        Arc::new(Self { registry, config, workers, waiting, metrics, batchers, schedulers })
     }
 
-    /// Starts a batcher per embedding model (once; inside the runtime).
-    fn start_batchers(&self) {
+    /// Starts a batcher per embedding model and a decoding loop per generative model (once; inside the runtime).
+    fn start_queues(&self) {
         let policy = BatchPolicy {
             batch_size: self.config.batch_size.max(1),
             batch_wait: self.config.batch_wait,
@@ -116,6 +132,20 @@ impl AppState {
             });
             embedders.collect()
         });
+        let policy = SchedulePolicy { max_sequences: self.config.max_sequences.max(1), queue: self.config.queue };
+        self.schedulers.get_or_init(|| {
+            let generators = self.registry.names().into_iter().filter_map(|name| {
+                let model = self.registry.generator(&name).ok()?;
+                Some((name, Scheduler::start(model, self.workers.clone(), self.metrics.clone(), policy)))
+            });
+            generators.collect()
+        });
+    }
+
+    /// The decoding loop of generative model `name`.
+    fn scheduler(&self, name: &str) -> Result<&Scheduler, ApiError> {
+        self.registry.generator(name)?;
+        self.schedulers.get().and_then(|s| s.get(name)).ok_or_else(ApiError::busy)
     }
 
     /// The batcher of embedding model `name`.
@@ -156,6 +186,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/embeddings", post(embeddings::handle))
         .route("/v1/completions", post(completions::handle))
         .route("/v1/translations", post(translations::handle))
+        .layer(middleware::from_fn_with_state(state.clone(), deadline))
         .layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/health", get(health))
@@ -179,14 +210,32 @@ pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Sen
     serve_on(listener, AppState::new(registry, config), shutdown).await
 }
 
-/// Serves `state` on a bound listener (tests bind port 0).
+/// Serves `state` on a bound listener (tests bind port 0). Once `shutdown` resolves the listener closes and
+/// requests in flight, streams included, get `grace_period` to finish; an error says how many did not.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    state.start_batchers();
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await.map_err(|e| e.to_string())
+    state.start_queues();
+    let (asked, mut asked_rx) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        let _ = asked.send(true);
+    };
+    let server = axum::serve(listener, router(state.clone())).with_graceful_shutdown(signal);
+    let grace = state.config.grace_period;
+    let expiry = async move {
+        let _ = asked_rx.wait_for(|&asked| asked).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = server => served.map_err(|e| e.to_string()),
+        () = expiry => {
+            let left = state.metrics.in_flight.load(Ordering::SeqCst);
+            Err(format!("the grace period of {:.0} s ended with {left} request(s) unfinished", grace.as_secs_f64()))
+        }
+    }
 }
 
 async fn health() -> impl IntoResponse {
@@ -208,15 +257,42 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
-/// Counts every /v1/* request and those answered with an error.
+/// Counts every /v1/* request, those answered with an error, how long each took, and those in flight.
 async fn count(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let endpoint = request.uri().path().strip_prefix("/v1/").map(str::to_string);
+    let started = std::time::Instant::now();
+    let _in_flight = endpoint.as_ref().map(|_| InFlight::enter(&state.metrics));
     let response = next.run(request).await;
     if let Some(endpoint) = endpoint {
         let failed = response.status().is_client_error() || response.status().is_server_error();
-        state.metrics.record(&endpoint, failed);
+        state.metrics.record(&endpoint, failed, started.elapsed());
     }
     response
+}
+
+/// A /v1/* request being answered, counted until its handler returns or is dropped (the client went away).
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn enter(metrics: &'a Metrics) -> Self {
+        metrics.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A request not answered within `request_timeout` is answered 504 (streams keep their own deadline).
+async fn deadline(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let limit = state.config.request_timeout;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::timeout(limit).into_response(),
+    }
 }
 
 /// With an API key configured, /v1/* requests must bring it.

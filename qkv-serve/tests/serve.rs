@@ -208,6 +208,24 @@ fn every_endpoint_answers_as_openai_does() {
         );
     }
     assert_eq!(logprobs["text_offset"][0], 0);
+    // Streamed, each token's chunk carries its own log-probabilities: together, the same as above.
+    let mut streamed_logprobs = with_logprobs.clone();
+    streamed_logprobs["stream"] = json!(true);
+    let (_, _, body) = server.request("POST", "/v1/completions", &streamed_logprobs.to_string(), &[]);
+    let scored_events = crate::events(&body);
+    let token_chunks: Vec<Value> = scored_events[..scored_events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap())
+        .filter(|c| !c["choices"][0]["logprobs"].is_null())
+        .collect();
+    assert_eq!(token_chunks.len(), 12);
+    for (i, chunk) in token_chunks.iter().enumerate() {
+        let lp = &chunk["choices"][0]["logprobs"];
+        assert_eq!(lp["tokens"][0], logprobs["tokens"][i]);
+        assert_eq!(lp["text_offset"][0], logprobs["text_offset"][i]);
+        let (a, b) = (lp["token_logprobs"][0].as_f64().unwrap(), logprobs["token_logprobs"][i].as_f64().unwrap());
+        assert!((a - b).abs() < 1e-9, "token {i}: {a} vs {b}");
+    }
 
     // Prompts as ids, echo, several choices, a stop string.
     let ids = json!({"model": "gpt", "prompt": prompt, "max_tokens": 12, "temperature": 0, "echo": true});
@@ -263,13 +281,7 @@ fn bad_requests_get_openai_error_bodies() {
         ("POST", "/v1/completions", r#"{"model": "gpt", "prompt": "x", "top_p": 0}"#.into(), 400, "top_p"),
         ("POST", "/v1/completions", r#"{"model": "gpt", "prompt": "x", "n": 0}"#.into(), 400, "n"),
         ("POST", "/v1/completions", r#"{"model": "gpt", "prompt": "x", "logprobs": 6}"#.into(), 400, "logprobs"),
-        (
-            "POST",
-            "/v1/completions",
-            r#"{"model": "gpt", "prompt": "x", "logprobs": 1, "stream": true}"#.into(),
-            400,
-            "logprobs",
-        ),
+        ("POST", "/v1/completions", r#"{"model": "gpt", "prompt": "x", "n": 17}"#.into(), 400, "n"),
         ("POST", "/v1/completions", r#"{"model": "gpt", "prompt": "x", "stop": ["", "a"]}"#.into(), 400, "stop"),
         ("POST", "/v1/completions", r#"{"model": "gpt", "prompt": "x", "stream": "yes"}"#.into(), 400, "stream"),
         ("POST", "/v1/embeddings", big, 413, ""),
@@ -385,12 +397,12 @@ fn concurrent_clients_get_their_own_answers() {
     assert!(batches < 24, "48 concurrent requests ran in {batches} batches");
 }
 
-/// With every worker busy and no room to wait, a request is told to come back (503, Retry-After); a stream in
-/// flight when shutdown is asked for still runs to its end.
+/// With the decoding batch full and no room to wait, a request is told to come back (503, Retry-After); a
+/// stream in flight when shutdown is asked for still runs to its end.
 #[test]
 fn a_full_server_says_retry_and_shutdown_finishes_streams() {
-    let mut server = Server::start(ServeConfig { workers: 1, queue: 0, ..ServeConfig::default() });
-    // Sixteen choices of 48 tokens keep the one worker busy well past the next request.
+    let mut server = Server::start(ServeConfig { max_sequences: 16, queue: 0, ..ServeConfig::default() });
+    // Sixteen choices of 48 tokens fill the batch well past the next request.
     let long = json!({"model": "gpt", "prompt": "First", "max_tokens": 48, "n": 16, "seed": 1, "stream": true});
     let stream = server.send("POST", "/v1/completions", &long.to_string(), &[]);
     let mut reader = BufReader::new(stream);
@@ -399,7 +411,8 @@ fn a_full_server_says_retry_and_shutdown_finishes_streams() {
         line.clear();
         reader.read_line(&mut line).unwrap();
     }
-    let (status, head, _) = server.request("POST", "/v1/embeddings", r#"{"model": "emb", "input": "x"}"#, &[]);
+    let one_more = json!({"model": "gpt", "prompt": "x", "max_tokens": 2});
+    let (status, head, _) = server.request("POST", "/v1/completions", &one_more.to_string(), &[]);
     assert_eq!(status, 503, "{head}");
     assert!(head.to_ascii_lowercase().contains("retry-after: 1"), "{head}");
 
@@ -408,8 +421,154 @@ fn a_full_server_says_retry_and_shutdown_finishes_streams() {
     let mut rest = String::new();
     reader.read_to_string(&mut rest).unwrap();
     assert!(rest.contains("data: [DONE]"), "the stream in flight ran to its end: {rest:.200}");
+    let finished = |text: &str| text.matches("\"finish_reason\":\"").count();
+    assert_eq!(finished(&rest) + finished(&line), 16, "every choice ended");
     assert_eq!(thread.join().unwrap(), Ok(()));
     assert!(TcpStream::connect(server.address).is_err(), "no longer listening");
+}
+
+/// A request that runs past the server's time limit is answered 504 with OpenAI's error body, and its rows leave
+/// the decoding batch instead of generating for nobody.
+#[test]
+fn a_request_past_its_deadline_is_answered_504_and_cancelled() {
+    let request_timeout = std::time::Duration::from_millis(1);
+    let server = Server::start(ServeConfig { request_timeout, ..ServeConfig::default() });
+    let long = json!({"model": "gpt", "prompt": "First", "max_tokens": 60, "n": 16, "seed": 3});
+    let (status, body) = server.post("/v1/completions", &long);
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(
+        (body["error"]["type"].as_str(), body["error"]["code"].as_str()),
+        (Some("server_error"), Some("timeout"))
+    );
+    let mut streamed = long.clone();
+    streamed["stream"] = json!(true);
+    let (status, _, events) = server.request("POST", "/v1/completions", &streamed.to_string(), &[]);
+    assert_eq!(status, 200);
+    assert!(events.contains("\"code\":\"timeout\"") && !events.contains("[DONE]"), "{events:.300}");
+    let started = std::time::Instant::now();
+    loop {
+        let (_, _, metrics) = server.request("GET", "/metrics", "", &[]);
+        let gauge = |name: &str| metric(&metrics, name);
+        if gauge("qkv_decoding_sequences") == 0 {
+            assert!(gauge("qkv_generated_tokens_total") < 2 * 16 * 60, "the cancelled rows stopped early");
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 30, "rows still decoding: {metrics}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// The value of an unlabelled (or fully written) metric.
+fn metric(metrics: &str, name: &str) -> u64 {
+    let line = metrics.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '));
+    let line = line.unwrap_or_else(|| panic!("{name}: {metrics}"));
+    line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
+}
+
+/// Shutdown with many requests in flight — queued completions, streams, embeddings — loses none: each is
+/// answered in full and correctly, then the server exits cleanly.
+#[test]
+fn shutdown_with_requests_in_flight_loses_none() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // One row at a time, so that the completions queue and are still running when shutdown is asked for.
+    let mut server = Server::start(ServeConfig { max_sequences: 1, queue: 64, ..ServeConfig::default() });
+    let generator = generator();
+    let prompt = generator.encode("To be").unwrap();
+    let sampled = |seed: u64| GenerateOptions {
+        max_new_tokens: 40,
+        seed,
+        eos_token_id: generator.eos_token_id(),
+        ..GenerateOptions::default()
+    };
+    let expected: Vec<String> = (0..16)
+        .map(|seed| generator.complete(&prompt, &sampled(seed), &[], |_| Ok(())).unwrap().text.unwrap())
+        .collect();
+    let embedder = Embedder::load(&fixture("bert/BertModel"), &Device::Cpu).unwrap();
+    let texts: Vec<String> = (0..8).map(|i| format!("request {i} in flight")).collect();
+    let direct = embedder.embed_vectors(&texts.iter().map(String::as_str).collect::<Vec<_>>(), 1).unwrap();
+    let answered = AtomicUsize::new(0);
+    let total = 16 + texts.len();
+    let address = server.address;
+    let client = |method: &str, body: String| {
+        let mut stream = TcpStream::connect(address).unwrap();
+        let request = format!(
+            "{method} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        answered.fetch_add(1, Ordering::SeqCst); // the server has this request: its answer has begun
+        let mut rest = String::new();
+        reader.read_to_string(&mut rest).unwrap();
+        (status, rest)
+    };
+    std::thread::scope(|scope| {
+        let completions: Vec<_> = (0..16u64)
+            .map(|seed| {
+                let stream = seed % 4 == 0;
+                let body = json!({"model": "gpt", "prompt": "To be", "max_tokens": 40, "seed": seed, "stream": stream});
+                let client = &client;
+                scope.spawn(move || (stream, client("POST /v1/completions", body.to_string())))
+            })
+            .collect();
+        let embeddings: Vec<_> = texts
+            .iter()
+            .map(|text| {
+                let client = &client;
+                scope.spawn(move || client("POST /v1/embeddings", json!({"model": "emb", "input": text}).to_string()))
+            })
+            .collect();
+        // Every request is either answering or inside the server (read the clients first: a request can move
+        // from the second count to the first, never back).
+        let started = std::time::Instant::now();
+        loop {
+            let begun = answered.load(Ordering::SeqCst);
+            let (_, _, metrics) = server.request("GET", "/metrics", "", &[]);
+            if begun + metric(&metrics, "qkv_requests_in_flight") as usize == total {
+                break;
+            }
+            assert!(started.elapsed().as_secs() < 30, "requests never all arrived");
+        }
+        let unanswered = total - answered.load(Ordering::SeqCst);
+        assert!(unanswered >= 4, "shutdown should find requests in flight ({unanswered})");
+        let _ = server.stop.take().unwrap().send(());
+        for (seed, handle) in completions.into_iter().enumerate() {
+            let (stream, (status, body)) = handle.join().unwrap();
+            assert!(status.starts_with("HTTP/1.1 200"), "completion {seed}: {status}");
+            let body = if body.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+                unchunk(body.split_once("\r\n\r\n").unwrap().1)
+            } else {
+                body.split_once("\r\n\r\n").unwrap().1.to_string()
+            };
+            let text = if stream {
+                let events = events(&body);
+                assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "stream {seed}");
+                let chunks = &events[..events.len() - 1];
+                chunks
+                    .iter()
+                    .map(|e| {
+                        serde_json::from_str::<Value>(e).unwrap()["choices"][0]["text"].as_str().unwrap().to_string()
+                    })
+                    .collect()
+            } else {
+                let value: Value = serde_json::from_str(&body).unwrap();
+                value["choices"][0]["text"].as_str().unwrap().to_string()
+            };
+            assert_eq!(text, expected[seed], "completion {seed}");
+        }
+        for (i, handle) in embeddings.into_iter().enumerate() {
+            let (status, body) = handle.join().unwrap();
+            assert!(status.starts_with("HTTP/1.1 200"), "embedding {i}: {status}");
+            let value: Value = serde_json::from_str(body.split_once("\r\n\r\n").unwrap().1).unwrap();
+            let got: Vec<f32> =
+                value["data"][0]["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            assert!(got.iter().zip(&direct[i]).all(|(a, b)| (a - b).abs() <= 1e-5), "embedding {i}");
+        }
+    });
+    assert_eq!(server.thread.take().unwrap().join().unwrap(), Ok(()));
 }
 
 /// A translation run directory served as `tr` translates as the library does, greedy and with a beam.

@@ -245,3 +245,117 @@ fn sliding_generation_continues_past_the_context() {
     let (tokens, reason) = generate(&loaded.model, &prompt, &stopping, |_| Ok(true)).unwrap();
     assert_eq!((tokens.len(), reason), (limit - prompt.len(), StopReason::ContextFull));
 }
+
+/// Continuous batching: sequences that join a running batch at different steps, with different lengths,
+/// options and stopping points, each generate exactly what they generate alone — greedy and seeded sampling
+/// alike, the log-probabilities within 1e-5 — while rows leave (finished, cancelled, context full) and the
+/// cache narrows to the longest live sequence.
+#[test]
+fn continuous_batching_equals_generating_each_sequence_alone() {
+    use qkv::decode::continuous::{ContinuousBatch, Finished};
+    use qkv::decode::generate::{generate_batch_choices, GenerateOptions, StopReason, TokenChoice};
+    let loaded = gpt2::load(&fixture("GPT2LMHeadModel"), &Device::Cpu).unwrap();
+    let model = &loaded.model;
+    let greedy = |max_new_tokens| GenerateOptions { max_new_tokens, greedy: true, ..GenerateOptions::default() };
+    let sampled = |seed| GenerateOptions {
+        max_new_tokens: 9,
+        temperature: 0.8,
+        top_p: Some(0.9),
+        repetition_penalty: 1.3,
+        seed,
+        logprobs: Some(3),
+        ..GenerateOptions::default()
+    };
+    // (joins before step, id, prompt, options)
+    let plan: Vec<(usize, u64, Vec<u32>, GenerateOptions)> = vec![
+        (0, 1, vec![5, 17, 3], greedy(6)),
+        (0, 2, vec![9], sampled(11)),
+        (2, 3, vec![40, 2, 8, 33, 12, 7], greedy(10)),
+        (3, 4, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], greedy(30)), // fills the 20 positions
+        (5, 5, vec![21, 22], sampled(12)),
+        (5, 6, vec![30, 31, 32], greedy(8)), // cancelled after 3 tokens
+    ];
+    let mut batch = ContinuousBatch::new(model);
+    let mut seen: HashMap<u64, Vec<TokenChoice>> = HashMap::new();
+    let mut finished: Vec<Finished> = Vec::new();
+    let (mut step, mut cancelled) = (0, false);
+    while step < 6 || !batch.is_empty() {
+        for (_, id, prompt, options) in plan.iter().filter(|p| p.0 == step) {
+            assert_eq!(batch.join(model, *id, prompt, options.clone()).unwrap(), None);
+        }
+        if seen.get(&6).map_or(0, Vec::len) == 3 && !cancelled {
+            assert!(batch.cancel(6).unwrap());
+            cancelled = true;
+        }
+        finished.extend(
+            batch
+                .step(model, |id, choice| {
+                    seen.entry(id).or_default().push(choice.clone());
+                    Ok(true)
+                })
+                .unwrap(),
+        );
+        let longest = plan
+            .iter()
+            .filter(|p| finished.iter().all(|f| f.id != p.1) && p.0 <= step && (p.1 != 6 || seen[&6].len() < 3))
+            .map(|p| p.2.len() + seen.get(&p.1).map_or(0, Vec::len))
+            .max();
+        if !batch.is_empty() {
+            assert_eq!(Some(batch.width()), longest, "step {step}: the cache is as wide as the longest live row");
+        }
+        step += 1;
+    }
+    assert_eq!(batch.width(), 0);
+    for (_, id, prompt, options) in &plan {
+        let mut alone = Vec::new();
+        let reference = generate_batch_choices(model, std::slice::from_ref(prompt), options, 0, |_, choice| {
+            alone.push(choice.clone());
+            Ok(true)
+        })
+        .unwrap();
+        let got = &seen[id];
+        let tokens: Vec<u32> = got.iter().map(|c| c.token).collect();
+        if *id == 6 {
+            assert_eq!(tokens, reference[0].tokens[..3], "cancelled sequence {id}");
+            assert!(finished.iter().all(|f| f.id != 6));
+            continue;
+        }
+        assert_eq!(tokens, reference[0].tokens, "sequence {id}");
+        let done = finished.iter().find(|f| f.id == *id).unwrap();
+        assert_eq!((done.stop, done.generated), (reference[0].stop, tokens.len()), "sequence {id}");
+        for (a, b) in got.iter().zip(&alone) {
+            let close = |x: f64, y: f64| (x - y).abs() <= 1e-5;
+            assert!(a.logprob.zip(b.logprob).is_none_or(|(x, y)| close(x, y)), "{:?} vs {:?}", a.logprob, b.logprob);
+            assert_eq!(a.top.len(), b.top.len());
+            for ((ta, la), (tb, lb)) in a.top.iter().zip(&b.top) {
+                assert!(ta == tb && close(*la, *lb), "sequence {id}: top {ta} {la} vs {tb} {lb}");
+            }
+        }
+    }
+    assert_eq!(finished.iter().find(|f| f.id == 4).unwrap().stop, StopReason::ContextFull);
+    assert!(seen[&2].iter().all(|c| c.top.len() == 3 && c.logprob.is_some()));
+}
+
+/// A sequence that asks for no tokens never joins; bad options and prompts are errors naming them.
+#[test]
+fn continuous_batching_rejects_what_it_cannot_decode() {
+    use qkv::decode::continuous::ContinuousBatch;
+    use qkv::decode::generate::{GenerateOptions, StopReason};
+    let loaded = gpt2::load(&fixture("GPT2LMHeadModel"), &Device::Cpu).unwrap();
+    let model = &loaded.model;
+    let mut batch = ContinuousBatch::new(model);
+    let none = GenerateOptions { max_new_tokens: 0, ..GenerateOptions::default() };
+    assert_eq!(batch.join(model, 1, &[3], none).unwrap(), Some(StopReason::MaxNewTokens));
+    assert!(batch.is_empty());
+    let long = vec![1u32; model.config().n_positions + 1];
+    let error = batch.join(model, 2, &long, GenerateOptions::default()).unwrap_err().to_string();
+    assert!(error.contains("prompt") && error.contains("n_positions"), "{error}");
+    let error = batch.join(model, 3, &[], GenerateOptions::default()).unwrap_err().to_string();
+    assert!(error.contains("prompt"), "{error}");
+    let sliding = GenerateOptions { slide: true, ..GenerateOptions::default() };
+    assert!(batch.join(model, 4, &[1], sliding).unwrap_err().to_string().contains("slide"));
+    batch.join(model, 5, &[1], GenerateOptions::default()).unwrap();
+    let error = batch.join(model, 5, &[2], GenerateOptions::default()).unwrap_err().to_string();
+    assert!(error.contains("sequence id"), "{error}");
+    assert!(!batch.cancel(99).unwrap());
+}

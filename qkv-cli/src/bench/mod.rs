@@ -5,6 +5,7 @@
 mod embed;
 mod gemm;
 mod generate;
+mod load;
 mod train;
 mod translation;
 
@@ -32,6 +33,8 @@ enum Workload {
     Embed(embed::Args),
     /// Greedy generation with a GPT-2 directory, with and without the key/value cache
     Generate(generate::Args),
+    /// Concurrent clients against a running `qkv serve` (embeddings or completions): throughput and latency
+    Load(load::Args),
 }
 
 #[derive(Serialize)]
@@ -76,6 +79,7 @@ pub fn run(args: Args) -> Result<()> {
         Workload::Translation(args) => ("translation", translation::run(&args)?),
         Workload::Embed(args) => ("embed", embed::run(&args)?),
         Workload::Generate(args) => ("generate", generate::run(&args)?),
+        Workload::Load(args) => return load::run(&args),
     };
     let report = Report { workload, threads: candle_core::utils::get_num_threads(), results };
     println!("{}", serde_json::to_string_pretty(&report)?);

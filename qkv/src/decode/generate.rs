@@ -176,15 +176,11 @@ pub fn generate_batch_choices(
     while stops.iter().any(Option::is_none) {
         let mut next = vec![pad_token_id; prompts.len()];
         for (row, stop) in stops.iter_mut().enumerate().filter(|(_, stop)| stop.is_none()) {
-            let log_probabilities = options.logprobs.map(|_| log_softmax(&logits[row]));
-            let token = choose(&mut logits[row], &contexts[row], options, &mut rng)?;
+            let choice = pick(&mut logits[row], &contexts[row], options, &mut rng)?;
+            let token = choice.token;
             contexts[row].push(token);
             generated[row].push(token);
             next[row] = token;
-            let choice = match (&log_probabilities, options.logprobs) {
-                (Some(lp), Some(k)) => TokenChoice { token, logprob: Some(lp[token as usize]), top: top_k(lp, k) },
-                _ => TokenChoice { token, logprob: None, top: Vec::new() },
-            };
             *stop = if !on_choice(row, &choice)? {
                 Some(StopReason::Caller)
             } else if options.eos_token_id == Some(token) {
@@ -282,11 +278,27 @@ impl PaddedRows {
 }
 
 /// Each row's next-token logits, from the hidden states (B, T, C) of its last position, as f64: B × V.
-fn last_logits(model: &Gpt2, hidden: &Tensor) -> Result<Vec<Vec<f64>>> {
+pub(super) fn last_logits(model: &Gpt2, hidden: &Tensor) -> Result<Vec<Vec<f64>>> {
     let t = hidden.dim(1)?;
     let logits = model.logits(&hidden.narrow(1, t - 1, 1)?.contiguous()?)?; // (B, 1, V)
     let last = logits.squeeze(1)?.to_vec2::<f32>()?;
     Ok(last.into_iter().map(|row| row.into_iter().map(f64::from).collect()).collect())
+}
+
+/// The next token after `context` from its `logits` (modified in place), with its log-probabilities when the
+/// options ask for them.
+pub(super) fn pick(
+    logits: &mut [f64],
+    context: &[u32],
+    options: &GenerateOptions,
+    rng: &mut Rng,
+) -> Result<TokenChoice> {
+    let log_probabilities = options.logprobs.map(|_| log_softmax(logits));
+    let token = choose(logits, context, options, rng)?;
+    Ok(match (&log_probabilities, options.logprobs) {
+        (Some(lp), Some(k)) => TokenChoice { token, logprob: Some(lp[token as usize]), top: top_k(lp, k) },
+        _ => TokenChoice { token, logprob: None, top: Vec::new() },
+    })
 }
 
 /// The next token from `logits` (modified in place by the processors).

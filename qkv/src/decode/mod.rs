@@ -2,6 +2,7 @@
 //! cache per decoder layer) unless told otherwise.
 
 pub mod beam_search;
+pub mod continuous;
 pub mod generate;
 pub mod greedy;
 mod incremental;

@@ -8,7 +8,7 @@ use crate::Result;
 /// The text of a growing sequence of generated tokens, released piece by piece.
 pub struct TextStream<'a> {
     tokenizer: &'a PretrainedTokenizer,
-    stops: &'a [String],
+    stops: Vec<String>,
     ids: Vec<u32>,
     /// The decoded text of `ids` (cut at a stop string once one is found).
     text: String,
@@ -19,7 +19,8 @@ pub struct TextStream<'a> {
 
 impl<'a> TextStream<'a> {
     /// A stream that ends at the first occurrence of any of `stops` (empty strings are ignored).
-    pub fn new(tokenizer: &'a PretrainedTokenizer, stops: &'a [String]) -> Self {
+    pub fn new(tokenizer: &'a PretrainedTokenizer, stops: &[String]) -> Self {
+        let stops = stops.iter().filter(|s| !s.is_empty()).cloned().collect();
         Self { tokenizer, stops, ids: Vec::new(), text: String::new(), released: 0, stopped: false }
     }
 
@@ -81,14 +82,14 @@ impl<'a> TextStream<'a> {
             from -= 1;
         }
         let tail = &self.text[from..];
-        self.stops.iter().filter(|s| !s.is_empty()).filter_map(|s| tail.find(s.as_str()).map(|i| from + i)).min()
+        self.stops.iter().filter_map(|s| tail.find(s.as_str()).map(|i| from + i)).min()
     }
 
     /// Bytes at the end of the unreleased text that begin some stop string (and so may still become one).
     fn held_back(&self) -> usize {
         let unreleased = &self.text[self.released..];
         let mut held = 0;
-        for stop in self.stops.iter().filter(|s| !s.is_empty()) {
+        for stop in &self.stops {
             for (i, _) in stop.char_indices().skip(1) {
                 if i > held && unreleased.ends_with(&stop[..i]) {
                     held = i;

@@ -53,6 +53,54 @@ impl KvCache {
         Ok(())
     }
 
+    /// The rows of several caches as one batch, each aligned to the right (continuous batching: a sequence that
+    /// joins a running batch is left-padded to its width, and the batch is padded when the newcomer is longer).
+    /// Padded positions hold zeros; the caller masks them out of attention.
+    pub fn stack(parts: &[&KvCache]) -> Result<Self> {
+        let len = parts.iter().map(|c| c.len).max().unwrap_or(0);
+        let mut keys = Vec::new();
+        let mut values = Vec::new();
+        for part in parts {
+            let Some((k, v)) = &part.buffers else { continue };
+            let pad = len - part.len;
+            keys.push(Self::pad_front(&k.narrow(2, 0, part.len)?, pad)?);
+            values.push(Self::pad_front(&v.narrow(2, 0, part.len)?, pad)?);
+        }
+        if keys.is_empty() {
+            return Ok(Self::new());
+        }
+        let (keys, values) = (Tensor::cat(&keys, 0)?, Tensor::cat(&values, 0)?);
+        let mut stacked = Self { buffers: None, len: 0 };
+        stacked.reserve(&keys, &values, len)?;
+        stacked.append(&keys, &values)?;
+        Ok(stacked)
+    }
+
+    /// Forgets the first `n` positions of every row (columns that have become padding in all of them).
+    pub fn drop_front(&mut self, n: usize) -> Result<()> {
+        let n = n.min(self.len);
+        if n == 0 {
+            return Ok(());
+        }
+        let Some((k, v)) = self.buffers.take() else { return Ok(()) };
+        let kept = self.len - n;
+        let (k, v) = (k.narrow(2, n, kept)?.contiguous()?, v.narrow(2, n, kept)?.contiguous()?);
+        self.len = 0;
+        self.reserve(&k, &v, kept)?;
+        self.append(&k, &v)?;
+        Ok(())
+    }
+
+    /// `x` (B, H, L, Dh) with `pad` zero positions in front.
+    fn pad_front(x: &Tensor, pad: usize) -> Result<Tensor> {
+        if pad == 0 {
+            return Ok(x.contiguous()?);
+        }
+        let (b, h, _, dh) = x.dims4()?;
+        let zeros = Tensor::zeros((b, h, pad, dh), x.dtype(), x.device())?;
+        Ok(Tensor::cat(&[&zeros, x], 2)?)
+    }
+
     /// Makes room for `needed` rows, doubling the capacity so growth costs O(1) per token over a sequence.
     fn reserve(&mut self, k: &Tensor, v: &Tensor, needed: usize) -> Result<()> {
         let (b, h, _, dh) = k.dims4()?;
@@ -172,6 +220,32 @@ mod tests {
         assert_eq!(k.i((0, 0, 0))?.to_vec1::<f32>()?, vec![8.0, 9.0]);
         assert_eq!(k.i((2, 0, 1))?.to_vec1::<f32>()?, vec![2.0, 3.0]);
         assert_eq!(k.i((2, 0, 2))?.to_vec1::<f32>()?, vec![8.0, 9.0]); // this step's own row
+        Ok(())
+    }
+
+    #[test]
+    fn stacked_rows_are_right_aligned_and_drop_front_forgets_columns() -> Result<()> {
+        let dev = Device::Cpu;
+        let long = Tensor::arange(0f32, 12.0, &dev)?.reshape((1, 1, 6, 2))?;
+        let short = Tensor::arange(100f32, 104.0, &dev)?.reshape((1, 1, 2, 2))?;
+        let (mut a, mut b) = (KvCache::new(), KvCache::new());
+        a.append(&long, &long)?;
+        b.append(&short, &(&short * -1.0)?)?;
+        let mut both = KvCache::stack(&[&b, &a])?;
+        assert_eq!(both.len(), 6);
+        let step = Tensor::full(7f32, (2, 1, 1, 2), &dev)?;
+        let (k, v) = both.append(&step, &step)?;
+        assert_eq!(k.i((0, 0))?.to_vec2::<f32>()?[..4], [[0.0; 2], [0.0; 2], [0.0; 2], [0.0; 2]]);
+        assert_eq!(k.i((0, 0, 4))?.to_vec1::<f32>()?, vec![100.0, 101.0]);
+        assert_eq!(v.i((0, 0, 5))?.to_vec1::<f32>()?, vec![-102.0, -103.0]);
+        assert_eq!(k.i((1, 0))?.to_vec2::<f32>()?[..6], long.i((0, 0))?.to_vec2::<f32>()?[..]);
+        assert_eq!(k.i((1, 0, 6))?.to_vec1::<f32>()?, vec![7.0, 7.0]);
+        both.reorder(&Tensor::new(&[0u32], &dev)?)?;
+        both.drop_front(4)?;
+        assert_eq!(both.len(), 3);
+        let (k, _) = both.append(&step.narrow(0, 0, 1)?, &step.narrow(0, 0, 1)?)?;
+        let expected = vec![vec![100.0, 101.0], vec![102.0, 103.0], vec![7.0, 7.0], vec![7.0, 7.0]];
+        assert_eq!(k.i((0, 0))?.to_vec2::<f32>()?, expected);
         Ok(())
     }
 
