@@ -39,6 +39,9 @@ pub struct Args {
     /// Sentences an embedding batch gathers from concurrent requests
     #[arg(long, default_value_t = ServeConfig::default().batch_size)]
     batch_size: usize,
+    /// Tokens an embedding batch gathers at most
+    #[arg(long, default_value_t = ServeConfig::default().batch_tokens)]
+    batch_tokens: usize,
     /// Milliseconds an embedding batch waits for more requests after its first (default: none; batches form
     /// from what queues while the previous one runs)
     #[arg(long, default_value_t = 0)]
@@ -81,6 +84,7 @@ pub fn run(args: Args) -> Result<()> {
         workers: args.workers,
         queue: args.queue,
         batch_size: args.batch_size,
+        batch_tokens: args.batch_tokens,
         batch_wait: std::time::Duration::from_millis(args.batch_wait_ms),
         max_sequences: args.max_sequences,
         request_timeout: seconds("--request-timeout", args.request_timeout)?,

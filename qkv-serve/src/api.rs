@@ -201,6 +201,9 @@ pub struct EmbeddingsRequest {
     pub dimensions: Option<usize>,
     #[serde(default)]
     pub user: Option<String>,
+    /// Cut inputs longer than the model reads instead of refusing them (text-embeddings-inference's field).
+    #[serde(default)]
+    pub truncate: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

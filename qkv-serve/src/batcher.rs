@@ -21,6 +21,8 @@ pub type Embedded = Result<(Vec<Vec<f32>>, usize), ApiError>;
 
 struct Job {
     texts: Vec<String>,
+    /// Their tokens (counted, and checked against the limit, by the request's handler).
+    tokens: usize,
     reply: oneshot::Sender<Embedded>,
 }
 
@@ -38,10 +40,11 @@ pub struct Batcher {
 #[derive(Debug, Clone, Copy)]
 pub struct BatchPolicy {
     pub batch_size: usize,
+    /// Tokens a batch gathers at most (a single larger request still runs, alone).
+    pub batch_tokens: usize,
     pub batch_wait: Duration,
     /// Requests that may wait in the queue; one more is answered 503.
     pub queue: usize,
-    pub max_input_tokens: usize,
 }
 
 impl Batcher {
@@ -56,15 +59,16 @@ impl Batcher {
         Self { jobs, workers, waiting, queue: policy.queue }
     }
 
-    /// Embeds `texts` in whatever batch they land in; 503 when every worker is busy and `queue` requests wait.
-    pub async fn embed(&self, texts: Vec<String>) -> Embedded {
+    /// Embeds `texts` (of `tokens` tokens) in whatever batch they land in; 503 when every worker is busy and
+    /// `queue` requests wait.
+    pub async fn embed(&self, texts: Vec<String>, tokens: usize) -> Embedded {
         let busy = self.workers.available_permits() == 0;
         if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.queue && busy {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(ApiError::busy());
         }
         let (reply, answer) = oneshot::channel();
-        if self.jobs.try_send(Job { texts, reply }).is_err() {
+        if self.jobs.try_send(Job { texts, tokens, reply }).is_err() {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(ApiError::busy());
         }
@@ -78,23 +82,35 @@ async fn run(
     policy: BatchPolicy,
     mut queue: mpsc::Receiver<Job>,
 ) {
-    while let Some(first) = queue.recv().await {
+    // A job taken from the queue that did not fit the last batch: it starts the next one.
+    let mut held: Option<Job> = None;
+    loop {
+        let first = match held.take() {
+            Some(job) => job,
+            None => match queue.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let (mut sentences, mut tokens) = (first.texts.len(), first.tokens);
         let mut jobs = vec![first];
-        let mut sentences = jobs[0].texts.len();
-        while sentences < policy.batch_size {
-            let Ok(job) = queue.try_recv() else { break };
-            sentences += job.texts.len();
-            jobs.push(job);
-        }
         let deadline = tokio::time::Instant::now() + policy.batch_wait;
-        while sentences < policy.batch_size && !policy.batch_wait.is_zero() {
-            match tokio::time::timeout_at(deadline, queue.recv()).await {
-                Ok(Some(job)) => {
-                    sentences += job.texts.len();
-                    jobs.push(job);
-                }
-                Ok(None) | Err(_) => break,
+        while sentences < policy.batch_size && tokens < policy.batch_tokens {
+            let job = match queue.try_recv() {
+                Ok(job) => job,
+                Err(_) if policy.batch_wait.is_zero() => break,
+                Err(_) => match tokio::time::timeout_at(deadline, queue.recv()).await {
+                    Ok(Some(job)) => job,
+                    Ok(None) | Err(_) => break,
+                },
+            };
+            if sentences + job.texts.len() > policy.batch_size || tokens + job.tokens > policy.batch_tokens {
+                held = Some(job);
+                break;
             }
+            sentences += job.texts.len();
+            tokens += job.tokens;
+            jobs.push(job);
         }
         let Ok(permit) = workers.clone().acquire_owned().await else { return };
         waiting.fetch_sub(jobs.len(), Ordering::SeqCst);
@@ -108,43 +124,24 @@ async fn run(
     }
 }
 
-/// Checks each request's lengths, embeds the valid ones in one call, and answers each.
+/// Embeds every request's texts in one call (sorted by length inside), and answers each.
 fn embed_batch(model: &Served, jobs: Vec<Job>, policy: BatchPolicy, metrics: &Metrics) {
     let Served::Embedder(embedder) = model else { return };
-    let mut valid = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let refs: Vec<&str> = job.texts.iter().map(String::as_str).collect();
-        match embedder.token_counts(&refs) {
-            Ok(counts) => match counts.iter().position(|&n| n > policy.max_input_tokens) {
-                Some(i) => {
-                    let message = format!(
-                        "input {i} has {} tokens; the server takes at most {}",
-                        counts[i], policy.max_input_tokens
-                    );
-                    let _ = job.reply.send(Err(ApiError::invalid("input", message)));
-                }
-                None => valid.push((job, counts.iter().sum::<usize>())),
-            },
-            Err(e) => {
-                let _ = job.reply.send(Err(ApiError::from_qkv(e)));
-            }
-        }
-    }
-    let all: Vec<&str> = valid.iter().flat_map(|(job, _)| job.texts.iter().map(String::as_str)).collect();
+    let all: Vec<&str> = jobs.iter().flat_map(|job| job.texts.iter().map(String::as_str)).collect();
     match embedder.embed_vectors(&all, policy.batch_size.max(1)) {
         Ok(rows) => {
             metrics.embedding_batches.fetch_add(1, Ordering::Relaxed);
             metrics.embedded_sentences.fetch_add(rows.len() as u64, Ordering::Relaxed);
             metrics.embedding_batch_size.observe(rows.len() as f64);
             let mut rows = rows.into_iter();
-            for (job, tokens) in valid {
+            for job in jobs {
                 let mine: Vec<Vec<f32>> = rows.by_ref().take(job.texts.len()).collect();
-                let _ = job.reply.send(Ok((mine, tokens)));
+                let _ = job.reply.send(Ok((mine, job.tokens)));
             }
         }
         Err(e) => {
             let error = ApiError::from_qkv(e);
-            for (job, _) in valid {
+            for job in jobs {
                 let _ = job.reply.send(Err(error.clone()));
             }
         }

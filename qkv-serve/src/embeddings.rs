@@ -34,7 +34,25 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: Bytes) -> Result<J
             return Err(ApiError::invalid("dimensions", message));
         }
     }
-    let (rows, tokens) = state.batcher(&request.model)?.embed(texts).await?;
+    let Served::Embedder(embedder) = &*served else { unreachable!("checked by the registry") };
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let counts = embedder.untruncated_token_counts(&refs).map_err(ApiError::from_qkv)?;
+    let limit = state.config.max_input_tokens;
+    if let Some(i) = counts.iter().position(|&n| n > limit) {
+        let message = format!("input {i} has {} tokens; the server takes at most {limit}", counts[i]);
+        return Err(ApiError::invalid("input", message));
+    }
+    let model_limit = embedder.max_length();
+    if let Some(i) = counts.iter().position(|&n| n > model_limit).filter(|_| !request.truncate) {
+        let message = format!(
+            "input {i} has {} tokens; the model reads at most {model_limit}: shorten it, or send `\"truncate\": true`",
+            counts[i]
+        );
+        return Err(ApiError::invalid("input", message));
+    }
+    // What the model reads, after truncation.
+    let counts: Vec<usize> = counts.into_iter().map(|n| n.min(model_limit)).collect();
+    let (rows, tokens) = state.batcher(&request.model)?.embed(texts, counts.iter().sum()).await?;
     Ok(respond(rows, tokens, request.model, base64))
 }
 

@@ -64,6 +64,8 @@ pub struct ServeConfig {
     pub queue: usize,
     /// Sentences an embedding batch gathers from concurrent requests before it runs.
     pub batch_size: usize,
+    /// Tokens an embedding batch gathers at most (its memory and latency grow with them).
+    pub batch_tokens: usize,
     /// How long an embedding batch waits for more requests after its first.
     pub batch_wait: std::time::Duration,
     /// Sequences (completion choices) a model decodes together.
@@ -86,6 +88,7 @@ impl Default for ServeConfig {
             workers: 2,
             queue: 64,
             batch_size: 32,
+            batch_tokens: 16384,
             batch_wait: std::time::Duration::ZERO,
             max_sequences: 16,
             request_timeout: std::time::Duration::from_secs(600),
@@ -122,7 +125,7 @@ impl AppState {
             batch_size: self.config.batch_size.max(1),
             batch_wait: self.config.batch_wait,
             queue: self.config.queue,
-            max_input_tokens: self.config.max_input_tokens,
+            batch_tokens: self.config.batch_tokens.max(1),
         };
         self.batchers.get_or_init(|| {
             let embedders = self.registry.names().into_iter().filter_map(|name| {

@@ -152,6 +152,11 @@ fn every_endpoint_answers_as_openai_does() {
     // 4 bytes per float, 4 base64 characters per 3 bytes.
     assert_eq!(encoded["data"][0]["embedding"].as_str().unwrap().len(), (4 * direct[1].len()).div_ceil(3) * 4);
 
+    // An input longer than the model reads is cut when the request says so, and counted as cut.
+    let long = "word ".repeat(60);
+    let (status, cut) = server.post("/v1/embeddings", &json!({"model": "emb", "input": long, "truncate": true}));
+    assert_eq!((status, cut["usage"]["prompt_tokens"].as_u64()), (200, Some(40)), "{cut}");
+
     // Token ids, as the model reads them, give the same vector as the text they encode.
     let ids = Embedder::load(&fixture("bert/BertModel"), &Device::Cpu).unwrap().encode("dogs run").unwrap();
     let (status, by_ids) = server.post("/v1/embeddings", &json!({"model": "emb", "input": ids}));
@@ -249,6 +254,8 @@ fn every_endpoint_answers_as_openai_does() {
 fn bad_requests_get_openai_error_bodies() {
     let server = Server::start(ServeConfig { max_body_bytes: 4096, max_new_tokens: 64, ..ServeConfig::default() });
     let big = format!(r#"{{"model": "emb", "input": "{}"}}"#, "word ".repeat(2000));
+    // Longer than the fixture reads (40 positions): refused unless the request asks for truncation.
+    let long = format!(r#"{{"model": "emb", "input": "{}"}}"#, "word ".repeat(60));
     let cases: Vec<(&str, &str, String, u16, &str)> = vec![
         ("POST", "/v1/embeddings", "{".into(), 400, "body"),
         ("POST", "/v1/embeddings", "".into(), 400, "body"),
@@ -284,6 +291,7 @@ fn bad_requests_get_openai_error_bodies() {
         ("POST", "/v1/completions", r#"{"model": "gpt", "prompt": "x", "n": 17}"#.into(), 400, "n"),
         ("POST", "/v1/completions", r#"{"model": "gpt", "prompt": "x", "stop": ["", "a"]}"#.into(), 400, "stop"),
         ("POST", "/v1/completions", r#"{"model": "gpt", "prompt": "x", "stream": "yes"}"#.into(), 400, "stream"),
+        ("POST", "/v1/embeddings", long, 400, "input"),
         ("POST", "/v1/embeddings", big, 413, ""),
         ("GET", "/v1/nothing", String::new(), 404, ""),
     ];
@@ -624,4 +632,25 @@ fn translations_equal_the_library_s() {
     assert_eq!(status, 400);
     drop(server);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The token budget bounds a batch: with room for one request's tokens, concurrent requests run one per batch.
+#[test]
+fn the_token_budget_bounds_embedding_batches() {
+    let batch_wait = std::time::Duration::from_millis(50);
+    let server = Arc::new(Server::start(ServeConfig { batch_tokens: 1, batch_wait, ..ServeConfig::default() }));
+    std::thread::scope(|scope| {
+        for i in 0..8 {
+            let server = server.clone();
+            scope.spawn(move || {
+                let (status, body) =
+                    server.post("/v1/embeddings", &json!({"model": "emb", "input": format!("text {i}")}));
+                assert_eq!(status, 200, "{body}");
+            });
+        }
+    });
+    let (_, _, metrics) = server.request("GET", "/metrics", "", &[]);
+    assert_eq!(metric(&metrics, "qkv_embedding_batches_total"), 8);
+    assert_eq!(metric(&metrics, "qkv_embedding_batch_size_count"), 8);
+    assert_eq!(metric(&metrics, "qkv_embedding_batch_size_bucket{le=\"1\"}"), 8);
 }

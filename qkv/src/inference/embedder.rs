@@ -62,6 +62,13 @@ impl Embedder {
         Ok(encoded.attention_mask.iter().map(|m| m.iter().filter(|&&v| v == 1).count()).collect())
     }
 
+    /// Tokens each sentence has before truncation (to refuse, rather than silently cut, what is too long).
+    pub fn untruncated_token_counts(&self, sentences: &[&str]) -> Result<Vec<usize>> {
+        let inputs: Vec<(&str, Option<&str>)> = sentences.iter().map(|s| (*s, None)).collect();
+        let encoded = self.tokenizer.encode(&inputs, usize::MAX, Truncation::Error)?;
+        Ok(encoded.attention_mask.iter().map(|m| m.iter().filter(|&&v| v == 1).count()).collect())
+    }
+
     /// Embeddings (B, C) of one batch of sentences.
     pub fn embed_batch(&self, sentences: &[&str]) -> Result<Tensor> {
         let inputs: Vec<(&str, Option<&str>)> = sentences.iter().map(|s| (*s, None)).collect();
