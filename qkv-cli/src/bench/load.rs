@@ -38,6 +38,9 @@ pub struct Args {
     /// work)
     #[arg(long, default_value = "The meaning of life is")]
     prompt: String,
+    /// Completions: the prompt as token ids instead (for a model directory without a tokenizer)
+    #[arg(long, value_delimiter = ',')]
+    prompt_ids: Option<Vec<u32>>,
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
 }
@@ -119,8 +122,11 @@ fn request(args: &Args, text: &str) -> (&'static str, String) {
     match args.endpoint {
         Endpoint::Embeddings => ("/v1/embeddings", json!({"model": args.model, "input": text}).to_string()),
         Endpoint::Completions => {
-            let body =
-                json!({"model": args.model, "prompt": args.prompt, "max_tokens": args.max_tokens, "temperature": 0});
+            let prompt = match &args.prompt_ids {
+                Some(ids) => json!(ids),
+                None => json!(args.prompt),
+            };
+            let body = json!({"model": args.model, "prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0});
             ("/v1/completions", body.to_string())
         }
     }
