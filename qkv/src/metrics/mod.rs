@@ -3,6 +3,7 @@
 //! - [`bleu`]: corpus BLEU (Papineni et al., 2002) as sacreBLEU computes it, with its 13a tokenizer.
 //! - [`chrf`]: corpus chrF (Popović, 2015) and chrF++ (Popović, 2017) as sacreBLEU computes them.
 //! - [`classification`]: accuracy, F1 and the Matthews correlation, as scikit-learn computes them.
+//! - [`pcg64`]: numpy's default generator, for tests that must draw what sacreBLEU draws.
 //! - [`correlation`]: Spearman's ρ and Pearson's r, as SciPy computes them (STS benchmarks).
 //!
 //! Both follow sacreBLEU 2.x to the printed digit (tests/metrics.rs checks them against its output), so scores
@@ -12,6 +13,7 @@ pub mod bleu;
 pub mod chrf;
 pub mod classification;
 pub mod correlation;
+pub mod pcg64;
 
 pub use bleu::{corpus_bleu, tokenize_13a, BleuOptions, BleuScore, Smoothing, Tokenize};
 pub use chrf::{corpus_chrf, ChrfOptions, ChrfScore};
