@@ -78,7 +78,8 @@ enum Command {
     /// Draw PNG plots: `qkv plot loss` (a run's log.jsonl), `qkv plot compare` (several runs' logs) or
     /// `qkv plot attention` (attention weights as JSON)
     Plot(plot::Args),
-    /// Score a system output against references: corpus BLEU and chrF, as sacreBLEU computes them
+    /// Score system outputs against references as sacreBLEU does: corpus BLEU and chrF, sentence BLEU
+    /// (--sentence), paired bootstrap resampling (--paired-bs), BLEU by reference length (--by-length)
     Bleu(bleu::Args),
     /// Fine-tune a pre-trained model: `qkv finetune classify ...` (BERT sequence classification)
     Finetune(finetune::Args),

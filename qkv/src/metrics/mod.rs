@@ -1,20 +1,29 @@
 //! Scores of system output against references. Pure functions over strings and numbers, no tensors.
 //!
-//! - [`bleu`]: corpus BLEU (Papineni et al., 2002) as sacreBLEU computes it, with its 13a tokenizer.
+//! - [`bleu`]: corpus and sentence BLEU (Papineni et al., 2002) as sacreBLEU computes them, with its 13a
+//!   tokenizer, and BLEU by reference-length bucket.
 //! - [`chrf`]: corpus chrF (Popović, 2015) and chrF++ (Popović, 2017) as sacreBLEU computes them.
 //! - [`classification`]: accuracy, F1 and the Matthews correlation, as scikit-learn computes them.
+//! - [`significance`]: sacreBLEU's paired bootstrap resampling of BLEU.
+//! - [`pcg64`]: numpy's default generator, for tests that must draw what sacreBLEU draws.
 //! - [`correlation`]: Spearman's ρ and Pearson's r, as SciPy computes them (STS benchmarks).
 //!
-//! Both follow sacreBLEU 2.x to the printed digit (tests/metrics.rs checks them against its output), so scores
-//! can be compared with published ones.
+//! BLEU, chrF and the paired bootstrap follow sacreBLEU 2.x to the printed digit (tests/metrics.rs and
+//! tests/bleu_tools.rs check them against its output), so scores can be compared with published ones.
 
 pub mod bleu;
 pub mod chrf;
 pub mod classification;
 pub mod correlation;
+pub mod pcg64;
+pub mod significance;
 
-pub use bleu::{corpus_bleu, tokenize_13a, BleuOptions, BleuScore, Smoothing, Tokenize};
+pub use bleu::{
+    bleu_by_length, corpus_bleu, sentence_bleu, sentence_stats, tokenize_13a, BleuOptions, BleuScore, BleuStats,
+    LengthBucket, Smoothing, Tokenize, LENGTH_BOUNDS,
+};
 pub use chrf::{corpus_chrf, ChrfOptions, ChrfScore};
+pub use significance::{paired_bootstrap, paired_bootstrap_bleu, BootstrapResult, PairedBootstrap};
 
 use crate::{Error, Result};
 
