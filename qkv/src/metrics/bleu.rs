@@ -340,6 +340,16 @@ fn substitute_pairs(
     out
 }
 
+// MERGE NOTE (scheduled-sampling branch): a private stand-in for the sentence BLEU the bleu-tools branch adds
+// (sacreBLEU's `sentence_bleu` with its smoothing methods). When that lands, call it with add-k = 1 smoothing
+// instead and delete this function.
+/// Sentence BLEU in 0..=100 of one hypothesis against one reference, both already split into words by
+/// whitespace (subword ids written as numbers, say), with add-one smoothing of orders 2..4 (Chen and Cherry's
+/// method 2, sacreBLEU's `add-k` with k = 1), as Zhang et al. (ACL 2019) rank their sentence-oracle candidates.
+pub(crate) fn sentence_bleu_add_one(hypothesis: &str, reference: &str) -> f64 {
+    segment_stats(hypothesis, &[reference.to_string()]).score(Smoothing::AddK(1.0)).score
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,5 +441,14 @@ mod tests {
             assert_eq!(t.to_string().parse::<Tokenize>().unwrap(), t);
         }
         assert!("intl".parse::<Tokenize>().unwrap_err().to_string().contains("tokenize"));
+    }
+
+    /// Add-one smoothing by hand: precisions 3/4, (2+1)/(3+1), (1+1)/(2+1), (0+1)/(1+1), no brevity penalty.
+    #[test]
+    fn sentence_bleu_add_one_smooths_the_higher_orders() {
+        let expected = 100.0 * (0.75f64 * 0.75 * (2.0 / 3.0) * 0.5).powf(0.25);
+        assert!((sentence_bleu_add_one("a b c d", "a b c e") - expected).abs() < 1e-9);
+        assert_eq!(sentence_bleu_add_one("x y", "a b c"), 0.0, "no unigram matches");
+        assert!((sentence_bleu_add_one("a b c d", "a b c d") - 100.0).abs() < 1e-9);
     }
 }
