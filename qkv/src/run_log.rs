@@ -29,6 +29,10 @@ pub struct StepRecord {
     pub tokens: usize,
     #[serde(deserialize_with = "nan_if_null")]
     pub tokens_per_s: f64,
+    /// The probability of feeding the decoder the gold token at this step (translation with scheduled
+    /// sampling or an oracle); absent for teacher forcing and every other task, and then not written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gold_probability: Option<f64>,
 }
 
 /// One evaluation, as written to log.jsonl (`"kind": "eval"`).
@@ -149,7 +153,16 @@ mod tests {
     }
 
     fn step(step: usize, loss: f64) -> StepRecord {
-        StepRecord { step, epoch: 1, loss, lr: 1e-3, grad_norm: 0.5, tokens: 100, tokens_per_s: 2000.0 }
+        StepRecord {
+            step,
+            epoch: 1,
+            loss,
+            lr: 1e-3,
+            grad_norm: 0.5,
+            tokens: 100,
+            tokens_per_s: 2000.0,
+            gold_probability: None,
+        }
     }
 
     fn eval(step: usize, val_loss: f64, metrics: &[(&str, f64)]) -> EvalRecord {
@@ -176,6 +189,19 @@ mod tests {
                 LogRecord::Train(step(20, 3.0)),
             ]
         );
+    }
+
+    /// A step without p writes no `gold_probability` key, so teacher-forcing logs read as before; one with p
+    /// keeps it, and logs written before the field existed read as `None`.
+    #[test]
+    fn the_gold_probability_is_written_only_where_there_is_one() {
+        let plain = serde_json::to_string(&step(3, 1.0)).unwrap();
+        assert!(!plain.contains("gold_probability"), "{plain}");
+        let sampled = StepRecord { gold_probability: Some(0.75), ..step(3, 1.0) };
+        let line = serde_json::to_string(&sampled).unwrap();
+        assert!(line.contains(r#""gold_probability":0.75"#), "{line}");
+        assert_eq!(serde_json::from_str::<StepRecord>(&line).unwrap(), sampled);
+        assert_eq!(serde_json::from_str::<StepRecord>(&plain).unwrap().gold_probability, None);
     }
 
     #[test]

@@ -60,7 +60,16 @@ fn assert_png(path: &Path, size: (u32, u32), min_bytes: u64) {
 }
 
 fn train(step: usize, loss: f64) -> LogRecord {
-    LogRecord::Train(StepRecord { step, epoch: 1, loss, lr: 7e-4, grad_norm: 1.0, tokens: 900, tokens_per_s: 5e3 })
+    LogRecord::Train(StepRecord {
+        step,
+        epoch: 1,
+        loss,
+        lr: 7e-4,
+        grad_norm: 1.0,
+        tokens: 900,
+        tokens_per_s: 5e3,
+        gold_probability: None,
+    })
 }
 
 fn eval(step: usize, val_loss: f64, metrics: &[(&str, f64)]) -> LogRecord {
@@ -117,6 +126,23 @@ fn loss_curve_has_a_panel_per_metric_and_leaves_no_temporary_file() {
     loss_curve(&language_model_log(), &options("", Some(&[])), &dir.join("untitled.png")).unwrap();
     assert_png(&dir.join("untitled.png"), (1100, 612), 10_000);
     assert_eq!(dir.files(), ["bleu.png", "lm.png", "loss.png", "untitled.png"]);
+}
+
+/// A scheduled-sampling run logs p with each step: one more panel, below the metrics.
+#[test]
+fn loss_curve_draws_the_gold_probability_when_the_log_has_it() {
+    let dir = TempDir::new("loss-gold");
+    let log: Vec<LogRecord> = translation_log(1.0)
+        .into_iter()
+        .map(|record| match record {
+            LogRecord::Train(r) => {
+                LogRecord::Train(StepRecord { gold_probability: Some(1.0 - r.step as f64 / 4000.0), ..r })
+            }
+            other => other,
+        })
+        .collect();
+    loss_curve(&log, &options("scheduled sampling", Some(&["val_bleu"])), &dir.join("loss.png")).unwrap();
+    assert_png(&dir.join("loss.png"), (1100, 612 + 2 * 300), 20_000);
 }
 
 #[test]

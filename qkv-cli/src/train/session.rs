@@ -27,6 +27,7 @@ pub fn run_with_progress<T: Task>(
     }
     let bar = crate::progress::steps_bar();
     let mut planned = None;
+    let mut pace = Pace::default();
     let result = trainer.run(stop, |event| match event {
         Event::Ready { parameters, steps_per_epoch, planned_steps } => {
             eprintln!("{data}, {parameters} parameters, {steps_per_epoch} steps per epoch");
@@ -41,9 +42,15 @@ pub fn run_with_progress<T: Task>(
                 bar.set_length(record.step as u64);
             }
             bar.set_position(record.step as u64);
+            pace.add(record.tokens, record.tokens_per_s);
+            let p = record.gold_probability.map(|p| format!("  p(gold) {p:.3}")).unwrap_or_default();
             bar.set_message(format!(
-                "epoch {}  loss {:.3}  lr {:.2e}  {:.0} tok/s",
-                record.epoch, record.loss, record.lr, record.tokens_per_s
+                "epoch {}  loss {:.3}  lr {:.2e}  {:.0} tok/s  {:.2} steps/s{p}",
+                record.epoch,
+                record.loss,
+                record.lr,
+                record.tokens_per_s,
+                pace.steps_per_second()
             ));
         }
         // Printed around the bar (not through it) so they also reach a log file when stderr is not a terminal.
@@ -65,6 +72,15 @@ pub fn run_with_progress<T: Task>(
     });
     bar.finish_and_clear();
     let finish = result?;
+    if pace.steps > 0 {
+        eprintln!(
+            "{} steps in {:.1} s of optimizer steps (evaluation excluded): {:.3} steps/s, {:.0} tokens/s",
+            pace.steps,
+            pace.seconds,
+            pace.steps_per_second(),
+            pace.tokens as f64 / pace.seconds.max(1e-9)
+        );
+    }
     if finish == Finish::EarlyStopped {
         eprintln!("early stopping: no new best in the last evaluations");
     }
@@ -72,6 +88,29 @@ pub fn run_with_progress<T: Task>(
     plot::loss_curve(&log, &plotted, &out.join("loss.png"))?;
     eprintln!("loss curve: {}", out.join("loss.png").display());
     Ok(finish)
+}
+
+/// This session's optimizer steps and the time they took (forward, backward and update; evaluations and
+/// checkpoints not counted), from the step records: tokens / tokens_per_s is a step's own duration.
+#[derive(Default)]
+struct Pace {
+    steps: usize,
+    tokens: usize,
+    seconds: f64,
+}
+
+impl Pace {
+    fn add(&mut self, tokens: usize, tokens_per_s: f64) {
+        if tokens_per_s > 0.0 && tokens_per_s.is_finite() {
+            self.steps += 1;
+            self.tokens += tokens;
+            self.seconds += tokens as f64 / tokens_per_s;
+        }
+    }
+
+    fn steps_per_second(&self) -> f64 {
+        self.steps as f64 / self.seconds.max(1e-9)
+    }
 }
 
 /// A loss plot titled `title` with a panel for every metric the task logs.

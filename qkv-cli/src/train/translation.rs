@@ -4,10 +4,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
+use clap::{Args, Parser};
 use qkv::models::{PositionEncoding, TransformerConfig};
 use qkv::nn::NormPosition;
 use qkv::text::tokenizer::SubwordModel;
+use qkv::train::scheduled_sampling::SamplingOptions;
 use qkv::train::trainer::{Finish, Task as _};
 use qkv::train::translation::{TranslationTrainer, TranslationTraining};
 
@@ -37,9 +38,9 @@ pub struct TranslationArgs {
     /// Training options as JSON (the fields of training.json); flags below override it
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Model size: small (3+3 layers, 256 wide) or base (the paper's 6+6, 512)
-    #[arg(long, default_value = "small")]
-    preset: String,
+    /// Model size: small (3+3 layers, 256 wide; the default) or base (the paper's 6+6, 512)
+    #[arg(long)]
+    preset: Option<String>,
     /// Model config.json overriding the preset
     #[arg(long)]
     model_config: Option<PathBuf>,
@@ -87,8 +88,87 @@ pub struct TranslationArgs {
     /// Also score validation by exact match (for outputs of a word or two, where BLEU says little)
     #[arg(long)]
     exact_match: bool,
+    /// Start from a trained model (a model directory, or a run directory: its best/): its weights, config
+    /// and tokenizer, so no model or vocabulary option may be given with it
+    #[arg(long)]
+    init_from: Option<PathBuf>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     #[command(flatten)]
     run: LoopArgs,
+}
+
+/// Training the decoder on its own predictions against exposure bias (qkv::train::scheduled_sampling).
+#[derive(Args, Default)]
+struct SamplingArgs {
+    /// What the decoder reads: gold prefixes (teacher-forcing, the default), gold mixed with its own pass-1
+    /// predictions (scheduled, Mihaylova & Martins 2019), or Zhang et al.'s (2019) word or sentence oracle
+    /// (the sentence oracle needs --init-from)
+    #[arg(long, value_parser = ["teacher-forcing", "scheduled", "word-oracle", "sentence-oracle"])]
+    sampling: Option<String>,
+    /// How p, the probability of feeding the gold token, decays with i: linear max(floor, k - c*i),
+    /// exponential k^i, inverse-sigmoid k/(k + exp(i/k)), zhang mu/(mu + exp(i/mu)) with mu = k
+    /// (default linear, k 1, c 1e-4, floor 0.5)
+    #[arg(long, value_parser = ["linear", "exponential", "inverse-sigmoid", "zhang"])]
+    sampling_schedule: Option<String>,
+    #[arg(long)]
+    sampling_k: Option<f64>,
+    #[arg(long)]
+    sampling_c: Option<f64>,
+    /// p never falls below this
+    #[arg(long)]
+    sampling_floor: Option<f64>,
+    /// What i counts: optimizer steps done (default) or epochs done
+    #[arg(long, value_parser = ["step", "epoch"])]
+    sampling_unit: Option<String>,
+    /// Scheduled sampling's pass-2 input: the argmax token (default), the softmax-weighted average of all
+    /// token embeddings, the same over the top k, or a token sampled from the softmax
+    #[arg(long, value_parser = ["argmax", "softmax", "top-k", "sample"])]
+    sampling_mix: Option<String>,
+    /// Divides pass-1 scores before softmax, top-k and sample (default 1)
+    #[arg(long)]
+    sampling_temperature: Option<f64>,
+    /// k of --sampling-mix top-k (default 5)
+    #[arg(long)]
+    sampling_top_k: Option<usize>,
+    /// Back-propagate through pass 1 too (softmax and top-k mixes only)
+    #[arg(long)]
+    sampling_through_pass1: bool,
+    /// Temperature of the oracles' Gumbel noise: they draw from softmax(logits / tau) (default 1)
+    #[arg(long)]
+    oracle_gumbel_tau: Option<f64>,
+    /// Beam of the sentence oracle's length-constrained search (default 4)
+    #[arg(long)]
+    oracle_beam: Option<usize>,
+}
+
+impl SamplingArgs {
+    /// Sets every sampling option whose flag was given.
+    fn apply(&self, s: &mut SamplingOptions) -> Result<()> {
+        if let Some(mode) = &self.sampling {
+            s.mode = mode.parse()?;
+        }
+        if let Some(decay) = &self.sampling_schedule {
+            s.schedule.decay = decay.parse()?;
+        }
+        if let Some(unit) = &self.sampling_unit {
+            s.schedule.unit = unit.parse()?;
+        }
+        if let Some(mix) = &self.sampling_mix {
+            s.mix = mix.parse()?;
+        }
+        let schedule = &mut s.schedule;
+        override_some!(schedule, k = self.sampling_k, c = self.sampling_c, floor = self.sampling_floor);
+        override_some!(
+            s,
+            temperature = self.sampling_temperature,
+            top_k = self.sampling_top_k,
+            gumbel_tau = self.oracle_gumbel_tau,
+            beam = self.oracle_beam,
+        );
+        s.through_pass1 |= self.sampling_through_pass1;
+        Ok(())
+    }
 }
 
 pub fn run(args: TranslationArgs) -> Result<()> {
@@ -151,13 +231,45 @@ fn training_options(args: &TranslationArgs) -> Result<TranslationTraining> {
         t.eval_decode.beam = beam;
     }
     t.exact_match |= args.exact_match;
+    args.sampling.apply(&mut t.sampling)?;
+    if let Some(dir) = &args.init_from {
+        t.init_from = Some(dir.clone());
+    }
+    if t.init_from.is_some() {
+        refuse_model_options(args)?;
+    }
     Ok(t)
+}
+
+/// A model started from --init-from has that model's shape and vocabulary: options that would set them are
+/// errors rather than silently unused.
+fn refuse_model_options(args: &TranslationArgs) -> Result<()> {
+    let given = [
+        ("--preset", args.preset.is_some()),
+        ("--model-config", args.model_config.is_some()),
+        ("--layers", args.layers.is_some()),
+        ("--d-model", args.d_model.is_some()),
+        ("--heads", args.heads.is_some()),
+        ("--d-ff", args.d_ff.is_some()),
+        ("--dropout", args.dropout.is_some()),
+        ("--positions", args.positions.is_some()),
+        ("--norm", args.norm.is_some()),
+        ("--no-share-embeddings", args.no_share_embeddings),
+        ("--no-tie-output", args.no_tie_output),
+        ("--subword", args.subword.is_some()),
+        ("--vocab-size", args.vocab_size.is_some()),
+    ];
+    let named: Vec<&str> = given.iter().filter(|(_, set)| *set).map(|(flag, _)| *flag).collect();
+    if !named.is_empty() {
+        bail!("{} cannot be used with --init-from: the model and its vocabulary come from there", named.join(", "));
+    }
+    Ok(())
 }
 
 fn model_config(args: &TranslationArgs) -> Result<TransformerConfig> {
     let mut c = match crate::progress::json_config(args.model_config.as_deref(), "model config")? {
         Some(config) => config,
-        None => TransformerConfig::preset(&args.preset)?,
+        None => TransformerConfig::preset(args.preset.as_deref().unwrap_or("small"))?,
     };
     if let Some(layers) = args.layers {
         (c.encoder_layers, c.decoder_layers) = (layers, layers);

@@ -1,16 +1,21 @@
 //! Turning a trained model into output sequences: greedy decoding and beam search, both incremental (a key/value
-//! cache per decoder layer) unless told otherwise.
+//! cache per decoder layer) unless told otherwise; continuous batching for serving many generations at once; beam search at a given output length, and the Gumbel noise
+//! that turns a search into a draw (both for the sentence-level oracle of scheduled-sampling training).
 
 pub mod beam_search;
 pub mod continuous;
+pub mod fixed_length;
 pub mod generate;
 pub mod greedy;
+pub mod gumbel;
 mod incremental;
 
 use serde::{Deserialize, Serialize};
 
 pub use beam_search::beam_search;
+pub use fixed_length::fixed_length_beam_search;
 pub use greedy::greedy;
+pub use gumbel::GumbelNoise;
 
 use crate::{Error, Result};
 

@@ -714,4 +714,15 @@ mod tests {
         }
         assert!("intl".parse::<Tokenize>().unwrap_err().to_string().contains("tokenize"));
     }
+
+    /// Add-one smoothing by hand: precisions 3/4, (2+1)/(3+1), (1+1)/(2+1), (0+1)/(1+1), no brevity penalty.
+    #[test]
+    fn add_one_sentence_bleu_by_hand() {
+        let options = BleuOptions { tokenize: Tokenize::None, lowercase: false, smooth: Smoothing::AddK(1.0) };
+        let score = |h: &str, r: &str| sentence_bleu(h, &[r], &options).unwrap().score;
+        let expected = 100.0 * (0.75f64 * 0.75 * (2.0 / 3.0) * 0.5).powf(0.25);
+        assert!((score("a b c d", "a b c e") - expected).abs() < 1e-9);
+        assert_eq!(score("x y", "a b c"), 0.0, "no unigram matches");
+        assert!((score("a b c d", "a b c d") - 100.0).abs() < 1e-9);
+    }
 }

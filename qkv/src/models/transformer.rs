@@ -279,6 +279,33 @@ impl Transformer {
         self.decoder.forward(&x, memory, Some(&causal), Some(src_mask), mode)
     }
 
+    /// As [`decode`](Self::decode), for target inputs given as vectors in the target embedding's space
+    /// (B, T, C) rather than ids: rows of [`target_embedding`](Self::target_embedding)'s table or mixtures of
+    /// them (scheduled sampling's softmax-weighted inputs). They are scaled by √C where the model scales,
+    /// position-encoded at positions 0 .. T and dropped out exactly as looked-up ids are, so the rows of ids give
+    /// [`decode`](Self::decode)'s result bit for bit.
+    pub fn decode_embedded(
+        &self,
+        token_vectors: &Tensor,
+        memory: &Tensor,
+        src_mask: &AttentionMask,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        if token_vectors.rank() != 3 || token_vectors.dim(2)? != self.config.d_model {
+            let expected = format!("(B, T, {}) target token vectors", self.config.d_model);
+            return Err(Error::shape("target token vectors", expected, token_vectors.dims()));
+        }
+        let x = self.target_embedding.scaled(token_vectors)?;
+        let x = self.add_positions(x, Stack::Decoder, 0, mode)?;
+        let causal = Self::target_mask(token_vectors.dim(1)?, token_vectors.device())?;
+        self.decoder.forward(&x, memory, Some(&causal), Some(src_mask), mode)
+    }
+
+    /// The target token embedding (the output projection too, when tied).
+    pub fn target_embedding(&self) -> &Embedding {
+        &self.target_embedding
+    }
+
     /// An empty cache for [`decode_step`](Self::decode_step).
     pub fn new_cache(&self) -> DecoderCache {
         DecoderCache::new(self.config.decoder_layers)
@@ -327,7 +354,8 @@ impl Transformer {
         self.project(&self.decode(tgt, &memory, &src_mask, mode)?)
     }
 
-    /// Token embeddings of `ids` (B, L) at positions offset .. offset + L, plus added positions → (B, L, C).
+    /// Token embeddings of `ids` (B, L) at positions offset .. offset + L, plus added positions and embedding
+    /// dropout → (B, L, C).
     fn embed(
         &self,
         embedding: &Embedding,
@@ -340,9 +368,15 @@ impl Transformer {
             return Err(Error::shape(stack.ids_name(), "(B, L) token ids", ids.dims()));
         }
         let x = embedding.forward(ids)?; // (B, L, C)
-        let len = ids.dim(1)?;
+        self.add_positions(x, stack, offset, mode)
+    }
+
+    /// Embedded inputs x (B, L, C) at positions offset .. offset + L, plus added positions, then embedding
+    /// dropout → (B, L, C).
+    fn add_positions(&self, x: Tensor, stack: Stack, offset: usize, mode: &mut Mode) -> Result<Tensor> {
+        let len = x.dim(1)?;
         let x = match (&self.positions, stack) {
-            (AddedPositions::Sinusoidal(pe), _) => x.broadcast_add(&pe.forward(len, offset, ids.device())?)?,
+            (AddedPositions::Sinusoidal(pe), _) => x.broadcast_add(&pe.forward(len, offset, x.device())?)?,
             (AddedPositions::Learned { encoder, .. }, Stack::Encoder) => {
                 x.broadcast_add(&encoder.forward(len, offset)?)?
             }
@@ -366,6 +400,54 @@ impl Stack {
         match self {
             Stack::Encoder => "source ids",
             Stack::Decoder => "target ids",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::DType;
+    use candle_nn::VarMap;
+
+    use super::*;
+    use crate::nn::seeded_var_builder;
+
+    /// The rows of ids fed as vectors give the id path's decoder states bit for bit, dropout included (the same
+    /// dropout seed draws the same masks), for every kind of added position.
+    #[test]
+    fn decoding_embedded_rows_equals_decoding_their_ids() {
+        for position_encoding in [PositionEncoding::Sinusoidal, PositionEncoding::Learned, PositionEncoding::Relative] {
+            let config = TransformerConfig {
+                vocab_size: 20,
+                d_model: 16,
+                encoder_layers: 1,
+                decoder_layers: 2,
+                encoder_attention_heads: 2,
+                decoder_attention_heads: 2,
+                encoder_ffn_dim: 32,
+                decoder_ffn_dim: 32,
+                max_position_embeddings: 16,
+                position_encoding,
+                ..TransformerConfig::default()
+            };
+            let varmap = VarMap::new();
+            let model = Transformer::new(&config, seeded_var_builder(&varmap, 3, DType::F32, &Device::Cpu)).unwrap();
+            let src = Tensor::new(&[[5u32, 6, 7, 2], [8, 9, 2, 0]], &Device::Cpu).unwrap();
+            let valid = Tensor::new(&[[1u8, 1, 1, 1], [1, 1, 1, 0]], &Device::Cpu).unwrap();
+            let tgt = Tensor::new(&[[1u32, 8, 9, 4, 3], [1, 11, 12, 0, 0]], &Device::Cpu).unwrap();
+            let src_mask = Transformer::source_mask(&valid).unwrap();
+            let memory = model.encode(&src, &src_mask, &mut Mode::Eval).unwrap();
+            let rows = model.target_embedding().rows(&tgt).unwrap();
+            for seed in [None, Some(11)] {
+                let mode = || seed.map_or(Mode::Eval, Mode::train);
+                let by_ids = model.decode(&tgt, &memory, &src_mask, &mut mode()).unwrap();
+                let by_rows = model.decode_embedded(&rows, &memory, &src_mask, &mut mode()).unwrap();
+                let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(flat(&by_ids), flat(&by_rows), "{position_encoding:?}, dropout seed {seed:?}");
+            }
+            let wrong = Tensor::zeros((2, 5, 8), DType::F32, &Device::Cpu).unwrap();
+            let err = model.decode_embedded(&wrong, &memory, &src_mask, &mut Mode::Eval).unwrap_err().to_string();
+            assert!(err.contains("target token vectors") && err.contains("(B, T, 16)"), "{err}");
         }
     }
 }

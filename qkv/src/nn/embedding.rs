@@ -58,8 +58,25 @@ impl Embedding {
         crate::kernels::linear::linear(hidden, &self.table, bias)
     }
 
-    /// ids of any shape (integer dtype) → (…, C). An id past the table is an error naming it.
+    /// ids of any shape (integer dtype) → (…, C): [`rows`](Self::rows) times the scale. An id past the table is
+    /// an error naming it.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.scaled(&self.rows(ids)?)
+    }
+
+    /// Vectors in the table's space (…, C) — rows, or mixtures of rows such as a softmax-weighted average —
+    /// multiplied by the scale [`forward`](Self::forward) applies, so that mixed inputs enter a model exactly as
+    /// looked-up ones do.
+    pub fn scaled(&self, vectors: &Tensor) -> Result<Tensor> {
+        if self.scale == 1.0 {
+            Ok(vectors.clone())
+        } else {
+            Ok((vectors * self.scale)?)
+        }
+    }
+
+    /// The unscaled rows of `ids` (any shape, integer dtype) → (…, C). An id past the table is an error naming it.
+    pub fn rows(&self, ids: &Tensor) -> Result<Tensor> {
         if !matches!(ids.dtype(), DType::U8 | DType::U32 | DType::I64) {
             return Err(Error::shape(self.tensor, "integer ids (u8, u32 or i64)", ids.dims()));
         }
@@ -76,11 +93,6 @@ impl Embedding {
                 });
             }
         }
-        let vectors = crate::kernels::embedding::lookup(&self.table, ids)?;
-        if self.scale == 1.0 {
-            Ok(vectors)
-        } else {
-            Ok((vectors * self.scale)?)
-        }
+        crate::kernels::embedding::lookup(&self.table, ids)
     }
 }

@@ -48,6 +48,7 @@ const TRAIN_LEGEND: &str = "train loss (objective)";
 const VALIDATION_LEGEND: &str = "validation loss (unsmoothed)";
 const LOSS_AXIS: &str = "cross-entropy per token (nats)";
 const STEP_AXIS: &str = "optimizer step";
+const GOLD_AXIS: &str = "p (gold token fed)";
 
 const WIDTH: u32 = 1100;
 /// The title and the note under it.
@@ -61,7 +62,8 @@ const SMOOTH_FROM: usize = 20;
 /// Draws one run's curves into a PNG at `path`: a loss panel with the training loss (the objective; raw and a
 /// moving average) and the validation loss, and below it one panel per task metric (see
 /// [`CurveOptions::metrics`]), all against the optimizer step. The image is 1100 pixels wide and
-/// 612 + 300 × (metric panels) tall. Values that are not finite (NaN, or `null` in the log) are skipped.
+/// 612 + 300 × (metric panels) tall. Values that are not finite (NaN, or `null` in the log) are skipped. A run
+/// whose steps log the probability of the gold token (scheduled sampling) gets one more panel for it, last.
 pub fn loss_curve(records: &[LogRecord], options: &CurveOptions, path: &Path) -> Result<()> {
     if records.is_empty() {
         return Err(Error::plot(path, "the training log is empty: there is no curve to draw"));
@@ -105,6 +107,12 @@ pub fn loss_curve(records: &[LogRecord], options: &CurveOptions, path: &Path) ->
         let mut panel = Panel::new(name);
         panel.legend = false;
         panel.push(name, run.metrics[name].clone(), colors[i % colors.len()], Stroke::Marked);
+        panels.push(panel);
+    }
+    if !run.gold_probability.is_empty() {
+        let mut panel = Panel::new(GOLD_AXIS);
+        panel.legend = false;
+        panel.push(GOLD_AXIS, run.gold_probability.clone(), PALETTE[7], Stroke::Bold);
         panels.push(panel);
     }
     let note = "train loss: the training objective per token, label-smoothed where the task smooths; \
@@ -222,6 +230,8 @@ fn run_color(i: usize, runs: usize) -> RGBColor {
 struct RunCurves {
     train: Points,
     val_loss: Points,
+    /// The probability of the gold token, where the training records carry it.
+    gold_probability: Points,
     /// Every metric the eval records name, with its finite points (empty when none is finite).
     metrics: BTreeMap<String, Points>,
 }
@@ -233,6 +243,7 @@ impl RunCurves {
         // A resumed run logs again the steps after its last checkpoint: one point per step, the later record's.
         let mut train = BTreeMap::new();
         let mut val_loss = BTreeMap::new();
+        let mut gold_probability = BTreeMap::new();
         let mut metrics: BTreeMap<String, BTreeMap<u64, f64>> = BTreeMap::new();
         let put = |series: &mut BTreeMap<u64, f64>, step: usize, value: f64| {
             if value.is_finite() {
@@ -241,7 +252,12 @@ impl RunCurves {
         };
         for record in records {
             match record {
-                LogRecord::Train(r) => put(&mut train, r.step, r.loss),
+                LogRecord::Train(r) => {
+                    put(&mut train, r.step, r.loss);
+                    if let Some(p) = r.gold_probability {
+                        put(&mut gold_probability, r.step, p);
+                    }
+                }
                 LogRecord::Eval(r) => {
                     put(&mut val_loss, r.step, r.val_loss);
                     for (name, &value) in &r.metrics {
@@ -255,6 +271,7 @@ impl RunCurves {
         Self {
             train: points(train),
             val_loss: points(val_loss),
+            gold_probability: points(gold_probability),
             metrics: metrics.into_iter().map(|(name, series)| (name, points(series))).collect(),
         }
     }
@@ -448,7 +465,16 @@ mod tests {
     use crate::run_log::{EvalRecord, StepRecord};
 
     fn train(step: usize, loss: f64) -> LogRecord {
-        LogRecord::Train(StepRecord { step, epoch: 1, loss, lr: 1e-3, grad_norm: 1.0, tokens: 10, tokens_per_s: 1.0 })
+        LogRecord::Train(StepRecord {
+            step,
+            epoch: 1,
+            loss,
+            lr: 1e-3,
+            grad_norm: 1.0,
+            tokens: 10,
+            tokens_per_s: 1.0,
+            gold_probability: None,
+        })
     }
 
     fn eval(step: usize, val_loss: f64, metrics: &[(&str, f64)]) -> LogRecord {
@@ -472,6 +498,22 @@ mod tests {
         assert_eq!(run.val_loss, [(2, 3.9)]);
         assert_eq!(run.metrics["val_bleu"], [(2, 1.0)]);
         assert_eq!(run.metrics["train_loss"], [(2, 3.5)]);
+        assert!(run.gold_probability.is_empty(), "teacher forcing logs no p");
+        let mut sampled = StepRecord {
+            step: 4,
+            epoch: 1,
+            loss: 2.0,
+            lr: 1e-3,
+            grad_norm: 1.0,
+            tokens: 10,
+            tokens_per_s: 1.0,
+            gold_probability: Some(0.9),
+        };
+        let first = LogRecord::Train(sampled.clone());
+        sampled.step = 5;
+        sampled.gold_probability = Some(0.8);
+        let run = RunCurves::from_log(&[first, LogRecord::Train(sampled)]);
+        assert_eq!(run.gold_probability, [(4, 0.9), (5, 0.8)]);
         let run = RunCurves::from_log(&[eval(3, 1.0, &[("val_chrf", f64::NAN)])]);
         assert!(run.metrics["val_chrf"].is_empty());
         assert!(check_metrics(&["val_chrf".into()], [&run]).is_ok());

@@ -68,6 +68,11 @@ pub trait Objective: Sync {
     /// The mean training loss of one batch (a list of example indices or offsets only the task interprets)
     /// and the number of tokens it is the mean over.
     fn loss(&self, batch: &[usize], context: &mut StepContext, mode: &mut Mode) -> Result<(Tensor, usize)>;
+    /// The probability the loss feeds the gold token at this step, for an objective that trains on its own
+    /// predictions (translation's scheduled sampling); logged with the step. `None` for all others.
+    fn gold_probability(&self, _position: &StepPosition) -> Option<f64> {
+        None
+    }
 }
 
 /// A validation pass: the loss and whatever else the task measures (BLEU, accuracy …).
@@ -270,6 +275,7 @@ pub fn optimizer_step(
         grad_norm: stats.grad_norm,
         tokens,
         tokens_per_s: tokens as f64 / seconds.as_secs_f64().max(1e-9),
+        gold_probability: objective.gold_probability(&position),
     };
     Ok(StepOutcome { record, passes, update: seconds - passes })
 }

@@ -1,6 +1,8 @@
 //! Training the encoder-decoder Transformer on a parallel corpus (§5 of the paper): a joint subword vocabulary,
 //! batches by token count, teacher forcing with label smoothing, Adam with the warm-up schedule, evaluation
 //! (loss, BLEU and chrF) after every epoch — run by the shared [`Trainer`] (atomic checkpoints, exact resume).
+//! Instead of teacher forcing the decoder can train on its own predictions ([`scheduled_sampling`]), and a run
+//! can start from a trained model's weights (`init_from`).
 //!
 //! Besides the trainer's files, a run directory holds `config.json` (the model) and `tokenizer.json`, and
 //! `best/` is the model of the best validation BLEU so far.
@@ -12,13 +14,16 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
-use super::trainer::{epoch_rng, Evaluation, Objective, Selection, StepContext, Task, Trainer, TrainingOptions};
+use super::scheduled_sampling::{self, SamplingOptions};
+use super::trainer::{
+    epoch_rng, Evaluation, Objective, Selection, StepContext, StepPosition, Task, Trainer, TrainingOptions,
+};
 pub use super::trainer::{
     latest_checkpoint, step_checkpoints, EvalRecord, Event, Finish, LoopSettings, StepRecord, TrainState,
 };
 use super::{cross_entropy, schedule, AdamWConfig};
 use crate::decode::{beam_search, DecodeOptions};
-use crate::hub::save_parameters;
+use crate::hub::{load_parameters, save_parameters};
 use crate::hub::{read_json, write_json};
 use crate::metrics::bleu::{corpus_bleu, BleuOptions};
 use crate::metrics::chrf::{corpus_chrf, ChrfOptions};
@@ -53,6 +58,14 @@ pub struct TranslationTraining {
     /// Also score validation by exact match (the share of hypotheses equal to their reference), for tasks
     /// whose outputs are single words or numbers, where BLEU says little; it then picks the best checkpoint.
     pub exact_match: bool,
+    /// What the decoder is trained on: teacher forcing (the default), scheduled sampling or an oracle, and the
+    /// schedule of p (`sampling`, `sampling_schedule`, `sampling_k` …).
+    #[serde(flatten)]
+    pub sampling: SamplingOptions,
+    /// Start from this trained model's weights, config and tokenizer (a model directory, or a run directory,
+    /// meaning its `best/`) instead of a fresh model and vocabulary: fine-tuning. The model config a new run is
+    /// given is then not used.
+    pub init_from: Option<PathBuf>,
     #[serde(flatten)]
     pub run: LoopSettings,
 }
@@ -73,6 +86,8 @@ impl Default for TranslationTraining {
             max_len: 256,
             eval_decode: DecodeOptions::greedy(),
             exact_match: false,
+            sampling: SamplingOptions::default(),
+            init_from: None,
             run: LoopSettings {
                 num_train_epochs: Some(20),
                 // The paper's Adam: β₂ = 0.98, ε = 10⁻⁹, no weight decay.
@@ -108,6 +123,7 @@ impl TrainingOptions for TranslationTraining {
         if !(self.lr_factor > 0.0 && self.lr_factor.is_finite()) {
             return Err(Error::config("lr_factor", self.lr_factor, "a positive number"));
         }
+        self.sampling.validate(self.init_from.is_some())?;
         self.eval_decode.validate()
     }
 }
@@ -163,6 +179,26 @@ impl TranslationTask {
         Ok(Self { training, model_config, tokenizer, model, vars, train, valid, valid_references, skipped, device })
     }
 
+    /// The task over the trained model in `dir` (a model directory, or a run directory's `best/`): its config,
+    /// tokenizer and weights, every parameter taken and no tensor left over.
+    fn initialised_from(dir: &Path, training: TranslationTraining, pairs: Vec<SentencePair>) -> Result<Self> {
+        let dir = if !dir.join("model.safetensors").exists() && dir.join("best").is_dir() {
+            dir.join("best")
+        } else {
+            dir.to_path_buf()
+        };
+        let model_config: TransformerConfig = read_json(&dir.join("config.json"))?;
+        let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"))?;
+        let task = TranslationTask::new(training, model_config, tokenizer, pairs)?;
+        let weights = dir.join("model.safetensors");
+        let report = load_parameters(&task.vars, &weights)?;
+        if let Some(name) = report.unused.first() {
+            let message = format!("tensor `{name}` is not a parameter of the model its config.json describes");
+            return Err(Error::input(&weights, None, message));
+        }
+        Ok(task)
+    }
+
     /// Training pairs kept, training pairs skipped (longer than `max_len`), validation pairs.
     pub fn data_sizes(&self) -> (usize, usize, usize) {
         (self.train.len(), self.skipped, self.valid.len())
@@ -172,9 +208,14 @@ impl TranslationTask {
         batch_of(&self.tokenizer, &self.train, indices, &self.device)
     }
 
-    /// Mean cross-entropy per real target token of one batch.
+    /// Mean cross-entropy per real target token of one batch, teacher-forced.
     fn batch_loss(&self, batch: &Batch, mode: &mut Mode, smoothing: f64) -> Result<Tensor> {
         let logits = self.model.forward(&batch.source, &batch.source_valid, &batch.decoder_input, mode)?;
+        self.logits_loss(&logits, batch, smoothing)
+    }
+
+    /// Mean cross-entropy per real target token of a batch's logits (B, T, V) against its gold labels.
+    fn logits_loss(&self, logits: &Tensor, batch: &Batch, smoothing: f64) -> Result<Tensor> {
         let (b, t, v) = logits.dims3()?;
         let labels = batch.labels.reshape(b * t)?;
         cross_entropy(&logits.reshape((b * t, v))?, &labels, Some(self.tokenizer.pad_id()), smoothing)
@@ -186,10 +227,25 @@ impl Objective for TranslationTask {
         &self.vars
     }
 
-    fn loss(&self, indices: &[usize], _: &mut StepContext, mode: &mut Mode) -> Result<(Tensor, usize)> {
+    /// Teacher forcing, or at p < 1 the two passes of [`scheduled_sampling`], drawing from the task's generator.
+    fn loss(&self, indices: &[usize], context: &mut StepContext, mode: &mut Mode) -> Result<(Tensor, usize)> {
         let batch = self.batch(indices)?;
-        let loss = self.batch_loss(&batch, mode, self.training.label_smoothing)?;
+        let smoothing = self.training.label_smoothing;
+        let loss = match self.training.sampling.gold_probability(context.step, context.epoch) {
+            Some(p) if p < 1.0 => {
+                let references: Vec<&[u32]> = indices.iter().map(|&i| self.train[i].target.as_slice()).collect();
+                let sampling = &self.training.sampling;
+                let logits =
+                    scheduled_sampling::pass2_logits(&self.model, sampling, &batch, &references, p, context.rng, mode)?;
+                self.logits_loss(&logits, &batch, smoothing)?
+            }
+            _ => self.batch_loss(&batch, mode, smoothing)?,
+        };
         Ok((loss, batch.target_tokens))
+    }
+
+    fn gold_probability(&self, position: &StepPosition) -> Option<f64> {
+        self.training.sampling.gold_probability(position.step, position.epoch)
     }
 }
 
@@ -198,9 +254,13 @@ impl Task for TranslationTask {
     type Start = TransformerConfig;
 
     /// Reads the corpora, trains the joint vocabulary on both sides of the training data, builds the model
-    /// (`vocab_size` and the special ids are set from the tokenizer).
+    /// (`vocab_size` and the special ids are set from the tokenizer). With `init_from`, the vocabulary, the
+    /// model config and the weights are that model's instead, and `model_config` is not used.
     fn create(training: TranslationTraining, mut model_config: TransformerConfig) -> Result<Self> {
         let pairs = read_parallel(&training.train_source, &training.train_target)?;
+        if let Some(dir) = training.init_from.clone() {
+            return TranslationTask::initialised_from(&dir, training, pairs);
+        }
         let texts: Vec<&str> = pairs.iter().flat_map(|p| [p.source.as_str(), p.target.as_str()]).collect();
         let tokenizer = Tokenizer::train(&texts, training.subword, training.vocab_size)?;
         model_config.vocab_size = tokenizer.vocab_size();
@@ -355,5 +415,227 @@ mod tests {
         assert_eq!(latest_checkpoint(&dir.join("run")).unwrap().unwrap(), good);
         assert_eq!(fs::read(good.join("model.safetensors")).unwrap(), saved);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    use std::sync::atomic::Ordering;
+
+    use super::scheduled_sampling::{Mix, SamplingMode};
+    use crate::run_log::{read_log, LogRecord};
+    use crate::train::sampling_schedule::{Decay, GoldSchedule};
+
+    const SOURCES: &str = "the cat sleeps.\na dog runs.\ntwo men play.\nthe dog sleeps.\na cat runs fast.\n";
+    const TARGETS: &str = "die Katze schläft.\nein Hund rennt.\nzwei Männer spielen.\nder Hund schläft.\n\
+                           eine Katze rennt schnell.\n";
+
+    /// A scratch directory with the corpus, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(test: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("qkv-sampling-{test}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("src.txt"), SOURCES).unwrap();
+            fs::write(dir.join("tgt.txt"), TARGETS).unwrap();
+            Self(dir)
+        }
+
+        /// Batches of about two pairs, so an epoch has a few steps; dropout on; one shard unless changed.
+        fn training(&self, sampling: SamplingOptions) -> TranslationTraining {
+            TranslationTraining {
+                train_source: self.0.join("src.txt"),
+                train_target: self.0.join("tgt.txt"),
+                valid_source: self.0.join("src.txt"),
+                valid_target: self.0.join("tgt.txt"),
+                vocab_size: 80,
+                max_tokens: 24,
+                max_len: 20,
+                warmup: 10,
+                sampling,
+                run: LoopSettings {
+                    num_train_epochs: Some(3),
+                    shards: 1,
+                    logging_steps: 1,
+                    ..TranslationTraining::default().run
+                },
+                ..TranslationTraining::default()
+            }
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn tiny() -> TransformerConfig {
+        TransformerConfig {
+            d_model: 16,
+            encoder_layers: 1,
+            decoder_layers: 1,
+            encoder_attention_heads: 2,
+            decoder_attention_heads: 2,
+            encoder_ffn_dim: 32,
+            decoder_ffn_dim: 32,
+            ..TransformerConfig::default()
+        }
+    }
+
+    /// Every step's record, stopping after `stop_after` steps.
+    fn steps(trainer: &mut TranslationTrainer, stop_after: Option<usize>) -> (Finish, Vec<StepRecord>) {
+        let stop = AtomicBool::new(false);
+        let mut records = Vec::new();
+        let finish = trainer
+            .run(&stop, |event| {
+                if let Event::Step(r) = event {
+                    records.push(r.clone());
+                    if stop_after == Some(r.step) {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                }
+            })
+            .unwrap();
+        (finish, records)
+    }
+
+    fn parameters(trainer: &TranslationTrainer) -> Vec<Vec<f32>> {
+        trainer.task().vars.iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect()
+    }
+
+    fn losses(records: &[StepRecord]) -> Vec<(usize, f64)> {
+        records.iter().map(|r| (r.step, r.loss)).collect()
+    }
+
+    fn rng_state(trainer: &TranslationTrainer) -> String {
+        serde_json::to_string(&trainer.state().task_rng).unwrap()
+    }
+
+    /// The default is teacher forcing, exactly as before sampling existed: a run with the default options, one
+    /// with teacher forcing named, and one with scheduled sampling at a constant p = 1 train to the same losses
+    /// and parameters bit for bit (dropout on), none draws from the task's generator, and options written
+    /// before the sampling fields existed read as teacher forcing.
+    #[test]
+    fn teacher_forcing_is_the_default_and_draws_nothing() {
+        let dir = Scratch::new("default");
+        let run = |sampling: SamplingOptions| {
+            let mut trainer = TranslationTrainer::in_memory(dir.training(sampling), tiny()).unwrap();
+            let fresh = rng_state(&trainer);
+            let (_, records) = steps(&mut trainer, None);
+            assert_eq!(rng_state(&trainer), fresh, "{:?} drew from the task's generator", sampling.mode);
+            (records, parameters(&trainer))
+        };
+        let (default_records, default_parameters) = run(SamplingOptions::default());
+        assert!(default_records.len() >= 6 && default_records.iter().all(|r| r.gold_probability.is_none()));
+        let named = SamplingOptions { mode: SamplingMode::TeacherForcing, ..SamplingOptions::default() };
+        let at_one = SamplingOptions {
+            mode: SamplingMode::Scheduled,
+            schedule: GoldSchedule { decay: Decay::Linear, k: 1.0, c: 0.0, ..GoldSchedule::default() },
+            ..SamplingOptions::default()
+        };
+        for sampling in [named, at_one] {
+            let (records, parameters) = run(sampling);
+            assert_eq!(losses(&records), losses(&default_records), "{:?}", sampling.mode);
+            assert_eq!(parameters, default_parameters, "{:?}", sampling.mode);
+        }
+        let old = serde_json::json!({"train_source": "a", "vocab_size": 80, "num_train_epochs": 2});
+        let read: TranslationTraining = super::super::options::options_from_json(old, Path::new("old.json")).unwrap();
+        assert_eq!(read.sampling, SamplingOptions::default());
+        assert_eq!((read.sampling.mode, read.init_from), (SamplingMode::TeacherForcing, None));
+    }
+
+    /// Interrupted after step 4 and resumed, each sampling mode repeats the uninterrupted run's losses and p
+    /// bit for bit (the draws come from the checkpointed task generator), and log.jsonl carries p.
+    #[test]
+    fn a_resumed_run_with_sampling_repeats_the_uninterrupted_one() {
+        let dir = Scratch::new("resume");
+        let falling = GoldSchedule { decay: Decay::Linear, k: 0.9, c: 0.08, floor: 0.2, ..GoldSchedule::default() };
+        let sample = SamplingOptions {
+            mode: SamplingMode::Scheduled,
+            mix: Mix::Sample,
+            schedule: falling,
+            ..SamplingOptions::default()
+        };
+        let through = SamplingOptions { mix: Mix::TopK, top_k: 3, through_pass1: true, ..sample };
+        let word = SamplingOptions { mode: SamplingMode::WordOracle, gumbel_tau: 0.7, ..sample };
+        for (name, sampling, shards) in [("sample", sample, 1), ("top-k", through, 2), ("word", word, 1)] {
+            let mut training = dir.training(sampling);
+            training.run.shards = shards;
+            let straight_dir = dir.0.join(format!("{name}-straight"));
+            let mut straight = TranslationTrainer::create(&straight_dir, training.clone(), tiny()).unwrap();
+            let (_, expected) = steps(&mut straight, None);
+            assert!(expected.len() > 6, "{name}: {} steps", expected.len());
+            assert!(expected.iter().all(|r| r.gold_probability.is_some()));
+            assert!(expected.last().unwrap().gold_probability < expected[0].gold_probability, "p falls");
+
+            let resumed_dir = dir.0.join(format!("{name}-resumed"));
+            let mut first = TranslationTrainer::create(&resumed_dir, training, tiny()).unwrap();
+            let (finish, mut records) = steps(&mut first, Some(4));
+            assert_eq!(finish, Finish::Interrupted);
+            drop(first);
+            let mut second = TranslationTrainer::resume(&resumed_dir).unwrap();
+            records.extend(steps(&mut second, None).1);
+            let seen = |r: &[StepRecord]| -> Vec<(usize, f64, Option<f64>)> {
+                r.iter().map(|r| (r.step, r.loss, r.gold_probability)).collect()
+            };
+            assert_eq!(seen(&records), seen(&expected), "{name}");
+
+            let logged: Vec<Option<f64>> = read_log(&straight_dir.join("log.jsonl"))
+                .unwrap()
+                .into_iter()
+                .filter_map(|r| if let LogRecord::Train(r) = r { Some(r.gold_probability) } else { None })
+                .collect();
+            // serde_json reads floats back to within an ulp or so, not always bit for bit.
+            assert_eq!(logged.len(), expected.len());
+            for (read, r) in logged.iter().zip(&expected) {
+                assert!((read.unwrap() - r.gold_probability.unwrap()).abs() < 1e-12, "{name}: {read:?}");
+            }
+        }
+    }
+
+    /// The sentence oracle needs a trained model: without `init_from` the run is refused, naming the option;
+    /// with it the task starts from that model's weights exactly, and a resumed fine-tuning run repeats the
+    /// uninterrupted one.
+    #[test]
+    fn the_sentence_oracle_fine_tunes_a_trained_model_and_resumes_exactly() {
+        let dir = Scratch::new("sentence");
+        let mut base =
+            TranslationTrainer::create(&dir.0.join("base"), dir.training(SamplingOptions::default()), tiny()).unwrap();
+        steps(&mut base, None);
+        let oracle = SamplingOptions {
+            mode: SamplingMode::SentenceOracle,
+            schedule: GoldSchedule { decay: Decay::Linear, k: 0.5, c: 0.0, floor: 0.0, ..GoldSchedule::default() },
+            beam: 3,
+            ..SamplingOptions::default()
+        };
+        let err = TranslationTrainer::in_memory(dir.training(oracle), tiny()).err().unwrap().to_string();
+        assert!(err.contains("init_from"), "{err}");
+
+        let training = TranslationTraining { init_from: Some(dir.0.join("base")), ..dir.training(oracle) };
+        let fine = TranslationTrainer::in_memory(training.clone(), TransformerConfig::default()).unwrap();
+        let best = read_json::<TransformerConfig>(&dir.0.join("base/best/config.json")).unwrap();
+        assert_eq!(fine.task().model_config, best, "the model's config, not the one given");
+        let best_weights =
+            crate::hub::load_safetensors(&dir.0.join("base/best/model.safetensors"), &Device::Cpu).unwrap();
+        for (name, var) in &fine.task().vars {
+            let want = best_weights[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(), want, "{name}");
+        }
+
+        let mut straight = TranslationTrainer::create(&dir.0.join("straight"), training.clone(), tiny()).unwrap();
+        let (_, expected) = steps(&mut straight, None);
+        let mut first = TranslationTrainer::create(&dir.0.join("resumed"), training.clone(), tiny()).unwrap();
+        let (_, mut records) = steps(&mut first, Some(3));
+        drop(first);
+        let mut second = TranslationTrainer::resume(&dir.0.join("resumed")).unwrap();
+        records.extend(steps(&mut second, None).1);
+        assert_eq!(losses(&records), losses(&expected));
+        assert!(expected.iter().all(|r| r.gold_probability == Some(0.5)));
+        // The oracle's inputs really replace gold ones: teacher forcing from the same start trains otherwise.
+        let forced = TranslationTraining { sampling: SamplingOptions::default(), ..training };
+        let mut forced = TranslationTrainer::in_memory(forced, tiny()).unwrap();
+        let (_, forced) = steps(&mut forced, None);
+        assert_eq!(forced.len(), expected.len());
+        assert_ne!(losses(&forced), losses(&expected));
     }
 }
