@@ -42,9 +42,9 @@ pub struct Args {
     /// Tokens an embedding batch gathers at most
     #[arg(long, default_value_t = ServeConfig::default().batch_tokens)]
     batch_tokens: usize,
-    /// Milliseconds an embedding batch waits for more requests after its first (default: none; batches form
-    /// from what queues while the previous one runs)
-    #[arg(long, default_value_t = 0)]
+    /// Under load (the previous batch held several requests), milliseconds an embedding batch waits for more
+    /// requests after its first; an idle server answers at once
+    #[arg(long, default_value_t = ServeConfig::default().batch_wait.as_millis() as u64)]
     batch_wait_ms: u64,
     /// Completion choices a model decodes together (continuous batching: a new request joins the running
     /// batch at its next step)

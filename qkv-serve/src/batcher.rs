@@ -1,7 +1,7 @@
 //! Dynamic batching for embeddings: requests that arrive together are embedded together. A model's batches run
 //! one after another (each already spreads over every core); while one runs, new requests queue, and the next
 //! batch takes all of them (up to `batch_size` sentences), so an idle server answers at once and a loaded one
-//! computes full batches. `batch_wait` can hold a batch open a little longer for more requests. Each request gets
+//! computes full batches; under load `batch_wait` holds a batch open a moment for more. Each request gets
 //! its own rows back. A batch embeds several times more sentences
 //! per second than one sentence at a time (MiniLM on 2 cores: ≈ 600 against ≈ 215, BENCHMARKS.md), so
 //! concurrent clients become throughput instead of a queue.
@@ -84,6 +84,8 @@ async fn run(
 ) {
     // A job taken from the queue that did not fit the last batch: it starts the next one.
     let mut held: Option<Job> = None;
+    // Requests in the previous batch: several mean clients are waiting on each other's batches.
+    let mut previous = 0;
     loop {
         let first = match held.take() {
             Some(job) => job,
@@ -94,11 +96,15 @@ async fn run(
         };
         let (mut sentences, mut tokens) = (first.texts.len(), first.tokens);
         let mut jobs = vec![first];
-        let deadline = tokio::time::Instant::now() + policy.batch_wait;
+        // Under load, answers go back together and their clients' next requests arrive within a moment: waiting
+        // that moment fills the batch (MiniLM at 32 clients: 14 → 27 sentences a batch, 71% → 88% of offline
+        // throughput). An idle server answers a lone request at once.
+        let wait = if previous > 1 { policy.batch_wait } else { Duration::ZERO };
+        let deadline = tokio::time::Instant::now() + wait;
         while sentences < policy.batch_size && tokens < policy.batch_tokens {
             let job = match queue.try_recv() {
                 Ok(job) => job,
-                Err(_) if policy.batch_wait.is_zero() => break,
+                Err(_) if wait.is_zero() => break,
                 Err(_) => match tokio::time::timeout_at(deadline, queue.recv()).await {
                     Ok(Some(job)) => job,
                     Ok(None) | Err(_) => break,
@@ -112,6 +118,7 @@ async fn run(
             tokens += job.tokens;
             jobs.push(job);
         }
+        previous = jobs.len();
         let Ok(permit) = workers.clone().acquire_owned().await else { return };
         waiting.fetch_sub(jobs.len(), Ordering::SeqCst);
         let (model, metrics) = (model.clone(), metrics.clone());

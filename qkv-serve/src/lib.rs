@@ -66,7 +66,8 @@ pub struct ServeConfig {
     pub batch_size: usize,
     /// Tokens an embedding batch gathers at most (its memory and latency grow with them).
     pub batch_tokens: usize,
-    /// How long an embedding batch waits for more requests after its first.
+    /// Under load (the previous batch held several requests), how long an embedding batch waits for more
+    /// after its first.
     pub batch_wait: std::time::Duration,
     /// Sequences (completion choices) a model decodes together.
     pub max_sequences: usize,
@@ -89,7 +90,7 @@ impl Default for ServeConfig {
             queue: 64,
             batch_size: 32,
             batch_tokens: 16384,
-            batch_wait: std::time::Duration::ZERO,
+            batch_wait: std::time::Duration::from_millis(5),
             max_sequences: 16,
             request_timeout: std::time::Duration::from_secs(600),
             grace_period: std::time::Duration::from_secs(30),
