@@ -2,10 +2,10 @@
 //! Face's text-embeddings-inference and llama.cpp's server work unchanged.
 //!
 //! Built on tokio and axum (over hyper): the most used async stack in Rust, the one text-embeddings-inference
-//! runs on, with graceful shutdown, body limits and server-sent events built in. The server reaches qkv only
-//! through [`qkv::inference`]; inference runs off the async threads, at most `workers` computations at a time:
-//! embedding requests in dynamic batches ([`batcher`]), completions in one continuously batched decoding loop
-//! per model ([`scheduler`]), translations one request per worker. A request that finds `queue` others waiting
+//! runs on, with graceful shutdown, body limits and server-sent events built in. The server reaches qkv through
+//! [`qkv::inference`] (and `qkv::decode` for generation); inference runs off the async threads, at most `workers` computations at a time:
+//! embedding requests in dynamic batches (`batcher`), completions in one continuously batched decoding loop
+//! per model (`scheduler`), translations one request per worker. A request that finds `queue` others waiting
 //! is answered 503 with `Retry-After` instead of queueing without bound; one that runs past `request_timeout`
 //! is answered 504 (its generation is cancelled).
 //!
