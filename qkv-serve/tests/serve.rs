@@ -65,14 +65,7 @@ impl Server {
         let mut stream = self.send(method, path, body, headers);
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-            unchunk(body)
-        } else {
-            body.to_string()
-        };
-        (status, head.to_string(), body)
+        parse_response(&response)
     }
 
     fn send(&self, method: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> TcpStream {
@@ -97,6 +90,28 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.shutdown();
     }
+}
+
+/// (status, head, body) of a whole HTTP/1.1 response, its body unchunked.
+fn parse_response(response: &str) -> (u16, String, String) {
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { unchunk(body) } else { body.to_string() };
+    (status, head.to_string(), body)
+}
+
+/// What the library generates after `prompt` with seeds 0..count, sampling as the server does by default.
+fn seeded_completions(prompt: &str, max_new_tokens: usize, count: u64) -> Vec<String> {
+    let generator = generator();
+    let prompt = generator.encode(prompt).unwrap();
+    let sampled = |seed: u64| GenerateOptions {
+        max_new_tokens,
+        seed,
+        eos_token_id: generator.eos_token_id(),
+        ..GenerateOptions::default()
+    };
+    (0..count).map(|seed| generator.complete(&prompt, &sampled(seed), &[], |_| Ok(())).unwrap().text.unwrap()).collect()
 }
 
 /// The body of a chunked transfer.
@@ -344,17 +359,7 @@ fn concurrent_clients_get_their_own_answers() {
     let texts: Vec<String> = (0..48).map(|i| format!("sentence number {i} about {}", i * 7 % 5)).collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let direct = embedder.embed_vectors(&refs, 1).unwrap();
-    let generator = generator();
-    let prompt = generator.encode("To be").unwrap();
-    let sampled = |seed: u64| GenerateOptions {
-        max_new_tokens: 8,
-        seed,
-        eos_token_id: generator.eos_token_id(),
-        ..GenerateOptions::default()
-    };
-    let expected: Vec<String> = (0..16)
-        .map(|seed| generator.complete(&prompt, &sampled(seed), &[], |_| Ok(())).unwrap().text.unwrap())
-        .collect();
+    let expected = seeded_completions("To be", 8, 16);
     let (embeddings, completions): (Vec<Vec<f32>>, Vec<String>) = std::thread::scope(|scope| {
         let embedding_clients: Vec<_> = texts
             .iter()
@@ -394,14 +399,10 @@ fn concurrent_clients_get_their_own_answers() {
     assert_eq!(completions, expected, "each completion is its own seed's");
     let (status, head, metrics) = server.request("GET", "/metrics", "", &[]);
     assert!(status == 200 && head.contains("text/plain"), "{head}");
-    let counter = |name: &str| -> u64 {
-        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {metrics}"));
-        line.rsplit(' ').next().unwrap().parse().unwrap()
-    };
-    assert_eq!(counter("qkv_requests_total{endpoint=\"embeddings\"}"), 48);
-    assert_eq!(counter("qkv_requests_total{endpoint=\"completions\"}"), 16);
-    assert_eq!(counter("qkv_embedded_sentences_total"), 48);
-    let batches = counter("qkv_embedding_batches_total");
+    assert_eq!(metric(&metrics, "qkv_requests_total{endpoint=\"embeddings\"}"), 48);
+    assert_eq!(metric(&metrics, "qkv_requests_total{endpoint=\"completions\"}"), 16);
+    assert_eq!(metric(&metrics, "qkv_embedded_sentences_total"), 48);
+    let batches = metric(&metrics, "qkv_embedding_batches_total");
     assert!(batches < 24, "48 concurrent requests ran in {batches} batches");
 }
 
@@ -480,17 +481,7 @@ fn shutdown_with_requests_in_flight_loses_none() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     // One row at a time, so that the completions queue and are still running when shutdown is asked for.
     let mut server = Server::start(ServeConfig { max_sequences: 1, queue: 64, ..ServeConfig::default() });
-    let generator = generator();
-    let prompt = generator.encode("To be").unwrap();
-    let sampled = |seed: u64| GenerateOptions {
-        max_new_tokens: 40,
-        seed,
-        eos_token_id: generator.eos_token_id(),
-        ..GenerateOptions::default()
-    };
-    let expected: Vec<String> = (0..16)
-        .map(|seed| generator.complete(&prompt, &sampled(seed), &[], |_| Ok(())).unwrap().text.unwrap())
-        .collect();
+    let expected = seeded_completions("To be", 40, 16);
     let embedder = Embedder::load(&fixture("bert/BertModel"), &Device::Cpu).unwrap();
     let texts: Vec<String> = (0..8).map(|i| format!("request {i} in flight")).collect();
     let direct = embedder.embed_vectors(&texts.iter().map(String::as_str).collect::<Vec<_>>(), 1).unwrap();
@@ -511,7 +502,7 @@ fn shutdown_with_requests_in_flight_loses_none() {
         answered.fetch_add(1, Ordering::SeqCst); // the server has this request: its answer has begun
         let mut rest = String::new();
         reader.read_to_string(&mut rest).unwrap();
-        (status, rest)
+        parse_response(&(status + &rest))
     };
     std::thread::scope(|scope| {
         let completions: Vec<_> = (0..16u64)
@@ -544,13 +535,8 @@ fn shutdown_with_requests_in_flight_loses_none() {
         assert!(unanswered >= 4, "shutdown should find requests in flight ({unanswered})");
         let _ = server.stop.take().unwrap().send(());
         for (seed, handle) in completions.into_iter().enumerate() {
-            let (stream, (status, body)) = handle.join().unwrap();
-            assert!(status.starts_with("HTTP/1.1 200"), "completion {seed}: {status}");
-            let body = if body.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-                unchunk(body.split_once("\r\n\r\n").unwrap().1)
-            } else {
-                body.split_once("\r\n\r\n").unwrap().1.to_string()
-            };
+            let (stream, (status, head, body)) = handle.join().unwrap();
+            assert_eq!(status, 200, "completion {seed}: {head}");
             let text = if stream {
                 let events = events(&body);
                 assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "stream {seed}");
@@ -568,9 +554,9 @@ fn shutdown_with_requests_in_flight_loses_none() {
             assert_eq!(text, expected[seed], "completion {seed}");
         }
         for (i, handle) in embeddings.into_iter().enumerate() {
-            let (status, body) = handle.join().unwrap();
-            assert!(status.starts_with("HTTP/1.1 200"), "embedding {i}: {status}");
-            let value: Value = serde_json::from_str(body.split_once("\r\n\r\n").unwrap().1).unwrap();
+            let (status, head, body) = handle.join().unwrap();
+            assert_eq!(status, 200, "embedding {i}: {head}");
+            let value: Value = serde_json::from_str(&body).unwrap();
             let got: Vec<f32> =
                 value["data"][0]["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
             assert!(got.iter().zip(&direct[i]).all(|(a, b)| (a - b).abs() <= 1e-5), "embedding {i}");

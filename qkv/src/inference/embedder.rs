@@ -57,15 +57,17 @@ impl Embedder {
 
     /// Tokens each sentence becomes after truncation (what the model reads; for usage counts).
     pub fn token_counts(&self, sentences: &[&str]) -> Result<Vec<usize>> {
-        let inputs: Vec<(&str, Option<&str>)> = sentences.iter().map(|s| (*s, None)).collect();
-        let encoded = self.tokenizer.encode(&inputs, self.max_length, Truncation::LongestFirst)?;
-        Ok(encoded.attention_mask.iter().map(|m| m.iter().filter(|&&v| v == 1).count()).collect())
+        self.counts(sentences, self.max_length, Truncation::LongestFirst)
     }
 
     /// Tokens each sentence has before truncation (to refuse, rather than silently cut, what is too long).
     pub fn untruncated_token_counts(&self, sentences: &[&str]) -> Result<Vec<usize>> {
+        self.counts(sentences, usize::MAX, Truncation::Error)
+    }
+
+    fn counts(&self, sentences: &[&str], max_length: usize, truncation: Truncation) -> Result<Vec<usize>> {
         let inputs: Vec<(&str, Option<&str>)> = sentences.iter().map(|s| (*s, None)).collect();
-        let encoded = self.tokenizer.encode(&inputs, usize::MAX, Truncation::Error)?;
+        let encoded = self.tokenizer.encode(&inputs, max_length, truncation)?;
         Ok(encoded.attention_mask.iter().map(|m| m.iter().filter(|&&v| v == 1).count()).collect())
     }
 
