@@ -171,9 +171,14 @@ pub fn pass2_logits(
             let pass1 = if options.through_pass1 { pass1 } else { pass1.detach() };
             pass2_input(model.target_embedding(), options, &pass1, &batch.decoder_input, &lengths, p, rng)?
         }
-        SamplingMode::SentenceOracle => {
-            DecoderInput::Ids(sentence_oracle::decoder_input(model, options, batch, references, p, rng)?)
-        }
+        SamplingMode::SentenceOracle => DecoderInput::Ids(sentence_oracle::decoder_input(
+            model,
+            (options.beam, options.gumbel_tau),
+            batch,
+            references,
+            p,
+            rng,
+        )?),
     };
     let hidden = match &input {
         DecoderInput::Ids(ids) => model.decode(ids, &memory, &src_mask, mode)?,

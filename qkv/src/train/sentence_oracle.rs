@@ -11,7 +11,6 @@
 use candle_core::Tensor;
 use rand::Rng as _;
 
-use super::scheduled_sampling::SamplingOptions;
 use crate::decode::beam_search::Hypothesis;
 use crate::decode::{fixed_length_beam_search, GumbelNoise};
 use crate::metrics::bleu::{sentence_bleu, BleuOptions, Smoothing, Tokenize};
@@ -21,10 +20,11 @@ use crate::text::batch::Batch;
 use crate::Result;
 
 /// The decoder input (B, T) u32 for `batch`: row b is the gold `<s> + reference` with probability p (one
-/// uniform draw per row, in order), otherwise `<s>` + the oracle of `references[b]`; padding stays padding.
+/// uniform draw per row, in order), otherwise `<s>` + the oracle of `references[b]` (a `beam`-wide search with
+/// Gumbel noise at temperature `tau`); padding stays padding.
 pub fn decoder_input(
     model: &Transformer,
-    options: &SamplingOptions,
+    (beam, tau): (usize, f64),
     batch: &Batch,
     references: &[&[u32]],
     p: f64,
@@ -38,8 +38,8 @@ pub fn decoder_input(
     let index = Tensor::from_vec(chosen.iter().map(|&r| r as u32).collect(), chosen.len(), batch.source.device())?;
     let (src, src_valid) = (batch.source.index_select(&index, 0)?, batch.source_valid.index_select(&index, 0)?);
     let lengths: Vec<usize> = chosen.iter().map(|&r| references[r].len()).collect();
-    let noise = GumbelNoise { rng, tau: options.gumbel_tau };
-    let found = fixed_length_beam_search(model, &src, &src_valid, &lengths, options.beam, Some(noise))?;
+    let noise = GumbelNoise { rng, tau };
+    let found = fixed_length_beam_search(model, &src, &src_valid, &lengths, beam, Some(noise))?;
     let mut ids = batch.decoder_input.flatten_all()?.to_vec1::<u32>()?;
     for (&row, hypotheses) in chosen.iter().zip(&found) {
         if let Some(oracle) = closest_to_reference(hypotheses, references[row]) {
