@@ -40,16 +40,16 @@ pub fn run(args: Args) -> Result<()> {
         sentences.len() as f64 / seconds
     );
     match &args.output {
-        Some(path) if path.extension().is_some_and(|e| e == "npy") => {
-            let tmp = path.with_extension("npy.tmp");
-            let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-            qkv::npy::write_f32_matrix(BufWriter::new(file), &embeddings.to_vec2()?)
-                .with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-        }
+        // Written whole to a temporary file and renamed: a full disk leaves the old file (or none), never a
+        // truncated one or a stray temporary.
         Some(path) => {
-            let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-            write_jsonl(BufWriter::new(file), &sentences, &embeddings.to_vec2()?)?;
+            let mut bytes = Vec::new();
+            if path.extension().is_some_and(|e| e == "npy") {
+                qkv::npy::write_f32_matrix(&mut bytes, &embeddings.to_vec2()?)?;
+            } else {
+                write_jsonl(&mut bytes, &sentences, &embeddings.to_vec2()?)?;
+            }
+            qkv::atomic_file::write_atomically(path, &bytes)?;
         }
         None => write_jsonl(BufWriter::new(std::io::stdout().lock()), &sentences, &embeddings.to_vec2()?)?,
     }

@@ -19,7 +19,7 @@
 //! Shapes use the same letters everywhere: B batch, T target/query length, S source/key length,
 //! C model width, H heads, Dh head width, V vocabulary.
 
-mod atomic_file;
+pub mod atomic_file;
 pub mod decode;
 pub mod device;
 pub mod error;

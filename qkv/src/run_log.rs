@@ -87,16 +87,21 @@ pub fn read_log(path: &Path) -> Result<Vec<LogRecord>> {
     Ok(records)
 }
 
-/// The JSONL training log, appended to (a resumed run continues the same file).
+/// The JSONL training log, appended to (a resumed run continues the same file). Each record is written with one
+/// `write` call, so a crash cuts at most the last line; the trainer records the log's length in every
+/// checkpoint and a resumed run cuts the log back to it ([`truncate_log`]), so no step is logged twice.
 pub struct LogFile {
     path: PathBuf,
     file: fs::File,
+    /// Bytes in the file.
+    len: u64,
 }
 
 impl LogFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
-        Ok(Self { path: path.to_path_buf(), file })
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        Ok(Self { path: path.to_path_buf(), file, len })
     }
 
     /// Appends `record` as one line with `"kind": kind` added (`"train"` for a [`StepRecord`], `"eval"` for an
@@ -106,8 +111,28 @@ impl LogFile {
         if let serde_json::Value::Object(map) = &mut value {
             map.insert("kind".into(), kind.into());
         }
-        writeln!(self.file, "{value}").map_err(|e| Error::io(&self.path, e))
+        let line = format!("{value}\n");
+        self.file.write_all(line.as_bytes()).map_err(|e| Error::io(&self.path, e))?;
+        self.len += line.len() as u64;
+        Ok(())
     }
+
+    /// Flushes the log to the disk and returns its length, for the checkpoint about to be written.
+    pub fn sync(&mut self) -> Result<u64> {
+        self.file.sync_data().map_err(|e| Error::io(&self.path, e))?;
+        Ok(self.len)
+    }
+}
+
+/// Cuts the log at `path` back to its first `len` bytes (what it held when the checkpoint being resumed was
+/// written). A log that is shorter already (lost in a power cut) is left as it is.
+pub fn truncate_log(path: &Path, len: u64) -> Result<()> {
+    let Ok(file) = fs::OpenOptions::new().write(true).open(path) else { return Ok(()) };
+    let now = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    if now > len {
+        file.set_len(len).and_then(|()| file.sync_data()).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
 }
 
 /// A float that serde_json may have written as `null` (NaN or ±∞).

@@ -108,6 +108,10 @@ impl TrainingOptions for ClassifierTraining {
         &mut self.run
     }
 
+    fn data_files(&self) -> Vec<(&'static str, &Path)> {
+        vec![("train_file", &self.train_file), ("dev_file", &self.dev_file)]
+    }
+
     fn validate(&self) -> Result<()> {
         for (option, value) in [
             ("per_device_train_batch_size", self.per_device_train_batch_size),

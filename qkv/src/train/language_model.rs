@@ -97,6 +97,10 @@ impl TrainingOptions for LmTraining {
         &mut self.run
     }
 
+    fn data_files(&self) -> Vec<(&'static str, &Path)> {
+        vec![("text", &self.text)]
+    }
+
     fn validate(&self) -> Result<()> {
         for (option, value) in [
             ("block_size", self.block_size),

@@ -78,6 +78,10 @@ impl TrainingOptions for MlmTraining {
         &mut self.run
     }
 
+    fn data_files(&self) -> Vec<(&'static str, &Path)> {
+        vec![("text_file", &self.text_file)]
+    }
+
     fn validate(&self) -> Result<()> {
         if self.batch_size == 0 || self.max_length < 3 {
             return Err(Error::config("batch_size / max_length", "0 or too small", "batch ≥ 1, max_length ≥ 3"));

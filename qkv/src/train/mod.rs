@@ -5,6 +5,7 @@
 
 pub mod classification;
 pub mod data_parallel;
+pub mod fingerprint;
 pub mod language_model;
 pub mod loss;
 pub mod mlm;

@@ -123,6 +123,11 @@ pub trait TrainingOptions: Serialize + DeserializeOwned + Default + Clone {
     fn loop_settings_mut(&mut self) -> &mut LoopSettings;
     /// Checks the task's own options (the loop's are checked by the trainer).
     fn validate(&self) -> Result<()>;
+    /// The data files the run reads, with the options that name them: fingerprinted when the run starts and
+    /// checked when it is resumed ([`super::fingerprint`]).
+    fn data_files(&self) -> Vec<(&'static str, &Path)> {
+        Vec::new()
+    }
 }
 
 /// Names runs used before the loop settings were unified, and the name each has now.

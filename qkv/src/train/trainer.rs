@@ -13,7 +13,14 @@
 //! - `checkpoints/step-NNNNNNNN/`: a complete model directory plus `training.json`, `optimizer.safetensors`
 //!   and `state.json`, the last `save_total_limit` of them (what `average` and `--resume` use);
 //! - `best/`: the model directory of the best evaluation so far;
-//! - `log.jsonl`: one record per logged step (`"kind": "train"`) and per evaluation (`"kind": "eval"`).
+//! - `log.jsonl`: one record per logged step (`"kind": "train"`) and per evaluation (`"kind": "eval"`);
+//! - `data.json`: the size and hash of each data file, checked on resume ([`super::fingerprint`]).
+//!
+//! Every checkpoint survives a crash at any instant ([`crate::atomic_file`]): step checkpoints and `best/` are
+//! flushed and published in one rename or exchange, old checkpoints are renamed out of the valid names before
+//! they are deleted, and a new or resumed run first removes what an interrupted one left behind. A resumed run
+//! cuts log.jsonl back to what it held at its checkpoint; a run stopped before its first checkpoint is simply
+//! started again.
 //!
 //! [`Layout::HuggingFace`] is the Hugging Face Trainer's instead: `checkpoint-N/` (N the optimizer step)
 //! beside the log, and the best model's files in the run directory itself.
@@ -29,14 +36,15 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::data_parallel::{self, Streams};
+use super::fingerprint;
 pub use super::options::{read_options, LoopSettings, TrainingOptions};
 use super::AdamW;
-use crate::atomic_file::replace_dir_atomically;
+use crate::atomic_file::{remove_dir_atomically, remove_stale_temporaries, replace_dir_atomically};
 use crate::hub::write_json;
 use crate::hub::{load_parameters, load_safetensors, save_safetensors, LoadReport};
 use crate::nn::Mode;
 use crate::rng::Rng;
-use crate::run_log::LogFile;
+use crate::run_log::{truncate_log, LogFile};
 pub use crate::run_log::{EvalRecord, StepRecord};
 use crate::{Error, Result};
 
@@ -170,6 +178,10 @@ pub struct TrainState {
     /// Wall-clock seconds spent in `run` so far, over all resumes (for `time_limit_minutes`).
     #[serde(default)]
     pub seconds: f64,
+    /// Bytes of log.jsonl when this state was saved: a resumed run cuts the log back to them. Absent in
+    /// checkpoints written before it was recorded (their logs are left as they are).
+    #[serde(default)]
+    pub log_bytes: Option<u64>,
 }
 
 /// Checkpoints written before the task generator existed resume with this one.
@@ -192,6 +204,7 @@ impl TrainState {
             best_step: None,
             evaluations_since_best: 0,
             seconds: 0.0,
+            log_bytes: None,
         }
     }
 }
@@ -295,14 +308,16 @@ pub struct Trainer<T: Task> {
 }
 
 impl<T: Task> Trainer<T> {
-    /// Starts a run in `run_dir` (created; an existing run there is an error — resume it instead): checks the
-    /// options, builds the task, writes `training.json`.
+    /// Starts a run in `run_dir` (created; an existing run there is an error — resume it instead — unless it
+    /// was stopped before its first checkpoint, and is then started again): checks the options, builds the
+    /// task, writes `training.json` and the data's fingerprints.
     pub fn create(run_dir: &Path, training: T::Training, start: T::Start) -> Result<Self> {
         training.loop_settings().validate()?;
         training.validate()?;
         check_new_run(run_dir)?;
         let task = T::create(training, start)?;
         task.write_run_files(run_dir)?;
+        fingerprint::record(run_dir, &task.training().data_files())?;
         write_json(&run_dir.join("training.json"), task.training())?;
         let state = TrainState::new(task.training().loop_settings().seed, T::DROPOUT_SALT);
         Self::assemble(Some(run_dir), task, state)
@@ -319,18 +334,29 @@ impl<T: Task> Trainer<T> {
     }
 
     /// Continues the run in `run_dir` from its latest checkpoint: the task's parameters, the optimizer's
-    /// moments, the generators and the loop's position, so the run goes on as if it had never stopped.
+    /// moments, the generators and the loop's position, so the run goes on as if it had never stopped. The data
+    /// files must be the ones the run started with; the log is cut back to the checkpoint.
     pub fn resume(run_dir: &Path) -> Result<Self> {
+        clean_run_dir(run_dir)?;
         let checkpoint = resume_point(run_dir)?;
         let training: T::Training = read_options(&checkpoint.join("training.json"))?;
+        fingerprint::verify(run_dir)?;
         let task = T::reopen(&checkpoint, training)?;
         let state: TrainState = crate::hub::read_json(&checkpoint.join("state.json"))?;
         let report = task.load_model(&checkpoint)?;
+        if let Some(bytes) = state.log_bytes {
+            truncate_log(&run_dir.join("log.jsonl"), bytes)?;
+        }
         let mut trainer = Self::assemble(Some(run_dir), task, state)?;
         trainer.resumed = report;
         // Read to the host; the optimizer moves each moment to its parameter's device.
         let moments = load_safetensors(&checkpoint.join("optimizer.safetensors"), &candle_core::Device::Cpu)?;
         trainer.optimizer.load_state(trainer.state.step, moments)?;
+        // The best model is written just after its step checkpoint: a crash between the two leaves an older
+        // `best/`, so when the checkpoint is the best, its model is the best model and is written again.
+        if trainer.state.best_step == Some(trainer.state.step) {
+            trainer.save_best(run_dir)?;
+        }
         Ok(trainer)
     }
 
@@ -374,6 +400,7 @@ impl<T: Task> Trainer<T> {
     /// ends the run with an error and writes nothing, so the last checkpoint stays the last good one.
     pub fn run(&mut self, stop: &AtomicBool, mut on_event: impl FnMut(&Event)) -> Result<Finish> {
         self.settings.validate()?;
+        self.prune_checkpoints()?;
         let steps_per_epoch =
             self.task.epoch_batches(self.state.epoch)?.len().div_ceil(self.settings.gradient_accumulation_steps);
         let planned_steps = self.planned_steps(steps_per_epoch);
@@ -385,7 +412,7 @@ impl<T: Task> Trainer<T> {
             let batches = self.task.epoch_batches(self.state.epoch)?;
             while self.state.batches_done < batches.len() {
                 if stop.load(Ordering::Relaxed) {
-                    self.save_checkpoint(false, &mut on_event)?;
+                    self.save_checkpoint(false, log.as_mut(), &mut on_event)?;
                     return Ok(Finish::Interrupted);
                 }
                 if self.steps_exhausted() {
@@ -401,7 +428,7 @@ impl<T: Task> Trainer<T> {
                 }
                 on_event(&Event::Step(record));
                 if self.settings.save_steps.is_some_and(|n| self.state.step % n == 0) {
-                    self.save_checkpoint(false, &mut on_event)?;
+                    self.save_checkpoint(false, log.as_mut(), &mut on_event)?;
                 }
             }
             if self.state.batches_done >= batches.len() {
@@ -422,7 +449,7 @@ impl<T: Task> Trainer<T> {
             } else {
                 self.state.evaluations_since_best += 1;
             }
-            self.save_checkpoint(best, &mut on_event)?;
+            self.save_checkpoint(best, log.as_mut(), &mut on_event)?;
             if self.settings.early_stopping_patience.is_some_and(|p| self.state.evaluations_since_best >= p) {
                 return Ok(Finish::EarlyStopped);
             }
@@ -491,10 +518,16 @@ impl<T: Task> Trainer<T> {
     }
 
     /// Writes a step checkpoint (and the best model when `best`), then deletes step checkpoints beyond
-    /// `save_total_limit`.
-    fn save_checkpoint(&mut self, best: bool, on_event: &mut impl FnMut(&Event)) -> Result<()> {
+    /// `save_total_limit`, oldest first. `log` is flushed first and its length saved with the state.
+    fn save_checkpoint(
+        &mut self,
+        best: bool,
+        log: Option<&mut LogFile>,
+        on_event: &mut impl FnMut(&Event),
+    ) -> Result<()> {
         self.state.seconds = self.elapsed_seconds();
         let Some(run_dir) = self.run_dir.clone() else { return Ok(()) };
+        self.state.log_bytes = log.map(LogFile::sync).transpose()?;
         let dir = match T::LAYOUT {
             Layout::Run => {
                 let parent = run_dir.join("checkpoints");
@@ -515,10 +548,16 @@ impl<T: Task> Trainer<T> {
             let best_dir = self.save_best(&run_dir)?;
             on_event(&Event::Checkpoint { path: best_dir, step: self.state.step, best: true });
         }
-        let mut kept = step_checkpoints(&run_dir)?;
+        self.prune_checkpoints()
+    }
+
+    /// Deletes step checkpoints beyond `save_total_limit`, oldest first (also when a run starts, in case it was
+    /// killed before it had pruned).
+    fn prune_checkpoints(&self) -> Result<()> {
+        let Some(run_dir) = &self.run_dir else { return Ok(()) };
+        let mut kept = step_checkpoints(run_dir)?;
         while kept.len() > self.settings.save_total_limit.unwrap_or(usize::MAX) {
-            let old = kept.remove(0);
-            fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+            remove_dir_atomically(&kept.remove(0))?;
         }
         Ok(())
     }
@@ -564,12 +603,42 @@ pub fn epoch_rng(seed: u64, salt: u64, epoch: usize) -> Rng {
     Rng::seed_from_u64(seed.wrapping_mul(salt).wrapping_add(epoch as u64))
 }
 
-/// A run directory must not hold a run already (resume it instead).
+/// A run directory must not hold a run already (resume it instead). One that holds only the start of a run —
+/// `training.json` but no checkpoint, because it was stopped before its first or its options failed after
+/// files were written — is cleared for a new start.
 pub fn check_new_run(run_dir: &Path) -> Result<()> {
+    clean_run_dir(run_dir)?;
     if run_dir.join("training.json").exists() {
-        return Err(Error::input(run_dir, None, "already holds a training run: resume it or choose another --out"));
+        if latest_checkpoint(run_dir)?.is_some() {
+            return Err(Error::input(run_dir, None, "already holds a training run: resume it or choose another --out"));
+        }
+        for name in ["training.json", "log.jsonl", fingerprint::DATA_JSON] {
+            let path = run_dir.join(name);
+            if path.exists() {
+                fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            }
+        }
     }
     fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))
+}
+
+/// Removes the temporaries an interrupted run left in a run directory and its checkpoints directory (and puts
+/// back a `best/` that was set aside when the crash came).
+fn clean_run_dir(run_dir: &Path) -> Result<()> {
+    remove_stale_temporaries(run_dir)?;
+    remove_stale_temporaries(&run_dir.join("checkpoints"))?;
+    // Names of earlier versions: `best.old` (set aside while best/ was replaced) and `.best` (the staging
+    // directory of the Hugging Face layout).
+    let (old, best) = (run_dir.join("best.old"), run_dir.join("best"));
+    if old.is_dir() && !best.exists() {
+        fs::rename(&old, &best).map_err(|e| Error::io(&old, e))?;
+    }
+    for stale in [old, run_dir.join(".best")] {
+        if stale.is_dir() {
+            fs::remove_dir_all(&stale).map_err(|e| Error::io(&stale, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Step checkpoint directories of a run, oldest first: `checkpoints/step-N/` or `checkpoint-N/`.
@@ -600,7 +669,15 @@ pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<PathBuf>> {
 
 /// The newest step checkpoint of a run, or an error saying there is none to resume from.
 pub fn resume_point(run_dir: &Path) -> Result<PathBuf> {
-    latest_checkpoint(run_dir)?.ok_or_else(|| Error::input(run_dir, None, "no checkpoint to resume from"))
+    latest_checkpoint(run_dir)?.ok_or_else(|| {
+        let why = if run_dir.join("training.json").exists() {
+            "no checkpoint to resume from: the run stopped before its first one; start it again with the same \
+             options (without --resume), which replaces it"
+        } else {
+            "no checkpoint to resume from (not a training run directory)"
+        };
+        Error::input(run_dir, None, why)
+    })
 }
 
 #[cfg(test)]

@@ -110,6 +110,15 @@ impl TrainingOptions for TranslationTraining {
         &mut self.run
     }
 
+    fn data_files(&self) -> Vec<(&'static str, &Path)> {
+        vec![
+            ("train_source", &self.train_source),
+            ("train_target", &self.train_target),
+            ("valid_source", &self.valid_source),
+            ("valid_target", &self.valid_target),
+        ]
+    }
+
     fn validate(&self) -> Result<()> {
         for (option, value) in [("max_tokens", self.max_tokens), ("max_len", self.max_len)] {
             if value == 0 {
