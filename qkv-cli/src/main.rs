@@ -75,8 +75,8 @@ enum Command {
     Translate(translate::Args),
     /// Average the parameters of a run's last checkpoints into one model directory
     Average(average::Args),
-    /// Draw PNG plots: `qkv plot loss` (a run's log.jsonl), `qkv plot compare` (several runs' logs) or
-    /// `qkv plot attention` (attention weights as JSON)
+    /// Draw PNG plots: `qkv plot loss` (a run's log.jsonl), `qkv plot compare` (several runs' logs),
+    /// `qkv plot attention` (attention weights as JSON) or `qkv plot chart` (measured series as JSON)
     Plot(plot::Args),
     /// Score system outputs against references as sacreBLEU does: corpus BLEU and chrF, sentence BLEU
     /// (--sentence), paired bootstrap resampling (--paired-bs), BLEU by reference length (--by-length)
@@ -110,6 +110,9 @@ fn main() -> ExitCode {
     if let Err(err) = device::choose(&cli.device) {
         eprintln!("error: {err:#}");
         return ExitCode::FAILURE;
+    }
+    if !matches!(cli.command, Command::Serve(_) | Command::Bench(_)) {
+        die_quietly_on_closed_pipe();
     }
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
@@ -149,3 +152,17 @@ fn set_threads(threads: usize) {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }
+
+/// Output piped into a reader that stops early (`qkv bleu ... | head`) ends the process as it ends `cat` or
+/// `grep`, by SIGPIPE, instead of a panic in `println!`: Rust ignores the signal so that a closed socket is an
+/// error, which the server (and the load generator) do want, so they keep Rust's setting.
+#[cfg(unix)]
+fn die_quietly_on_closed_pipe() {
+    // SAFETY: SIG_DFL installs no handler; the disposition is process-wide and set before any output.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn die_quietly_on_closed_pipe() {}

@@ -1,4 +1,4 @@
-//! `qkv plot`: redraws a run's curves, compares runs, or draws attention weights; the figures are
+//! `qkv plot`: redraws a run's curves, compares runs, draws attention weights or a chart; the figures are
 //! [`qkv::plot`]'s.
 
 use std::fs;
@@ -65,6 +65,17 @@ enum Kind {
         #[arg(long, default_value = "cross-attention")]
         title: String,
     },
+    /// A chart of measured series (lines, markers, error bars) from a JSON description: {"title", "note",
+    /// "x_label", "y_label", "x_categories": [names], "log_x", "series": [{"name", "points": [[x, y, spread?]],
+    /// "dashed"}]}
+    Chart {
+        /// The chart as JSON
+        #[arg(long)]
+        spec: PathBuf,
+        /// The PNG to write
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// The input of `qkv plot attention`.
@@ -106,6 +117,11 @@ pub fn run(args: Args) -> Result<()> {
             let file: AttentionFile =
                 serde_json::from_str(&text).with_context(|| format!("{}: not an attention file", weights.display()))?;
             plot::attention_grid(&file.weights, &file.source_tokens, &file.target_tokens, &title, &out)?;
+            out
+        }
+        Kind::Chart { spec, out } => {
+            let text = fs::read_to_string(&spec).with_context(|| format!("reading {}", spec.display()))?;
+            plot::Chart::from_json(&text, &spec)?.draw(&out)?;
             out
         }
     };

@@ -154,3 +154,29 @@ fn misaligned_files_and_unknown_smoothing_are_clear_errors() {
     let err = bleu(&args, &["--paired-bs"]);
     assert!(!err.status.success() && String::from_utf8_lossy(&err.stderr).contains("baseline"));
 }
+
+/// `qkv bleu --sentence ... | head -1`: the reader goes away after one line. The rest of the output must end
+/// the process by SIGPIPE, as it ends `cat`, not by a panic in `println!`.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let scratch = Scratch::new("pipe");
+    let sentences: Vec<String> = (0..20_000).map(|i| format!("a sentence number {i} to score")).collect();
+    let path = scratch.write("text.txt", &sentences);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qkv"))
+        .args(["bleu", "--sentence", "--ref"])
+        .arg(&path)
+        .arg("--hyp")
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // SIGPIPE is 13 on Linux and the BSDs.
+    assert_eq!(output.status.signal(), Some(13), "{:?}: {stderr}", output.status);
+}

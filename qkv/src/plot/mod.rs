@@ -1,14 +1,17 @@
 //! PNG figures: the curves of a training run's log ([`loss_curve`]), several runs' curves in one figure
-//! ([`compare_runs`]), and grids of attention heatmaps ([`attention_grid`]).
+//! ([`compare_runs`]), grids of attention heatmaps ([`attention_grid`]), and charts of measured series with
+//! error bars for experiment reports ([`Chart`]).
 //!
 //! Text is drawn with DejaVu Sans compiled into the library (the `dejavu` crate) through plotters' ab_glyph
 //! renderer, so plotting needs no fonts installed on the machine. Every figure is written to a temporary file
 //! beside its path and renamed over it, so a failure never leaves a half-written image behind.
 
 mod attention;
+mod chart;
 mod curves;
 
 pub use attention::attention_grid;
+pub use chart::{Chart, Point, Series};
 pub use curves::{compare_runs, loss_curve, CompareOptions, CurveOptions};
 
 use std::fs;
