@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::{DType, Device};
 
 use crate::decode::{beam_search, DecodeOptions};
-use crate::hub::{read_json, LoadReport, WeightSource, WEIGHTS};
+use crate::hub::{LoadReport, WeightSource, WEIGHTS};
 use crate::models::{Transformer, TransformerConfig};
 use crate::rng::Rng;
 use crate::text::batch::{batch_of, token_batches, Example};
@@ -44,7 +44,7 @@ impl Translator {
         } else {
             dir.to_path_buf()
         };
-        let config: TransformerConfig = read_json(&dir.join("config.json"))?;
+        let config = crate::hub::transformer::read_checked_config(&dir)?;
         let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"))?;
         let weights = WeightSource::from_file(&dir.join(WEIGHTS), device)?;
         let model = Transformer::new(&config, weights.builder(DType::F32, device))?;

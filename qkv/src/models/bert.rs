@@ -15,7 +15,7 @@ use crate::nn::{
     Activation, AttentionMask, Dropout, DropoutRates, Embedding, Encoder, LayerConfig, LayerNorm, LearnedPosition,
     Linear, Mode, NormPosition, WeightInit,
 };
-use crate::{Error, Result};
+use crate::{limits, Error, Result};
 
 /// Hugging Face's `BertConfig`. Unknown keys of a config.json are kept in `extra` and written back on save.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,17 +128,34 @@ impl BertConfig {
         WeightInit::Normal { std: self.initializer_range }
     }
 
+    /// About how many parameters the model has (embeddings, layers, pooler; biases and norms left out), as
+    /// f64 so that absurd configs do not overflow.
+    pub fn parameter_count(&self) -> f64 {
+        let [v, p, t, c, f, l] = [
+            self.vocab_size,
+            self.max_position_embeddings,
+            self.type_vocab_size,
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_hidden_layers,
+        ]
+        .map(|x| x as f64);
+        (v + p + t) * c + l * (4.0 * c * c + 2.0 * c * f) + c * c
+    }
+
+    /// Errors for sizes that cannot work or that exceed [`crate::limits`], then for a model too large for
+    /// this machine's memory, each naming the field.
     pub fn validate(&self) -> Result<()> {
-        for (option, value) in [
-            ("vocab_size", self.vocab_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("max_position_embeddings", self.max_position_embeddings),
-            ("type_vocab_size", self.type_vocab_size),
-        ] {
-            if value == 0 {
-                return Err(Error::config(option, 0, "at least 1"));
-            }
-        }
+        limits::sizes(&[
+            ("vocab_size", self.vocab_size, limits::MAX_VOCAB),
+            ("hidden_size", self.hidden_size, limits::MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, limits::MAX_WIDTH),
+            ("num_hidden_layers", self.num_hidden_layers, limits::MAX_LAYERS),
+            ("max_position_embeddings", self.max_position_embeddings, limits::MAX_POSITIONS),
+            ("type_vocab_size", self.type_vocab_size, limits::MAX_VOCAB),
+            ("num_labels", self.labels(), limits::MAX_VOCAB),
+        ])?;
+        limits::check_parameters(self.parameter_count())?;
         if self.position_embedding_type != "absolute" {
             return Err(Error::config(
                 "position_embedding_type",

@@ -243,6 +243,7 @@ impl Task for MlmTask {
 
     fn reopen(checkpoint: &Path, training: MlmTraining) -> Result<Self> {
         let config: BertConfig = read_json(&checkpoint.join("config.json"))?;
+        bert::check_against_weights(checkpoint, &config)?;
         let tokenizer = PretrainedTokenizer::from_dir(checkpoint)?;
         let lines = read_training_lines(&training)?;
         MlmTask::new(training, config, tokenizer, &lines)
