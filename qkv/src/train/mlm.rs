@@ -82,6 +82,7 @@ impl TrainingOptions for MlmTraining {
         if self.batch_size == 0 || self.max_length < 3 {
             return Err(Error::config("batch_size / max_length", "0 or too small", "batch ≥ 1, max_length ≥ 3"));
         }
+        crate::limits::at_most("vocab_size", self.vocab_size, crate::limits::MAX_VOCAB)?;
         if !(self.mlm_probability > 0.0 && self.mlm_probability < 1.0) {
             return Err(Error::config("mlm_probability", self.mlm_probability, "a share in (0, 1)"));
         }

@@ -116,13 +116,14 @@ impl TrainingOptions for TranslationTraining {
                 return Err(Error::config(option, 0, "at least 1"));
             }
         }
-        if self.max_tokens < self.max_len + 1 {
+        if self.max_tokens <= self.max_len {
             let expected = format!("≥ max_len + 1 = {} so the longest kept pair fits a batch", self.max_len + 1);
             return Err(Error::config("max_tokens", self.max_tokens, expected));
         }
         if !(self.lr_factor > 0.0 && self.lr_factor.is_finite()) {
             return Err(Error::config("lr_factor", self.lr_factor, "a positive number"));
         }
+        crate::limits::at_most("vocab_size", self.vocab_size, crate::limits::MAX_VOCAB)?;
         self.sampling.validate(self.init_from.is_some())?;
         self.eval_decode.validate()
     }
