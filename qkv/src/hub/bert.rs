@@ -143,14 +143,39 @@ pub fn load_with_config(dir: &Path, config: BertConfig, options: &LoadOptions, d
 /// table (no fresh initialisation, no variables, no gradients recorded). Every parameter must be in the
 /// checkpoint; tensors the class does not use are reported.
 pub fn load_frozen(dir: &Path, architecture: Option<BertArchitecture>, device: &Device) -> Result<(Bert, LoadReport)> {
+    let (config, source) = frozen_source(dir, architecture, device)?;
+    let architecture = architecture_of(&config, architecture)?;
+    let model = Bert::new(&config, architecture, source.builder(DType::F32, device))?;
+    Ok((model, source.report()))
+}
+
+/// As [`load_frozen`] for the encoder body (BertModel), whatever class the checkpoint is: the pooler is built
+/// when the checkpoint has one and left out otherwise (a masked LM has none), for callers that pool the
+/// token vectors themselves.
+pub fn load_frozen_body(dir: &Path, device: &Device) -> Result<(Bert, LoadReport)> {
+    let (config, source) = frozen_source(dir, Some(BertArchitecture::Base), device)?;
+    let vb = source.builder(DType::F32, device);
+    let model = if vb.contains_tensor("pooler.weight") {
+        Bert::new(&config, BertArchitecture::Base, vb)?
+    } else {
+        Bert::body(&config, vb)?
+    };
+    Ok((model, source.report()))
+}
+
+/// The checked config of `dir` and its weights under qkv's names for `architecture` (the config's when None).
+fn frozen_source(
+    dir: &Path,
+    architecture: Option<BertArchitecture>,
+    device: &Device,
+) -> Result<(BertConfig, WeightSource)> {
     let config: BertConfig = read_config(dir)?;
     check_config(dir, &config)?;
     check_against_weights(dir, &config)?;
     let architecture = architecture_of(&config, architecture)?;
     let weights = normalise_names(load_weights(dir, device)?, architecture);
     let source = WeightSource::renamed(weights, dir, move |name| checkpoint_name(name, architecture));
-    let model = Bert::new(&config, architecture, source.builder(DType::F32, device))?;
-    Ok((model, source.report()))
+    Ok((config, source))
 }
 
 /// A BERT config qkv can build.

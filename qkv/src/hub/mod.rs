@@ -93,6 +93,7 @@ pub(crate) fn existing(dir: &Path, name: &str) -> Option<PathBuf> {
 /// transformers writes them, int32 / uint32 / uint8 widened. Other dtypes are an error naming the tensor.
 pub fn load_integer_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     use safetensors::Dtype;
+    header::WeightHeader::read_file(path)?; // offsets and sizes checked, a bad tensor named
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let file = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::input(path, None, format!("not a safetensors file: {e}")))?;

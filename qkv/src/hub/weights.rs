@@ -312,6 +312,7 @@ pub fn average_parameters(paths: &[PathBuf]) -> Result<Vec<(String, Tensor)>> {
 /// Averages the weights of the model directories `inputs` into a new model directory `out` (written
 /// atomically), with the first input's config and tokenizer files.
 pub fn average_model_dirs(inputs: &[PathBuf], out: &Path) -> Result<()> {
+    check_same_vocabulary(inputs)?;
     let files: Vec<PathBuf> = inputs.iter().map(|d| d.join(WEIGHTS)).collect();
     let averaged = average_parameters(&files)?;
     crate::atomic_file::replace_dir_atomically(out, |tmp| {
@@ -324,6 +325,51 @@ pub fn average_model_dirs(inputs: &[PathBuf], out: &Path) -> Result<()> {
         }
         save_safetensors(&averaged, &tmp.join(WEIGHTS))
     })
+}
+
+/// The files that fix what each token id means.
+const VOCABULARY_FILES: [&str; 4] = ["tokenizer.json", "vocab.txt", "vocab.json", "merges.txt"];
+
+/// Models averaged together must share their vocabulary: two same-shape embedding tables over different
+/// tokenizers average row i of one with an unrelated token's row of the other. JSON files are compared as
+/// values (formatting aside), the others byte for byte; a file present in one directory only differs too.
+fn check_same_vocabulary(inputs: &[PathBuf]) -> Result<()> {
+    let Some(first) = inputs.first() else { return Ok(()) };
+    for name in VOCABULARY_FILES {
+        let reference = vocabulary_file(&first.join(name))?;
+        for other in &inputs[1..] {
+            let path = other.join(name);
+            if vocabulary_file(&path)? != reference {
+                let message = format!(
+                    "differs from {}: models with different vocabularies cannot be averaged (one id would mean \
+                     different tokens)",
+                    first.join(name).display()
+                );
+                return Err(Error::input(path, None, message));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a vocabulary file says: parsed for JSON, raw bytes otherwise.
+#[derive(PartialEq)]
+enum Contents {
+    Json(serde_json::Value),
+    Bytes(Vec<u8>),
+}
+
+/// The content of `path`, if it exists.
+fn vocabulary_file(path: &Path) -> Result<Option<Contents>> {
+    if !super::exists(path)? {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if path.extension().is_some_and(|e| e == "json") {
+        let value = serde_json::from_slice(&bytes).map_err(|e| Error::input(path, Some(e.line()), e))?;
+        return Ok(Some(Contents::Json(value)));
+    }
+    Ok(Some(Contents::Bytes(bytes)))
 }
 
 #[cfg(test)]

@@ -328,10 +328,19 @@ pub struct Bert {
 
 impl Bert {
     pub fn new(config: &BertConfig, architecture: BertArchitecture, vb: VarBuilder) -> Result<Self> {
+        Self::build(config, architecture, architecture.has_pooler(), vb)
+    }
+
+    /// BertModel without the pooler: the encoder body alone, for callers that pool the token vectors
+    /// themselves (sentence embeddings) over checkpoints that have no pooler (a masked LM's).
+    pub fn body(config: &BertConfig, vb: VarBuilder) -> Result<Self> {
+        Self::build(config, BertArchitecture::Base, false, vb)
+    }
+
+    fn build(config: &BertConfig, architecture: BertArchitecture, pooler: bool, vb: VarBuilder) -> Result<Self> {
         config.validate()?;
         let (c, init) = (config.hidden_size, config.init());
-        let pooler =
-            if architecture.has_pooler() { Some(Linear::new(vb.pp("pooler"), c, c, true, init)?) } else { None };
+        let pooler = if pooler { Some(Linear::new(vb.pp("pooler"), c, c, true, init)?) } else { None };
         let classifier_dropout = || {
             let p = config.classifier_dropout.unwrap_or(config.hidden_dropout_prob);
             Dropout::new(p, "classifier_dropout")
@@ -370,8 +379,9 @@ impl Bert {
     /// The encoder's output (B, S, C) and, with a pooler, tanh(W·h_[CLS] + b) (B, C).
     pub fn encode(&self, input: &BertInput, mode: &mut Mode) -> Result<(Tensor, Option<Tensor>)> {
         let ids = &input.input_ids;
-        if ids.rank() != 2 {
-            return Err(Error::shape("input_ids", "(batch, sequence)", ids.dims()));
+        // An empty batch or sequence has no [CLS] to pool and nothing to attend to.
+        if ids.rank() != 2 || ids.dims().contains(&0) {
+            return Err(Error::shape("input_ids", "(batch, sequence), both at least 1", ids.dims()));
         }
         let segments = match &input.token_type_ids {
             Some(t) if t.dims() != ids.dims() => {

@@ -171,8 +171,8 @@ impl Gpt2 {
         attention_mask: Option<&Tensor>,
         mode: &mut Mode,
     ) -> Result<Tensor> {
-        if input_ids.rank() != 2 {
-            return Err(Error::shape("input_ids", "(B, T)", input_ids.dims()));
+        if input_ids.rank() != 2 || input_ids.dims().contains(&0) {
+            return Err(Error::shape("input_ids", "(B, T), both at least 1", input_ids.dims()));
         }
         let t = input_ids.dim(1)?;
         let x = self.wte.forward(input_ids)?.broadcast_add(&self.wpe.forward(t, 0)?)?;
