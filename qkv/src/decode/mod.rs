@@ -70,3 +70,17 @@ impl DecodeOptions {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_length_has_a_hard_cap_and_beams_a_bound() {
+        let options = DecodeOptions { max_len_a: 1e9, ..DecodeOptions::default() };
+        assert_eq!(options.max_len(10), limits::MAX_OUTPUT_TOKENS);
+        assert_eq!(DecodeOptions::default().max_len(10), 25);
+        let message = DecodeOptions { beam: 1_000_000, ..DecodeOptions::default() }.validate().unwrap_err();
+        assert!(message.to_string().contains("beam = 1000000: at most 1024"), "{message}");
+    }
+}

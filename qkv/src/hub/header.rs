@@ -102,16 +102,20 @@ impl WeightHeader {
             match agreement {
                 Agreement::Axis { field, value, tensors, axis } => {
                     let Some((name, entry)) = self.first_of(tensors) else { continue };
-                    let stored = entry.shape.get(*axis).copied();
-                    if stored != Some(*value) {
+                    if entry.shape.get(*axis) != Some(value) {
+                        // The shape the config implies: the stored one with this axis set to the field's value.
+                        let expected = match entry.shape.get(*axis) {
+                            Some(_) => {
+                                let mut shape = entry.shape.clone();
+                                shape[*axis] = *value;
+                                format!("expected {shape:?}")
+                            }
+                            None => format!("which has no axis {axis}"),
+                        };
                         let message = format!(
-                            "{field} = {value}, but tensor `{name}` in {} has shape {:?} ({})",
+                            "{field} = {value}, but tensor `{name}` in {} has shape {:?}, {expected}",
                             entry.file.display(),
                             entry.shape,
-                            match stored {
-                                Some(size) => format!("{size} along axis {axis}"),
-                                None => format!("no axis {axis}"),
-                            }
                         );
                         return Err(Error::input(config, None, message));
                     }
@@ -285,7 +289,7 @@ mod tests {
             .to_string();
         assert!(
             message.starts_with("dir/config.json: vocab_size = 1000000000000, but tensor `emb`")
-                && message.contains("shape [3, 2] (3 along axis 0)"),
+                && message.contains("shape [3, 2], expected [1000000000000, 2]"),
             "{message}"
         );
         let message = header.check_config(config, &[Agreement::layers("layers", 12, "layer.")]).unwrap_err();

@@ -312,6 +312,9 @@ pub fn average_parameters(paths: &[PathBuf]) -> Result<Vec<(String, Tensor)>> {
 /// Averages the weights of the model directories `inputs` into a new model directory `out` (written
 /// atomically), with the first input's config and tokenizer files.
 pub fn average_model_dirs(inputs: &[PathBuf], out: &Path) -> Result<()> {
+    for dir in inputs {
+        std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    }
     check_same_vocabulary(inputs)?;
     let files: Vec<PathBuf> = inputs.iter().map(|d| d.join(WEIGHTS)).collect();
     let averaged = average_parameters(&files)?;
