@@ -12,7 +12,7 @@ pub struct Args {
     /// Model directory with a masked-LM head (BertForMaskedLM or BertForPreTraining checkpoints)
     #[arg(long)]
     model: PathBuf,
-    /// Candidates per mask
+    /// Candidates per mask (past the vocabulary size: every token)
     #[arg(long, default_value_t = 5)]
     top_k: usize,
     /// Print the candidates as JSON (as transformers' fill-mask pipeline returns them)

@@ -54,7 +54,8 @@ fn keep_freed_memory() {}
 #[derive(Parser)]
 #[command(name = "qkv", version, about = "Train, run and study Transformer models (encoder-decoder, BERT, GPT-2)")]
 struct Cli {
-    /// Worker threads for matrix products and qkv's kernels (default: all cores); also read from QKV_THREADS
+    /// Worker threads for matrix products and qkv's kernels (default: all cores; at most 1024); also read from
+    /// QKV_THREADS
     #[arg(long, global = true, env = "QKV_THREADS")]
     threads: Option<usize>,
     /// Where models run (this build: cpu)
@@ -71,7 +72,8 @@ enum Command {
     Demo(demo::Args),
     /// Train a model: `qkv train translation ...`, `qkv train lm ...` or `qkv train mlm ...`
     Train(train::Args),
-    /// Translate sentences (stdin or --input, one per line) with a trained model directory
+    /// Translate sentences (stdin or --input, one per line, at most 1024 subword tokens each) with a trained model
+    /// directory
     Translate(translate::Args),
     /// Average the parameters of a run's last checkpoints into one model directory
     Average(average::Args),
@@ -106,7 +108,11 @@ enum Command {
 fn main() -> ExitCode {
     keep_freed_memory();
     let cli = Cli::parse();
-    set_threads(cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())));
+    let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if let Err(err) = set_threads(threads) {
+        eprintln!("error: --threads: {err:#}");
+        return ExitCode::FAILURE;
+    }
     if let Err(err) = device::choose(&cli.device) {
         eprintln!("error: {err:#}");
         return ExitCode::FAILURE;
@@ -146,11 +152,13 @@ fn main() -> ExitCode {
 /// with rayon's workers for the same cores, so it gets one thread (no helpers) unless CANDLE_NUM_THREADS says
 /// otherwise: on 2 cores that measured 35–41 ms per small GPT training step against 40–43 ms with two.
 /// RAYON_NUM_THREADS is always set because candle re-reads /proc/cpuinfo on every matrix product without it.
-fn set_threads(threads: usize) {
+/// The pool is started here so that a count the system cannot start is an error, not a panic mid-command.
+fn set_threads(threads: usize) -> qkv::Result<()> {
     std::env::set_var("RAYON_NUM_THREADS", threads.max(1).to_string());
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+    qkv::device::start_thread_pool(threads)
 }
 
 /// Output piped into a reader that stops early (`qkv bleu ... | head`) ends the process as it ends `cat` or

@@ -1,4 +1,5 @@
-//! `qkv translate`: translates sentences (one per line, stdin or a file) with a trained model directory.
+//! `qkv translate`: translates sentences (one per line, stdin or a file) with a trained model directory. A line
+//! longer than 1024 subword tokens is refused (attention's cost grows with the square of the length).
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -14,13 +15,13 @@ pub struct Args {
     /// Model directory (config.json, model.safetensors, tokenizer.json), or a run directory (uses its best/)
     #[arg(long)]
     model: PathBuf,
-    /// Beam size; 1 is greedy decoding
+    /// Beam size; 1 is greedy decoding (at most 1024)
     #[arg(long, default_value_t = DecodeOptions::default().beam)]
     beam: usize,
     /// GNMT length penalty α: hypotheses ranked by log p / ((5 + length) / 6)^α
     #[arg(long, default_value_t = DecodeOptions::default().length_penalty)]
     alpha: f64,
-    /// Output length limit a · source length + b (subword tokens)
+    /// Output length limit a · source length + b (subword tokens), never more than 4096 tokens
     #[arg(long, default_value_t = DecodeOptions::default().max_len_a)]
     max_len_a: f64,
     #[arg(long, default_value_t = DecodeOptions::default().max_len_b)]

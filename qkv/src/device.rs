@@ -35,3 +35,14 @@ impl FromStr for Placement {
         }
     }
 }
+
+/// Starts the global pool of `threads` workers that matrix products and qkv's kernels run on, before the first
+/// tensor operation would start one itself. A count past [`crate::limits::MAX_THREADS`], or more threads than
+/// the system lets this process start, is an error naming the option (rayon's own start would panic).
+pub fn start_thread_pool(threads: usize) -> Result<()> {
+    crate::limits::at_most("threads", threads, crate::limits::MAX_THREADS)?;
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build_global()
+        .map_err(|e| Error::config("threads", threads, format!("a number of threads this system can start ({e})")))
+}

@@ -15,6 +15,7 @@
 //! Beneath them all, depending on nothing in the model stack:
 //! - [`metrics`]: BLEU, chrF and other scores; pure functions, no tensors.
 //! - [`run_log`]: a training run's `log.jsonl`, written by [`train`] and read by [`plot`].
+//! - [`limits`]: the largest sizes accepted and the memory estimate behind them.
 //!
 //! Shapes use the same letters everywhere: B batch, T target/query length, S source/key length,
 //! C model width, H heads, Dh head width, V vocabulary.
@@ -26,6 +27,7 @@ pub mod error;
 pub mod hub;
 pub mod inference;
 pub mod kernels;
+pub mod limits;
 pub mod metrics;
 pub mod models;
 pub mod nn;

@@ -79,8 +79,9 @@ pub fn run(args: MlmArgs) -> Result<()> {
     let finish =
         run_with_progress(&mut trainer, &stop, &args.out, &data, plotted("masked-LM pre-training"), |_| String::new())?;
     report_finish(&finish, &format!("qkv train mlm --out {}", args.out.display()));
-    if finish != Finish::Interrupted {
-        println!("model: {}", args.out.join("best").display());
+    let best = args.out.join("best");
+    if finish != Finish::Interrupted && best.is_dir() {
+        println!("model: {}", best.display());
     }
     Ok(())
 }

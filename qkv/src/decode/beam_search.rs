@@ -11,6 +11,17 @@ use super::DecodeOptions;
 use crate::models::Transformer;
 use crate::Result;
 
+/// Refuses a search whose key/value caches and logits would not fit in memory: for each of B · k rows, every
+/// decoder layer keeps keys and values for up to T generated and S source positions (C floats each), and each
+/// step's logits, log-probabilities and candidates take about 3 · V floats.
+fn check_memory(model: &Transformer, source: &[usize], k: usize, max_len: usize) -> Result<()> {
+    let config = model.config();
+    let (b, s) = (source.first().copied().unwrap_or(1) as f64, source.get(1).copied().unwrap_or(1) as f64);
+    let (t, l, c, v) = (max_len as f64, config.decoder_layers as f64, config.d_model as f64, config.vocab_size as f64);
+    let bytes = 4.0 * b * k as f64 * (l * 2.0 * (t + s) * c + 3.0 * v);
+    crate::limits::check_memory(&format!("a beam search of {k} hypotheses × {b} sentences up to {t} tokens"), bytes)
+}
+
 /// A finished output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hypothesis {
@@ -48,6 +59,7 @@ pub fn beam_search(
     options.validate()?;
     let (k, eos) = (options.beam, model.config().eos_token_id);
     let limits: Vec<usize> = source_lengths(src_valid)?.into_iter().map(|n| options.max_len(n)).collect();
+    check_memory(model, src.dims(), k, limits.iter().copied().max().unwrap_or(1))?;
     let mut state = Incremental::new(model, src, src_valid, options.use_cache)?;
     // Every source starts with one beam (BOS); the first step fans it out into k.
     let mut live: Vec<(usize, Vec<Beam>)> =

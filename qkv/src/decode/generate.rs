@@ -62,6 +62,7 @@ impl GenerateOptions {
         if self.top_k == Some(0) {
             return Err(Error::config("top_k", 0, "at least 1"));
         }
+        crate::limits::at_most("max_new_tokens", self.max_new_tokens, crate::limits::MAX_OUTPUT_TOKENS)?;
         if let Some(p) = self.top_p {
             if !(p > 0.0 && p <= 1.0) {
                 return Err(Error::config("top_p", p, "a probability in (0, 1]"));

@@ -6,6 +6,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 
+use super::header::{Agreement, WeightHeader};
 use super::{assign, load_weights, read_config, save_safetensors, write_json, LoadReport, WeightSource};
 use crate::models::bert::{Bert, BertArchitecture, BertConfig};
 use crate::nn::{params::named_vars, seeded_var_builder};
@@ -128,6 +129,7 @@ pub fn load(dir: &Path, options: &LoadOptions, device: &Device) -> Result<Loaded
 /// As [`load`], with a config the caller has adjusted (e.g. the number of labels of a new classifier).
 pub fn load_with_config(dir: &Path, config: BertConfig, options: &LoadOptions, device: &Device) -> Result<LoadedBert> {
     check_config(dir, &config)?;
+    check_against_weights(dir, &config)?;
     let architecture = architecture_of(&config, options.architecture)?;
     let varmap = VarMap::new();
     let vb = seeded_var_builder(&varmap, options.seed, DType::F32, device);
@@ -141,13 +143,39 @@ pub fn load_with_config(dir: &Path, config: BertConfig, options: &LoadOptions, d
 /// table (no fresh initialisation, no variables, no gradients recorded). Every parameter must be in the
 /// checkpoint; tensors the class does not use are reported.
 pub fn load_frozen(dir: &Path, architecture: Option<BertArchitecture>, device: &Device) -> Result<(Bert, LoadReport)> {
+    let (config, source) = frozen_source(dir, architecture, device)?;
+    let architecture = architecture_of(&config, architecture)?;
+    let model = Bert::new(&config, architecture, source.builder(DType::F32, device))?;
+    Ok((model, source.report()))
+}
+
+/// As [`load_frozen`] for the encoder body (BertModel), whatever class the checkpoint is: the pooler is built
+/// when the checkpoint has one and left out otherwise (a masked LM has none), for callers that pool the
+/// token vectors themselves.
+pub fn load_frozen_body(dir: &Path, device: &Device) -> Result<(Bert, LoadReport)> {
+    let (config, source) = frozen_source(dir, Some(BertArchitecture::Base), device)?;
+    let vb = source.builder(DType::F32, device);
+    let model = if vb.contains_tensor("pooler.weight") {
+        Bert::new(&config, BertArchitecture::Base, vb)?
+    } else {
+        Bert::body(&config, vb)?
+    };
+    Ok((model, source.report()))
+}
+
+/// The checked config of `dir` and its weights under qkv's names for `architecture` (the config's when None).
+fn frozen_source(
+    dir: &Path,
+    architecture: Option<BertArchitecture>,
+    device: &Device,
+) -> Result<(BertConfig, WeightSource)> {
     let config: BertConfig = read_config(dir)?;
     check_config(dir, &config)?;
+    check_against_weights(dir, &config)?;
     let architecture = architecture_of(&config, architecture)?;
     let weights = normalise_names(load_weights(dir, device)?, architecture);
     let source = WeightSource::renamed(weights, dir, move |name| checkpoint_name(name, architecture));
-    let model = Bert::new(&config, architecture, source.builder(DType::F32, device))?;
-    Ok((model, source.report()))
+    Ok((config, source))
 }
 
 /// A BERT config qkv can build.
@@ -161,6 +189,29 @@ fn check_config(dir: &Path, config: &BertConfig) -> Result<()> {
         return Err(Error::input(dir.join("config.json"), None, message));
     }
     Ok(())
+}
+
+/// Refuses a config whose sizes disagree with the weights' headers or exceed qkv's limits, before the model
+/// it describes is built.
+pub fn check_against_weights(dir: &Path, config: &BertConfig) -> Result<()> {
+    WeightHeader::read_dir(dir)?.check_config(&dir.join("config.json"), &agreements(config))?;
+    super::validate_in(dir, config.validate())
+}
+
+/// The config fields BERT's tensors repeat, under the names of both checkpoint flavours (task classes keep
+/// the body under `bert.`).
+fn agreements(config: &BertConfig) -> Vec<Agreement> {
+    let body = |field, value, name: &str, axis| Agreement::axis(field, value, &[name, &format!("bert.{name}")], axis);
+    let word = "embeddings.word_embeddings.weight";
+    vec![
+        body("vocab_size", config.vocab_size, word, 0),
+        body("hidden_size", config.hidden_size, word, 1),
+        body("max_position_embeddings", config.max_position_embeddings, "embeddings.position_embeddings.weight", 0),
+        body("type_vocab_size", config.type_vocab_size, "embeddings.token_type_embeddings.weight", 0),
+        body("intermediate_size", config.intermediate_size, "encoder.layer.0.intermediate.dense.weight", 0),
+        Agreement::layers("num_hidden_layers", config.num_hidden_layers, "encoder.layer."),
+        Agreement::layers("num_hidden_layers", config.num_hidden_layers, "bert.encoder.layer."),
+    ]
 }
 
 /// The class asked for, else the config's `architectures[0]`, else BertModel.

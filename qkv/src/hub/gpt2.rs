@@ -9,6 +9,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 
+use super::header::{Agreement, WeightHeader};
 use super::{assign, load_weights, read_config, save_safetensors, write_json, LoadReport, WeightSource};
 use crate::models::{Gpt2, Gpt2Config};
 use crate::nn::{params::named_vars, seeded_var_builder};
@@ -38,6 +39,7 @@ pub struct LoadedGpt2 {
 /// `tie_word_embeddings` is false, in which case `lm_head.weight` must be in the checkpoint.
 pub fn load(dir: &Path, device: &Device) -> Result<LoadedGpt2> {
     let config = read_gpt2_config(dir)?;
+    check_against_weights(dir, &config)?;
     let varmap = VarMap::new();
     let model = Gpt2::new(&config, seeded_var_builder(&varmap, 0, DType::F32, device))?;
     let vars = named_vars(&varmap);
@@ -55,11 +57,39 @@ fn read_gpt2_config(dir: &Path) -> Result<Gpt2Config> {
     Ok(config)
 }
 
+/// Refuses a config whose sizes disagree with the weights' headers or exceed qkv's limits, before the model
+/// it describes is built.
+pub fn check_against_weights(dir: &Path, config: &Gpt2Config) -> Result<()> {
+    WeightHeader::read_dir(dir)?.check_config(&dir.join("config.json"), &agreements(config))?;
+    super::validate_in(dir, config.validate())
+}
+
+/// The config fields GPT-2's tensors repeat, with and without the `transformer.` prefix of GPT2LMHeadModel.
+/// Conv1D weights are stored (in, out), so the feed-forward width is axis 1 of `c_fc`.
+fn agreements(config: &Gpt2Config) -> Vec<Agreement> {
+    let top =
+        |field, value, name: &str, axis| Agreement::axis(field, value, &[name, &format!("transformer.{name}")], axis);
+    let inner = config.n_inner.unwrap_or(config.n_embd.saturating_mul(4));
+    let mut agreements = vec![
+        top("vocab_size", config.vocab_size, "wte.weight", 0),
+        top("n_embd", config.n_embd, "wte.weight", 1),
+        top("n_positions", config.n_positions, "wpe.weight", 0),
+        top("n_inner", inner, "h.0.mlp.c_fc.weight", 1),
+        Agreement::layers("n_layer", config.n_layer, "h."),
+        Agreement::layers("n_layer", config.n_layer, "transformer.h."),
+    ];
+    if !config.tie_word_embeddings {
+        agreements.push(Agreement::axis("vocab_size", config.vocab_size, &["lm_head.weight"], 0));
+    }
+    agreements
+}
+
 /// Reads `dir` for inference: the model is built directly over the checkpoint's tensors (renamed, Conv1D
 /// weights transposed, `c_attn` split), with no fresh initialisation and no variables. Tensors it does not use
 /// are reported.
 pub fn load_frozen(dir: &Path, device: &Device) -> Result<(Gpt2, LoadReport)> {
     let config = read_gpt2_config(dir)?;
+    check_against_weights(dir, &config)?;
     let weights = from_checkpoint(load_weights(dir, device)?, dir, config.tie_word_embeddings)?;
     let source = WeightSource::new(weights, dir);
     let model = Gpt2::new(&config, source.builder(DType::F32, device))?;

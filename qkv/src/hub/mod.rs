@@ -6,8 +6,10 @@
 
 pub mod bert;
 pub mod gpt2;
+pub mod header;
 pub mod sentence_transformers;
 pub mod tokenizer;
+pub mod transformer;
 pub mod weights;
 
 pub(crate) use weights::assign;
@@ -38,11 +40,29 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
 /// `config.json` of a model directory, parsed as `T`.
 pub fn read_config<T: DeserializeOwned>(dir: &Path) -> Result<T> {
     let path = dir.join("config.json");
-    if !path.exists() {
+    if !exists(&path)? {
         let message = "no config.json: not a Hugging Face model directory";
         return Err(Error::input(dir, None, message));
     }
     read_json(&path)
+}
+
+/// `config`'s own validation (sizes, limits, memory), its errors reported against `dir/config.json`.
+pub(crate) fn validate_in(dir: &Path, validation: Result<()>) -> Result<()> {
+    validation.map_err(|e| match e {
+        Error::Config { .. } => Error::input(dir.join("config.json"), None, e),
+        other => other,
+    })
+}
+
+/// Whether `path` exists. Unlike `Path::exists`, an error other than "not found" (a directory that may not be
+/// read, a file where a directory should be) is reported as what it is, not as absence.
+pub(crate) fn exists(path: &Path) -> Result<bool> {
+    match std::fs::metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(path, e)),
+    }
 }
 
 /// The class a directory's config.json names: `architectures[0]`, else its `model_type`.
@@ -73,6 +93,7 @@ pub(crate) fn existing(dir: &Path, name: &str) -> Option<PathBuf> {
 /// transformers writes them, int32 / uint32 / uint8 widened. Other dtypes are an error naming the tensor.
 pub fn load_integer_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     use safetensors::Dtype;
+    header::WeightHeader::read_file(path)?; // offsets and sizes checked, a bad tensor named
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let file = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::input(path, None, format!("not a safetensors file: {e}")))?;

@@ -235,19 +235,18 @@ pub struct QuestionWindow {
 }
 
 impl QuestionWindows {
-    /// Characters of the words holding context tokens `first` and `last`.
+    /// Characters of the words holding context tokens `first` and `last`. A word's tokens are consecutive, so
+    /// only its neighbours are looked at (scanning the whole context for every span made long contexts
+    /// quadratic).
     pub fn word_chars(&self, first: usize, last: usize) -> (usize, usize) {
-        let word_bounds = |token: usize| {
-            let word = self.context_words[token];
-            let tokens = (0..self.context_words.len()).filter(|&t| word.is_some() && self.context_words[t] == word);
-            let (mut start, mut end) = self.context_offsets[token];
-            for t in tokens {
-                start = start.min(self.context_offsets[t].0);
-                end = end.max(self.context_offsets[t].1);
-            }
-            (start, end)
-        };
-        (word_bounds(first).0, word_bounds(last).1)
+        let words = &self.context_words;
+        let same_word = |t: usize, token: usize| words[token].is_some() && words[t] == words[token];
+        let start = (0..first).rev().take_while(|&t| same_word(t, first)).last().unwrap_or(first);
+        let end = (last + 1..words.len()).take_while(|&t| same_word(t, last)).last().unwrap_or(last);
+        let span = |range: std::ops::RangeInclusive<usize>| range.map(|t| self.context_offsets[t]);
+        let first_char = span(start..=first).map(|(s, _)| s).min().unwrap_or(0);
+        let last_char = span(last..=end).map(|(_, e)| e).max().unwrap_or(0);
+        (first_char, last_char)
     }
 }
 
@@ -318,6 +317,7 @@ impl PretrainedTokenizer {
         if vocab_size <= SPECIALS.len() {
             return Err(Error::config("vocab_size", vocab_size, "more than the 5 special tokens"));
         }
+        crate::limits::at_most("vocab_size", vocab_size, crate::limits::MAX_VOCAB)?;
         let model =
             WordPiece::builder().unk_token("[UNK]".into()).build().map_err(|e| Error::tokenizer("WordPiece", e))?;
         let mut inner = tokenizers::Tokenizer::new(model);

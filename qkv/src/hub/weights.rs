@@ -19,10 +19,10 @@ use crate::{Error, Result};
 pub fn load_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     let single = dir.join(WEIGHTS);
     let index = dir.join(WEIGHTS_INDEX);
-    if single.exists() {
+    if super::exists(&single)? {
         return load_safetensors(&single, device);
     }
-    if index.exists() {
+    if super::exists(&index)? {
         return load_shards(&index, device);
     }
     let message = if dir.join("pytorch_model.bin").exists() {
@@ -33,34 +33,72 @@ pub fn load_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tenso
     Err(Error::input(dir, None, message))
 }
 
-/// Every tensor of one safetensors file as f32 on `device`.
+/// Every tensor of one safetensors file as f32 on `device`. The header is checked first (offsets, sizes,
+/// dtypes qkv can read), so a damaged file is an error naming the tensor rather than the allocator's abort.
 pub fn load_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let header = super::header::WeightHeader::read_file(path)?;
+    if let Some((name, entry)) = header.iter().find(|(_, e)| !readable_dtype(e.dtype)) {
+        let message = format!(
+            "tensor `{name}` is {:?}; qkv reads F32, F16, BF16 or F64 weights (and integer buffers)",
+            entry.dtype
+        );
+        return Err(Error::input(path, None, message));
+    }
     let tensors = candle_core::safetensors::load(path, device)
         .map_err(|e| Error::input(path, None, format!("not a readable safetensors file: {e}")))?;
     tensors.into_iter().map(|(name, t)| Ok((name, t.to_dtype(DType::F32)?))).collect()
 }
 
-fn load_shards(index: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+/// Dtypes candle converts to f32 exactly enough to compute with.
+fn readable_dtype(dtype: safetensors::Dtype) -> bool {
+    use safetensors::Dtype::*;
+    matches!(dtype, F32 | F16 | BF16 | F64 | U8 | U16 | U32 | I16 | I32 | I64)
+}
+
+/// The weight map of a shard index: tensor name → shard file name.
+fn read_weight_map(index: &Path) -> Result<BTreeMap<String, String>> {
     #[derive(serde::Deserialize)]
     struct Index {
         weight_map: BTreeMap<String, String>,
     }
     let Index { weight_map } = super::read_json(index)?;
+    Ok(weight_map)
+}
+
+/// The distinct shard files an index lists, in name order, each checked to exist. A shard name that leaves
+/// the directory (an absolute path or `..`) is refused: an index names files beside it.
+pub(crate) fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
     let dir = index.parent().unwrap_or(Path::new("."));
-    let mut shards: BTreeMap<&str, HashMap<String, Tensor>> = BTreeMap::new();
-    for file in weight_map.values() {
-        if !shards.contains_key(file.as_str()) {
-            let path = dir.join(file);
-            if !path.exists() {
+    let files: BTreeSet<String> = read_weight_map(index)?.into_values().collect();
+    files
+        .into_iter()
+        .map(|file| {
+            let plain = Path::new(&file).components().all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !plain {
+                return Err(Error::input(index, None, format!("lists shard {file:?}, which is not a file name")));
+            }
+            let path = dir.join(&file);
+            if !super::exists(&path)? {
                 return Err(Error::input(index, None, format!("lists shard {file}, which does not exist")));
             }
-            shards.insert(file, load_safetensors(&path, device)?);
-        }
+            Ok(path)
+        })
+        .collect()
+}
+
+fn load_shards(index: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let weight_map = read_weight_map(index)?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut shards: BTreeMap<PathBuf, HashMap<String, Tensor>> = BTreeMap::new();
+    for path in shard_files(index)? {
+        let tensors = load_safetensors(&path, device)?;
+        shards.insert(path, tensors);
     }
     let mut weights = HashMap::new();
     for (name, file) in &weight_map {
-        let tensor = shards.get_mut(file.as_str()).and_then(|s| s.remove(name));
-        let tensor = tensor.ok_or_else(|| Error::input(dir.join(file), None, format!("has no tensor `{name}`")))?;
+        let path = dir.join(file);
+        let tensor = shards.get_mut(&path).and_then(|s| s.remove(name));
+        let tensor = tensor.ok_or_else(|| Error::input(&path, None, format!("has no tensor `{name}`")))?;
         weights.insert(name.clone(), tensor);
     }
     Ok(weights)
@@ -274,6 +312,10 @@ pub fn average_parameters(paths: &[PathBuf]) -> Result<Vec<(String, Tensor)>> {
 /// Averages the weights of the model directories `inputs` into a new model directory `out` (written
 /// atomically), with the first input's config and tokenizer files.
 pub fn average_model_dirs(inputs: &[PathBuf], out: &Path) -> Result<()> {
+    for dir in inputs {
+        std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    check_same_vocabulary(inputs)?;
     let files: Vec<PathBuf> = inputs.iter().map(|d| d.join(WEIGHTS)).collect();
     let averaged = average_parameters(&files)?;
     crate::atomic_file::replace_dir_atomically(out, |tmp| {
@@ -286,6 +328,51 @@ pub fn average_model_dirs(inputs: &[PathBuf], out: &Path) -> Result<()> {
         }
         save_safetensors(&averaged, &tmp.join(WEIGHTS))
     })
+}
+
+/// The files that fix what each token id means.
+const VOCABULARY_FILES: [&str; 4] = ["tokenizer.json", "vocab.txt", "vocab.json", "merges.txt"];
+
+/// Models averaged together must share their vocabulary: two same-shape embedding tables over different
+/// tokenizers average row i of one with an unrelated token's row of the other. JSON files are compared as
+/// values (formatting aside), the others byte for byte; a file present in one directory only differs too.
+fn check_same_vocabulary(inputs: &[PathBuf]) -> Result<()> {
+    let Some(first) = inputs.first() else { return Ok(()) };
+    for name in VOCABULARY_FILES {
+        let reference = vocabulary_file(&first.join(name))?;
+        for other in &inputs[1..] {
+            let path = other.join(name);
+            if vocabulary_file(&path)? != reference {
+                let message = format!(
+                    "differs from {}: models with different vocabularies cannot be averaged (one id would mean \
+                     different tokens)",
+                    first.join(name).display()
+                );
+                return Err(Error::input(path, None, message));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a vocabulary file says: parsed for JSON, raw bytes otherwise.
+#[derive(PartialEq)]
+enum Contents {
+    Json(serde_json::Value),
+    Bytes(Vec<u8>),
+}
+
+/// The content of `path`, if it exists.
+fn vocabulary_file(path: &Path) -> Result<Option<Contents>> {
+    if !super::exists(path)? {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if path.extension().is_some_and(|e| e == "json") {
+        let value = serde_json::from_slice(&bytes).map_err(|e| Error::input(path, Some(e.line()), e))?;
+        return Ok(Some(Contents::Json(value)));
+    }
+    Ok(Some(Contents::Bytes(bytes)))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use crate::hub::bert;
 use crate::hub::sentence_transformers::{read_sentence_config, Pooling};
 use crate::hub::tokenizer::{PretrainedTokenizer, Truncation};
 use crate::hub::LoadReport;
-use crate::models::bert::{cls_pool, l2_normalize, max_pool, mean_pool, Bert, BertArchitecture, BertInput};
+use crate::models::bert::{cls_pool, l2_normalize, max_pool, mean_pool, Bert, BertInput};
 use crate::nn::Mode;
 use crate::{Error, Result};
 
@@ -29,7 +29,7 @@ impl Embedder {
     /// `max_seq_length` (as sentence-transformers does), else to `max_position_embeddings`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let sentence = read_sentence_config(dir)?;
-        let (model, report) = bert::load_frozen(dir, Some(BertArchitecture::Base), device)?;
+        let (model, report) = bert::load_frozen_body(dir, device)?;
         let positions = model.config().max_position_embeddings;
         Ok(Self {
             model,

@@ -3,6 +3,7 @@
 //! probability) and `question-answering` (the best span of a context, over overlapping windows when the context
 //! is longer than the model).
 
+use std::collections::hash_map::{Entry, HashMap};
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
@@ -89,9 +90,12 @@ impl Pipeline {
         Ok((encoded.input_ids, logits))
     }
 
-    /// The `top_k` most likely tokens for each [MASK] of `text`, in order of the masks. A text without a mask is
-    /// an error.
+    /// The `top_k` most likely tokens for each [MASK] of `text`, in order of the masks (a `top_k` past the
+    /// vocabulary gives every token, as transformers clamps it). A text without a mask is an error.
     pub fn fill_mask(&self, text: &str, top_k: usize) -> Result<Vec<Vec<MaskPrediction>>> {
+        if top_k == 0 {
+            return Err(Error::config("top_k", 0, "at least 1"));
+        }
         let mask_token = ["[MASK]", "<mask>"].into_iter().find_map(|t| self.tokenizer.token_to_id(t));
         let mask = mask_token.ok_or_else(|| Error::config("tokenizer", "no [MASK] token", "a masked-LM tokenizer"))?;
         let (ids, logits) = self.run(&[(text, None)])?;
@@ -106,7 +110,7 @@ impl Pipeline {
             let row: Vec<f32> = probabilities.get(position)?.to_vec1()?;
             let mut order: Vec<usize> = (0..row.len()).collect();
             order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-            let mut candidates = Vec::with_capacity(top_k);
+            let mut candidates = Vec::with_capacity(top_k.min(row.len()));
             for &token in order.iter().take(top_k) {
                 let mut filled = ids.clone();
                 filled[position] = token as u32;
@@ -154,11 +158,20 @@ impl Pipeline {
         if options.top_k == 0 || options.max_answer_len == 0 {
             return Err(Error::config("question answering", "top_k or max_answer_len = 0", "at least 1"));
         }
+        // transformers' pipeline refuses empty ones too ("`question` cannot be empty"); a question of spaces
+        // has no tokens to condition on either.
+        for (option, text) in [("question", question), ("context", context)] {
+            if text.trim().is_empty() {
+                return Err(Error::config(option, format!("{text:?}"), "a non-empty text"));
+            }
+        }
         let max_seq_len = options.max_seq_len.min(self.model.config().max_position_embeddings);
         let stride = options.doc_stride.min(max_seq_len / 2);
         let windows = self.tokenizer.question_windows(question, context, max_seq_len, stride)?;
         let characters: Vec<char> = context.chars().collect();
         let mut answers: Vec<Answer> = Vec::new();
+        // Answer text, lower-cased → its index in `answers` (equal answers from different windows add up).
+        let mut seen: HashMap<String, usize> = HashMap::new();
         for window in &windows.windows {
             let (starts, ends) = self.span_logits(window)?;
             // Tokens that may begin or end an answer: the context's, and [CLS] (zeroed below).
@@ -167,16 +180,20 @@ impl Pipeline {
             let mut p_start = masked_softmax(&starts, &desired);
             let mut p_end = masked_softmax(&ends, &desired);
             (p_start[0], p_end[0]) = (0.0, 0.0);
-            let spans = best_spans(&p_start, &p_end, &desired, 2 * options.top_k + 10, options.max_answer_len);
+            let wanted = options.top_k.saturating_mul(2).saturating_add(10);
+            let spans = best_spans(&p_start, &p_end, &desired, wanted, options.max_answer_len);
             for (s, e, score) in spans {
                 let (first, last) = match (window.context_tokens[s], window.context_tokens[e]) {
                     (Some(first), Some(last)) => windows.word_chars(first, last),
                     _ => (0, 0), // a span at [CLS]: transformers falls back to its (0, 0) offsets
                 };
                 let text: String = characters[first.min(characters.len())..last.min(characters.len())].iter().collect();
-                match answers.iter_mut().find(|a| a.answer.to_lowercase() == text.to_lowercase()) {
-                    Some(existing) => existing.score += score,
-                    None => answers.push(Answer { score, start: first, end: last, answer: text }),
+                match seen.entry(text.to_lowercase()) {
+                    Entry::Occupied(index) => answers[*index.get()].score += score,
+                    Entry::Vacant(slot) => {
+                        slot.insert(answers.len());
+                        answers.push(Answer { score, start: first, end: last, answer: text });
+                    }
                 }
             }
         }
@@ -215,6 +232,7 @@ fn masked_softmax(logits: &[f64], desired: &[bool]) -> Vec<f64> {
 /// are both desired tokens (transformers filters after choosing the k).
 fn best_spans(p_start: &[f64], p_end: &[f64], desired: &[bool], k: usize, max_len: usize) -> Vec<(usize, usize, f64)> {
     let n = p_start.len();
+    let max_len = max_len.min(n); // no span is longer than the window
     let mut spans: Vec<(usize, usize, f64)> = Vec::with_capacity(n * max_len);
     for (s, &ps) in p_start.iter().enumerate() {
         for (e, &pe) in p_end.iter().enumerate().take(n.min(s + max_len)).skip(s) {

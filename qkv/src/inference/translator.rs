@@ -6,12 +6,12 @@ use std::path::Path;
 use candle_core::{DType, Device};
 
 use crate::decode::{beam_search, DecodeOptions};
-use crate::hub::{read_json, LoadReport, WeightSource, WEIGHTS};
-use crate::models::{Transformer, TransformerConfig};
+use crate::hub::{LoadReport, WeightSource, WEIGHTS};
+use crate::models::{PositionEncoding, Transformer, TransformerConfig};
 use crate::rng::Rng;
 use crate::text::batch::{batch_of, token_batches, Example};
 use crate::text::tokenizer::Tokenizer;
-use crate::Result;
+use crate::{limits, Error, Result};
 
 /// Every decoder layer's and head's cross-attention while the model reads a target after a source.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,7 +44,7 @@ impl Translator {
         } else {
             dir.to_path_buf()
         };
-        let config: TransformerConfig = read_json(&dir.join("config.json"))?;
+        let config = crate::hub::transformer::read_checked_config(&dir)?;
         let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"))?;
         let weights = WeightSource::from_file(&dir.join(WEIGHTS), device)?;
         let model = Transformer::new(&config, weights.builder(DType::F32, device))?;
@@ -75,14 +75,38 @@ impl Translator {
         })
     }
 
+    /// The longest source sentence translated, in subword tokens: [`limits::MAX_SOURCE_TOKENS`], or fewer
+    /// when a learned position table is shorter (it also holds the EOS the source gets).
+    pub fn max_source_tokens(&self) -> usize {
+        match self.config.position_encoding {
+            PositionEncoding::Learned => {
+                self.config.max_position_embeddings.saturating_sub(1).min(limits::MAX_SOURCE_TOKENS)
+            }
+            _ => limits::MAX_SOURCE_TOKENS,
+        }
+    }
+
     /// Translates sentences in batches of about `max_tokens` source tokens, longest first, returning them in
-    /// input order.
+    /// input order. A sentence longer than [`Self::max_source_tokens`] is an error naming its line.
     pub fn translate(&self, sentences: &[String], options: &DecodeOptions, max_tokens: usize) -> Result<Vec<String>> {
         let t = &self.tokenizer;
         let examples: Vec<Example> = sentences
             .iter()
             .map(|s| Ok(Example { source: t.encode(s)?, target: Vec::new() }))
             .collect::<Result<_>>()?;
+        let limit = self.max_source_tokens();
+        if let Some((i, e)) = examples.iter().enumerate().find(|(_, e)| e.source.len() > limit) {
+            let expected = format!(
+                "at most {limit} (line {} of the input): attention's time and memory grow with the square of the \
+                 length, so split long lines into sentences",
+                i + 1
+            );
+            return Err(Error::OutOfRange {
+                what: "subword tokens in a sentence",
+                found: e.source.len() as i64,
+                expected,
+            });
+        }
         let lengths: Vec<(usize, usize)> = examples.iter().map(|e| (e.source.len(), 0)).collect();
         let budget = max_tokens.max(lengths.iter().map(|&(s, _)| s + 1).max().unwrap_or(1));
         let mut output = vec![String::new(); sentences.len()];

@@ -15,7 +15,7 @@ use crate::nn::{
     Activation, AttentionMask, Dropout, DropoutRates, Embedding, Encoder, LayerConfig, LayerNorm, LearnedPosition,
     Linear, Mode, NormPosition, WeightInit,
 };
-use crate::{Error, Result};
+use crate::{limits, Error, Result};
 
 /// Hugging Face's `BertConfig`. Unknown keys of a config.json are kept in `extra` and written back on save.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,17 +128,34 @@ impl BertConfig {
         WeightInit::Normal { std: self.initializer_range }
     }
 
+    /// About how many parameters the model has (embeddings, layers, pooler; biases and norms left out), as
+    /// f64 so that absurd configs do not overflow.
+    pub fn parameter_count(&self) -> f64 {
+        let [v, p, t, c, f, l] = [
+            self.vocab_size,
+            self.max_position_embeddings,
+            self.type_vocab_size,
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_hidden_layers,
+        ]
+        .map(|x| x as f64);
+        (v + p + t) * c + l * (4.0 * c * c + 2.0 * c * f) + c * c
+    }
+
+    /// Errors for sizes that cannot work or that exceed [`crate::limits`], then for a model too large for
+    /// this machine's memory, each naming the field.
     pub fn validate(&self) -> Result<()> {
-        for (option, value) in [
-            ("vocab_size", self.vocab_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("max_position_embeddings", self.max_position_embeddings),
-            ("type_vocab_size", self.type_vocab_size),
-        ] {
-            if value == 0 {
-                return Err(Error::config(option, 0, "at least 1"));
-            }
-        }
+        limits::sizes(&[
+            ("vocab_size", self.vocab_size, limits::MAX_VOCAB),
+            ("hidden_size", self.hidden_size, limits::MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, limits::MAX_WIDTH),
+            ("num_hidden_layers", self.num_hidden_layers, limits::MAX_LAYERS),
+            ("max_position_embeddings", self.max_position_embeddings, limits::MAX_POSITIONS),
+            ("type_vocab_size", self.type_vocab_size, limits::MAX_VOCAB),
+            ("num_labels", self.labels(), limits::MAX_VOCAB),
+        ])?;
+        limits::check_parameters(self.parameter_count())?;
         if self.position_embedding_type != "absolute" {
             return Err(Error::config(
                 "position_embedding_type",
@@ -311,10 +328,19 @@ pub struct Bert {
 
 impl Bert {
     pub fn new(config: &BertConfig, architecture: BertArchitecture, vb: VarBuilder) -> Result<Self> {
+        Self::build(config, architecture, architecture.has_pooler(), vb)
+    }
+
+    /// BertModel without the pooler: the encoder body alone, for callers that pool the token vectors
+    /// themselves (sentence embeddings) over checkpoints that have no pooler (a masked LM's).
+    pub fn body(config: &BertConfig, vb: VarBuilder) -> Result<Self> {
+        Self::build(config, BertArchitecture::Base, false, vb)
+    }
+
+    fn build(config: &BertConfig, architecture: BertArchitecture, pooler: bool, vb: VarBuilder) -> Result<Self> {
         config.validate()?;
         let (c, init) = (config.hidden_size, config.init());
-        let pooler =
-            if architecture.has_pooler() { Some(Linear::new(vb.pp("pooler"), c, c, true, init)?) } else { None };
+        let pooler = if pooler { Some(Linear::new(vb.pp("pooler"), c, c, true, init)?) } else { None };
         let classifier_dropout = || {
             let p = config.classifier_dropout.unwrap_or(config.hidden_dropout_prob);
             Dropout::new(p, "classifier_dropout")
@@ -353,8 +379,9 @@ impl Bert {
     /// The encoder's output (B, S, C) and, with a pooler, tanh(W·h_[CLS] + b) (B, C).
     pub fn encode(&self, input: &BertInput, mode: &mut Mode) -> Result<(Tensor, Option<Tensor>)> {
         let ids = &input.input_ids;
-        if ids.rank() != 2 {
-            return Err(Error::shape("input_ids", "(batch, sequence)", ids.dims()));
+        // An empty batch or sequence has no [CLS] to pool and nothing to attend to.
+        if ids.rank() != 2 || ids.dims().contains(&0) {
+            return Err(Error::shape("input_ids", "(batch, sequence), both at least 1", ids.dims()));
         }
         let segments = match &input.token_type_ids {
             Some(t) if t.dims() != ids.dims() => {

@@ -11,7 +11,7 @@ use crate::nn::{
     Activation, AttentionMask, Dropout, DropoutRates, Embedding, EncoderLayer, KvCache, LayerConfig, LayerNorm,
     LearnedPosition, Linear, Mode, NormPosition, WeightInit,
 };
-use crate::{Error, Result};
+use crate::{limits, Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -91,14 +91,20 @@ impl Gpt2Config {
         }
     }
 
-    fn validate(&self) -> Result<()> {
-        for (option, value) in
-            [("vocab_size", self.vocab_size), ("n_positions", self.n_positions), ("n_layer", self.n_layer)]
-        {
-            if value == 0 {
-                return Err(Error::config(option, 0, "at least 1"));
-            }
-        }
+    /// Errors for sizes that cannot work or that exceed [`crate::limits`], then for a model too large for
+    /// this machine's memory, each naming the field.
+    pub fn validate(&self) -> Result<()> {
+        limits::sizes(&[
+            ("vocab_size", self.vocab_size, limits::MAX_VOCAB),
+            ("n_positions", self.n_positions, limits::MAX_POSITIONS),
+            ("n_embd", self.n_embd, limits::MAX_WIDTH),
+            ("n_inner", self.n_inner.unwrap_or(1), limits::MAX_WIDTH),
+            ("n_layer", self.n_layer, limits::MAX_LAYERS),
+        ])?;
+        let [v, p, c, l] = [self.vocab_size, self.n_positions, self.n_embd, self.n_layer].map(|x| x as f64);
+        let f = self.n_inner.map_or(4.0 * c, |f| f as f64);
+        let head = if self.tie_word_embeddings { 0.0 } else { v * c };
+        limits::check_parameters((v + p) * c + l * (4.0 * c * c + 2.0 * c * f) + head)?;
         self.layer().validate()
     }
 }
@@ -165,8 +171,8 @@ impl Gpt2 {
         attention_mask: Option<&Tensor>,
         mode: &mut Mode,
     ) -> Result<Tensor> {
-        if input_ids.rank() != 2 {
-            return Err(Error::shape("input_ids", "(B, T)", input_ids.dims()));
+        if input_ids.rank() != 2 || input_ids.dims().contains(&0) {
+            return Err(Error::shape("input_ids", "(B, T), both at least 1", input_ids.dims()));
         }
         let t = input_ids.dim(1)?;
         let x = self.wte.forward(input_ids)?.broadcast_add(&self.wpe.forward(t, 0)?)?;

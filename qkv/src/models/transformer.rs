@@ -10,7 +10,7 @@ use crate::nn::{
     decoder::DecoderWeights, Activation, AttentionMask, Decoder, DecoderCache, Dropout, DropoutRates, Embedding,
     Encoder, LayerConfig, LearnedPosition, Linear, Mode, NormPosition, SinusoidalPosition, WeightInit,
 };
-use crate::{Error, Result};
+use crate::{limits, Error, Result};
 
 /// How the model knows where each token is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -145,6 +145,18 @@ impl TransformerConfig {
         }
     }
 
+    /// About how many parameters the model has (embeddings, attention and feed-forward matrices), as f64 so
+    /// that absurd configs do not overflow.
+    pub fn parameter_count(&self) -> f64 {
+        let [v, c, p] = [self.vocab_size, self.d_model, self.max_position_embeddings].map(|x| x as f64);
+        let [le, ld, fe, fd] =
+            [self.encoder_layers, self.decoder_layers, self.encoder_ffn_dim, self.decoder_ffn_dim].map(|x| x as f64);
+        let tables = if self.share_encoder_decoder_embeddings { 1.0 } else { 2.0 }
+            + if self.tie_word_embeddings { 0.0 } else { 1.0 };
+        let positions = if self.position_encoding == PositionEncoding::Learned { 2.0 * p * c } else { 0.0 };
+        tables * v * c + positions + le * (4.0 * c * c + 2.0 * c * fe) + ld * (8.0 * c * c + 2.0 * c * fd)
+    }
+
     pub fn encoder_layer(&self) -> LayerConfig {
         self.layer(self.encoder_attention_heads, self.encoder_ffn_dim)
     }
@@ -153,16 +165,19 @@ impl TransformerConfig {
         self.layer(self.decoder_attention_heads, self.decoder_ffn_dim)
     }
 
-    fn validate(&self) -> Result<()> {
-        for (option, value) in [
-            ("vocab_size", self.vocab_size),
-            ("encoder_layers", self.encoder_layers),
-            ("decoder_layers", self.decoder_layers),
-        ] {
-            if value == 0 {
-                return Err(Error::config(option, 0, "at least 1"));
-            }
-        }
+    /// Errors for sizes that cannot work or that exceed [`crate::limits`], then for a model too large for
+    /// this machine's memory, each naming the field.
+    pub fn validate(&self) -> Result<()> {
+        limits::sizes(&[
+            ("vocab_size", self.vocab_size, limits::MAX_VOCAB),
+            ("d_model", self.d_model, limits::MAX_WIDTH),
+            ("encoder_ffn_dim", self.encoder_ffn_dim, limits::MAX_WIDTH),
+            ("decoder_ffn_dim", self.decoder_ffn_dim, limits::MAX_WIDTH),
+            ("encoder_layers", self.encoder_layers, limits::MAX_LAYERS),
+            ("decoder_layers", self.decoder_layers, limits::MAX_LAYERS),
+            ("max_position_embeddings", self.max_position_embeddings, limits::MAX_POSITIONS),
+        ])?;
+        limits::check_parameters(self.parameter_count())?;
         for (option, id) in [
             ("pad_token_id", self.pad_token_id),
             ("bos_token_id", self.bos_token_id),

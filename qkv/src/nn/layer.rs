@@ -61,6 +61,8 @@ impl LayerConfig {
         if self.d_ff == 0 {
             return Err(Error::config("d_ff", 0, "a positive feed-forward width"));
         }
+        crate::limits::at_most("d_model", self.d_model, crate::limits::MAX_WIDTH)?;
+        crate::limits::at_most("d_ff", self.d_ff, crate::limits::MAX_WIDTH)?;
         self.self_attention().head_dim()?;
         Ok(())
     }

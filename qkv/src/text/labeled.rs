@@ -25,16 +25,12 @@ pub fn delimiter_for(path: &Path) -> u8 {
 /// Reads `sentence1,sentence2,score` rows. A first row whose score is not a number is taken as a header.
 /// Errors name the file and line: a row without three fields, a score that is not a finite number, no rows.
 pub fn read_scored_pairs(path: &Path) -> Result<Vec<ScoredPair>> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .delimiter(delimiter_for(path))
-        .from_path(path)
-        .map_err(|e| csv_error(path, e))?;
+    let file = CsvFile::read(path, true)?;
+    let mut reader = file.reader(false);
     let mut pairs = Vec::new();
     for (index, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| csv_error(path, e))?;
-        let line = record.position().map(|p| p.line() as usize);
+        let record = record.map_err(|e| file.error(e))?;
+        let line = file.line_of(&record);
         if record.len() < 3 {
             let message = format!("expected sentence1,sentence2,score; found {} field(s)", record.len());
             return Err(Error::input(path, line, message));
@@ -70,17 +66,12 @@ pub struct LabeledText {
 /// Errors name the file and line: a row with fewer than two fields, an empty label, no rows.
 pub fn read_labeled_texts(path: &Path, header: bool) -> Result<Vec<LabeledText>> {
     let tsv = delimiter_for(path) == b'\t';
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(header)
-        .flexible(true)
-        .delimiter(delimiter_for(path))
-        .quoting(!tsv)
-        .from_path(path)
-        .map_err(|e| csv_error(path, e))?;
+    let file = CsvFile::read(path, !tsv)?;
+    let mut reader = file.reader(header);
     let mut rows = Vec::new();
     for record in reader.records() {
-        let record = record.map_err(|e| csv_error(path, e))?;
-        let line = record.position().map(|p| p.line() as usize);
+        let record = record.map_err(|e| file.error(e))?;
+        let line = file.line_of(&record);
         let fields: Vec<&str> = record.iter().collect();
         let (label, texts) = match fields.split_last() {
             Some((label, texts)) if !texts.is_empty() && texts.len() <= 2 => (label.trim(), texts),
@@ -116,12 +107,111 @@ pub fn label_set(rows: &[LabeledText]) -> Vec<String> {
     labels
 }
 
-fn csv_error(path: &Path, error: csv::Error) -> Error {
-    let line = error.position().map(|p| p.line() as usize);
-    match error.into_kind() {
-        csv::ErrorKind::Io(e) => Error::io(path, e),
-        csv::ErrorKind::Utf8 { err, .. } => Error::input(path, line, format!("not UTF-8: {err}")),
-        other => Error::input(path, line, format!("{other:?}")),
+/// A CSV or TSV file read whole, so that errors can name lines as an editor numbers them: the csv crate counts
+/// a CRLF line ending as two line breaks in some positions and one in others, so its line numbers run one
+/// behind on Windows files; counting the `\n` bytes before a record's byte offset does not.
+struct CsvFile<'a> {
+    path: &'a Path,
+    bytes: Vec<u8>,
+    /// Byte offset of every `\n`.
+    line_ends: Vec<usize>,
+    quoting: bool,
+}
+
+impl<'a> CsvFile<'a> {
+    /// Reads `path`; with `quoting`, RFC 4180 quotes are checked first (see [`check_quotes`]).
+    fn read(path: &'a Path, quoting: bool) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let line_ends = bytes.iter().enumerate().filter(|(_, &b)| b == b'\n').map(|(i, _)| i).collect();
+        let file = Self { path, bytes, line_ends, quoting };
+        if quoting {
+            check_quotes(&file)?;
+        }
+        Ok(file)
+    }
+
+    fn reader(&self, header: bool) -> csv::Reader<&[u8]> {
+        csv::ReaderBuilder::new()
+            .has_headers(header)
+            .flexible(true)
+            .delimiter(delimiter_for(self.path))
+            .quoting(self.quoting)
+            .from_reader(self.bytes.as_slice())
+    }
+
+    /// The 1-based line holding byte `offset`.
+    fn line_at(&self, offset: usize) -> usize {
+        self.line_ends.partition_point(|&end| end < offset) + 1
+    }
+
+    /// The line where a record starts. The csv crate ends a record at the `\r` of a CRLF and gives the next
+    /// one's position at the `\n`, so line breaks at the position are skipped first.
+    fn record_line(&self, position: &csv::Position) -> usize {
+        let start = position.byte() as usize;
+        let skipped =
+            self.bytes.get(start..).map_or(0, |rest| rest.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count());
+        self.line_at(start + skipped)
+    }
+
+    fn line_of(&self, record: &csv::StringRecord) -> Option<usize> {
+        record.position().map(|p| self.record_line(p))
+    }
+
+    fn error(&self, error: csv::Error) -> Error {
+        let line = error.position().map(|p| self.record_line(p));
+        match error.into_kind() {
+            csv::ErrorKind::Io(e) => Error::io(self.path, e),
+            csv::ErrorKind::Utf8 { err, .. } => Error::input(self.path, line, format!("not UTF-8: {err}")),
+            other => Error::input(self.path, line, format!("{other:?}")),
+        }
+    }
+}
+
+/// RFC 4180 quoting, checked before parsing. The csv crate reads an unclosed quote to the end of the file
+/// and text after a closing quote into the field, so one stray quote silently merges the rows after it. A
+/// quoted field may hold line breaks; one that never closes, or that spans lines and has text after its
+/// closing quote, is a quoting error naming the line where it opens.
+fn check_quotes(file: &CsvFile) -> Result<()> {
+    let (bytes, delimiter) = (&file.bytes, delimiter_for(file.path));
+    let mut opened: Option<usize> = None; // byte offset of the open quote
+    let mut field_start = true;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match opened {
+            Some(open) if b == b'"' => {
+                if bytes.get(i + 1) == Some(&b'"') {
+                    i += 2; // an escaped quote inside the field
+                    continue;
+                }
+                opened = None;
+                field_start = false;
+                let next = bytes.get(i + 1).copied();
+                let ends_field = matches!(next, None | Some(b'\r') | Some(b'\n')) || next == Some(delimiter);
+                let (first, last) = (file.line_at(open), file.line_at(i));
+                if !ends_field && last > first {
+                    let message = format!(
+                        "quoting error: the quoted field opened here closes on line {last} and more text follows \
+                         its closing quote (a missing or stray \" merges the rows between)"
+                    );
+                    return Err(Error::input(file.path, Some(first), message));
+                }
+            }
+            Some(_) => {}
+            None if b == b'"' && field_start => opened = Some(i),
+            None if b == delimiter || b == b'\n' => field_start = true,
+            None if b == b'\r' => {}
+            None => field_start = false,
+        }
+        i += 1;
+    }
+    match opened {
+        Some(open) => {
+            let message = "quoting error: the quoted field opened here is never closed (an unclosed \" reads the rest \
+                           of the file into one field)";
+            Err(Error::input(file.path, Some(file.line_at(open)), message))
+        }
+        None => Ok(()),
     }
 }
 
@@ -171,5 +261,34 @@ mod tests {
         assert!(message.contains("c.csv:2") && message.contains("1 field"), "{message}");
         let message = read_scored_pairs(Path::new("/nonexistent/sts.csv")).unwrap_err().to_string();
         assert!(message.contains("/nonexistent/sts.csv"), "{message}");
+    }
+
+    /// Lines are numbered as an editor numbers them, with LF and with CRLF endings, in both readers.
+    #[test]
+    fn crlf_files_report_the_lines_an_editor_shows() {
+        for (name, ending) in [("lf.csv", "\n"), ("crlf.csv", "\r\n")] {
+            let text = ["sentence1,sentence2,score", "a,b,1", "\"c, d\",e,2", "f,g,high"].join(ending) + ending;
+            let message = read_scored_pairs(&write(name, &text)).unwrap_err().to_string();
+            assert!(message.contains(&format!("{name}:4")) && message.contains("high"), "{message}");
+            let text = ["text,label", "fine,1", "no label", "x,0"].join(ending);
+            let message = read_labeled_texts(&write(&format!("l{name}"), &text), true).unwrap_err().to_string();
+            assert!(message.contains(&format!("l{name}:3")) && message.contains("1 field"), "{message}");
+        }
+    }
+
+    /// An unclosed quote, or one whose field spans lines and runs on after closing, is a quoting error at the
+    /// line where it opens; a well-formed quoted field with a line break is still read.
+    #[test]
+    fn quoting_errors_name_the_line_where_the_quote_opens() {
+        let unclosed = write("unclosed.csv", "sentence1,sentence2,score\na,b,1\n\"c,d,2\ne,f,3\n");
+        let message = read_scored_pairs(&unclosed).unwrap_err().to_string();
+        assert!(message.contains("unclosed.csv:3: quoting error") && message.contains("never closed"), "{message}");
+        let merged = write("merged.csv", "a good one,1\n\"bad stuff,0\nnice\" one,1\nawful,0\n");
+        let message = read_labeled_texts(&merged, false).unwrap_err().to_string();
+        assert!(message.contains("merged.csv:2: quoting error") && message.contains("line 3"), "{message}");
+        let multiline = write("multiline.csv", "\"two\nlines\",b,1\n\"say \"\"hi\"\"\" x,c,2\n");
+        let pairs = read_scored_pairs(&multiline).unwrap();
+        assert_eq!(pairs[0].first, "two\nlines");
+        assert_eq!(pairs.len(), 2);
     }
 }

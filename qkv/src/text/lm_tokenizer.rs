@@ -70,6 +70,7 @@ fn byte_bpe_tokenizer(text: &str, vocab_size: usize) -> Result<tokenizers::Token
     if vocab_size < minimum {
         return Err(Error::config("vocab_size", vocab_size, format!("at least {minimum} for byte-level BPE")));
     }
+    crate::limits::at_most("vocab_size", vocab_size, crate::limits::MAX_VOCAB)?;
     let model = BPE::builder().build().map_err(|e| Error::tokenizer("building the model", e))?;
     let mut tokenizer = byte_level_tokenizer(model, false);
     let mut trainer: TrainerWrapper = BpeTrainer::builder()

@@ -79,6 +79,7 @@ impl Tokenizer {
         if vocab_size <= SPECIALS.len() {
             return Err(Error::config("vocab_size", vocab_size, "more than the 4 special tokens"));
         }
+        crate::limits::at_most("vocab_size", vocab_size, crate::limits::MAX_VOCAB)?;
         let mut inner = pipeline(model)?;
         match model {
             SubwordModel::Bpe => {

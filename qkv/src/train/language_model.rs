@@ -268,6 +268,7 @@ impl Task for LmTask {
 
     fn reopen(checkpoint: &Path, training: LmTraining) -> Result<Self> {
         let model_config: Gpt2Config = read_json(&checkpoint.join("config.json"))?;
+        crate::hub::gpt2::check_against_weights(checkpoint, &model_config)?;
         let tokenizer = read_tokenizer_json(&checkpoint.join("tokenizer.json"))?;
         let text = read_text(&training.text)?;
         LmTask::new(training, model_config, tokenizer, &text)

@@ -86,6 +86,10 @@ impl TrainingOptions for MlmTraining {
         if self.batch_size == 0 || self.max_length < 3 {
             return Err(Error::config("batch_size / max_length", "0 or too small", "batch ≥ 1, max_length ≥ 3"));
         }
+        crate::limits::at_most("vocab_size", self.vocab_size, crate::limits::MAX_VOCAB)?;
+        if !(self.validation_fraction > 0.0 && self.validation_fraction < 1.0) {
+            return Err(Error::config("validation_fraction", self.validation_fraction, "a share in (0, 1)"));
+        }
         if !(self.mlm_probability > 0.0 && self.mlm_probability < 1.0) {
             return Err(Error::config("mlm_probability", self.mlm_probability, "a share in (0, 1)"));
         }
@@ -160,8 +164,34 @@ pub struct MlmTask {
 pub type MlmTrainer = Trainer<MlmTask>;
 
 /// The non-empty lines of the training text.
+/// The non-empty lines of the text file, refused when too few to hold out at least one for the validation
+/// loss and train on the rest (with none held out the loss is NaN and no best model is ever kept).
 fn read_training_lines(training: &MlmTraining) -> Result<Vec<String>> {
-    Ok(read_lines(&training.text_file)?.into_iter().filter(|l| !l.trim().is_empty()).collect())
+    let lines: Vec<String> = read_lines(&training.text_file)?.into_iter().filter(|l| !l.trim().is_empty()).collect();
+    let minimum = minimum_lines(training.validation_fraction);
+    if lines.len() < minimum {
+        let message = format!(
+            "{} non-empty line(s): masked-LM pre-training holds out validation_fraction = {} of the lines for the \
+             validation loss and needs at least {minimum} lines (or a larger --validation-fraction)",
+            lines.len(),
+            training.validation_fraction
+        );
+        return Err(Error::input(&training.text_file, None, message));
+    }
+    Ok(lines)
+}
+
+/// The fewest lines from which `fraction` (rounded, at most half) holds out one: n ≥ 2 and n · fraction
+/// rounds to 1 or more (searched up from just below ½ / fraction, which floating point may miss by one).
+fn minimum_lines(fraction: f64) -> usize {
+    let mut n = ((0.5 / fraction).floor() as usize).max(2);
+    while n > 2 && ((n - 1) as f64 * fraction).round() >= 1.0 {
+        n -= 1;
+    }
+    while (n as f64 * fraction).round() < 1.0 {
+        n += 1;
+    }
+    n
 }
 
 impl MlmTask {
@@ -247,6 +277,7 @@ impl Task for MlmTask {
 
     fn reopen(checkpoint: &Path, training: MlmTraining) -> Result<Self> {
         let config: BertConfig = read_json(&checkpoint.join("config.json"))?;
+        bert::check_against_weights(checkpoint, &config)?;
         let tokenizer = PretrainedTokenizer::from_dir(checkpoint)?;
         let lines = read_training_lines(&training)?;
         MlmTask::new(training, config, tokenizer, &lines)
@@ -352,6 +383,16 @@ impl Masking {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_minimum_corpus_holds_out_one_line() {
+        assert_eq!(minimum_lines(0.05), 10);
+        assert_eq!(minimum_lines(0.1), 5);
+        assert_eq!(minimum_lines(0.5), 2);
+        assert_eq!(minimum_lines(0.9), 2);
+        assert_eq!(minimum_lines(0.3), 2);
+        assert_eq!(minimum_lines(0.2), 3);
+    }
 
     #[test]
     fn masking_follows_the_80_10_10_rule() {

@@ -23,8 +23,8 @@ pub use super::trainer::{
 };
 use super::{cross_entropy, schedule, AdamWConfig};
 use crate::decode::{beam_search, DecodeOptions};
+use crate::hub::write_json;
 use crate::hub::{load_parameters, save_parameters};
-use crate::hub::{read_json, write_json};
 use crate::metrics::bleu::{corpus_bleu, BleuOptions};
 use crate::metrics::chrf::{corpus_chrf, ChrfOptions};
 use crate::models::{Transformer, TransformerConfig};
@@ -125,13 +125,14 @@ impl TrainingOptions for TranslationTraining {
                 return Err(Error::config(option, 0, "at least 1"));
             }
         }
-        if self.max_tokens < self.max_len + 1 {
+        if self.max_tokens <= self.max_len {
             let expected = format!("≥ max_len + 1 = {} so the longest kept pair fits a batch", self.max_len + 1);
             return Err(Error::config("max_tokens", self.max_tokens, expected));
         }
         if !(self.lr_factor > 0.0 && self.lr_factor.is_finite()) {
             return Err(Error::config("lr_factor", self.lr_factor, "a positive number"));
         }
+        crate::limits::at_most("vocab_size", self.vocab_size, crate::limits::MAX_VOCAB)?;
         self.sampling.validate(self.init_from.is_some())?;
         self.eval_decode.validate()
     }
@@ -196,7 +197,7 @@ impl TranslationTask {
         } else {
             dir.to_path_buf()
         };
-        let model_config: TransformerConfig = read_json(&dir.join("config.json"))?;
+        let model_config = crate::hub::transformer::read_checked_config(&dir)?;
         let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"))?;
         let task = TranslationTask::new(training, model_config, tokenizer, pairs)?;
         let weights = dir.join("model.safetensors");
@@ -286,7 +287,7 @@ impl Task for TranslationTask {
     }
 
     fn reopen(checkpoint: &Path, training: TranslationTraining) -> Result<Self> {
-        let model_config: TransformerConfig = read_json(&checkpoint.join("config.json"))?;
+        let model_config = crate::hub::transformer::read_checked_config(checkpoint)?;
         let tokenizer = Tokenizer::load(&checkpoint.join("tokenizer.json"))?;
         let pairs = read_parallel(&training.train_source, &training.train_target)?;
         TranslationTask::new(training, model_config, tokenizer, pairs)
@@ -622,7 +623,7 @@ mod tests {
 
         let training = TranslationTraining { init_from: Some(dir.0.join("base")), ..dir.training(oracle) };
         let fine = TranslationTrainer::in_memory(training.clone(), TransformerConfig::default()).unwrap();
-        let best = read_json::<TransformerConfig>(&dir.0.join("base/best/config.json")).unwrap();
+        let best = crate::hub::read_json::<TransformerConfig>(&dir.0.join("base/best/config.json")).unwrap();
         assert_eq!(fine.task().model_config, best, "the model's config, not the one given");
         let best_weights =
             crate::hub::load_safetensors(&dir.0.join("base/best/model.safetensors"), &Device::Cpu).unwrap();

@@ -1,0 +1,44 @@
+//! The encoder-decoder Transformer's model directories (a translation run's `best/`, its checkpoints, an
+//! averaged model): config.json with [`TransformerConfig`]'s fields and model.safetensors under qkv's own
+//! parameter names. The checks that config and weights agree live here, beside BERT's and GPT-2's.
+
+use std::path::Path;
+
+use super::header::{Agreement, WeightHeader};
+use super::{read_config, WEIGHTS};
+use crate::models::{PositionEncoding, TransformerConfig};
+use crate::Result;
+
+/// `dir/config.json`, checked against the header of `dir/model.safetensors` before any model is built.
+pub fn read_checked_config(dir: &Path) -> Result<TransformerConfig> {
+    let config: TransformerConfig = read_config(dir)?;
+    check_against_weights(dir, &config)?;
+    Ok(config)
+}
+
+/// Refuses a config whose sizes disagree with the weights' header or exceed qkv's limits.
+pub fn check_against_weights(dir: &Path, config: &TransformerConfig) -> Result<()> {
+    let header = WeightHeader::read_file(&dir.join(WEIGHTS))?;
+    header.check_config(&dir.join("config.json"), &agreements(config))?;
+    super::validate_in(dir, config.validate())
+}
+
+/// The config fields the tensors repeat (parameter names as [`crate::models::Transformer::new`] gives them).
+fn agreements(config: &TransformerConfig) -> Vec<Agreement> {
+    let tokens = ["shared.weight", "encoder.embed_tokens.weight"];
+    let mut agreements = vec![
+        Agreement::axis("vocab_size", config.vocab_size, &tokens, 0),
+        Agreement::axis("vocab_size", config.vocab_size, &["decoder.embed_tokens.weight", "lm_head.weight"], 0),
+        Agreement::axis("d_model", config.d_model, &tokens, 1),
+        Agreement::axis("encoder_ffn_dim", config.encoder_ffn_dim, &["encoder.layers.0.feed_forward.fc1.weight"], 0),
+        Agreement::axis("decoder_ffn_dim", config.decoder_ffn_dim, &["decoder.layers.0.feed_forward.fc1.weight"], 0),
+        Agreement::layers("encoder_layers", config.encoder_layers, "encoder.layers."),
+        Agreement::layers("decoder_layers", config.decoder_layers, "decoder.layers."),
+    ];
+    if config.position_encoding == PositionEncoding::Learned {
+        for table in ["encoder.embed_positions.weight", "decoder.embed_positions.weight"] {
+            agreements.push(Agreement::axis("max_position_embeddings", config.max_position_embeddings, &[table], 0));
+        }
+    }
+    agreements
+}
