@@ -758,7 +758,7 @@ fn translation(f: &Fixtures) -> Vec<Case> {
     };
     let t = |name: &str, key: &'static str, value: Value| f.variant(&f.translation, name, config(key, value));
     let long_line = f.file("long-line.txt", "one two three ".repeat(80_000));
-    let not_utf8 = f.file("latin1.txt", b"one\ntwo \xe9\n".to_vec());
+    let not_utf8 = f.file("latin1.txt", b"one\ntwo \xe9\n");
     vec![
         translate(
             "translation vocab 1e12",
@@ -871,7 +871,7 @@ fn pipelines(f: &Fixtures) -> Vec<Case> {
     let (mlm, qa, bert) = (f.masked_lm.display().to_string(), f.qa.display().to_string(), f.bert.display().to_string());
     let context = f.file("context.txt", "the cat sat on the mat");
     let long_context = f.file("long-context.txt", "the cat sat on the mat and then it ran away. ".repeat(4_500));
-    let latin1 = f.file("context-latin1.txt", b"caf\xe9".to_vec());
+    let latin1 = f.file("context-latin1.txt", b"caf\xe9");
     let qa_case = |name: &str, extra: &[&str], needles: &[&str]| {
         fails(name, &[&["qa", "--model", &qa][..], extra].concat(), needles)
     };
@@ -945,7 +945,7 @@ fn pipelines(f: &Fixtures) -> Vec<Case> {
         fails("embed input missing", &["embed", "--model", &bert, "--input", &f.out("missing.txt")], &["missing.txt"]),
         fails(
             "embed input not utf-8",
-            &["embed", "--model", &bert, "--input", &f.file("latin1.txt", b"one\ntwo \xe9\n".to_vec())],
+            &["embed", "--model", &bert, "--input", &f.file("latin1.txt", b"one\ntwo \xe9\n")],
             &["latin1.txt:2"],
         ),
     ]
