@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each target uses part of it
 //! What every target shares: a scratch copy of a fixture model directory per process (in /dev/shm when it
 //! exists, so writing the input is cheap), into which the fuzzer's bytes are written as one of its files.
 

@@ -675,6 +675,22 @@ fn shards_and_tokenizers(f: &Fixtures) -> Vec<Case> {
             &["tokenizer.json"],
         ),
         embed(
+            // Found by fuzz/ (target tokenizer): tokenizers 0.23 panicked on a syntax error inside `decoder`.
+            "tokenizer decoder with a syntax error",
+            f.variant(&f.bert, "tokdecoder", |d| {
+                let path = d.join("tokenizer.json");
+                let text = std::fs::read_to_string(&path).unwrap();
+                let broken = text.replacen(
+                    "\"type\": \"WordPiece\",\n    \"prefix\"",
+                    "type\": \"WordPiece\",\n    \"prefix\"",
+                    1,
+                );
+                assert_ne!(broken, text, "the fixture's decoder changed: update this case");
+                std::fs::write(path, broken).unwrap();
+            }),
+            &["tokenizer.json", "not a tokenizer.json"],
+        ),
+        embed(
             "tokenizer ids past the model",
             f.variant(&f.bert, "tokids", |d| {
                 let path = d.join("tokenizer.json");

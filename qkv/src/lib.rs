@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod models;
 pub mod nn;
 pub mod npy;
+mod panic_guard;
 pub mod plot;
 pub mod rng;
 pub mod run_log;

@@ -65,7 +65,7 @@ impl WeightHeader {
             return Ok(Self::default()); // load_weights says what is missing
         }
         let mut all = Self::default();
-        for file in super::weights::shard_files(&index)? {
+        for file in super::shard_index::shard_files(&index)? {
             all.tensors.extend(Self::read_file(&file)?.tensors);
         }
         Ok(all)

@@ -8,6 +8,7 @@ pub mod bert;
 pub mod gpt2;
 pub mod header;
 pub mod sentence_transformers;
+mod shard_index;
 pub mod tokenizer;
 pub mod transformer;
 pub mod weights;

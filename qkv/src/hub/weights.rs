@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 
+use super::shard_index::{read_weight_map, shard_files};
 use super::{WEIGHTS, WEIGHTS_INDEX};
 use crate::{Error, Result};
 
@@ -53,37 +54,6 @@ pub fn load_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, 
 fn readable_dtype(dtype: safetensors::Dtype) -> bool {
     use safetensors::Dtype::*;
     matches!(dtype, F32 | F16 | BF16 | F64 | U8 | U16 | U32 | I16 | I32 | I64)
-}
-
-/// The weight map of a shard index: tensor name → shard file name.
-fn read_weight_map(index: &Path) -> Result<BTreeMap<String, String>> {
-    #[derive(serde::Deserialize)]
-    struct Index {
-        weight_map: BTreeMap<String, String>,
-    }
-    let Index { weight_map } = super::read_json(index)?;
-    Ok(weight_map)
-}
-
-/// The distinct shard files an index lists, in name order, each checked to exist. A shard name that leaves
-/// the directory (an absolute path or `..`) is refused: an index names files beside it.
-pub(crate) fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
-    let dir = index.parent().unwrap_or(Path::new("."));
-    let files: BTreeSet<String> = read_weight_map(index)?.into_values().collect();
-    files
-        .into_iter()
-        .map(|file| {
-            let plain = Path::new(&file).components().all(|c| matches!(c, std::path::Component::Normal(_)));
-            if !plain {
-                return Err(Error::input(index, None, format!("lists shard {file:?}, which is not a file name")));
-            }
-            let path = dir.join(&file);
-            if !super::exists(&path)? {
-                return Err(Error::input(index, None, format!("lists shard {file}, which does not exist")));
-            }
-            Ok(path)
-        })
-        .collect()
 }
 
 fn load_shards(index: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {

@@ -209,7 +209,10 @@ impl Tokenizer {
 /// A Hugging Face `tokenizer.json`, as the `tokenizers` crate runs it; errors name the file.
 pub fn read_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer> {
     let json = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    json.parse().map_err(|e| Error::input(path, None, format!("not a tokenizer.json: {e}")))
+    // The tokenizers crate panics on some malformed files (a syntax error inside `decoder`): caught here.
+    let parsed = crate::panic_guard::catch_quietly(|| json.parse::<tokenizers::Tokenizer>().map_err(|e| e.to_string()))
+        .unwrap_or_else(|panic| Err(format!("the tokenizers crate failed on it ({panic})")));
+    parsed.map_err(|e| Error::input(path, None, format!("not a tokenizer.json: {e}")))
 }
 
 /// Writes `tokenizer` as a `tokenizer.json` at `path`, through a temporary file renamed into place.
@@ -451,6 +454,12 @@ mod tests {
         std::fs::write(&path, "{ not json").unwrap();
         let err = Tokenizer::load(&path).unwrap_err().to_string();
         assert!(err.contains("tokenizer.json"), "{err}");
+        // Found by fuzz/ (target tokenizer): a syntax error inside `decoder` made tokenizers 0.23 panic.
+        let broken = json.replacen("\"decoder\":{\"type\"", "\"decoder\":{type\"", 1);
+        assert_ne!(broken, json, "the fixture has a decoder to break");
+        std::fs::write(&path, broken).unwrap();
+        let err = Tokenizer::load(&path).unwrap_err().to_string();
+        assert!(err.contains("tokenizer.json") && err.contains("not a tokenizer.json"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
