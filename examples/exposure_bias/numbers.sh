@@ -60,4 +60,4 @@ for seed in $seeds; do
             --save-total-limit 2 --init-from "$out/tf-s$seed/best" --num-train-epochs 2 "${sampling[@]}"
     done
 done
-python3 "$here/numbers_report.py" "$results" --seeds $seeds | tee "$results/results.md"
+python3 "$here/numbers_report.py" "$results" --qkv "$qkv" --seeds $seeds | tee "$results/results.md"

@@ -5,7 +5,9 @@ same seed's held-out numbers (the two models judged on the same 500 numbers: onl
 disagree count). Standard library only."""
 
 import argparse
+import json
 import math
+import subprocess
 import statistics
 from pathlib import Path
 
@@ -18,7 +20,7 @@ METHODS = [
 ]
 BASELINE = {"ss": "tf", "wo": "tf", "tf-ft": "tf", "so-ft": "tf-ft"}
 # Upper ends of the reference-length buckets, in characters (the German number is one word).
-BUCKETS = [20, 35, 50]
+BUCKETS = [40, 50, 56]
 
 
 def lines(path):
@@ -61,6 +63,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("results", type=Path)
     parser.add_argument("--seeds", nargs="+", default=["1", "2", "3"])
+    parser.add_argument("--qkv", help="the qkv binary, to draw exact_match_by_length.png with `qkv plot chart`")
     args = parser.parse_args()
 
     correct = {}  # (method, seed) -> [bool]
@@ -77,6 +80,7 @@ def main():
     print("# Exposure bias on the number task (qkv demo's English → German number words)\n")
     print(f"Seeds {', '.join(args.seeds)}; 500 held-out numbers per seed, greedy decoding; exact match in %.\n")
     names = bucket_names()
+    series = []
     print("| method | exact match | " + " | ".join(f"length {n}" for n in names) + " |")
     print("|---|---|" + "---|" * len(names))
     for method, label in METHODS:
@@ -84,7 +88,7 @@ def main():
         if not runs:
             continue
         overall = [100 * sum(c) / len(c) for _, c in runs]
-        per_bucket = []
+        per_bucket, points = [], []
         for b in range(len(names)):
             rates = []
             for seed, c in runs:
@@ -92,9 +96,26 @@ def main():
                 if picked:
                     rates.append(100 * sum(picked) / len(picked))
             per_bucket.append(mean_std(rates))
+            if rates:
+                spread = [statistics.stdev(rates)] if len(rates) > 1 else []
+                points.append([b, statistics.mean(rates)] + spread)
+        series.append({"name": label, "points": points, "dashed": method.endswith("-ft")})
         print(f"| {label} | {mean_std(overall)} | " + " | ".join(per_bucket) + " |")
     counts = [sum(bucket(n) == b for seed in args.seeds for n in lengths[seed]) for b in range(len(names))]
     print("| (numbers per bucket, all seeds) | | " + " | ".join(str(c) for c in counts) + " |")
+    if args.qkv:
+        chart = {
+            "title": "Number task: exact match by the length of the German number",
+            "note": f"greedy decoding, 500 held-out numbers per seed; mean ± std over seeds {', '.join(args.seeds)}",
+            "x_label": "reference length (characters)", "y_label": "exact match (%)",
+            "x_categories": names, "series": series,
+        }
+        spec = args.results / "exact_match_by_length.json"
+        spec.write_text(json.dumps(chart, indent=1))
+        png = args.results / "exact_match_by_length.png"
+        subprocess.run([args.qkv, "plot", "chart", "--spec", str(spec), "--out", str(png)], check=True,
+                       capture_output=True)
+        print("\n![exact match by length](exact_match_by_length.png)")
 
     print("\nMcNemar's exact test against the baseline, per seed (numbers only the method gets right / only the")
     print("baseline gets right, two-sided p):\n")
