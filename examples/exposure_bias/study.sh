@@ -73,16 +73,16 @@ print(best)
 PY
 }
 
-# fine_tune NAME SEED ARGS...: run NAME, FINE_TUNE_STEPS (or as ARGS say) from seed SEED's teacher-forcing model
+# fine_tune NAME SEED STEPS ARGS...: run NAME, STEPS optimizer steps from seed SEED's teacher-forcing model
 fine_tune() {
-    local name=$1 seed=$2; shift 2
+    local name=$1 seed=$2 budget=$3; shift 3
     [ -f "$results/$name.beam5.de" ] && return
     # the teacher-forcing checkpoint is gone when an earlier session trained it: train it again (bit for bit)
     if [ ! -d "$out/tf-s$seed/best" ]; then rm -f "$results/tf-s$seed.beam5.de"; teacher_forcing "$seed"; fi
     train "$name" --train-source "$data/train$suffix.en" --train-target "$data/train$suffix.de" \
         --valid-source "$data/val$suffix.en" --valid-target "$data/val$suffix.de" --max-tokens 4096 \
         --lr-factor 1.25 --warmup 2000 --save-steps 250 --save-total-limit 2 \
-        --init-from "$out/tf-s$seed/best" --seed "$seed" --max-steps "$fine_tune_steps" "$@"
+        --init-from "$out/tf-s$seed/best" --seed "$seed" --max-steps "$budget" "$@"
 }
 teacher_forcing() { train "tf-s$1" "${common[@]}" --seed "$1" --max-steps "$steps"; }
 
@@ -91,7 +91,7 @@ teacher_forcing() { train "tf-s$1" "${common[@]}" --seed "$1" --max-steps "$step
 first_seed=${seeds%% *}
 teacher_forcing "$first_seed"
 for mix in argmax softmax top-k sample; do
-    fine_tune "screen-$mix" "$first_seed" --max-steps "$screen_steps" --sampling scheduled --sampling-mix "$mix" \
+    fine_tune "screen-$mix" "$first_seed" "$screen_steps" --sampling scheduled --sampling-mix "$mix" \
         "${schedule[@]}"
 done
 mix=$(for m in argmax softmax top-k sample; do echo "$(val_bleu "screen-$m") $m"; done | sort -gr | head -1 | cut -d' ' -f2)
@@ -101,8 +101,8 @@ echo "scheduled sampling mix: $mix (best validation BLEU of $screen_steps fine-t
 # Stage 1
 for seed in $seeds; do
     teacher_forcing "$seed"
-    fine_tune "tf-ft-s$seed" "$seed"
-    fine_tune "so-ft-s$seed" "$seed" --sampling sentence-oracle "${schedule[@]}"
+    fine_tune "tf-ft-s$seed" "$seed" "$fine_tune_steps"
+    fine_tune "so-ft-s$seed" "$seed" "$fine_tune_steps" --sampling sentence-oracle "${schedule[@]}"
     train "ss-s$seed" "${common[@]}" --seed "$seed" --max-steps "$steps" --sampling scheduled --sampling-mix "$mix" \
         "${schedule[@]}"
     train "wo-s$seed" "${common[@]}" --seed "$seed" --max-steps "$steps" --sampling word-oracle "${schedule[@]}"
