@@ -26,6 +26,7 @@ mod progress;
 mod qa;
 mod serve;
 mod sts;
+mod study;
 mod train;
 mod translate;
 
@@ -50,6 +51,18 @@ fn keep_freed_memory() {
 
 #[cfg(not(feature = "mimalloc"))]
 fn keep_freed_memory() {}
+
+/// Undoes [`keep_freed_memory`] for `qkv study`, which measures peak memory from the resident set: memory kept
+/// mapped after one measurement would hide the next one's allocations.
+#[cfg(feature = "mimalloc")]
+fn release_freed_memory() {
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = libmimalloc_sys::mi_option_use_numa_nodes - 1;
+    // SAFETY: as in `keep_freed_memory`.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
+
+#[cfg(not(feature = "mimalloc"))]
+fn release_freed_memory() {}
 
 #[derive(Parser)]
 #[command(name = "qkv", version, about = "Train, run and study Transformer models (encoder-decoder, BERT, GPT-2)")]
@@ -101,6 +114,9 @@ enum Command {
     Forward(forward::Args),
     /// Serve model directories over an OpenAI-compatible HTTP API (/v1/embeddings, /v1/completions, /v1/models)
     Serve(serve::Args),
+    /// Answer the notes' design questions by experiment ("why divide by √d_k?", "why several heads?", …):
+    /// `qkv study scaling|heads|tied-qk|additive|mask-value|parallel-decoding|all --out DIR`
+    Study(study::Args),
     /// Time qkv's side of a benchmark workload and print JSON (tools/bench/run.sh compares it with PyTorch)
     Bench(bench::Args),
 }
@@ -137,6 +153,10 @@ fn main() -> ExitCode {
         Command::Qa(args) => qa::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Study(args) => {
+            release_freed_memory();
+            study::run(args)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,7 @@
 //! - [`text`]: corpora, subword tokenizers (Hugging Face `tokenizers`) and batches.
 //! - [`plot`]: PNG figures: training curves of one run or several, attention heatmaps.
 //! - [`train`]: losses, learning-rate schedules, checkpoints and training loops.
+//! - [`study`]: `qkv study`, the design questions answered by experiments on top of all the above.
 //!
 //! Beneath them all, depending on nothing in the model stack:
 //! - [`metrics`]: BLEU, chrF and other scores; pure functions, no tensors.
@@ -36,6 +37,7 @@ mod panic_guard;
 pub mod plot;
 pub mod rng;
 pub mod run_log;
+pub mod study;
 pub mod text;
 pub mod train;
 

@@ -56,7 +56,8 @@ pub fn masked_softmax_composed(x: &Tensor, bias: Option<&Tensor>, scale: f64) ->
     let scores = if scale == 1.0 { x.clone() } else { (x * scale)? };
     let Some(bias) = bias else { return softmax(&scores) };
     let probs = softmax(&scores.broadcast_add(bias)?)?;
-    let visible_rows = bias.max_keepdim(D::Minus1)?.gt(MASKED as f64 / 2.0)?.to_dtype(DType::F32)?;
+    // The masked value depends on the dtype (f16 cannot hold MASKED), so the threshold does too.
+    let visible_rows = bias.max_keepdim(D::Minus1)?.gt(masked_value(bias.dtype()) / 2.0)?.to_dtype(probs.dtype())?;
     Ok(probs.broadcast_mul(&visible_rows)?)
 }
 

@@ -17,6 +17,7 @@ pub mod classification;
 pub mod correlation;
 pub mod pcg64;
 pub mod significance;
+pub mod t_test;
 
 pub use bleu::{
     bleu_by_length, corpus_bleu, sentence_bleu, sentence_stats, tokenize_13a, BleuOptions, BleuScore, BleuStats,

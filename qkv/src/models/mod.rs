@@ -5,4 +5,4 @@ pub mod gpt2;
 pub mod transformer;
 
 pub use gpt2::{Gpt2, Gpt2Config};
-pub use transformer::{PositionEncoding, Transformer, TransformerConfig};
+pub use transformer::{AttentionMaps, PositionEncoding, Transformer, TransformerConfig};

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::nn::{
     decoder::DecoderWeights, Activation, AttentionMask, Decoder, DecoderCache, Dropout, DropoutRates, Embedding,
-    Encoder, LayerConfig, LearnedPosition, Linear, Mode, NormPosition, SinusoidalPosition, WeightInit,
+    Encoder, LayerConfig, LearnedPosition, Linear, Mode, NormPosition, Projections, Score, SinusoidalPosition,
+    WeightInit,
 };
 use crate::{limits, Error, Result};
 
@@ -58,6 +59,13 @@ pub struct TransformerConfig {
     pub bos_token_id: u32,
     pub eos_token_id: u32,
     pub init: WeightInit,
+    /// The query-key score of every attention block (the paper: `scaled_dot`; `qkv study scaling` and
+    /// `additive` compare the others).
+    pub attention_score: Score,
+    /// `separate` W_Q, W_K, W_V (the paper), `shared_qk` (W_K = W_Q) or `none` (q = k = v = x).
+    pub attention_projections: Projections,
+    /// Width of each attention head; absent for d_model / heads (the paper).
+    pub head_dim: Option<usize>,
 }
 
 impl Default for TransformerConfig {
@@ -88,6 +96,9 @@ impl Default for TransformerConfig {
             bos_token_id: 1,
             eos_token_id: 2,
             init: WeightInit::XavierUniform,
+            attention_score: Score::ScaledDot,
+            attention_projections: Projections::Separate,
+            head_dim: None,
         }
     }
 }
@@ -136,7 +147,9 @@ impl TransformerConfig {
                 residual: self.dropout,
                 activation: self.activation_dropout,
             },
-            scaled_attention: true,
+            score: self.attention_score,
+            projections: self.attention_projections,
+            head_dim: self.head_dim,
             relative_max_distance: match self.position_encoding {
                 PositionEncoding::Relative => Some(self.relative_max_distance),
                 _ => None,
@@ -154,7 +167,17 @@ impl TransformerConfig {
         let tables = if self.share_encoder_decoder_embeddings { 1.0 } else { 2.0 }
             + if self.tie_word_embeddings { 0.0 } else { 1.0 };
         let positions = if self.position_encoding == PositionEncoding::Learned { 2.0 * p * c } else { 0.0 };
-        tables * v * c + positions + le * (4.0 * c * c + 2.0 * c * fe) + ld * (8.0 * c * c + 2.0 * c * fd)
+        let attention = |heads: usize| {
+            let inner = heads as f64 * self.head_dim.map_or(c / heads.max(1) as f64, |d| d as f64);
+            let inputs = match self.attention_projections {
+                Projections::Separate => 3.0,
+                Projections::SharedQk => 2.0,
+                Projections::None => 0.0,
+            };
+            (inputs + 1.0) * c * inner
+        };
+        let (ae, ad) = (attention(self.encoder_attention_heads), attention(self.decoder_attention_heads));
+        tables * v * c + positions + le * (ae + 2.0 * c * fe) + ld * (2.0 * ad + 2.0 * c * fd)
     }
 
     pub fn encoder_layer(&self) -> LayerConfig {
@@ -346,12 +369,19 @@ impl Transformer {
     /// Teacher-forced pass in eval mode returning every decoder layer's self- and cross-attention weights
     /// (B, H, T, T) and (B, H, T, S), for visualisation.
     pub fn attention_maps(&self, src: &Tensor, src_valid: &Tensor, tgt: &Tensor) -> Result<Vec<DecoderWeights>> {
+        Ok(self.all_attention_maps(src, src_valid, tgt)?.decoder)
+    }
+
+    /// Teacher-forced pass in eval mode returning every attention map of both stacks.
+    pub fn all_attention_maps(&self, src: &Tensor, src_valid: &Tensor, tgt: &Tensor) -> Result<AttentionMaps> {
         let mode = &mut Mode::Eval;
         let src_mask = Self::source_mask(src_valid)?;
-        let memory = self.encode(src, &src_mask, mode)?;
+        let x = self.embed(&self.source_embedding, src, Stack::Encoder, 0, mode)?;
+        let (memory, encoder) = self.encoder.forward_with_weights(&x, Some(&src_mask), mode)?;
         let x = self.embed(&self.target_embedding, tgt, Stack::Decoder, 0, mode)?;
         let causal = Self::target_mask(tgt.dim(1)?, tgt.device())?;
-        Ok(self.decoder.forward_with_weights(&x, &memory, Some(&causal), Some(&src_mask), mode)?.1)
+        let decoder = self.decoder.forward_with_weights(&x, &memory, Some(&causal), Some(&src_mask), mode)?.1;
+        Ok(AttentionMaps { encoder, decoder })
     }
 
     /// Decoder states (B, T, C) → logits (B, T, V).
@@ -402,6 +432,14 @@ impl Transformer {
         };
         self.embedding_dropout.forward(&x, mode)
     }
+}
+
+/// Every attention map of a teacher-forced pass.
+pub struct AttentionMaps {
+    /// Each encoder layer's self-attention, (B, H, S, S).
+    pub encoder: Vec<Tensor>,
+    /// Each decoder layer's self- and cross-attention.
+    pub decoder: Vec<DecoderWeights>,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -114,6 +114,27 @@ impl Encoder {
         }
     }
 
+    /// As [`forward`](Self::forward), also returning every layer's self-attention weights (B, H, S, S).
+    pub fn forward_with_weights(
+        &self,
+        x: &Tensor,
+        mask: Option<&AttentionMask>,
+        mode: &mut Mode,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut x = x.clone();
+        let mut weights = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let (y, w) = layer.forward_with_weights(&x, mask, mode)?;
+            x = y;
+            weights.push(w);
+        }
+        let x = match &self.norm {
+            Some(norm) => norm.forward(&x)?,
+            None => x,
+        };
+        Ok((x, weights))
+    }
+
     pub fn layers(&self) -> &[EncoderLayer] {
         &self.layers
     }

@@ -3,9 +3,8 @@
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::attention::Score;
 use super::{
-    attention::AttentionConfig,
+    attention::{AttentionConfig, Projections, Score},
     dropout::{Dropout, DropoutRates},
     feed_forward::{Activation, FeedForward},
     norm::{LayerNorm, NormPosition, Residual},
@@ -27,8 +26,12 @@ pub struct LayerConfig {
     /// Biases on the attention and feed-forward projections.
     pub bias: bool,
     pub dropout: DropoutRates,
-    /// Divide attention scores by √Dh.
-    pub scaled_attention: bool,
+    /// The query-key score (the paper: q·k / √Dh).
+    pub score: Score,
+    /// Which of W_Q, W_K, W_V exist (the paper: all three).
+    pub projections: Projections,
+    /// Width of each head; `None` for d_model / num_heads.
+    pub head_dim: Option<usize>,
     /// Shaw et al.'s clipping distance for relative positions in self-attention; `None` for none.
     pub relative_max_distance: Option<usize>,
     pub init: WeightInit,
@@ -47,7 +50,9 @@ impl LayerConfig {
             layer_norm_eps: 1e-5,
             bias: true,
             dropout: DropoutRates::default(),
-            scaled_attention: true,
+            score: Score::ScaledDot,
+            projections: Projections::Separate,
+            head_dim: None,
             relative_max_distance: None,
             init: WeightInit::XavierUniform,
         }
@@ -73,7 +78,9 @@ impl LayerConfig {
             num_heads: self.num_heads,
             bias: self.bias,
             dropout: self.dropout.attention,
-            score: if self.scaled_attention { Score::ScaledDot } else { Score::Dot },
+            score: self.score,
+            projections: self.projections,
+            head_dim: self.head_dim,
             relative_max_distance: self.relative_max_distance,
         }
     }

@@ -17,7 +17,12 @@ pub struct Linear {
 impl Linear {
     /// Parameters `weight` (out, in) and, with `bias`, `bias` (out) initialised to zero.
     pub fn new(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool, init: WeightInit) -> Result<Self> {
-        let weight = vb.get_with_hints((out_dim, in_dim), "weight", init.for_matrix(out_dim, in_dim))?;
+        Self::with_init(vb, in_dim, out_dim, bias, init.for_matrix(out_dim, in_dim))
+    }
+
+    /// As [`new`](Self::new), the weight drawn from candle's `init` as it is.
+    pub fn with_init(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool, init: Init) -> Result<Self> {
+        let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
         let bias = if bias { Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?) } else { None };
         Ok(Self { weight, bias })
     }

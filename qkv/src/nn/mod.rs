@@ -18,7 +18,7 @@ pub mod norm;
 pub mod params;
 pub mod position;
 
-pub use attention::{AttentionConfig, MultiHeadAttention, ScaledDotProduct, Score};
+pub use attention::{AttentionConfig, MultiHeadAttention, Projections, ScaledDotProduct, Score};
 pub use decoder::{Decoder, DecoderLayer};
 pub use dropout::{Dropout, DropoutRates};
 pub use embedding::Embedding;

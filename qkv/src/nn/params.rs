@@ -40,6 +40,17 @@ impl WeightInit {
     }
 }
 
+/// `init` with every drawn value multiplied by `factor` (its standard deviation times `factor`), for the
+/// uniform, normal and constant initialisers [`WeightInit`] gives; candle's Kaiming is returned unchanged.
+pub fn scaled(init: Init, factor: f64) -> Init {
+    match init {
+        Init::Uniform { lo, up } => Init::Uniform { lo: lo * factor, up: up * factor },
+        Init::Randn { mean, stdev } => Init::Randn { mean: mean * factor, stdev: stdev * factor },
+        Init::Const(value) => Init::Const(value * factor),
+        other => other,
+    }
+}
+
 struct SeededBackend {
     vars: VarMap,
     rng: Mutex<Rng>,

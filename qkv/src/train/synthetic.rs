@@ -21,7 +21,7 @@ use super::AdamWConfig;
 use crate::decode::{greedy, DecodeOptions};
 use crate::hub::save_parameters;
 use crate::models::{Transformer, TransformerConfig};
-use crate::nn::{params::named_vars, seeded_var_builder, Mode};
+use crate::nn::{params::named_vars, seeded_var_builder, Mode, Projections, Score};
 use crate::rng::Rng;
 use crate::train::{cross_entropy, schedule::inverse_sqrt};
 use crate::{Error, Result};
@@ -60,6 +60,11 @@ pub struct SyntheticConfig {
     pub label_smoothing: f64,
     /// Held-out sequences scored by exact match after training.
     pub eval_size: usize,
+    /// The attention variant of every block (`qkv study` compares them; the paper's by default).
+    pub attention_score: Score,
+    pub attention_projections: Projections,
+    /// Width of each head; absent for d_model / heads.
+    pub head_dim: Option<usize>,
     /// The loop: `max_steps` steps (800 by default), Adam with β₂ = 0.98, ε = 1e-9, no decay, no clipping.
     #[serde(flatten)]
     pub run: LoopSettings,
@@ -82,6 +87,9 @@ impl Default for SyntheticConfig {
             lr_factor: 1.0,
             label_smoothing: 0.0,
             eval_size: 500,
+            attention_score: Score::ScaledDot,
+            attention_projections: Projections::Separate,
+            head_dim: None,
             run: LoopSettings {
                 num_train_epochs: None,
                 max_steps: Some(800),
@@ -95,7 +103,8 @@ impl Default for SyntheticConfig {
 }
 
 impl SyntheticConfig {
-    fn model(&self) -> TransformerConfig {
+    /// The model the task trains.
+    pub fn model(&self) -> TransformerConfig {
         TransformerConfig {
             vocab_size: (FIRST_SYMBOL + self.symbols) as usize,
             d_model: self.d_model,
@@ -111,6 +120,9 @@ impl SyntheticConfig {
             pad_token_id: PAD,
             bos_token_id: BOS,
             eos_token_id: EOS,
+            attention_score: self.attention_score,
+            attention_projections: self.attention_projections,
+            head_dim: self.head_dim,
             ..TransformerConfig::default()
         }
     }
@@ -290,7 +302,12 @@ impl TrainerTask for SyntheticTask {
 /// Trains a fresh encoder-decoder Transformer on the task with teacher forcing, Adam and the paper's
 /// learning-rate schedule on the shared loop (in memory), then decodes held-out sequences greedily.
 /// `on_step` sees every step.
-pub fn run(config: &SyntheticConfig, mut on_step: impl FnMut(&StepRecord)) -> Result<SyntheticReport> {
+pub fn run(config: &SyntheticConfig, on_step: impl FnMut(&StepRecord)) -> Result<SyntheticReport> {
+    Ok(train(config, on_step)?.0)
+}
+
+/// As [`run`], also returning the trained model (for measurements on it, such as attention statistics).
+pub fn train(config: &SyntheticConfig, mut on_step: impl FnMut(&StepRecord)) -> Result<(SyntheticReport, Transformer)> {
     let mut trainer = Trainer::<SyntheticTask>::in_memory(config.clone(), ())?;
     let parameters = trainer.task().vars.iter().map(|(_, v)| v.elem_count()).sum();
     let start = Instant::now();
@@ -310,7 +327,7 @@ pub fn run(config: &SyntheticConfig, mut on_step: impl FnMut(&StepRecord)) -> Re
         Some(evaluation) => evaluation,
         None => evaluate(&task.model, config, &task.device)?,
     };
-    Ok(SyntheticReport {
+    let report = SyntheticReport {
         steps,
         parameters,
         final_loss,
@@ -318,14 +335,26 @@ pub fn run(config: &SyntheticConfig, mut on_step: impl FnMut(&StepRecord)) -> Re
         exact_match,
         evaluated: config.eval_size,
         examples,
-    })
+    };
+    Ok((report, task.model))
+}
+
+/// `size` held-out sequences (from the generator evaluation uses, never the training draws) as a
+/// teacher-forcing batch: sources (B, S), their validity (B, S) as u8, target inputs behind BOS (B, T).
+pub fn held_out_batch(config: &SyntheticConfig, size: usize, device: &Device) -> Result<(Tensor, Tensor, Tensor)> {
+    let (_, batch) = held_out_sampler(config).batch(size, device)?;
+    Ok((batch.src, batch.src_valid, batch.tgt_in))
+}
+
+/// A generator the training data never drew from.
+fn held_out_sampler(config: &SyntheticConfig) -> Sampler {
+    Sampler { config: config.clone(), rng: Rng::seed_from_u64(config.run.seed ^ 0x5eed_e7a1) }
 }
 
 type Example = (Vec<u32>, Vec<u32>, Vec<u32>);
 
 fn evaluate(model: &Transformer, config: &SyntheticConfig, device: &Device) -> Result<(usize, Vec<Example>)> {
-    // A generator the training data never drew from.
-    let mut held_out = Sampler { config: config.clone(), rng: Rng::seed_from_u64(config.run.seed ^ 0x5eed_e7a1) };
+    let mut held_out = held_out_sampler(config);
     let mut exact = 0;
     let mut examples = Vec::new();
     let mut remaining = config.eval_size;

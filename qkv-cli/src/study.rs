@@ -1,0 +1,78 @@
+//! `qkv study QUESTION --out DIR`: runs one of the design questions of [`qkv::study`] (or `all`), prints its
+//! one-line answer and writes the report (report.md, results.json, figures) into DIR.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use qkv::study::{keep_section, kept_sections, write_report, Study, StudyOptions, QUESTIONS};
+
+#[derive(Parser)]
+pub struct Args {
+    #[command(subcommand)]
+    question: Question,
+}
+
+#[derive(Subcommand)]
+enum Question {
+    /// Why divide by √d_k? Softmax saturation over random draws; training with and without the factor, T5's
+    /// init and QK-norm
+    Scaling(Common),
+    /// Why several heads of d_model/h? h = 1, 2, 4, 8 at equal cost, per-head statistics, full-width heads
+    Heads(Common),
+    /// Why not Q = K, or no projections? Attention on the own position and the task
+    TiedQk(Common),
+    /// Dot-product against additive attention: time, memory and quality as d_k grows
+    Additive(Common),
+    /// −∞, −1e9, −1e4 or 0 as the padding mask, in f32, f16 and bf16
+    MaskValue(Common),
+    /// Why training is parallel and decoding is not; why the key/value cache is exact
+    ParallelDecoding(Common),
+    /// Every question above, into one report (about 30 minutes on 2 cores)
+    All(Common),
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// Report directory: report.md, results.json, the PNG figures, and runs/ (finished trainings, reused when
+    /// the study runs again, so an interrupted study continues)
+    #[arg(long, default_value = "runs/study")]
+    out: PathBuf,
+    /// Seeds of every trained variant (numbers average over them)
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    seeds: Vec<u64>,
+    /// A seconds-long smoke run (first seed, a few steps): checks the pipeline; its numbers mean nothing
+    #[arg(long)]
+    quick: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let (names, common): (Vec<&str>, Common) = match args.question {
+        Question::Scaling(c) => (vec!["scaling"], c),
+        Question::Heads(c) => (vec!["heads"], c),
+        Question::TiedQk(c) => (vec!["tied-qk"], c),
+        Question::Additive(c) => (vec!["additive"], c),
+        Question::MaskValue(c) => (vec!["mask-value"], c),
+        Question::ParallelDecoding(c) => (vec!["parallel-decoding"], c),
+        Question::All(c) => (QUESTIONS.iter().map(|q| q.0).collect(), c),
+    };
+    let start = Instant::now();
+    let options = StudyOptions { seeds: common.seeds.clone(), quick: common.quick };
+    let mut study = Study::new(&common.out, options, move |message| {
+        eprintln!("[{:>6.1} s] {message}", start.elapsed().as_secs_f64());
+    })
+    .with_context(|| format!("study directory {}", common.out.display()))?;
+    for name in &names {
+        let Some((_, answer)) = QUESTIONS.iter().find(|q| q.0 == *name) else { continue };
+        let section = answer(&mut study).with_context(|| format!("qkv study {name}"))?;
+        println!("{}: {}", section.question, section.answer);
+        keep_section(&common.out, &section)?;
+    }
+    let all: Vec<&str> = QUESTIONS.iter().map(|q| q.0).collect();
+    let sections = kept_sections(&common.out, &all)?;
+    let title = if common.quick { "qkv study (quick smoke run: the numbers mean nothing)" } else { "qkv study" };
+    write_report(&common.out, title, &sections)?;
+    eprintln!("report: {} ({:.0} s)", common.out.join("report.md").display(), start.elapsed().as_secs_f64());
+    Ok(())
+}

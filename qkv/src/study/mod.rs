@@ -1,0 +1,51 @@
+//! `qkv study`: the questions people ask about the Transformer's design ("why divide by √d_k?", "why several
+//! heads?", "why not Q = K?") answered by running the experiment instead of reading the argument.
+//!
+//! Each question is a module whose `run` measures or trains and returns a [`Section`] of the report: a one-line
+//! answer with its numbers, the setup, tables and figures. Trained variants use the built-in reversal task
+//! ([`crate::train::synthetic`]), so a question takes minutes on two cores; every trained number is a mean ±
+//! standard deviation over seeds, and a difference within the spread is called no difference. Finished runs
+//! are kept under the report directory ([`Study`]), so a study that is stopped continues where it was and
+//! questions share the runs they have in common.
+
+pub mod additive;
+pub mod heads;
+pub mod mask_value;
+pub mod parallel_decoding;
+pub mod projections;
+pub mod report;
+pub mod runs;
+pub mod scaling;
+
+pub use report::{keep_section, kept_sections, write_report, Figure, Section, Table};
+pub use runs::{AttentionStats, RunResult, Study, StudyOptions};
+
+/// The questions of `qkv study`, in the report's order, with the function that answers each.
+pub const QUESTIONS: &[(&str, fn(&mut Study) -> crate::Result<Section>)] = &[
+    ("scaling", scaling::run),
+    ("heads", heads::run),
+    ("tied-qk", projections::run),
+    ("additive", additive::run),
+    ("mask-value", mask_value::run),
+    ("parallel-decoding", parallel_decoding::run),
+];
+
+/// Mean and sample standard deviation (n − 1; 0 for one value).
+pub fn mean_std(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mean = values.iter().sum::<f64>() / n;
+    if values.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt())
+}
+
+/// "m ± s" with `digits` decimals.
+pub fn format_spread(values: &[f64], digits: usize) -> String {
+    let (m, s) = mean_std(values);
+    format!("{m:.digits$} ± {s:.digits$}")
+}
