@@ -90,7 +90,7 @@ fn measure(config: &SyntheticConfig, repeats: usize) -> Result<Cost> {
 
 /// Runs `f` with the kernel's record of the peak resident set reset first, and returns how far the peak rose
 /// above the resident set before (Linux; `None` elsewhere).
-fn peak_growth(f: impl Fn() -> Result<()>) -> Result<Option<u64>> {
+fn peak_growth(f: &dyn Fn() -> Result<()>) -> Result<Option<u64>> {
     let read = |name: &str| -> Option<u64> {
         let text = std::fs::read_to_string("/proc/self/status").ok()?;
         let line = text.lines().find(|l| l.starts_with(name))?;

@@ -35,7 +35,7 @@ impl Masking {
     fn name(self) -> String {
         match self {
             Masking::Add(v) if v == f64::NEG_INFINITY => "−∞".into(),
-            Masking::Add(v) if v == 0.0 => "0 (no mask)".into(),
+            Masking::Add(0.0) => "0 (no mask)".into(),
             Masking::Add(v) => format!("{v:e}").replace('-', "−"),
             Masking::Qkv => "qkv (per-dtype value, zero rows)".into(),
         }

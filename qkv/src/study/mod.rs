@@ -20,8 +20,11 @@ pub mod scaling;
 pub use report::{keep_section, kept_sections, write_report, Figure, Section, Table};
 pub use runs::{AttentionStats, RunResult, Study, StudyOptions};
 
+/// What answers one question.
+pub type Answer = fn(&mut Study) -> crate::Result<Section>;
+
 /// The questions of `qkv study`, in the report's order, with the function that answers each.
-pub const QUESTIONS: &[(&str, fn(&mut Study) -> crate::Result<Section>)] = &[
+pub const QUESTIONS: &[(&str, Answer)] = &[
     ("scaling", scaling::run),
     ("heads", heads::run),
     ("tied-qk", projections::run),
