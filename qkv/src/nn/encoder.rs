@@ -108,10 +108,7 @@ impl Encoder {
         for layer in &self.layers {
             x = layer.forward(&x, mask, mode)?;
         }
-        match &self.norm {
-            Some(norm) => norm.forward(&x),
-            None => Ok(x),
-        }
+        self.final_norm(x)
     }
 
     /// As [`forward`](Self::forward), also returning every layer's self-attention weights (B, H, S, S).
@@ -128,11 +125,15 @@ impl Encoder {
             x = y;
             weights.push(w);
         }
-        let x = match &self.norm {
-            Some(norm) => norm.forward(&x)?,
-            None => x,
-        };
-        Ok((x, weights))
+        Ok((self.final_norm(x)?, weights))
+    }
+
+    /// The closing LayerNorm, where the stack has one.
+    fn final_norm(&self, x: Tensor) -> Result<Tensor> {
+        match &self.norm {
+            Some(norm) => norm.forward(&x),
+            None => Ok(x),
+        }
     }
 
     pub fn layers(&self) -> &[EncoderLayer] {

@@ -10,7 +10,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use serde_json::json;
 
-use super::{format_spread, mean_std, Figure, RunResult, Section, Study, Table};
+use super::{exact_match, format_spread, mean_std, Figure, RunResult, Section, Study, Table};
 use crate::metrics::t_test::welch;
 use crate::models::Transformer;
 use crate::nn::{seeded_var_builder, Mode, Score};
@@ -102,10 +102,6 @@ fn peak_growth(f: &dyn Fn() -> Result<()>) -> Result<Option<u64>> {
     Ok(before.and_then(|before| Some(read("VmHWM:")?.saturating_sub(before))))
 }
 
-fn exact(runs: &[RunResult]) -> Vec<f64> {
-    runs.iter().map(|r| 100.0 * r.exact_match).collect()
-}
-
 fn section(study: &Study, variants: &[Variant]) -> Section {
     let seeds = study.seeds();
     let mut table = Table::new(
@@ -113,12 +109,13 @@ fn section(study: &Study, variants: &[Variant]) -> Section {
         &["d_k", "score", "ms per pass", "peak memory growth (MB)", "scores held at once (MB, arithmetic)", "ms per training step", "exact match %", "vs q·k/√d_k (Welch p)"],
     );
     for v in variants {
-        let base = variants.iter().find(|o| o.d_k == v.d_k && o.score == Score::ScaledDot).map(|o| exact(&o.runs));
-        let p = match base.and_then(|b| welch(&exact(&v.runs), &b)) {
+        let base =
+            variants.iter().find(|o| o.d_k == v.d_k && o.score == Score::ScaledDot).map(|o| exact_match(&o.runs));
+        let p = match base.and_then(|b| welch(&exact_match(&v.runs), &b)) {
             Some(test) if v.score != Score::ScaledDot => format!("{:.3}", test.p),
             _ => "—".into(),
         };
-        let step_ms: Vec<f64> = v.runs.iter().map(|r| 1000.0 * r.train_seconds / r.steps.max(1) as f64).collect();
+        let step_ms: Vec<f64> = v.runs.iter().map(RunResult::ms_per_step).collect();
         table.row(vec![
             v.d_k.to_string(),
             v.name.to_string(),
@@ -126,13 +123,13 @@ fn section(study: &Study, variants: &[Variant]) -> Section {
             v.cost.peak_mb.map_or("n/a".into(), |mb| format!("{mb:.1}")),
             format!("{:.2}", v.cost.score_mb),
             format_spread(&step_ms, 1),
-            format_spread(&exact(&v.runs), 1),
+            format_spread(&exact_match(&v.runs), 1),
             p,
         ]);
     }
     let get = |d_k: usize, score: Score| variants.iter().find(|v| v.d_k == d_k && v.score == score);
     let wide = WIDTHS[WIDTHS.len() - 1];
-    let em = |v: Option<&Variant>| v.map_or(f64::NAN, |v| mean_std(&exact(&v.runs)).0);
+    let em = |v: Option<&Variant>| v.map_or(f64::NAN, |v| mean_std(&exact_match(&v.runs)).0);
     let ratio = |a: Option<&Variant>, b: Option<&Variant>| match (a, b) {
         (Some(a), Some(b)) => a.cost.ms / b.cost.ms,
         _ => f64::NAN,
@@ -193,7 +190,7 @@ fn figure(study: &Study, variants: &[Variant]) -> Result<()> {
         y_label: "held-out exact match (%)".into(),
         log_x: true,
         series: all(&|v: &Variant| {
-            let (m, s) = mean_std(&exact(&v.runs));
+            let (m, s) = mean_std(&exact_match(&v.runs));
             (m, Some(s))
         }),
         ..Chart::default()

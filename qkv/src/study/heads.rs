@@ -5,7 +5,7 @@
 use serde_json::json;
 
 use super::runs::AttentionStats;
-use super::{format_spread, mean_std, Figure, RunResult, Section, Study, Table};
+use super::{exact_match, format_spread, mean_std, Figure, RunResult, Section, Study, Table};
 use crate::plot::{Chart, Point, Series};
 use crate::train::synthetic::SyntheticConfig;
 use crate::Result;
@@ -58,14 +58,14 @@ fn section(study: &Study, variants: &[Variant]) -> Section {
         &["heads × width", "parameters", "attention FLOPs/token", "ms/step", "exact match %", "final loss", "self-attn entropy (nats)", "own-position weight", "head divergence JS (nats)", "cross-attn weight on the aligned source (best head)"],
     );
     for v in variants {
-        let ms: Vec<f64> = v.runs.iter().map(|r| 1000.0 * r.train_seconds / r.steps.max(1) as f64).collect();
+        let ms: Vec<f64> = v.runs.iter().map(RunResult::ms_per_step).collect();
         let best_alignment = |s: &AttentionStats| s.cross_alignment.iter().flatten().copied().fold(0.0, f64::max);
         table.row(vec![
             format!("{} × {}{}", v.heads, v.head_dim, if v.split { "" } else { " (full width)" }),
             v.runs.first().map_or(0, |r| r.parameters).to_string(),
             format!("{:.0}", attention_flops(task.d_model, v.heads * v.head_dim, keys)),
             format_spread(&ms, 1),
-            format_spread(&exact(&v.runs), 1),
+            format_spread(&exact_match(&v.runs), 1),
             format_spread(&v.runs.iter().map(|r| r.final_loss).collect::<Vec<_>>(), 3),
             format_spread(&stat(&v.runs, |s| AttentionStats::mean(&s.encoder_entropy)), 2),
             format_spread(&stat(&v.runs, |s| AttentionStats::mean(&s.encoder_self_mass)), 2),
@@ -74,7 +74,7 @@ fn section(study: &Study, variants: &[Variant]) -> Section {
         ]);
     }
     let find = |h: usize, split: bool| variants.iter().find(|v| v.heads == h && v.split == split);
-    let em = |v: Option<&Variant>| v.map_or(f64::NAN, |v| mean_std(&exact(&v.runs)).0);
+    let em = |v: Option<&Variant>| v.map_or(f64::NAN, |v| mean_std(&exact_match(&v.runs)).0);
     let params = |v: Option<&Variant>| v.and_then(|v| v.runs.first()).map_or(0, |r| r.parameters);
     let answer = format!(
         "Splitting d_model = {} into h heads keeps the cost fixed ({} parameters at h = 1 and h = 8) while the heads learn different patterns (JS divergence between heads {:.3} nats at h = 8); exact match: {:.1}% (h = 1), {:.1}% (h = 2), {:.1}% (h = 4), {:.1}% (h = 8). Eight full-width heads cost {} parameters and {:.1}× the attention FLOPs for {:.1}%.",
@@ -101,10 +101,6 @@ fn section(study: &Study, variants: &[Variant]) -> Section {
     }
 }
 
-fn exact(runs: &[RunResult]) -> Vec<f64> {
-    runs.iter().map(|r| 100.0 * r.exact_match).collect()
-}
-
 fn figure(study: &Study, variants: &[Variant]) -> Result<()> {
     let series = |split: bool, name: &str| Series {
         name: name.into(),
@@ -113,7 +109,7 @@ fn figure(study: &Study, variants: &[Variant]) -> Result<()> {
             .enumerate()
             .filter_map(|(i, &h)| {
                 let v = variants.iter().find(|v| v.heads == h && (v.split == split || h == 1))?;
-                let (mean, std) = mean_std(&exact(&v.runs));
+                let (mean, std) = mean_std(&exact_match(&v.runs));
                 Some(Point { x: i as f64, y: mean, spread: Some(std) })
             })
             .collect(),

@@ -33,6 +33,11 @@ pub const QUESTIONS: &[(&str, Answer)] = &[
     ("parallel-decoding", parallel_decoding::run),
 ];
 
+/// Each run's held-out exact match in percent.
+pub fn exact_match(runs: &[RunResult]) -> Vec<f64> {
+    runs.iter().map(RunResult::exact_match_percent).collect()
+}
+
 /// Mean and sample standard deviation (n − 1; 0 for one value).
 pub fn mean_std(values: &[f64]) -> (f64, f64) {
     let n = values.len() as f64;

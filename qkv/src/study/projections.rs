@@ -6,7 +6,7 @@
 use serde_json::json;
 
 use super::runs::AttentionStats;
-use super::{format_spread, mean_std, Figure, RunResult, Section, Study, Table};
+use super::{exact_match, format_spread, mean_std, Figure, RunResult, Section, Study, Table};
 use crate::metrics::t_test::welch;
 use crate::nn::Projections;
 use crate::plot::{Chart, Point, Series};
@@ -38,10 +38,6 @@ fn own(runs: &[RunResult]) -> Vec<f64> {
     runs.iter().map(|r| AttentionStats::mean(&r.attention.encoder_self_mass)).collect()
 }
 
-fn exact(runs: &[RunResult]) -> Vec<f64> {
-    runs.iter().map(|r| 100.0 * r.exact_match).collect()
-}
-
 fn section(study: &Study, trained: &[(&str, Vec<RunResult>)]) -> Section {
     let seeds = study.seeds();
     let task = study.task();
@@ -67,7 +63,7 @@ fn section(study: &Study, trained: &[(&str, Vec<RunResult>)]) -> Section {
                 &runs.iter().map(|r| AttentionStats::mean(&r.attention.encoder_entropy)).collect::<Vec<_>>(),
                 2,
             ),
-            format_spread(&exact(runs), 1),
+            format_spread(&exact_match(runs), 1),
             format_spread(&runs.iter().map(|r| r.final_loss).collect::<Vec<_>>(), 3),
             p,
         ]);
@@ -75,7 +71,7 @@ fn section(study: &Study, trained: &[(&str, Vec<RunResult>)]) -> Section {
     let m = |i: usize, f: fn(&[RunResult]) -> Vec<f64>| mean_std(&f(&trained[i].1)).0;
     let answer = format!(
         "Each query's weight on its own position: {:.2} with separate W_Q, W_K, {:.2} with Q = K and {:.2} with q = k = v = x (uniform: {uniform:.2}); exact match {:.1}%, {:.1}% and {:.1}%. Q = K makes every score matrix symmetric (sᵢⱼ = sⱼᵢ), so a pair of tokens cannot attend asymmetrically, and without projections attention is embedding similarity, dominated by |xᵢ|².",
-        m(0, own), m(1, own), m(2, own), m(0, exact), m(1, exact), m(2, exact),
+        m(0, own), m(1, own), m(2, own), m(0, exact_match), m(1, exact_match), m(2, exact_match),
     );
     Section {
         name: "tied-qk".into(),

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::atomic_file::write_atomically;
 use crate::models::Transformer;
+use crate::train::fingerprint::{fnv1a, FNV1A_EMPTY};
 use crate::train::synthetic::{self, SyntheticConfig, Task};
 use crate::{Error, Result};
 
@@ -96,7 +97,7 @@ impl Study {
         let mut config = config.clone();
         config.run.seed = seed;
         let key = serde_json::to_string(&config).map_err(|e| Error::config("study run", label, e))?;
-        let path = self.dir.join("runs").join(format!("{:016x}.json", fnv1a(key.as_bytes())));
+        let path = self.dir.join("runs").join(format!("{:016x}.json", fnv1a(FNV1A_EMPTY, key.as_bytes())));
         if let Some(kept) = read_kept(&path, &key)? {
             return Ok(kept);
         }
@@ -123,11 +124,6 @@ fn read_kept(path: &Path, key: &str) -> Result<Option<RunResult>> {
     Ok(serde_json::from_slice::<KeptRun>(&bytes).ok().filter(|k| k.config == key).map(|k| k.result))
 }
 
-/// FNV-1a, 64 bits: names a run's file after its configuration.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
-}
-
 /// One trained variant with one seed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunResult {
@@ -144,6 +140,16 @@ pub struct RunResult {
 }
 
 impl RunResult {
+    /// Held-out exact match in percent.
+    pub fn exact_match_percent(&self) -> f64 {
+        100.0 * self.exact_match
+    }
+
+    /// Training time per optimizer step, in milliseconds.
+    pub fn ms_per_step(&self) -> f64 {
+        1000.0 * self.train_seconds / self.steps.max(1) as f64
+    }
+
     /// The first kept step whose loss is below `threshold`, if any: how fast a variant learns.
     pub fn steps_to_loss(&self, threshold: f64) -> Option<usize> {
         self.losses.iter().find(|(_, loss)| *loss < threshold).map(|(step, _)| *step)

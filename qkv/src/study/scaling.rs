@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use serde_json::json;
 
-use super::{format_spread, mean_std, Figure, RunResult, Section, Study, Table};
+use super::{exact_match, format_spread, mean_std, Figure, RunResult, Section, Study, Table};
 use crate::metrics::t_test::welch;
 use crate::nn::Score;
 use crate::plot::{Chart, Point, Series};
@@ -116,10 +116,6 @@ fn percentiles(mut v: Vec<f64>) -> [f64; 3] {
 
 type Trained<'a> = (usize, Score, &'a str, Vec<RunResult>);
 
-fn exact(runs: &[RunResult]) -> Vec<f64> {
-    runs.iter().map(|r| 100.0 * r.exact_match).collect()
-}
-
 fn losses(runs: &[RunResult]) -> Vec<f64> {
     runs.iter().map(|r| r.final_loss).collect()
 }
@@ -157,8 +153,8 @@ fn section(study: &Study, numeric: &[Numeric], trained: &[Trained], draws: usize
         &["d_k", "score", "exact match %", "final loss", "steps to loss < 0.1", "vs q·k/√d_k (Welch p)"],
     );
     for (d_k, score, name, runs) in trained {
-        let baseline = trained.iter().find(|t| t.0 == *d_k && t.1 == Score::ScaledDot).map(|t| exact(&t.3));
-        let versus = match (score, baseline.and_then(|base| welch(&exact(runs), &base))) {
+        let baseline = trained.iter().find(|t| t.0 == *d_k && t.1 == Score::ScaledDot).map(|t| exact_match(&t.3));
+        let versus = match (score, baseline.and_then(|base| welch(&exact_match(runs), &base))) {
             (Score::ScaledDot, _) => "—".to_string(),
             (_, Some(test)) => format!("{:.3}", test.p),
             (_, None) => "n/a (one seed)".to_string(),
@@ -166,7 +162,7 @@ fn section(study: &Study, numeric: &[Numeric], trained: &[Trained], draws: usize
         b.row(vec![
             d_k.to_string(),
             name.to_string(),
-            format_spread(&exact(runs), 1),
+            format_spread(&exact_match(runs), 1),
             format_spread(&losses(runs), 3),
             speed(runs),
             versus,
@@ -174,7 +170,7 @@ fn section(study: &Study, numeric: &[Numeric], trained: &[Trained], draws: usize
     }
     let widest = numeric.last();
     let at = |d_k: usize, score: Score| {
-        trained.iter().find(|t| t.0 == d_k && t.1 == score).map(|t| mean_std(&exact(&t.3)).0)
+        trained.iter().find(|t| t.0 == d_k && t.1 == score).map(|t| mean_std(&exact_match(&t.3)).0)
     };
     let wide = TRAINED_WIDTHS[TRAINED_WIDTHS.len() - 1];
     let answer = match widest {

@@ -60,19 +60,25 @@ pub fn verify(run_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// FNV-1a (64 bits) of nothing: the hash [`fnv1a`] extends.
+pub(crate) const FNV1A_EMPTY: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// The FNV-1a hash `hash` extended by `bytes`.
+pub(crate) fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
 /// Size and FNV-1a hash of a file's bytes, read in blocks.
 fn hash_file(path: &Path) -> Result<(u64, u64)> {
     let mut file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut buffer = vec![0u8; 1 << 16];
-    let (mut bytes, mut hash) = (0u64, 0xcbf2_9ce4_8422_2325u64);
+    let (mut bytes, mut hash) = (0u64, FNV1A_EMPTY);
     loop {
         let n = file.read(&mut buffer).map_err(|e| Error::io(path, e))?;
         if n == 0 {
             return Ok((bytes, hash));
         }
-        for &b in &buffer[..n] {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        hash = fnv1a(hash, &buffer[..n]);
         bytes += n as u64;
     }
 }
