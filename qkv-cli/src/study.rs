@@ -62,7 +62,11 @@ pub fn run(args: Args) -> Result<()> {
         Question::All(c) => (QUESTIONS.iter().map(|q| q.0).collect(), c),
     };
     let start = Instant::now();
-    let options = StudyOptions { seeds: common.seeds.clone(), quick: common.quick };
+    let options = StudyOptions {
+        seeds: common.seeds.clone(),
+        quick: common.quick,
+        release_memory: Some(crate::release_freed_memory),
+    };
     let mut study = Study::new(&common.out, options, move |message| {
         eprintln!("[{:>6.1} s] {message}", start.elapsed().as_secs_f64());
     })

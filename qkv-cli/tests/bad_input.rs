@@ -1200,6 +1200,12 @@ fn training(f: &Fixtures) -> Vec<Case> {
         translation("d-model 1e6", &src, &[("--d-model", "1000000"), ("--heads", "1")], &["d_model = 1000000"]),
         translation("layers 1e5", &src, &[("--layers", "100000")], &["encoder_layers = 100000", "at most 1024"]),
         translation("heads not a divisor", &src, &[("--heads", "3")], &["num_heads", "3"]),
+        translation(
+            "head-dim without projections",
+            &src,
+            &[("--attention-projections", "none"), ("--head-dim", "4")],
+            &["head_dim", "4", "d_model / num_heads = 8"],
+        ),
         translation("line counts differ", &short, &[], &["short.txt", "line-aligned"]),
         translation("empty source line", &blank, &[], &["blank.txt:7", "empty line"]),
         translation("source missing", &f.out("nosrc.txt"), &[], &["nosrc.txt"]),

@@ -59,6 +59,17 @@ pub struct TranslationArgs {
     positions: Option<String>,
     #[arg(long, value_parser = ["post", "pre"])]
     norm: Option<String>,
+    /// How queries score keys: q·k/√d_k (scaled_dot, the paper's), q·k (dot), T5's unscaled product with a
+    /// 1/√d_k-smaller W_Q init (t5), LayerNorm on q and k (qk_norm), or Bahdanau's vᵀ tanh(q + k) (additive)
+    #[arg(long, value_parser = ["scaled_dot", "dot", "t5", "qk_norm", "additive"])]
+    attention_score: Option<String>,
+    /// The attention's input projections: W_Q, W_K, W_V of their own (separate), one matrix for queries and
+    /// keys (shared_qk), or none (q = k = v = x; only W_O remains)
+    #[arg(long, value_parser = ["separate", "shared_qk", "none"])]
+    attention_projections: Option<String>,
+    /// Width of each head (default d_model / heads; wider heads cost more)
+    #[arg(long)]
+    head_dim: Option<usize>,
     /// Separate source and target embedding matrices (default: one shared matrix)
     #[arg(long)]
     no_share_embeddings: bool,
@@ -254,6 +265,9 @@ fn refuse_model_options(args: &TranslationArgs) -> Result<()> {
         ("--dropout", args.dropout.is_some()),
         ("--positions", args.positions.is_some()),
         ("--norm", args.norm.is_some()),
+        ("--attention-score", args.attention_score.is_some()),
+        ("--attention-projections", args.attention_projections.is_some()),
+        ("--head-dim", args.head_dim.is_some()),
         ("--no-share-embeddings", args.no_share_embeddings),
         ("--no-tie-output", args.no_tie_output),
         ("--subword", args.subword.is_some()),
@@ -297,7 +311,49 @@ fn model_config(args: &TranslationArgs) -> Result<TransformerConfig> {
     if let Some(norm) = &args.norm {
         c.norm_position = if norm == "pre" { NormPosition::Pre } else { NormPosition::Post };
     }
+    if let Some(score) = &args.attention_score {
+        c.attention_score = from_name(score, "--attention-score")?;
+    }
+    if let Some(projections) = &args.attention_projections {
+        c.attention_projections = from_name(projections, "--attention-projections")?;
+    }
+    c.head_dim = args.head_dim.or(c.head_dim);
     c.share_encoder_decoder_embeddings &= !args.no_share_embeddings;
     c.tie_word_embeddings &= !args.no_tie_output;
     Ok(c)
+}
+
+/// A config enum from the name it has in config.json (clap has already checked it is one of them).
+fn from_name<T: serde::de::DeserializeOwned>(name: &str, flag: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(name.to_string())).with_context(|| format!("{flag} {name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use qkv::nn::{Projections, Score};
+
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<TranslationArgs, clap::Error> {
+        let base = ["translation", "--out", "r", "--train-source", "s", "--train-target", "t"];
+        TranslationArgs::try_parse_from(
+            base.iter().chain(["--valid-source", "s", "--valid-target", "t"].iter()).chain(extra),
+        )
+    }
+
+    #[test]
+    fn attention_flags_set_the_model_config() {
+        let args = parse(&["--attention-score", "qk_norm", "--attention-projections", "shared_qk", "--head-dim", "96"]);
+        let config = model_config(&args.unwrap()).unwrap();
+        assert_eq!(config.attention_score, Score::QkNorm);
+        assert_eq!(config.attention_projections, Projections::SharedQk);
+        assert_eq!(config.head_dim, Some(96));
+        let default = model_config(&parse(&[]).unwrap()).unwrap();
+        assert_eq!(
+            (default.attention_score, default.attention_projections, default.head_dim),
+            (Score::ScaledDot, Projections::Separate, None)
+        );
+        let message = parse(&["--attention-score", "cosine"]).err().unwrap().to_string();
+        assert!(message.contains("cosine") && message.contains("scaled_dot"), "{message}");
+    }
 }

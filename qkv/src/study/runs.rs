@@ -20,11 +20,15 @@ pub struct StudyOptions {
     pub seeds: Vec<u64>,
     /// A seconds-long smoke run: the first seed only, a few steps and draws. Its numbers mean nothing.
     pub quick: bool,
+    /// Called with true before a peak-memory measurement and with false after it: the allocator should hand
+    /// freed memory back to the OS at once in between, or memory it keeps mapped for reuse hides the
+    /// measurement's allocations (the CLI's mimalloc does keep it).
+    pub release_memory: Option<fn(bool)>,
 }
 
 impl Default for StudyOptions {
     fn default() -> Self {
-        Self { seeds: vec![1, 2, 3], quick: false }
+        Self { seeds: vec![1, 2, 3], quick: false, release_memory: None }
     }
 }
 
@@ -66,6 +70,15 @@ impl Study {
     /// Where a figure of the report goes.
     pub fn figure(&self, file: &str) -> PathBuf {
         self.dir.join(file)
+    }
+
+    /// Runs `f` with freed memory handed back to the OS at once (see [`StudyOptions::release_memory`]).
+    pub fn with_memory_released<R>(&self, f: impl FnOnce() -> R) -> R {
+        let toggle = self.options.release_memory.unwrap_or(|_| {});
+        toggle(true);
+        let result = f();
+        toggle(false);
+        result
     }
 
     /// Tells the user what the study is doing.
