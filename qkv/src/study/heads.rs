@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::runs::AttentionStats;
 use super::{exact_match, format_spread, mean_std, Figure, RunResult, Section, Study, Table};
+use crate::metrics::t_test::welch;
 use crate::plot::{Chart, Point, Series};
 use crate::train::synthetic::SyntheticConfig;
 use crate::Result;
@@ -77,11 +78,12 @@ fn section(study: &Study, variants: &[Variant]) -> Section {
     let em = |v: Option<&Variant>| v.map_or(f64::NAN, |v| mean_std(&exact_match(&v.runs)).0);
     let params = |v: Option<&Variant>| v.and_then(|v| v.runs.first()).map_or(0, |r| r.parameters);
     let answer = format!(
-        "Splitting d_model = {} into h heads keeps the cost fixed ({} parameters at h = 1 and h = 8) while the heads learn different patterns (JS divergence between heads {:.3} nats at h = 8); exact match: {:.1}% (h = 1), {:.1}% (h = 2), {:.1}% (h = 4), {:.1}% (h = 8). Eight full-width heads cost {} parameters and {:.1}× the attention FLOPs for {:.1}%.",
+        "Splitting d_model = {} into h heads keeps the cost fixed ({} parameters at h = 1 and h = 8) while the heads learn different patterns (JS divergence between heads {:.3} nats at h = 8); exact match: {:.1}% (h = 1), {:.1}% (h = 2), {:.1}% (h = 4), {:.1}% (h = 8); {}. Eight full-width heads cost {} parameters and {:.1}× the attention FLOPs for {:.1}%.",
         task.d_model,
         params(find(1, true)),
         find(8, true).map_or(f64::NAN, |v| mean_std(&stat(&v.runs, |s| mean_std(&s.encoder_head_divergence).0)).0),
         em(find(1, true)), em(find(2, true)), em(find(4, true)), em(find(8, true)),
+        against_one_head(variants),
         params(find(8, false)),
         attention_flops(task.d_model, 8 * task.d_model, keys) / attention_flops(task.d_model, task.d_model, keys),
         em(find(8, false)),
@@ -98,6 +100,21 @@ fn section(study: &Study, variants: &[Variant]) -> Section {
         tables: vec![table],
         figures: vec![Figure { file: "heads.png".into(), caption: "Held-out exact match against the number of heads, split and full-width".into() }],
         results: json!(variants.iter().map(|v| json!({"heads": v.heads, "head_dim": v.head_dim, "split": v.split, "runs": v.runs})).collect::<Vec<_>>()),
+    }
+}
+
+/// The best split variant with more than one head against one head: Welch's p and whether it is beyond noise.
+fn against_one_head(variants: &[Variant]) -> String {
+    let one = variants.iter().find(|v| v.heads == 1 && v.split);
+    let mean = |v: &Variant| mean_std(&exact_match(&v.runs)).0;
+    let best = variants.iter().filter(|v| v.heads > 1 && v.split).max_by(|a, b| mean(a).total_cmp(&mean(b)));
+    match (one, best) {
+        (Some(one), Some(best)) => match welch(&exact_match(&best.runs), &exact_match(&one.runs)) {
+            Some(test) if test.p < 0.05 => format!("h = {} beats one head (Welch p = {:.3})", best.heads, test.p),
+            Some(test) => format!("even the best, h = {}, is within noise of one head on this task (Welch p = {:.2})", best.heads, test.p),
+            None => "one seed: no test".into(),
+        },
+        _ => "no comparison".into(),
     }
 }
 

@@ -26,6 +26,8 @@ pub const SCORES: [(Score, &str); 4] =
     [(Score::ScaledDot, "q·k/√d_k"), (Score::Dot, "q·k"), (Score::T5, "q·k, T5 init"), (Score::QkNorm, "QK-norm")];
 /// "Has learned the task": the training loss below this (nats per token).
 const LEARNED_LOSS: f64 = 0.1;
+/// Below this mean held-out exact match (%) a variant is said to fail the task.
+const FAILED_PERCENT: f64 = 50.0;
 
 pub fn run(study: &mut Study) -> Result<Section> {
     let draws = if study.quick() { 50 } else { 4000 };
@@ -173,11 +175,22 @@ fn section(study: &Study, numeric: &[Numeric], trained: &[Trained], draws: usize
         trained.iter().find(|t| t.0 == d_k && t.1 == score).map(|t| mean_std(&exact_match(&t.3)).0)
     };
     let wide = TRAINED_WIDTHS[TRAINED_WIDTHS.len() - 1];
+    let widths = TRAINED_WIDTHS.map(|d| d.to_string()).join(" / ");
+    // Each score's mean exact match at every trained width, and where it stops learning the task.
+    let outcome = |score: Score| {
+        let means: Vec<f64> = TRAINED_WIDTHS.iter().map(|&d| at(d, score).unwrap_or(f64::NAN)).collect();
+        let numbers = means.iter().map(|m| format!("{m:.1}")).collect::<Vec<_>>().join(" / ");
+        let fails = TRAINED_WIDTHS.iter().zip(&means).find(|(_, &m)| m < FAILED_PERCENT).map(|(d, _)| *d);
+        match fails {
+            Some(d) => format!("{numbers}, failing from d_k = {d}"),
+            None => format!("{numbers}, learning it at every width"),
+        }
+    };
     let answer = match widest {
         Some(n) => format!(
-            "q·k has variance d_k ({:.0} measured at d = {}), so without the factor the softmax saturates as heads widen: at d = {} the median largest softmax gradient is {:.2e} unscaled against {:.3} scaled, and {:.0}% of unscaled draws put > 0.99 on one key (scaled: {:.0}%). Trained at d_k = {wide}: exact match {:.1}% scaled, {:.1}% unscaled, {:.1}% with T5's init, {:.1}% with QK-norm (means over {} seeds; the table has spreads and p-values).",
+            "q·k has variance d_k ({:.0} measured at d = {}), so without the factor the softmax saturates as heads widen: at d = {} the median largest softmax gradient is {:.2e} unscaled against {:.3} scaled, and {:.0}% of unscaled draws put > 0.99 on one key (scaled: {:.0}%). Trained at d_k = {widths} (held-out exact match %, mean of {} seeds): q·k/√d_k {}; q·k {}; T5's init, which sets the scores' variance at initialisation only, {}; QK-norm, LayerNorm on q and k in place of the factor (with γ = 1 q·k again has variance d_k), {}. Spreads and Welch p-values are in the table.",
             n.variance, n.d, n.d, n.unscaled.max_gradient[0], n.scaled.max_gradient[0], 100.0 * n.unscaled.saturated, 100.0 * n.scaled.saturated,
-            at(wide, Score::ScaledDot).unwrap_or(f64::NAN), at(wide, Score::Dot).unwrap_or(f64::NAN), at(wide, Score::T5).unwrap_or(f64::NAN), at(wide, Score::QkNorm).unwrap_or(f64::NAN), seeds.len(),
+            seeds.len(), outcome(Score::ScaledDot), outcome(Score::Dot), outcome(Score::T5), outcome(Score::QkNorm),
         ),
         None => String::new(),
     };
