@@ -95,6 +95,22 @@ pub fn read_labeled_texts(path: &Path, header: bool) -> Result<Vec<LabeledText>>
     Ok(rows)
 }
 
+/// A CSV/TSV file whose first row names its columns: the names, and every later row's fields with its line.
+/// Rows may be shorter or longer than the header (the caller names a missing field).
+pub(crate) fn read_with_header(path: &Path) -> Result<(Vec<String>, Vec<(usize, Vec<String>)>)> {
+    let tsv = delimiter_for(path) == b'\t';
+    let file = CsvFile::read(path, !tsv)?;
+    let mut reader = file.reader(true);
+    let header: Vec<String> = reader.headers().map_err(|e| file.error(e))?.iter().map(str::to_string).collect();
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| file.error(e))?;
+        let line = file.line_of(&record).unwrap_or(rows.len() + 2);
+        rows.push((line, record.iter().map(str::to_string).collect()));
+    }
+    Ok((header, rows))
+}
+
 /// The distinct labels of `rows` in class-id order: numerically when every label is an integer (so "0", "1"
 /// keep their meaning), alphabetically otherwise.
 pub fn label_set(rows: &[LabeledText]) -> Vec<String> {
