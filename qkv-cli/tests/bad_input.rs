@@ -433,7 +433,7 @@ fn weight_files(f: &Fixtures) -> Vec<Case> {
         case(
             "weights missing",
             f.variant(&f.bert, "wmissing", |d| std::fs::remove_file(weights(d)).unwrap()),
-            &["has neither model.safetensors"],
+            &["has no weights: none of model.safetensors"],
         ),
         case(
             "weights only pytorch",

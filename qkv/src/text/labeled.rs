@@ -95,9 +95,16 @@ pub fn read_labeled_texts(path: &Path, header: bool) -> Result<Vec<LabeledText>>
     Ok(rows)
 }
 
-/// A CSV/TSV file whose first row names its columns: the names, and every later row's fields with its line.
-/// Rows may be shorter or longer than the header (the caller names a missing field).
-pub(crate) fn read_with_header(path: &Path) -> Result<(Vec<String>, Vec<(usize, Vec<String>)>)> {
+/// A CSV/TSV file whose first row names its columns.
+pub(crate) struct NamedColumns {
+    pub header: Vec<String>,
+    /// Every later row's fields, with the line it starts on. Rows may be shorter or longer than the header (the
+    /// caller names a missing field).
+    pub rows: Vec<(usize, Vec<String>)>,
+}
+
+/// Reads a CSV/TSV file with a header row (quoting as [`read_labeled_texts`]).
+pub(crate) fn read_with_header(path: &Path) -> Result<NamedColumns> {
     let tsv = delimiter_for(path) == b'\t';
     let file = CsvFile::read(path, !tsv)?;
     let mut reader = file.reader(true);
@@ -108,7 +115,7 @@ pub(crate) fn read_with_header(path: &Path) -> Result<(Vec<String>, Vec<(usize, 
         let line = file.line_of(&record).unwrap_or(rows.len() + 2);
         rows.push((line, record.iter().map(str::to_string).collect()));
     }
-    Ok((header, rows))
+    Ok(NamedColumns { header, rows })
 }
 
 /// The distinct labels of `rows` in class-id order: numerically when every label is an integer (so "0", "1"

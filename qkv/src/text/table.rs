@@ -247,7 +247,7 @@ fn read_table<'a>(path: &'a Path, format: TableFormat, specs: &[Spec]) -> Result
 
 /// CSV/TSV with a header row naming the columns.
 fn read_csv<'a>(path: &'a Path, specs: &[Spec]) -> Result<Table<'a>> {
-    let (header, records) = labeled::read_with_header(path)?;
+    let labeled::NamedColumns { header, rows: records } = labeled::read_with_header(path)?;
     let names = resolve(path, specs, &header)?;
     let indices: Vec<usize> = names.iter().flatten().filter_map(|name| header.iter().position(|h| h == name)).collect();
     let mut table = Table { path, numbering: Numbering::Line, names, rows: Vec::with_capacity(records.len()) };
