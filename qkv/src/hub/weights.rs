@@ -29,19 +29,18 @@ pub(crate) enum WeightFiles {
 impl WeightFiles {
     /// The first of the four layouts `dir` has; an error naming what was looked for when it has none.
     pub(crate) fn find(dir: &Path) -> Result<Self> {
-        let layouts: [(&str, fn(PathBuf) -> Self); 4] = [
-            (WEIGHTS, Self::Safetensors),
-            (WEIGHTS_INDEX, Self::SafetensorsShards),
-            (PYTORCH_WEIGHTS, Self::Pytorch),
-            (PYTORCH_WEIGHTS_INDEX, Self::PytorchShards),
-        ];
-        for (name, layout) in layouts {
+        let names = [WEIGHTS, WEIGHTS_INDEX, PYTORCH_WEIGHTS, PYTORCH_WEIGHTS_INDEX];
+        for name in names {
             let path = dir.join(name);
             if super::exists(&path)? {
-                return Ok(layout(path));
+                return Ok(match name {
+                    WEIGHTS => Self::Safetensors(path),
+                    WEIGHTS_INDEX => Self::SafetensorsShards(path),
+                    PYTORCH_WEIGHTS => Self::Pytorch(path),
+                    _ => Self::PytorchShards(path),
+                });
             }
         }
-        let names: Vec<&str> = layouts.iter().map(|(name, _)| *name).collect();
         Err(Error::input(dir, None, format!("has no weights: none of {}", names.join(", "))))
     }
 

@@ -449,7 +449,8 @@ mod tests {
     #[test]
     fn default_columns_follow_the_glue_tables() {
         let path = Path::new("t.jsonl");
-        let specs = labeled_specs(&Columns::default());
+        let defaults = Columns::default();
+        let specs = labeled_specs(&defaults);
         let pick = |names: &[&str]| resolve(path, &specs, &present(names)).unwrap();
         let some = |s: &str| Some(s.to_string());
         assert_eq!(pick(&["sentence", "label", "idx"]), [some("sentence"), None, some("label")]);
