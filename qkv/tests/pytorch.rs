@@ -230,3 +230,75 @@ fn conversion_to_safetensors_round_trips() {
     let message = qkv::hub::convert_to_safetensors(&dir).unwrap_err().to_string();
     assert!(message.contains("already has safetensors"), "{message}");
 }
+
+/// A small xorshift generator: the mutation tests below are the same on every run.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n.max(1) as u64) as usize
+    }
+}
+
+/// The records of a zip, in order.
+fn records(path: &Path) -> Vec<(String, Vec<u8>)> {
+    use std::io::Read;
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+    (0..zip.len())
+        .map(|i| {
+            let mut entry = zip.by_index(i).unwrap();
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).unwrap();
+            (entry.name().unwrap().to_string(), bytes)
+        })
+        .collect()
+}
+
+/// 300 damaged copies of a real data.pkl (a byte changed, cut short or doubled), each re-zipped with valid
+/// checksums so that the pickle itself reaches the checks: every load ends in a result — an error naming the
+/// file, or the full set of tensors — and none panics or allocates what the damage claims.
+#[test]
+fn damaged_pickles_end_in_named_errors() {
+    let original = records(&fixture("BertModel/pytorch_model.bin"));
+    let pickle_at = original.iter().position(|(name, _)| name.ends_with("data.pkl")).unwrap();
+    let dir = variant("BertModel", "mutations", |_| {});
+    let path = dir.join("pytorch_model.bin");
+    let tensors = qkv::hub::pytorch::load_pytorch(&path, &Device::Cpu).unwrap().len();
+    let mut rng = Xorshift(0x9E37_79B9_7F4A_7C15);
+    let (mut refused, mut loaded) = (0, 0);
+    for _ in 0..300 {
+        let mut pickle = original[pickle_at].1.clone();
+        let at = rng.below(pickle.len());
+        match rng.below(3) {
+            0 => pickle[at] = rng.below(256) as u8,
+            1 => pickle.truncate(at),
+            _ => {
+                let byte = pickle[at];
+                pickle.insert(at, byte);
+            }
+        }
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        let mut zip = zip::ZipWriter::new(&mut bytes);
+        let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        for (i, (name, data)) in original.iter().enumerate() {
+            zip.start_file(name.as_str(), stored).unwrap();
+            zip.write_all(if i == pickle_at { &pickle } else { data }).unwrap();
+        }
+        zip.finish().unwrap();
+        std::fs::write(&path, bytes.into_inner()).unwrap();
+        match qkv::hub::pytorch::load_pytorch(&path, &Device::Cpu) {
+            Ok(found) => {
+                loaded += 1;
+                assert!(found.len() <= tensors, "{} tensors from a damaged pickle", found.len());
+            }
+            Err(e) => {
+                refused += 1;
+                assert!(e.to_string().contains("pytorch_model.bin"), "{e}");
+            }
+        }
+    }
+    assert!(refused > 200, "only {refused} of 300 damaged pickles refused ({loaded} loaded)");
+}

@@ -206,3 +206,34 @@ fn named_csv_errors() {
     let path = write("other.csv", "body,label\nfine,1\n");
     assert_mentions(&error(&path, &named), &["no column `sentence`", "columns present: body, label"]);
 }
+
+/// 300 damaged copies of pairs.parquet (a byte changed or the file cut short): every read ends in a result,
+/// and every error names the file.
+#[test]
+fn damaged_parquet_files_end_in_named_errors() {
+    let original = std::fs::read(fixture("pairs.parquet")).unwrap();
+    let path = write("damaged.parquet", "");
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut below = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let mut refused = 0;
+    for _ in 0..300 {
+        let mut bytes = original.clone();
+        let at = below(bytes.len());
+        if below(4) == 0 {
+            bytes.truncate(at);
+        } else {
+            bytes[at] = below(256) as u8;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        if let Err(e) = read_labeled(&path, &Columns::default(), false) {
+            refused += 1;
+            assert!(e.to_string().contains("damaged.parquet"), "{e}");
+        }
+    }
+    assert!(refused > 0, "no damaged file was refused");
+}
