@@ -10,6 +10,7 @@ macro_rules! override_some {
     ($target:ident, $($field:ident = $value:expr),* $(,)?) => { $(if let Some(v) = $value { $target.$field = v; })* };
 }
 
+mod attention;
 mod average;
 mod bench;
 mod bleu;
@@ -120,6 +121,9 @@ enum Command {
     /// Answer the notes' design questions by experiment ("why divide by √d_k?", "why several heads?", …):
     /// `qkv study scaling|heads|tied-qk|additive|mask-value|parallel-decoding|all --out DIR`
     Study(study::Args),
+    /// Heatmaps of every layer's and head's attention weights over a text (BERT, GPT-2 or translation model),
+    /// tokens on the axes
+    Attention(attention::Args),
     /// Time qkv's side of a benchmark workload and print JSON (tools/bench/run.sh compares it with PyTorch)
     Bench(bench::Args),
 }
@@ -157,6 +161,7 @@ fn main() -> ExitCode {
         Command::Qa(args) => qa::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Attention(args) => attention::run(args),
         Command::Study(args) => {
             release_freed_memory();
             study::run(args)

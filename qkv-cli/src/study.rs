@@ -29,6 +29,9 @@ enum Question {
     MaskValue(Common),
     /// Why training is parallel and decoding is not; why the key/value cache is exact
     ParallelDecoding(Common),
+    /// What does attention look like? Heatmaps of every head of the tied-qk runs (`qkv attention` draws any
+    /// model's)
+    Heatmaps(Common),
     /// Every question above, into one report (about 30 minutes on 2 cores)
     All(Common),
 }
@@ -55,6 +58,7 @@ pub fn run(args: Args) -> Result<()> {
         Question::Additive(c) => (vec!["additive"], c),
         Question::MaskValue(c) => (vec!["mask-value"], c),
         Question::ParallelDecoding(c) => (vec!["parallel-decoding"], c),
+        Question::Heatmaps(c) => (vec!["heatmaps"], c),
         Question::All(c) => (QUESTIONS.iter().map(|q| q.0).collect(), c),
     };
     let start = Instant::now();

@@ -64,6 +64,19 @@ fn bert_model_matches_transformers() {
     outputs_match("BertModel");
 }
 
+/// Every layer's attention weights equal transformers' `output_attentions` (eager) on the padded batch.
+#[test]
+fn attention_weights_match_transformers() {
+    let (model, _) = bert::load_frozen_body(&fixtures().join("BertModel"), &Device::Cpu).unwrap();
+    let expected = candle_core::safetensors::load(fixtures().join("../attention.safetensors"), &Device::Cpu).unwrap();
+    let weights = model.attention_weights(&input(&io("BertModel"))).unwrap();
+    assert_eq!(weights.len(), 2);
+    for (i, got) in weights.iter().enumerate() {
+        let err = error(got, &expected[&format!("bert.attention.{i}")]);
+        assert!(err <= OUTPUT_TOL, "layer {i}: error {err:e}");
+    }
+}
+
 #[test]
 fn sequence_classification_matches_transformers() {
     outputs_match("BertForSequenceClassification");

@@ -47,6 +47,20 @@ fn gpt2_model_matches_transformers() {
     check("GPT2Model");
 }
 
+/// Every block's attention weights equal transformers' `output_attentions` (eager) on the right-padded batch.
+#[test]
+fn attention_weights_match_transformers() {
+    let (model, _) = gpt2::load_frozen(&fixture("GPT2Model"), &Device::Cpu).unwrap();
+    let expected = candle_core::safetensors::load(fixture("../attention.safetensors"), &Device::Cpu).unwrap();
+    let io = io("GPT2Model");
+    let weights = model.attention_weights(&io["input.input_ids"], Some(&io["input.attention_mask"])).unwrap();
+    assert_eq!(weights.len(), 2);
+    for (i, got) in weights.iter().enumerate() {
+        let err = error(got, &expected[&format!("gpt2.attention.{i}")]);
+        assert!(err <= TOL, "block {i}: error {err:e}");
+    }
+}
+
 #[test]
 fn lm_head_model_from_shards_matches_transformers() {
     assert!(fixture("GPT2LMHeadModel/model.safetensors.index.json").exists());

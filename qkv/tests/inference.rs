@@ -159,3 +159,41 @@ fn completions_report_the_model_s_log_probabilities() {
     assert!(without.logprobs.is_empty());
     assert_eq!(without.generated_ids, done.generated_ids, "asking for log-probabilities changes no choice");
 }
+
+/// `qkv attention` on BERT and GPT-2 directories: the tokens the tokenizer gives on both axes ([CLS] … [SEP] for
+/// BERT), one matrix per layer and head whose rows sum to 1 (within 1e-5, f32), GPT-2's causal (exact zeros
+/// above the diagonal); `--target` is refused for models that are not translators.
+#[test]
+fn attention_grids_of_bert_and_gpt2_have_the_text_s_tokens() {
+    use qkv::inference::attention::{attention_grids, AttentionText};
+    let text = AttentionText { text: "hello world", target: None };
+    let bert = attention_grids(&fixture("bert/BertModel"), text, &Device::Cpu).unwrap();
+    let tokenizer = PretrainedTokenizer::from_dir(&fixture("bert/BertModel")).unwrap();
+    let gpt2_dir = fixture("gpt2/qkv-trained");
+    let gpt2 = attention_grids(&gpt2_dir, text, &Device::Cpu).unwrap();
+    let gpt2_ids = PretrainedTokenizer::from_dir(&gpt2_dir).unwrap().ids(text.text).unwrap();
+    for (grids, name, layers, heads) in [(&bert, "self-attention", 2, 4), (&gpt2, "causal self-attention", 2, 2)] {
+        assert_eq!(grids.len(), 1);
+        let grid = &grids[0];
+        assert_eq!(grid.name, name);
+        assert_eq!(grid.source_tokens, grid.target_tokens);
+        assert_eq!((grid.weights.len(), grid.weights[0].len()), (layers, heads), "{name}");
+        let n = grid.source_tokens.len();
+        for matrix in grid.weights.iter().flatten() {
+            assert_eq!(matrix.len(), n);
+            for (i, row) in matrix.iter().enumerate() {
+                let sum: f32 = row.iter().sum();
+                assert!((sum - 1.0).abs() <= 1e-5, "{name} row {i}: {sum}");
+                if name == "causal self-attention" {
+                    assert!(row[i + 1..].iter().all(|&w| w == 0.0), "{name} row {i} sees the future");
+                }
+            }
+        }
+    }
+    let cls = tokenizer.cls_id().and_then(|id| tokenizer.id_to_token(id)).unwrap();
+    assert_eq!(bert[0].source_tokens.first(), Some(&cls));
+    assert_eq!(gpt2[0].source_tokens.len(), gpt2_ids.len(), "GPT-2 reads the text's ids, nothing added");
+    let with_target = AttentionText { text: "hello", target: Some("hallo") };
+    let message = attention_grids(&gpt2_dir, with_target, &Device::Cpu).unwrap_err().to_string();
+    assert!(message.contains("--target") && message.contains("translation"), "{message}");
+}

@@ -11,6 +11,7 @@ use qkv::models::TransformerConfig;
 use qkv::nn::Mode;
 mod support;
 
+use qkv::inference::attention::{attention_grids, AttentionText};
 use qkv::inference::Translator;
 
 use qkv::train::translation::{
@@ -102,6 +103,38 @@ fn overfits_a_handful_of_pairs_then_translates_them_exactly() {
     }
     let best = trainer.state().best_metric.unwrap();
     assert!(best > 99.0, "validation BLEU on the training pairs: {best}");
+    attention_grids_cover_the_three_attentions(&dir.join("run"), &model, PAIRS[0]);
+}
+
+/// `qkv attention` on a translation run: the encoder's, the decoder's and the cross-attention, each layer and
+/// head, rows summing to 1 (within 1e-5, f32) and the decoder's self-attention causal (exact zeros above the
+/// diagonal).
+fn attention_grids_cover_the_three_attentions(run: &Path, model: &Translator, (source, target): (&str, &str)) {
+    let input = AttentionText { text: source, target: None };
+    let grids = attention_grids(run, input, &Device::Cpu).unwrap();
+    let names: Vec<&str> = grids.iter().map(|g| g.name).collect();
+    assert_eq!(names, ["encoder self-attention", "decoder self-attention", "cross-attention"]);
+    let tokens = |text: &str| model.tokenizer.encode(text).unwrap().len() + 1; // + EOS (or BOS)
+    let (s, t) = (tokens(source), tokens(target));
+    for (grid, rows, columns) in [(&grids[0], s, s), (&grids[1], t, t), (&grids[2], t, s)] {
+        assert_eq!((grid.target_tokens.len(), grid.source_tokens.len()), (rows, columns), "{}", grid.name);
+        assert_eq!(grid.weights.len(), 2, "{}: one entry per layer", grid.name);
+        for (layer, heads) in grid.weights.iter().enumerate() {
+            assert_eq!(heads.len(), 4);
+            for (head, matrix) in heads.iter().enumerate() {
+                assert_eq!(matrix.len(), rows);
+                for (i, row) in matrix.iter().enumerate() {
+                    let sum: f32 = row.iter().sum();
+                    assert!((sum - 1.0).abs() <= 1e-5, "{} layer {layer} head {head} row {i}: {sum}", grid.name);
+                    if grid.name == "decoder self-attention" {
+                        assert!(row[i + 1..].iter().all(|&w| w == 0.0), "row {i} sees the future: {row:?}");
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(grids[1].source_tokens[0], "<s>", "decoder columns are the tokens read, BOS first");
+    assert_eq!(grids[2].target_tokens.last().map(String::as_str), Some("</s>"), "rows: the tokens predicted");
 }
 
 #[test]

@@ -6,10 +6,12 @@
 //! - [`Translator`]: encoder-decoder translation, greedy or beam search;
 //! - [`Pipeline`]: BERT task heads as transformers' pipelines — fill-mask, text classification, question
 //!   answering;
+//! - [`attention_grids`]: every layer's and head's attention weights over a text, for heatmaps;
 //! - [`forward::checkpoint_outputs`]: any supported checkpoint's raw outputs on given ids.
 //!
 //! [`ModelKind::detect`] tells from a directory's files which of them it is.
 
+pub mod attention;
 pub mod embedder;
 pub mod forward;
 pub mod generator;
@@ -19,11 +21,12 @@ pub mod translator;
 
 use std::path::Path;
 
+pub use attention::{attention_grids, AttentionGrid};
 pub use embedder::Embedder;
 pub use generator::{Completion, Generator};
 pub use pipeline::{Answer, LabelScore, MaskPrediction, Pipeline, QaOptions};
 pub use text_stream::TextStream;
-pub use translator::{CrossAttention, Translator};
+pub use translator::Translator;
 
 use crate::hub::read_config;
 use crate::models::bert::BertArchitecture;

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device};
 
+use super::attention::AttentionGrid;
 use crate::decode::{beam_search, DecodeOptions};
 use crate::hub::{LoadReport, WeightSource, WEIGHTS};
 use crate::models::{PositionEncoding, Transformer, TransformerConfig};
@@ -12,17 +13,6 @@ use crate::rng::Rng;
 use crate::text::batch::{batch_of, token_batches, Example};
 use crate::text::tokenizer::Tokenizer;
 use crate::{limits, Error, Result};
-
-/// Every decoder layer's and head's cross-attention while the model reads a target after a source.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CrossAttention {
-    /// The source's subword tokens, EOS last.
-    pub source_tokens: Vec<String>,
-    /// The target's tokens, EOS last: row i is the query that predicts token i.
-    pub target_tokens: Vec<String>,
-    /// [layer][head][target position][source position]
-    pub weights: Vec<Vec<Vec<Vec<f32>>>>,
-}
 
 /// A trained translation model loaded from a model directory (config.json, model.safetensors,
 /// tokenizer.json): a run's `best/`, one of its checkpoints, or an averaged model. Built once, used from any
@@ -53,7 +43,16 @@ impl Translator {
 
     /// The cross-attention of every decoder layer and head while the model reads `target` after `source` —
     /// its own greedy translation when `target` is `None`.
-    pub fn cross_attention(&self, source: &str, target: Option<&str>) -> Result<CrossAttention> {
+    pub fn cross_attention(&self, source: &str, target: Option<&str>) -> Result<AttentionGrid> {
+        let mut grids = self.attention_grids(source, target)?;
+        Ok(grids.pop().expect("the cross-attention comes last"))
+    }
+
+    /// Every attention map while the model reads `target` (its own greedy translation when `None`) after
+    /// `source`: the encoder's self-attention, the decoder's (causal) self-attention and its cross-attention,
+    /// in that order. Decoder rows are labelled with the token each position predicts (EOS last), decoder
+    /// self-attention columns with the token each position reads (BOS first).
+    pub fn attention_grids(&self, source: &str, target: Option<&str>) -> Result<Vec<AttentionGrid>> {
         let t = &self.tokenizer;
         let target = match target {
             Some(text) => text.to_string(),
@@ -61,18 +60,20 @@ impl Translator {
         };
         let example = Example { source: t.encode(source)?, target: t.encode(&target)? };
         let batch = batch_of(t, std::slice::from_ref(&example), &[0], &self.device)?;
-        let maps = self.model.attention_maps(&batch.source, &batch.source_valid, &batch.decoder_input)?;
-        let mut weights = Vec::with_capacity(maps.len());
-        for layer in &maps {
-            weights.push(layer.cross_attn.squeeze(0)?.to_vec3::<f32>()?); // (1, H, T, S) → [head][target][source]
-        }
+        let maps = self.model.all_attention_maps(&batch.source, &batch.source_valid, &batch.decoder_input)?;
         let label = |id: &u32| t.id_to_token(*id).unwrap_or_else(|| format!("#{id}"));
-        let with_eos = |ids: &[u32]| ids.iter().chain([t.eos_id()].iter()).map(label).collect::<Vec<_>>();
-        Ok(CrossAttention {
-            source_tokens: with_eos(&example.source),
-            target_tokens: with_eos(&example.target),
-            weights,
-        })
+        let source_tokens: Vec<String> = example.source.iter().chain([t.eos_id()].iter()).map(label).collect();
+        let predicted: Vec<String> = example.target.iter().chain([t.eos_id()].iter()).map(label).collect();
+        let read: Vec<String> = [t.bos_id()].iter().chain(example.target.iter()).map(label).collect();
+        let encoder = maps.encoder.iter().map(|w| AttentionGrid::first_of_batch(w)).collect::<Result<_>>()?;
+        let decoder =
+            maps.decoder.iter().map(|l| AttentionGrid::first_of_batch(&l.self_attn)).collect::<Result<_>>()?;
+        let cross = maps.decoder.iter().map(|l| AttentionGrid::first_of_batch(&l.cross_attn)).collect::<Result<_>>()?;
+        Ok(vec![
+            AttentionGrid::new("encoder self-attention", source_tokens.clone(), source_tokens.clone(), encoder),
+            AttentionGrid::new("decoder self-attention", read, predicted.clone(), decoder),
+            AttentionGrid::new("cross-attention", source_tokens, predicted, cross),
+        ])
     }
 
     /// The longest source sentence translated, in subword tokens: [`limits::MAX_SOURCE_TOKENS`], or fewer

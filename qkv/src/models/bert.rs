@@ -378,6 +378,24 @@ impl Bert {
 
     /// The encoder's output (B, S, C) and, with a pooler, tanh(W·h_[CLS] + b) (B, C).
     pub fn encode(&self, input: &BertInput, mode: &mut Mode) -> Result<(Tensor, Option<Tensor>)> {
+        let (x, mask) = self.embed(input, mode)?;
+        let hidden = self.encoder.forward(&x, mask.as_ref(), mode)?;
+        let pooled = match &self.pooler {
+            Some(pooler) => Some(pooler.forward(&hidden.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?),
+            None => None,
+        };
+        Ok((hidden, pooled))
+    }
+
+    /// Every layer's self-attention weights (B, H, S, S) in eval mode: transformers' `output_attentions`.
+    pub fn attention_weights(&self, input: &BertInput) -> Result<Vec<Tensor>> {
+        let mode = &mut Mode::Eval;
+        let (x, mask) = self.embed(input, mode)?;
+        Ok(self.encoder.forward_with_weights(&x, mask.as_ref(), mode)?.1)
+    }
+
+    /// The checked input's embeddings (B, S, C) and its padding mask.
+    fn embed(&self, input: &BertInput, mode: &mut Mode) -> Result<(Tensor, Option<AttentionMask>)> {
         let ids = &input.input_ids;
         // An empty batch or sequence has no [CLS] to pool and nothing to attend to.
         if ids.rank() != 2 || ids.dims().contains(&0) {
@@ -397,13 +415,7 @@ impl Bert {
             Some(m) => Some(AttentionMask::padding(m)?),
             None => None,
         };
-        let x = self.embeddings.forward(ids, &segments, mode)?;
-        let hidden = self.encoder.forward(&x, mask.as_ref(), mode)?;
-        let pooled = match &self.pooler {
-            Some(pooler) => Some(pooler.forward(&hidden.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?),
-            None => None,
-        };
-        Ok((hidden, pooled))
+        Ok((self.embeddings.forward(ids, &segments, mode)?, mask))
     }
 
     /// Every output the Hugging Face class returns, under its name: `last_hidden_state` and `pooler_output`

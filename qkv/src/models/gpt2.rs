@@ -171,12 +171,40 @@ impl Gpt2 {
         attention_mask: Option<&Tensor>,
         mode: &mut Mode,
     ) -> Result<Tensor> {
+        let (mut x, mask) = self.embed(input_ids, attention_mask, mode)?;
+        for block in &self.blocks {
+            x = block.forward(&x, Some(&mask), mode)?;
+        }
+        self.ln_f.forward(&x)
+    }
+
+    /// Every block's causal self-attention weights (B, H, T, T) in eval mode, with `attention_mask` as in
+    /// [`hidden_masked`](Self::hidden_masked): transformers' `output_attentions`.
+    pub fn attention_weights(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Vec<Tensor>> {
+        let mode = &mut Mode::Eval;
+        let (mut x, mask) = self.embed(input_ids, attention_mask, mode)?;
+        let mut weights = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            let (y, w) = block.forward_with_weights(&x, Some(&mask), mode)?;
+            x = y;
+            weights.push(w);
+        }
+        Ok(weights)
+    }
+
+    /// Token plus position embeddings after dropout (B, T, C), and the causal mask with any padding.
+    fn embed(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        mode: &mut Mode,
+    ) -> Result<(Tensor, AttentionMask)> {
         if input_ids.rank() != 2 || input_ids.dims().contains(&0) {
             return Err(Error::shape("input_ids", "(B, T), both at least 1", input_ids.dims()));
         }
         let t = input_ids.dim(1)?;
         let x = self.wte.forward(input_ids)?.broadcast_add(&self.wpe.forward(t, 0)?)?;
-        let mut x = self.dropout.forward(&x, mode)?;
+        let x = self.dropout.forward(&x, mode)?;
         let mut mask = AttentionMask::causal(t, t, input_ids.device())?;
         if let Some(valid) = attention_mask {
             if valid.dims() != input_ids.dims() {
@@ -188,10 +216,7 @@ impl Gpt2 {
             }
             mask = mask.and(&AttentionMask::padding(valid)?)?;
         }
-        for block in &self.blocks {
-            x = block.forward(&x, Some(&mask), mode)?;
-        }
-        self.ln_f.forward(&x)
+        Ok((x, mask))
     }
 
     /// An empty key/value cache, one per block, for [`forward_step`](Self::forward_step).

@@ -10,6 +10,7 @@
 
 pub mod additive;
 pub mod heads;
+pub mod heatmaps;
 pub mod mask_value;
 pub mod parallel_decoding;
 pub mod projections;
@@ -31,6 +32,7 @@ pub const QUESTIONS: &[(&str, Answer)] = &[
     ("additive", additive::run),
     ("mask-value", mask_value::run),
     ("parallel-decoding", parallel_decoding::run),
+    ("heatmaps", heatmaps::run),
 ];
 
 /// Each run's held-out exact match in percent.

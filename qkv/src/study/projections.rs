@@ -13,7 +13,8 @@ use crate::plot::{Chart, Point, Series};
 use crate::train::synthetic::SyntheticConfig;
 use crate::Result;
 
-const VARIANTS: [(Projections, &str); 3] = [
+/// The variants compared, with their names in the report.
+pub const VARIANTS: [(Projections, &str); 3] = [
     (Projections::Separate, "separate W_Q, W_K, W_V"),
     (Projections::SharedQk, "Q = K (one W_Q)"),
     (Projections::None, "no projections (q = k = v = x)"),
@@ -23,15 +24,16 @@ pub fn run(study: &mut Study) -> Result<Section> {
     let task = study.task();
     let mut trained = Vec::new();
     for (projections, name) in VARIANTS {
-        let config = SyntheticConfig {
-            attention_projections: projections,
-            head_dim: Some(task.d_model / task.heads),
-            ..task.clone()
-        };
+        let config = variant(&task, projections);
         trained.push((name, study.train_seeds(&format!("tied-qk: {name}"), &config)?));
     }
     figure(study, &trained)?;
     Ok(section(study, &trained))
+}
+
+/// The study's task with `projections` in every attention block (heads of d_model / h in every variant).
+pub fn variant(task: &SyntheticConfig, projections: Projections) -> SyntheticConfig {
+    SyntheticConfig { attention_projections: projections, head_dim: Some(task.d_model / task.heads), ..task.clone() }
 }
 
 fn own(runs: &[RunResult]) -> Vec<f64> {

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_file::write_atomically;
-use crate::models::Transformer;
+use crate::models::AttentionMaps;
 use crate::train::fingerprint::{fnv1a, FNV1A_EMPTY};
 use crate::train::synthetic::{self, SyntheticConfig, Task};
 use crate::{Error, Result};
@@ -137,6 +137,9 @@ pub struct RunResult {
     pub train_seconds: f64,
     pub parameters: usize,
     pub attention: AttentionStats,
+    /// Every attention map of the trained model on the first held-out sequence, for the heatmaps.
+    #[serde(default)]
+    pub example: AttentionExample,
 }
 
 impl RunResult {
@@ -163,7 +166,10 @@ fn train_and_measure(config: &SyntheticConfig) -> Result<RunResult> {
             losses.push((record.step, record.loss));
         }
     })?;
-    let attention = AttentionStats::measure(&model, config)?;
+    let (src, src_valid, tgt_in) = synthetic::held_out_batch(config, STATISTICS_BATCH, &Device::Cpu)?;
+    let maps = model.all_attention_maps(&src, &src_valid, &tgt_in)?;
+    let attention = AttentionStats::measure(&maps, &src_valid, config)?;
+    let example = AttentionExample::first(&maps, &src, &src_valid, &tgt_in)?;
     Ok(RunResult {
         seed: config.run.seed,
         exact_match: report.exact_match_rate(),
@@ -173,6 +179,7 @@ fn train_and_measure(config: &SyntheticConfig) -> Result<RunResult> {
         train_seconds: report.train_seconds,
         parameters: report.parameters,
         attention,
+        example,
     })
 }
 
@@ -197,9 +204,7 @@ pub struct AttentionStats {
 }
 
 impl AttentionStats {
-    fn measure(model: &Transformer, config: &SyntheticConfig) -> Result<Self> {
-        let (src, src_valid, tgt_in) = synthetic::held_out_batch(config, STATISTICS_BATCH, &Device::Cpu)?;
-        let maps = model.all_attention_maps(&src, &src_valid, &tgt_in)?;
+    fn measure(maps: &AttentionMaps, src_valid: &Tensor, config: &SyntheticConfig) -> Result<Self> {
         let lengths: Vec<usize> = src_valid
             .to_dtype(candle_core::DType::F32)?
             .sum(1)?
@@ -240,6 +245,45 @@ impl AttentionStats {
     pub fn mean(per_head: &[Vec<f64>]) -> f64 {
         let all: Vec<f64> = per_head.iter().flatten().copied().collect();
         all.iter().sum::<f64>() / all.len().max(1) as f64
+    }
+}
+
+/// One held-out sequence's attention maps, [layer][head][query][key], cut to its real positions, with its tokens.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AttentionExample {
+    /// The source symbols (keys of the encoder and of the cross-attention).
+    pub source_tokens: Vec<String>,
+    /// What the decoder reads: BOS, then the target (keys of its self-attention).
+    pub read_tokens: Vec<String>,
+    /// What each decoder position predicts: the target, then EOS (queries of the decoder's attentions).
+    pub predicted_tokens: Vec<String>,
+    pub encoder: Vec<Vec<Vec<Vec<f32>>>>,
+    pub decoder_self: Vec<Vec<Vec<Vec<f32>>>>,
+    pub cross: Vec<Vec<Vec<Vec<f32>>>>,
+}
+
+impl AttentionExample {
+    /// The first sequence of a held-out batch (sources `src` (B, S) with validity `src_valid`, decoder inputs
+    /// `tgt_in` (B, T) behind BOS) and its `maps`.
+    fn first(maps: &AttentionMaps, src: &Tensor, src_valid: &Tensor, tgt_in: &Tensor) -> Result<Self> {
+        let n = src_valid.get(0)?.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize;
+        let source = src.get(0)?.narrow(0, 0, n)?.to_vec1::<u32>()?;
+        // The target has as many symbols as the source; the decoder reads BOS + target and predicts target + EOS.
+        let read = tgt_in.get(0)?.narrow(0, 0, n + 1)?.to_vec1::<u32>()?;
+        let cut = |w: &Tensor, queries: usize, keys: usize| -> Result<Vec<Vec<Vec<f32>>>> {
+            Ok(w.get(0)?.narrow(1, 0, queries)?.narrow(2, 0, keys)?.to_vec3::<f32>()?)
+        };
+        let symbols = |ids: &[u32]| ids.iter().map(|&id| synthetic::symbol_label(id)).collect::<Vec<_>>();
+        let mut predicted = symbols(&read[1..]);
+        predicted.push(synthetic::symbol_label(synthetic::EOS));
+        Ok(Self {
+            source_tokens: symbols(&source),
+            read_tokens: symbols(&read),
+            predicted_tokens: predicted,
+            encoder: maps.encoder.iter().map(|w| cut(w, n, n)).collect::<Result<_>>()?,
+            decoder_self: maps.decoder.iter().map(|l| cut(&l.self_attn, n + 1, n + 1)).collect::<Result<_>>()?,
+            cross: maps.decoder.iter().map(|l| cut(&l.cross_attn, n + 1, n)).collect::<Result<_>>()?,
+        })
     }
 }
 

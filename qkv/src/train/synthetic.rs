@@ -28,8 +28,19 @@ use crate::{Error, Result};
 
 const PAD: u32 = 0;
 const BOS: u32 = 1;
-const EOS: u32 = 2;
+/// The id that ends every target.
+pub const EOS: u32 = 2;
 const FIRST_SYMBOL: u32 = 3;
+
+/// How an id of the task's vocabulary is written on a plot: `<pad>`, `<s>`, `</s>`, or the symbol's number.
+pub fn symbol_label(id: u32) -> String {
+    match id {
+        PAD => "<pad>".into(),
+        BOS => "<s>".into(),
+        EOS => "</s>".into(),
+        symbol => (symbol - FIRST_SYMBOL).to_string(),
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
