@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${SECONDS_EACH:-600}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(config safetensors shard_index tokenizer tabular forward_input)
+[ ${#targets[@]} -gt 0 ] || targets=(config safetensors shard_index tokenizer tabular pytorch forward_input)
 fixtures=../qkv/tests/fixtures
 stsb=../../shared/data/stsb
 
@@ -27,8 +27,10 @@ seed() {
                        [ -f "$f" ] && cp "$f" "$dir/$(echo "$f" | tr / _)"; done ;;
         tabular) [ -f $stsb/dev.csv ] && head -20 $stsb/dev.csv > "$dir/stsb.csv"
                  printf 'label\tsentence\n1\ta fine sentence\n0\t"quoted, with a tab\t"\n' > "$dir/cola.tsv"
-                 head -c 2000 ../qkv/tests/fixtures/metrics.json > "$dir/json" ;;
+                 head -c 2000 ../qkv/tests/fixtures/metrics.json > "$dir/json"
+                 cp $fixtures/tables/pairs.parquet $fixtures/tables/single.parquet "$dir/" ;;
         forward_input) cp $fixtures/bert/BertModel/io.safetensors "$dir/io" ;;
+        pytorch) cp $fixtures/pytorch/BertModel/pytorch_model.bin "$dir/bert" ;;
     esac
 }
 

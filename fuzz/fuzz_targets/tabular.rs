@@ -1,5 +1,5 @@
-//! The data readers: CSV and TSV (scored sentence pairs, labelled texts with and without a header) and JSONL
-//! (a training log).
+//! The data readers: CSV and TSV (scored sentence pairs, labelled texts with and without a header), JSONL
+//! (a training log) and the tables of qkv::text::table (JSON lines, Parquet, CSV by column name).
 #![no_main]
 mod common;
 
@@ -13,4 +13,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     }
     let path = common::put(&dir, "log.jsonl", data);
     let _ = qkv::run_log::read_log(&path);
+    let named = qkv::text::table::Columns { text_column: Some("text".into()), ..Default::default() };
+    for name in ["table.jsonl", "table.parquet", "table.csv"] {
+        let path = common::put(&dir, name, data);
+        let _ = qkv::text::table::read_labeled(&path, &qkv::text::table::Columns::default(), false);
+        let _ = qkv::text::table::read_labeled(&path, &named, false);
+        let _ = qkv::text::table::read_texts(&path, None);
+    }
 });

@@ -5,9 +5,10 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Parser;
 use qkv::inference::Embedder;
+use qkv::text::table::TableFormat;
 
 #[derive(Parser)]
 pub struct Args {
@@ -15,9 +16,14 @@ pub struct Args {
     /// sentence-transformers model)
     #[arg(long)]
     model: PathBuf,
-    /// Sentences, one per line (default: stdin)
+    /// Sentences, one per line (default: stdin); or a .jsonl/.json (one object per line) or .parquet table,
+    /// whose --text-column is embedded
     #[arg(long)]
     input: Option<PathBuf>,
+    /// Column of a table input [default: the first of text, sentence1, premise, question, sentence]. Given for
+    /// a .csv/.tsv input, that file is read as a table with a header row instead of as lines
+    #[arg(long)]
+    text_column: Option<String>,
     /// Output file: .npy writes an (N, C) float32 matrix, anything else JSON lines (default: JSON lines on stdout)
     #[arg(long)]
     output: Option<PathBuf>,
@@ -27,7 +33,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let sentences = crate::progress::input_lines(args.input.as_deref())?;
+    let sentences = sentences(&args)?;
     let encoder = load(&args.model)?;
     let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let started = Instant::now();
@@ -54,6 +60,17 @@ pub fn run(args: Args) -> Result<()> {
         None => write_jsonl(BufWriter::new(std::io::stdout().lock()), &sentences, &embeddings.to_vec2()?)?,
     }
     Ok(())
+}
+
+/// The texts to embed: a table's text column, else the lines of the input.
+fn sentences(args: &Args) -> Result<Vec<String>> {
+    match &args.input {
+        Some(path) if TableFormat::of(path).has_column_names() || args.text_column.is_some() => {
+            Ok(qkv::text::table::read_texts(path, args.text_column.as_deref())?)
+        }
+        None if args.text_column.is_some() => bail!("--text-column needs an --input table"),
+        input => crate::progress::input_lines(input.as_deref()),
+    }
 }
 
 /// Loads the encoder and warns about checkpoint tensors it does not use.

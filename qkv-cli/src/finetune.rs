@@ -1,5 +1,5 @@
-//! `qkv finetune classify`: fine-tunes a BERT directory for sequence classification on TSV/CSV files
-//! (text[,text_b],label) into a Hugging Face directory, on the shared trainer (`--resume`, `--time-limit-minutes`,
+//! `qkv finetune classify`: fine-tunes a BERT directory for sequence classification on JSON-lines, Parquet or
+//! TSV/CSV files (text[,text_b],label) into a Hugging Face directory, on the shared trainer (`--resume`, `--time-limit-minutes`,
 //! Ctrl-C, early stopping).
 
 use std::path::PathBuf;
@@ -36,7 +36,8 @@ pub struct ClassifyArgs {
     /// BERT directory to start from (config.json, model.safetensors, tokenizer)
     #[arg(long, alias = "model-name-or-path", required_unless_present = "resume")]
     model: Option<PathBuf>,
-    /// Training rows: text,label or text,text_b,label (.tsv: tab-separated, unquoted)
+    /// Training rows: .jsonl/.json (one object per line) or .parquet, columns by name (see --text-column);
+    /// CSV/TSV as text,label or text,text_b,label (.tsv: tab-separated, unquoted)
     #[arg(long, alias = "train", required_unless_present = "resume")]
     train_file: Option<PathBuf>,
     /// Evaluation rows, same format (evaluated after each epoch)
@@ -54,6 +55,17 @@ pub struct ClassifyArgs {
     /// The files start with a header row
     #[arg(long)]
     header: bool,
+    /// Column of the (first) text [default: the first of text, sentence1, premise, question, sentence]. Given
+    /// for a CSV/TSV file, columns are read by the names of its header row
+    #[arg(long)]
+    text_column: Option<String>,
+    /// Column of the second text of a pair [default: text_pair, sentence2, hypothesis or sentence, where the
+    /// table has one]
+    #[arg(long)]
+    text_pair_column: Option<String>,
+    /// Column of the class label, a string or an integer [default: label, labels]
+    #[arg(long)]
+    label_column: Option<String>,
     #[arg(long)]
     learning_rate: Option<f64>,
     #[arg(long, alias = "batch-size")]
@@ -88,6 +100,16 @@ fn options(args: &ClassifyArgs) -> Result<ClassifierTraining> {
         t.dev_file = path.clone();
     }
     t.header |= args.header;
+    let columns = &mut t.columns;
+    for (option, value) in [
+        (&mut columns.text_column, &args.text_column),
+        (&mut columns.text_pair_column, &args.text_pair_column),
+        (&mut columns.label_column, &args.label_column),
+    ] {
+        if value.is_some() {
+            option.clone_from(value);
+        }
+    }
     override_some!(
         t,
         learning_rate = args.learning_rate,

@@ -15,6 +15,7 @@ mod average;
 mod bench;
 mod bleu;
 mod classify;
+mod convert;
 mod demo;
 mod device;
 mod embed;
@@ -103,6 +104,8 @@ enum Command {
     Translate(translate::Args),
     /// Average the parameters of a run's last checkpoints into one model directory
     Average(average::Args),
+    /// Rewrite a model directory's weights in another format (pytorch_model.bin → model.safetensors)
+    Convert(convert::Args),
     /// Draw PNG plots: `qkv plot loss` (a run's log.jsonl), `qkv plot compare` (several runs' logs),
     /// `qkv plot attention` (attention weights as JSON) or `qkv plot chart` (measured series as JSON)
     Plot(plot::Args),
@@ -159,6 +162,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Translate(args) => translate::run(args),
         Command::Average(args) => average::run(args),
+        Command::Convert(args) => convert::run(args),
         Command::Plot(args) => plot::run(args),
         Command::Embed(args) => embed::run(args),
         Command::Finetune(args) => finetune::run(args),

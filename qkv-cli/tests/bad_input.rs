@@ -284,6 +284,8 @@ fn cases(f: &Fixtures) -> Vec<Case> {
     cases.extend(training(f));
     cases.extend(forward_inputs(f));
     cases.extend(other_commands(f));
+    cases.extend(pytorch_files(f));
+    cases.extend(table_files(f));
     cases
 }
 
@@ -433,7 +435,7 @@ fn weight_files(f: &Fixtures) -> Vec<Case> {
         case(
             "weights missing",
             f.variant(&f.bert, "wmissing", |d| std::fs::remove_file(weights(d)).unwrap()),
-            &["has neither model.safetensors"],
+            &["has no weights: none of model.safetensors"],
         ),
         case(
             "weights only pytorch",
@@ -1472,4 +1474,87 @@ fn bad_inputs_are_refused_clearly_within_bounds() {
     }
     let _ = std::fs::remove_dir_all(&fixtures.root);
     assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+/// A torch.save-style zip holding `pickle` as data.pkl and `storage` as its one storage record.
+fn torch_zip(pickle: &[u8], storage: &[u8]) -> Vec<u8> {
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    let mut zip = zip::ZipWriter::new(&mut bytes);
+    let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("archive/data.pkl", stored).unwrap();
+    zip.write_all(pickle).unwrap();
+    zip.start_file("archive/data/0", stored).unwrap();
+    zip.write_all(storage).unwrap();
+    zip.finish().unwrap();
+    bytes.into_inner()
+}
+
+/// `qkv embed` over BERT directories whose only weights are a broken or hostile pytorch_model.bin: each is refused
+/// before candle's pickle reader allocates what the file claims.
+fn pytorch_files(f: &Fixtures) -> Vec<Case> {
+    let line = f.file("one.txt", "the cat sat\n");
+    let case = |name: &str, bin: Vec<u8>, needles: &[&str]| {
+        let dir = f.variant(&f.bert, &format!("bin-{name}"), |d| {
+            std::fs::remove_file(weights(d)).unwrap();
+            std::fs::write(d.join("pytorch_model.bin"), &bin).unwrap();
+        });
+        fails(&format!("bin {name}"), &["embed", "--model", &dir, "--input", &line], needles)
+    };
+    // A float tensor of 2^30 elements over an 8-byte storage.
+    let forged = b"\x80\x02}(X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\n\
+                   FloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x02tQK\x00J\x00\x00\x00\x40\x85K\x01\x85\x89\
+                   ccollections\nOrderedDict\n)RtRu.";
+    let system = b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00true\x85R.";
+    let huge_string = b"\x80\x02X\xff\xff\xff\xff";
+    let short_tuple = b"\x80\x02}(X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n)Ru.";
+    vec![
+        case("forged shape", torch_zip(forged, &[0; 8]), &["pytorch_model.bin", "tensor `w`", "runs past its 8 bytes"]),
+        case("os.system", torch_zip(system, &[]), &["pytorch_model.bin", "`os.system`", "refused"]),
+        case("huge string", torch_zip(huge_string, &[]), &["pytorch_model.bin", "BINUNICODE", "runs past the end"]),
+        case("short tuple", torch_zip(short_tuple, &[]), &["pytorch_model.bin", "not a state dict"]),
+        case("not a zip", b"\x00\x01\x02\x03 just bytes".to_vec(), &["pytorch_model.bin", "not a PyTorch checkpoint"]),
+    ]
+}
+
+/// `qkv embed` and `qkv finetune classify` over broken JSON-lines and Parquet tables.
+fn table_files(f: &Fixtures) -> Vec<Case> {
+    let bert = f.bert.display().to_string();
+    let embed = |name: &str, file: &str, bytes: &[u8], needles: &[&str]| {
+        let path = f.file(file, bytes);
+        fails(name, &["embed", "--model", &bert, "--input", &path], needles)
+    };
+    let good = f.file("good.jsonl", "{\"text\": \"a good one\", \"label\": 1}\n{\"text\": \"bad\", \"label\": 0}\n");
+    let parquet =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../qkv/tests/fixtures/tables/pairs.parquet"));
+    let parquet = parquet.unwrap();
+    let finetune = |name: &str, file: &str, bytes: &[u8], needles: &[&str]| {
+        let path = f.file(file, bytes);
+        let out = f.out(&format!("finetune-{file}"));
+        let args = [
+            "finetune", "classify", "--model", &bert, "--train", &path, "--dev", &good, "--out", &out, "--epochs", "1",
+        ];
+        fails(name, &args, needles)
+    };
+    vec![
+        embed(
+            "embed jsonl invalid",
+            "bad.jsonl",
+            b"{\"text\": \"a\"}\n{\"text\": \n",
+            &["bad.jsonl:2", "invalid JSON"],
+        ),
+        embed("embed parquet halved", "half.parquet", &parquet[..parquet.len() / 2], &["half.parquet", "Parquet"]),
+        embed("embed parquet empty", "empty.parquet", b"", &["empty.parquet", "Parquet"]),
+        finetune(
+            "finetune jsonl float label",
+            "float.jsonl",
+            b"{\"text\": \"a\", \"label\": 0.5}\n",
+            &["float.jsonl:1", "column `label`", "0.5"],
+        ),
+        finetune(
+            "finetune jsonl no label",
+            "nolabel.jsonl",
+            b"{\"text\": \"a\"}\n",
+            &["nolabel.jsonl", "no label column", "columns present: text"],
+        ),
+    ]
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::TensorInfo;
 use safetensors::Dtype;
 
-use super::{WEIGHTS, WEIGHTS_INDEX};
+use super::weights::WeightFiles;
 use crate::{Error, Result};
 
 /// safetensors' own bound on the header (the crate refuses larger ones).
@@ -53,22 +53,40 @@ impl WeightHeader {
         Ok(Self { tensors })
     }
 
-    /// The weights of model directory `dir`: `model.safetensors`, else every shard that
-    /// `model.safetensors.index.json` lists (the same choice [`super::load_weights`] makes).
+    /// The weights of model directory `dir`, from the files [`super::load_weights`] would read (a PyTorch
+    /// checkpoint's tensors as its checked data.pkl declares them). A directory without weights has an empty
+    /// header: load_weights says what is missing.
     pub fn read_dir(dir: &Path) -> Result<Self> {
-        let single = dir.join(WEIGHTS);
-        if super::exists(&single)? {
-            return Self::read_file(&single);
-        }
-        let index = dir.join(WEIGHTS_INDEX);
-        if !super::exists(&index)? {
-            return Ok(Self::default()); // load_weights says what is missing
-        }
+        let files = match WeightFiles::find(dir) {
+            Ok(files) => files,
+            Err(Error::Input { .. }) => return Ok(Self::default()),
+            Err(other) => return Err(other),
+        };
+        let pytorch = matches!(files, WeightFiles::Pytorch(_) | WeightFiles::PytorchShards(_));
         let mut all = Self::default();
-        for file in super::shard_index::shard_files(&index)? {
-            all.tensors.extend(Self::read_file(&file)?.tensors);
+        for file in files.files()? {
+            let header = if pytorch { Self::read_pytorch(&file)? } else { Self::read_file(&file)? };
+            all.tensors.extend(header.tensors);
         }
         Ok(all)
+    }
+
+    /// The tensors a PyTorch checkpoint declares, after [`super::pytorch::check`].
+    fn read_pytorch(path: &Path) -> Result<Self> {
+        let mut tensors = BTreeMap::new();
+        for info in super::pytorch::check(path)? {
+            let dtype = match info.dtype {
+                candle_core::DType::F16 => Dtype::F16,
+                candle_core::DType::BF16 => Dtype::BF16,
+                candle_core::DType::F64 => Dtype::F64,
+                candle_core::DType::I64 => Dtype::I64,
+                candle_core::DType::U8 => Dtype::U8,
+                _ => Dtype::F32,
+            };
+            let entry = TensorEntry { dtype, shape: info.layout.dims().to_vec(), file: path.to_path_buf() };
+            tensors.insert(info.name, entry);
+        }
+        Ok(Self { tensors })
     }
 
     pub fn get(&self, name: &str) -> Option<&TensorEntry> {

@@ -1,12 +1,13 @@
 //! Hugging Face model directories: the only code that knows their files and tensor names.
 //!
 //! A directory holds `config.json`, the weights as `model.safetensors` or as shards listed in
-//! `model.safetensors.index.json`, and a tokenizer (`tokenizer.json`, or the files it was converted from).
+//! `model.safetensors.index.json` (or, from older checkpoints, `pytorch_model.bin` and its sharded form), and a tokenizer (`tokenizer.json`, or the files it was converted from).
 //! Each architecture has one module with its name table (qkv parameter ↔ checkpoint tensor).
 
 pub mod bert;
 pub mod gpt2;
 pub mod header;
+pub mod pytorch;
 pub mod sentence_transformers;
 mod shard_index;
 pub mod tokenizer;
@@ -15,8 +16,8 @@ pub mod weights;
 
 pub(crate) use weights::assign;
 pub use weights::{
-    average_model_dirs, average_parameters, load_parameters, load_safetensors, load_weights, save_parameters,
-    save_safetensors, LoadReport, WeightSource,
+    average_model_dirs, average_parameters, convert_to_safetensors, load_parameters, load_safetensors, load_weights,
+    save_parameters, save_safetensors, LoadReport, WeightSource,
 };
 
 use std::collections::HashMap;

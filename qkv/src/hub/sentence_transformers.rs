@@ -33,6 +33,15 @@ struct PoolingConfig {
     pooling_mode_mean_tokens: bool,
     pooling_mode_max_tokens: bool,
     pooling_mode_mean_sqrt_len_tokens: bool,
+    /// sentence-transformers ≥ 5 writes the mode as one name (or a list of names) instead of the booleans.
+    pooling_mode: Option<PoolingModes>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PoolingModes {
+    One(String),
+    Several(Vec<String>),
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -93,13 +102,33 @@ fn read_pooling(path: &PathBuf) -> Result<Pooling> {
         (config.pooling_mode_max_tokens, Pooling::Max),
         (config.pooling_mode_mean_sqrt_len_tokens, Pooling::MeanSqrtLen),
     ];
-    let chosen: Vec<Pooling> = modes.iter().filter(|(on, _)| *on).map(|(_, p)| *p).collect();
+    let mut chosen: Vec<Pooling> = modes.iter().filter(|(on, _)| *on).map(|(_, p)| *p).collect();
+    let named = match &config.pooling_mode {
+        None => Vec::new(),
+        Some(PoolingModes::One(name)) => vec![name.as_str()],
+        Some(PoolingModes::Several(names)) => names.iter().map(String::as_str).collect(),
+    };
+    for name in named {
+        chosen.push(match name {
+            "mean" => Pooling::Mean,
+            "cls" => Pooling::Cls,
+            "max" => Pooling::Max,
+            "mean_sqrt_len_tokens" => Pooling::MeanSqrtLen,
+            other => {
+                let message = format!(
+                    "pooling_mode {other:?} is not supported (qkv pools by mean, cls, max or \
+                                       mean_sqrt_len_tokens)"
+                );
+                return Err(Error::input(path, None, message));
+            }
+        });
+    }
     match chosen[..] {
         [one] => Ok(one),
         _ => Err(Error::input(
             path,
             None,
-            "exactly one pooling_mode_* must be true (concatenated modes are not supported)",
+            "exactly one pooling mode must be chosen (concatenated modes are not supported)",
         )),
     }
 }

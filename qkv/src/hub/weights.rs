@@ -1,5 +1,5 @@
 //! Weights on disk: the one stack every model directory and checkpoint goes through. Reading (single-file
-//! or sharded safetensors, as f32), writing (atomically, with the `{"format": "pt"}` metadata transformers
+//! or sharded safetensors or PyTorch pickles, as f32), writing (atomically, with the `{"format": "pt"}` metadata transformers
 //! requires), setting a model's parameters through its architecture's name table, and averaging checkpoints.
 //! The strictness is the same everywhere: a missing or wrongly shaped tensor is an error that names it with both
 //! shapes; tensors the model has no use for are reported ([`LoadReport::unused`]).
@@ -11,27 +11,78 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 
+use super::pytorch::{load_pytorch, PYTORCH_WEIGHTS, PYTORCH_WEIGHTS_INDEX};
 use super::shard_index::{read_weight_map, shard_files};
 use super::{WEIGHTS, WEIGHTS_INDEX};
 use crate::{Error, Result};
 
-/// Every weight of a model directory as f32 on `device`, from `model.safetensors` or from the shards of
-/// `model.safetensors.index.json`.
+/// The files that hold a model directory's weights, in order of preference: safetensors (single, then
+/// sharded) before PyTorch's pickles (single, then sharded), as transformers prefers them.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum WeightFiles {
+    Safetensors(PathBuf),
+    SafetensorsShards(PathBuf),
+    Pytorch(PathBuf),
+    PytorchShards(PathBuf),
+}
+
+impl WeightFiles {
+    /// The first of the four layouts `dir` has; an error naming what was looked for when it has none.
+    pub(crate) fn find(dir: &Path) -> Result<Self> {
+        let names = [WEIGHTS, WEIGHTS_INDEX, PYTORCH_WEIGHTS, PYTORCH_WEIGHTS_INDEX];
+        for name in names {
+            let path = dir.join(name);
+            if super::exists(&path)? {
+                return Ok(match name {
+                    WEIGHTS => Self::Safetensors(path),
+                    WEIGHTS_INDEX => Self::SafetensorsShards(path),
+                    PYTORCH_WEIGHTS => Self::Pytorch(path),
+                    _ => Self::PytorchShards(path),
+                });
+            }
+        }
+        Err(Error::input(dir, None, format!("has no weights: none of {}", names.join(", "))))
+    }
+
+    /// Every file the layout reads (the shards an index lists).
+    pub(crate) fn files(&self) -> Result<Vec<PathBuf>> {
+        match self {
+            Self::Safetensors(path) | Self::Pytorch(path) => Ok(vec![path.clone()]),
+            Self::SafetensorsShards(index) | Self::PytorchShards(index) => shard_files(index),
+        }
+    }
+
+    fn is_pytorch(&self) -> bool {
+        matches!(self, Self::Pytorch(_) | Self::PytorchShards(_))
+    }
+}
+
+/// Every weight of a model directory as f32 on `device`, from `model.safetensors`, the shards of
+/// `model.safetensors.index.json`, `pytorch_model.bin` or the shards of `pytorch_model.bin.index.json` (the
+/// first that exists; PyTorch files are checked before they are read, see [`super::pytorch`]).
 pub fn load_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let single = dir.join(WEIGHTS);
-    let index = dir.join(WEIGHTS_INDEX);
-    if super::exists(&single)? {
-        return load_safetensors(&single, device);
+    let files = WeightFiles::find(dir)?;
+    let load: fn(&Path, &Device) -> Result<HashMap<String, Tensor>> =
+        if files.is_pytorch() { load_pytorch } else { load_safetensors };
+    match &files {
+        WeightFiles::Safetensors(path) | WeightFiles::Pytorch(path) => load(path, device),
+        WeightFiles::SafetensorsShards(index) | WeightFiles::PytorchShards(index) => load_shards(index, device, load),
     }
-    if super::exists(&index)? {
-        return load_shards(&index, device);
+}
+
+/// Writes the weights of a PyTorch-format directory (`pytorch_model.bin` or its shards) as
+/// `dir/model.safetensors` (one file, f32, transformers' metadata), through a temporary file, fsync and rename;
+/// returns its path. A directory that already has safetensors weights is left alone (an error says so).
+pub fn convert_to_safetensors(dir: &Path) -> Result<PathBuf> {
+    let files = WeightFiles::find(dir)?;
+    if !files.is_pytorch() {
+        return Err(Error::input(dir, None, "already has safetensors weights: nothing to convert"));
     }
-    let message = if dir.join("pytorch_model.bin").exists() {
-        "has only pytorch_model.bin: qkv reads safetensors (re-save with save_pretrained(safe_serialization=True))"
-    } else {
-        "has neither model.safetensors nor model.safetensors.index.json"
-    };
-    Err(Error::input(dir, None, message))
+    let mut tensors: Vec<(String, Tensor)> = load_weights(dir, &Device::Cpu)?.into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let path = dir.join(WEIGHTS);
+    save_safetensors(&tensors, &path)?;
+    Ok(path)
 }
 
 /// Every tensor of one safetensors file as f32 on `device`. The header is checked first (offsets, sizes,
@@ -56,12 +107,18 @@ fn readable_dtype(dtype: safetensors::Dtype) -> bool {
     matches!(dtype, F32 | F16 | BF16 | F64 | U8 | U16 | U32 | I16 | I32 | I64)
 }
 
-fn load_shards(index: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+/// The tensors of the shards `index` lists, each shard read by `load`; every tensor the index names must be in
+/// the shard it names.
+fn load_shards(
+    index: &Path,
+    device: &Device,
+    load: fn(&Path, &Device) -> Result<HashMap<String, Tensor>>,
+) -> Result<HashMap<String, Tensor>> {
     let weight_map = read_weight_map(index)?;
     let dir = index.parent().unwrap_or(Path::new("."));
     let mut shards: BTreeMap<PathBuf, HashMap<String, Tensor>> = BTreeMap::new();
     for path in shard_files(index)? {
-        let tensors = load_safetensors(&path, device)?;
+        let tensors = load(&path, device)?;
         shards.insert(path, tensors);
     }
     let mut weights = HashMap::new();

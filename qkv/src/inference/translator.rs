@@ -65,7 +65,7 @@ impl Translator {
         let source_tokens: Vec<String> = example.source.iter().chain([t.eos_id()].iter()).map(label).collect();
         let predicted: Vec<String> = example.target.iter().chain([t.eos_id()].iter()).map(label).collect();
         let read: Vec<String> = [t.bos_id()].iter().chain(example.target.iter()).map(label).collect();
-        let encoder = maps.encoder.iter().map(|w| AttentionGrid::first_of_batch(w)).collect::<Result<_>>()?;
+        let encoder = maps.encoder.iter().map(AttentionGrid::first_of_batch).collect::<Result<_>>()?;
         let decoder =
             maps.decoder.iter().map(|l| AttentionGrid::first_of_batch(&l.self_attn)).collect::<Result<_>>()?;
         let cross = maps.decoder.iter().map(|l| AttentionGrid::first_of_batch(&l.cross_attn)).collect::<Result<_>>()?;

@@ -95,6 +95,29 @@ pub fn read_labeled_texts(path: &Path, header: bool) -> Result<Vec<LabeledText>>
     Ok(rows)
 }
 
+/// A CSV/TSV file whose first row names its columns.
+pub(crate) struct NamedColumns {
+    pub header: Vec<String>,
+    /// Every later row's fields, with the line it starts on. Rows may be shorter or longer than the header (the
+    /// caller names a missing field).
+    pub rows: Vec<(usize, Vec<String>)>,
+}
+
+/// Reads a CSV/TSV file with a header row (quoting as [`read_labeled_texts`]).
+pub(crate) fn read_with_header(path: &Path) -> Result<NamedColumns> {
+    let tsv = delimiter_for(path) == b'\t';
+    let file = CsvFile::read(path, !tsv)?;
+    let mut reader = file.reader(true);
+    let header: Vec<String> = reader.headers().map_err(|e| file.error(e))?.iter().map(str::to_string).collect();
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| file.error(e))?;
+        let line = file.line_of(&record).unwrap_or(rows.len() + 2);
+        rows.push((line, record.iter().map(str::to_string).collect()));
+    }
+    Ok(NamedColumns { header, rows })
+}
+
 /// The distinct labels of `rows` in class-id order: numerically when every label is an integer (so "0", "1"
 /// keep their meaning), alphabetically otherwise.
 pub fn label_set(rows: &[LabeledText]) -> Vec<String> {

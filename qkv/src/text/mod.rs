@@ -1,10 +1,11 @@
-//! Text in and out of the models: corpora read from files, subword tokenizers and padded batches.
+//! Text in and out of the models: corpora and labelled tables (CSV/TSV, JSON lines, Parquet) read from files, subword tokenizers and padded batches.
 
 pub mod batch;
 pub mod corpus;
 pub mod labeled;
 pub mod lm_tokenizer;
 pub mod number_words;
+pub mod table;
 pub mod tokenizer;
 
 pub use batch::{token_batches, Batch, Example};

@@ -27,7 +27,8 @@ use crate::metrics::classification::{accuracy, f1, matthews_correlation};
 use crate::models::bert::{Bert, BertArchitecture, BertConfig, BertInput};
 use crate::nn::Mode;
 use crate::rng::Rng;
-use crate::text::labeled::{label_set, read_labeled_texts, LabeledText};
+use crate::text::labeled::{label_set, LabeledText};
+use crate::text::table::{read_labeled, Columns};
 use crate::{Error, Result};
 
 /// The metric that picks the best epoch.
@@ -60,8 +61,11 @@ pub struct ClassifierTraining {
     pub model_name_or_path: PathBuf,
     pub train_file: PathBuf,
     pub dev_file: PathBuf,
-    /// The data files start with a header row.
+    /// The data files start with a header row (CSV/TSV read by position).
     pub header: bool,
+    /// The columns of JSON-lines and Parquet files (and of CSV/TSV with a header row, when one is named).
+    #[serde(flatten)]
+    pub columns: Columns,
     pub learning_rate: f64,
     pub per_device_train_batch_size: usize,
     pub per_device_eval_batch_size: usize,
@@ -81,6 +85,7 @@ impl Default for ClassifierTraining {
             train_file: PathBuf::new(),
             dev_file: PathBuf::new(),
             header: false,
+            columns: Columns::default(),
             learning_rate: 5e-5,
             per_device_train_batch_size: 32,
             per_device_eval_batch_size: 64,
@@ -166,8 +171,8 @@ impl ClassificationTask {
     /// (its weights: those of `model_dir`, a fresh head where it has none).
     fn new(training: ClassifierTraining, model_dir: &Path, config: Option<BertConfig>) -> Result<Self> {
         let device = training.run.device.device()?;
-        let train_rows = read_labeled_texts(&training.train_file, training.header)?;
-        let dev_rows = read_labeled_texts(&training.dev_file, training.header)?;
+        let train_rows = read_labeled(&training.train_file, &training.columns, training.header)?;
+        let dev_rows = read_labeled(&training.dev_file, &training.columns, training.header)?;
         // A resumed run (its checkpoint's config given) keeps the label order it started with.
         let resumed = config.is_some();
         let mut config = match config {
