@@ -65,7 +65,7 @@ fn section(study: &Study, seed: u64, runs: &[(Projections, &str, RunResult)], fi
     }
     let own = |i: usize| AttentionStats::mean(&runs[i].2.attention.encoder_self_mass);
     let answer = format!(
-        "A model that reverses strings puts {:.2} of each output's cross-attention on the mirrored source symbol: the heatmap is the anti-diagonal. The encoder's maps show the projections: weight on the own position {:.2} (separate), {:.2} (Q = K), {:.2} (q = k = v = x, a bright diagonal). `qkv attention --model DIR --text …` draws the same grids for any BERT, GPT-2 or translation model.",
+        "In the runs drawn (seed {seed}), a model that reverses strings puts {:.2} of each output's cross-attention on the mirrored source symbol: the heatmap is the anti-diagonal. The encoder's maps show the projections: weight on the own position {:.2} (separate), {:.2} (Q = K), {:.2} (q = k = v = x, a bright diagonal). `qkv attention --model DIR --text …` draws the same grids for any BERT, GPT-2 or translation model.",
         AttentionStats::mean(&runs[0].2.attention.cross_alignment), own(0), own(1), own(2),
     );
     Section {
