@@ -111,7 +111,10 @@ fn against_one_head(variants: &[Variant]) -> String {
     match (one, best) {
         (Some(one), Some(best)) => match welch(&exact_match(&best.runs), &exact_match(&one.runs)) {
             Some(test) if test.p < 0.05 => format!("h = {} beats one head (Welch p = {:.3})", best.heads, test.p),
-            Some(test) => format!("even the best, h = {}, is within noise of one head on this task (Welch p = {:.2})", best.heads, test.p),
+            Some(test) => format!(
+                "even the best, h = {}, is within noise of one head on this task (Welch p = {:.2})",
+                best.heads, test.p
+            ),
             None => "one seed: no test".into(),
         },
         _ => "no comparison".into(),
