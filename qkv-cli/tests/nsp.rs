@@ -52,7 +52,8 @@ fn nsp_pre_training_learns_the_next_sentence_and_saves_bert_for_pre_training() {
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("best/config.json")).unwrap()).unwrap();
     assert_eq!(config["architectures"][0], "BertForPreTraining");
-    let weights = candle_core::safetensors::load(out.join("best/model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let weights =
+        candle_core::safetensors::load(out.join("best/model.safetensors"), &candle_core::Device::Cpu).unwrap();
     for name in ["cls.seq_relationship.weight", "bert.pooler.dense.weight", "cls.predictions.bias"] {
         assert!(weights.contains_key(name), "{name} missing from best/model.safetensors");
     }
@@ -67,5 +68,25 @@ fn nsp_pre_training_learns_the_next_sentence_and_saves_bert_for_pre_training() {
     // The validation loss is the sum of the two, as BertForPreTraining's loss.
     let sum = number(last, "val_mlm_loss") + number(last, "val_nsp_loss");
     assert!((number(last, "val_loss") - sum).abs() < 1e-9);
+    std::fs::remove_dir_all(&scratch).unwrap();
+}
+
+/// A text without a blank line is one document: nothing to draw a NotNext sentence from, refused naming the
+/// file and the fix.
+#[test]
+fn nsp_on_a_single_document_is_refused_naming_the_file() {
+    let scratch = std::env::temp_dir().join(format!("qkv-nsp-one-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let text = scratch.join("one.txt");
+    std::fs::write(&text, (0..30).map(|i| format!("sentence number {i} .\n")).collect::<String>()).unwrap();
+    let out = scratch.join("run");
+    let run = Command::new(env!("CARGO_BIN_EXE_qkv"))
+        .args(["--threads", "1", "train", "mlm", "--nsp", "--text", text.to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap(), "--vocab-size", "60", "--hidden-size", "16", "--layers", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(stderr.contains("one.txt") && stderr.contains("two documents separated by a blank line"), "{stderr}");
     std::fs::remove_dir_all(&scratch).unwrap();
 }

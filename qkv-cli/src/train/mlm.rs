@@ -17,7 +17,8 @@ pub struct MlmArgs {
     /// Training text, one sequence per line (lines longer than --max-length tokens are cut)
     #[arg(long, alias = "text", required_unless_present = "resume")]
     text_file: Option<PathBuf>,
-    /// Run directory: best/ (a BertForMaskedLM directory: config.json, model.safetensors, tokenizer.json),
+    /// Run directory: best/ (a BertForMaskedLM directory, BertForPreTraining with --nsp: config.json,
+    /// model.safetensors, tokenizer.json),
     /// checkpoints/, log.jsonl and loss.png
     #[arg(long)]
     out: PathBuf,
