@@ -474,6 +474,33 @@ fn classification_matches_the_transformers_pipeline() {
     }
 }
 
+/// A BertForPreTraining trained here by `qkv train mlm --nsp` (tools/fixtures/make_bert_fixtures.py,
+/// `pretrained_nsp`) gives, for a padded batch of sentence pairs, the prediction_logits and
+/// seq_relationship_logits transformers computes from the same directory, within 1e-5; qkv's tokenizer encodes
+/// the pairs as transformers' did.
+#[test]
+fn nsp_pre_trained_models_load_in_transformers_with_the_same_logits() {
+    let dir = fixtures().join("pretrained-nsp");
+    let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+    let loaded = bert::load(&dir, &LoadOptions::default(), &Device::Cpu).unwrap();
+    assert_eq!(loaded.model.architecture(), BertArchitecture::PreTraining);
+    assert!(loaded.report.initialized.is_empty(), "{:?}", loaded.report);
+    let outputs = loaded.model.forward(&input(&expected), &mut Mode::Eval).unwrap();
+    for name in ["prediction_logits", "seq_relationship_logits"] {
+        let err = error(&outputs[name], &expected[&format!("output.{name}")]);
+        assert!(err <= OUTPUT_TOL, "{name}: error {err:e}");
+    }
+    let pairs = [
+        ("the cat sat on the mat .", Some("then the cat slept .")),
+        ("rain fell all day .", Some("a letter fell out .")),
+        ("we missed the meeting .", Some("the boss was not happy .")),
+    ];
+    let encoded = PretrainedTokenizer::from_dir(&dir).unwrap().encode(&pairs, 32, Truncation::Error).unwrap();
+    let as_u32 = |t: &Tensor| t.to_dtype(DType::U32).unwrap().to_vec2::<u32>().unwrap();
+    assert_eq!(encoded.input_ids, as_u32(&expected["input.input_ids"]));
+    assert_eq!(encoded.token_type_ids, as_u32(&expected["input.token_type_ids"]));
+}
+
 /// transformers' question-answering pipeline, including contexts split into overlapping windows: the same
 /// answers, character offsets and order, scores within 1e-5.
 #[test]

@@ -1,6 +1,6 @@
 //! `qkv train mlm`: pre-trains a BERT from scratch on a text file (one sentence or paragraph per line) with the
 //! masked-language-model objective, on the shared trainer; its best/ is a Hugging Face BertForMaskedLM
-//! directory.
+//! directory (BertForPreTraining with --nsp).
 
 use std::path::PathBuf;
 
@@ -17,7 +17,8 @@ pub struct MlmArgs {
     /// Training text, one sequence per line (lines longer than --max-length tokens are cut)
     #[arg(long, alias = "text", required_unless_present = "resume")]
     text_file: Option<PathBuf>,
-    /// Run directory: best/ (a BertForMaskedLM directory: config.json, model.safetensors, tokenizer.json),
+    /// Run directory: best/ (a BertForMaskedLM directory, BertForPreTraining with --nsp: config.json,
+    /// model.safetensors, tokenizer.json),
     /// checkpoints/, log.jsonl and loss.png
     #[arg(long)]
     out: PathBuf,
@@ -46,6 +47,12 @@ pub struct MlmArgs {
     /// Share of the lines held out for the validation loss
     #[arg(long)]
     validation_fraction: Option<f64>,
+    /// Next-sentence prediction too: the text is documents separated by blank lines, one sentence per line;
+    /// half the pairs are a sentence and its successor, half a sentence and a random one from another
+    /// document. best/ is then a BertForPreTraining directory, and the log gets val_mlm_loss, val_nsp_loss
+    /// and val_nsp_accuracy
+    #[arg(long)]
+    nsp: bool,
     /// Model width (the small preset: 256, 4 layers, 4 heads, feed-forward 4 × width)
     #[arg(long, default_value_t = 256)]
     hidden_size: usize,
@@ -92,6 +99,7 @@ fn training_options(args: &MlmArgs) -> Result<MlmTraining> {
         t.text_file = text.clone();
     }
     t.lowercase &= !args.cased;
+    t.nsp |= args.nsp;
     override_some!(
         t,
         vocab_size = args.vocab_size,

@@ -5,6 +5,7 @@
 //! Each architecture has one module with its name table (qkv parameter ↔ checkpoint tensor).
 
 pub mod bert;
+pub mod cache;
 pub mod gpt2;
 pub mod header;
 pub mod pytorch;

@@ -4,6 +4,7 @@ pub mod batch;
 pub mod corpus;
 pub mod labeled;
 pub mod lm_tokenizer;
+pub mod next_sentence;
 pub mod number_words;
 pub mod table;
 pub mod tokenizer;

@@ -3,11 +3,13 @@
 //! [MASK], 10% by a random token, 10% left unchanged — and the cross-entropy of the chosen ones, run by the
 //! shared [`Trainer`] (checkpoints, resume, time limit, best model). The model directories it writes (`best/`,
 //! each checkpoint) are Hugging Face `BertForMaskedLM` directories (config.json, model.safetensors,
-//! tokenizer.json). Next-sentence prediction is not implemented (RoBERTa showed it is not needed).
+//! tokenizer.json). With `nsp`, the text is documents (blank-line separated, one sentence per line), each
+//! sequence is a sentence pair of [`crate::text::next_sentence`], and the model is a `BertForPreTraining` whose
+//! loss is the masked-LM loss plus the next-sentence cross-entropy, as transformers sums them.
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::VarMap;
 use rand::seq::SliceRandom;
 use rand::{Rng as _, SeedableRng};
@@ -21,6 +23,7 @@ use crate::models::bert::{Bert, BertArchitecture, BertConfig, BertInput};
 use crate::nn::mode::Rng;
 use crate::nn::{params::named_vars, seeded_var_builder, Mode};
 use crate::text::corpus::read_lines;
+use crate::text::next_sentence::{draw_pairs, pack, read_documents};
 use crate::{Error, Result};
 
 /// Labels of positions that are not predicted.
@@ -41,6 +44,8 @@ pub struct MlmTraining {
     pub warmup_ratio: f64,
     /// Share of the lines held out for the validation loss.
     pub validation_fraction: f64,
+    /// Next-sentence prediction besides masked LM: `text_file` holds documents separated by blank lines.
+    pub nsp: bool,
     #[serde(flatten)]
     pub run: LoopSettings,
 }
@@ -57,6 +62,7 @@ impl Default for MlmTraining {
             learning_rate: 5e-4,
             warmup_ratio: 0.06,
             validation_fraction: 0.05,
+            nsp: false,
             run: LoopSettings {
                 num_train_epochs: Some(3),
                 adam: AdamWConfig { weight_decay: 0.01, ..AdamWConfig::default() },
@@ -83,6 +89,9 @@ impl TrainingOptions for MlmTraining {
     }
 
     fn validate(&self) -> Result<()> {
+        if self.nsp && self.max_length < 5 {
+            return Err(Error::config("max_length", self.max_length, "at least 5 with nsp ([CLS] A [SEP] B [SEP])"));
+        }
         if self.batch_size == 0 || self.max_length < 3 {
             return Err(Error::config("batch_size / max_length", "0 or too small", "batch ≥ 1, max_length ≥ 3"));
         }
@@ -153,8 +162,8 @@ pub struct MlmTask {
     tokenizer: PretrainedTokenizer,
     model: Bert,
     vars: Vec<(String, Var)>,
-    train: Vec<Vec<u32>>,
-    valid: Vec<Vec<u32>>,
+    train: Vec<Sequence>,
+    valid: Vec<Sequence>,
     masking: Masking,
     total_steps: usize,
     warmup: usize,
@@ -163,7 +172,70 @@ pub struct MlmTask {
 /// A BERT being pre-trained.
 pub type MlmTrainer = Trainer<MlmTask>;
 
-/// The non-empty lines of the training text.
+/// One training sequence: ids with [CLS] and [SEP], their token_type_ids, and with nsp its
+/// `next_sentence_label`.
+#[derive(Debug, Clone)]
+struct Sequence {
+    ids: Vec<u32>,
+    segments: Vec<u32>,
+    next: Option<u32>,
+}
+
+/// The class being trained.
+fn architecture(training: &MlmTraining) -> BertArchitecture {
+    if training.nsp {
+        BertArchitecture::PreTraining
+    } else {
+        BertArchitecture::MaskedLm
+    }
+}
+
+/// Each line a sequence, cut to `max_length` tokens.
+fn line_sequences(training: &MlmTraining, tokenizer: &PretrainedTokenizer, lines: &[String]) -> Result<Vec<Sequence>> {
+    let mut sequences = Vec::with_capacity(lines.len());
+    for chunk in lines.chunks(512) {
+        let inputs: Vec<(&str, Option<&str>)> = chunk.iter().map(|l| (l.as_str(), None)).collect();
+        let encoded = tokenizer.encode(&inputs, training.max_length, Truncation::LongestFirst)?;
+        for (ids, mask) in encoded.input_ids.iter().zip(&encoded.attention_mask) {
+            let n = mask.iter().filter(|&&m| m == 1).count();
+            sequences.push(Sequence { ids: ids[..n].to_vec(), segments: vec![0; n], next: None });
+        }
+    }
+    Ok(sequences)
+}
+
+/// The sentence pairs of the documents of `text_file`, drawn by a generator seeded with the run's seed.
+fn pair_sequences(training: &MlmTraining, tokenizer: &PretrainedTokenizer) -> Result<Vec<Sequence>> {
+    let documents = read_documents(&training.text_file)?;
+    let special = |t: &str| tokenizer.token_to_id(t).ok_or_else(|| Error::tokenizer("nsp pairs", format!("no {t}")));
+    let (cls, sep) = (special("[CLS]")?, special("[SEP]")?);
+    let tokens = documents
+        .iter()
+        .map(|d| d.iter().map(|s| tokenizer.ids(s)).collect::<Result<Vec<_>>>())
+        .collect::<Result<Vec<_>>>()?;
+    let sizes: Vec<usize> = documents.iter().map(Vec::len).collect();
+    let mut rng = Rng::seed_from_u64(training.run.seed ^ 0x006e_7370);
+    let pairs = draw_pairs(&sizes, &mut rng);
+    let minimum = minimum_lines(training.validation_fraction);
+    if pairs.len() < minimum {
+        let message = format!(
+            "{} sentence pair(s) (one per sentence followed by another in its document): nsp needs at least \
+             {minimum} to hold out validation_fraction = {} of them",
+            pairs.len(),
+            training.validation_fraction
+        );
+        return Err(Error::input(&training.text_file, None, message));
+    }
+    Ok(pairs
+        .iter()
+        .map(|p| {
+            let (a, b) = (&tokens[p.a.0][p.a.1], &tokens[p.b.0][p.b.1]);
+            let (ids, segments) = pack(a, b, cls, sep, training.max_length);
+            Sequence { ids, segments, next: Some(p.label) }
+        })
+        .collect())
+}
+
 /// The non-empty lines of the text file, refused when too few to hold out at least one for the validation
 /// loss and train on the rest (with none held out the loss is NaN and no best model is ever kept).
 fn read_training_lines(training: &MlmTraining) -> Result<Vec<String>> {
@@ -201,20 +273,16 @@ impl MlmTask {
         tokenizer: PretrainedTokenizer,
         lines: &[String],
     ) -> Result<Self> {
-        let mut sequences = Vec::with_capacity(lines.len());
-        for chunk in lines.chunks(512) {
-            let inputs: Vec<(&str, Option<&str>)> = chunk.iter().map(|l| (l.as_str(), None)).collect();
-            let encoded = tokenizer.encode(&inputs, training.max_length, Truncation::LongestFirst)?;
-            for (ids, mask) in encoded.input_ids.iter().zip(&encoded.attention_mask) {
-                let n = mask.iter().filter(|&&m| m == 1).count();
-                sequences.push(ids[..n].to_vec());
-            }
-        }
+        let mut sequences = if training.nsp {
+            pair_sequences(&training, &tokenizer)?
+        } else {
+            line_sequences(&training, &tokenizer, lines)?
+        };
         let mut rng = Rng::seed_from_u64(training.run.seed);
         sequences.shuffle(&mut rng);
         let held_out =
             ((sequences.len() as f64 * training.validation_fraction).round() as usize).min(sequences.len() / 2);
-        let valid: Vec<Vec<u32>> = sequences.drain(..held_out).collect();
+        let valid: Vec<Sequence> = sequences.drain(..held_out).collect();
         let train = sequences;
         if train.is_empty() {
             return Err(Error::input(&training.text_file, None, "has no non-empty lines to train on"));
@@ -222,7 +290,7 @@ impl MlmTask {
         let device = training.run.device.device()?;
         let varmap = VarMap::new();
         let vb = seeded_var_builder(&varmap, training.run.seed, DType::F32, &device);
-        let model = Bert::new(&config, BertArchitecture::MaskedLm, vb)?;
+        let model = Bert::new(&config, architecture(&training), vb)?;
         let vars = named_vars(&varmap);
         let per_epoch = train.len().div_ceil(training.batch_size).div_ceil(training.run.gradient_accumulation_steps);
         let by_epochs = training.run.num_train_epochs.map_or(usize::MAX, |n| n * per_epoch);
@@ -241,8 +309,8 @@ impl MlmTask {
         (self.train.len(), self.valid.len())
     }
 
-    fn batch(&self, data: &[Vec<u32>], indices: &[usize]) -> Vec<Vec<u32>> {
-        indices.iter().map(|&i| data[i].clone()).collect()
+    fn batch<'a>(&self, data: &'a [Sequence], indices: &[usize]) -> Vec<&'a Sequence> {
+        indices.iter().map(|&i| &data[i]).collect()
     }
 }
 
@@ -256,7 +324,12 @@ impl Objective for MlmTask {
     fn loss(&self, indices: &[usize], context: &mut StepContext, mode: &mut Mode) -> Result<(Tensor, usize)> {
         let batch = self.batch(&self.train, indices);
         let (input, labels, predicted) = self.masking.inputs(&batch, context.rng)?;
-        Ok((self.masking.loss(&self.model, input, labels, mode)?, predicted))
+        let losses = self.masking.losses(&self.model, input, &labels, mode)?;
+        let total = match losses.next_sentence {
+            Some(nsp) => (losses.masked_lm + nsp)?,
+            None => losses.masked_lm,
+        };
+        Ok((total, predicted))
     }
 }
 
@@ -271,7 +344,7 @@ impl Task for MlmTask {
         let tokenizer = PretrainedTokenizer::train_bert_wordpiece(&lines, training.vocab_size, training.lowercase)?;
         config.vocab_size = tokenizer.vocab_size();
         config.max_position_embeddings = config.max_position_embeddings.max(training.max_length);
-        config.architectures = Some(vec![BertArchitecture::MaskedLm.name().into()]);
+        config.architectures = Some(vec![architecture(&training).name().into()]);
         MlmTask::new(training, config, tokenizer, &lines)
     }
 
@@ -299,19 +372,34 @@ impl Task for MlmTask {
         schedule::linear_warmup_decay(step, self.warmup, self.total_steps, self.training.learning_rate)
     }
 
-    /// Validation loss per predicted token, with the same masks every time (a fixed generator).
+    /// Validation loss per predicted token, with the same masks every time (a fixed generator). With nsp the
+    /// loss is that plus the mean next-sentence cross-entropy, and the log gets both parts and the
+    /// next-sentence accuracy.
     fn evaluate(&self) -> Result<Evaluation> {
         let mut rng = Rng::seed_from_u64(self.training.run.seed ^ 0x7661_6c69);
         let (mut sum, mut predicted) = (0.0, 0usize);
+        let (mut nsp_sum, mut correct, mut pairs) = (0.0, 0usize, 0usize);
         let all: Vec<usize> = (0..self.valid.len()).collect();
         for indices in all.chunks(self.training.batch_size) {
-            let (input, labels, n) = self.masking.inputs(&self.batch(&self.valid, indices), &mut rng)?;
-            let loss = self.masking.loss(&self.model, input, labels, &mut Mode::Eval)?;
-            sum += loss.to_scalar::<f32>()? as f64 * n as f64;
+            let batch = self.batch(&self.valid, indices);
+            let (input, labels, n) = self.masking.inputs(&batch, &mut rng)?;
+            let losses = self.masking.losses(&self.model, input, &labels, &mut Mode::Eval)?;
+            sum += losses.masked_lm.to_scalar::<f32>()? as f64 * n as f64;
             predicted += n;
+            if let Some(nsp) = losses.next_sentence {
+                nsp_sum += nsp.to_scalar::<f32>()? as f64 * batch.len() as f64;
+                correct += losses.next_correct;
+                pairs += batch.len();
+            }
         }
-        let val_loss = if predicted == 0 { f64::NAN } else { sum / predicted as f64 };
-        Ok(Evaluation { val_loss, metrics: Default::default() })
+        let mlm = if predicted == 0 { f64::NAN } else { sum / predicted as f64 };
+        if pairs == 0 {
+            return Ok(Evaluation { val_loss: mlm, metrics: Default::default() });
+        }
+        let nsp = nsp_sum / pairs as f64;
+        let metrics =
+            [("val_mlm_loss", mlm), ("val_nsp_loss", nsp), ("val_nsp_accuracy", correct as f64 / pairs as f64)];
+        Ok(Evaluation { val_loss: mlm + nsp, metrics: metrics.into_iter().map(|(k, v)| (k.into(), v)).collect() })
     }
 
     fn save_model(&self, dir: &Path) -> Result<()> {
@@ -320,8 +408,23 @@ impl Task for MlmTask {
     }
 
     fn load_model(&self, dir: &Path) -> Result<LoadReport> {
-        bert::load_into(dir, &self.vars, BertArchitecture::MaskedLm, false)
+        bert::load_into(dir, &self.vars, architecture(&self.training), false)
     }
+}
+
+/// What a batch is scored against: token labels (B·S, `IGNORE` where nothing is predicted) and, with nsp,
+/// the next-sentence labels (B).
+struct Labels {
+    tokens: Tensor,
+    next: Option<Tensor>,
+}
+
+/// A batch's mean masked-LM loss, its mean next-sentence loss (nsp only) and how many next-sentence
+/// predictions were right.
+struct Losses {
+    masked_lm: Tensor,
+    next_sentence: Option<Tensor>,
+    next_correct: usize,
 }
 
 /// Builds masked batches and their loss.
@@ -344,15 +447,18 @@ impl Masking {
 
     /// The padded, masked input of `batch`, its labels (B·S) and how many positions are predicted. A batch
     /// where chance chose nothing predicts its first row's first ordinary token, so that no loss is 0/0.
-    fn inputs(&self, batch: &[Vec<u32>], rng: &mut Rng) -> Result<(BertInput, Tensor, usize)> {
-        let s = batch.iter().map(Vec::len).max().unwrap_or(0);
+    fn inputs(&self, batch: &[&Sequence], rng: &mut Rng) -> Result<(BertInput, Labels, usize)> {
+        let s = batch.iter().map(|q| q.ids.len()).max().unwrap_or(0);
         let b = batch.len();
         let (mut inputs, mut labels, mut valid) = (vec![self.pad; b * s], vec![IGNORE; b * s], vec![0u32; b * s]);
-        for (row, ids) in batch.iter().enumerate() {
+        let mut segments = vec![0u32; b * s];
+        for (row, sequence) in batch.iter().enumerate() {
+            let ids = &sequence.ids;
             let (masked, targets) = mask_tokens(ids, &self.specials, self.mask, self.vocab, self.probability, rng);
             let range = row * s..row * s + ids.len();
             inputs[range.clone()].copy_from_slice(&masked);
             labels[range.clone()].copy_from_slice(&targets);
+            segments[range.clone()].copy_from_slice(&sequence.segments);
             valid[range].fill(1);
         }
         let mut predicted = labels.iter().filter(|&&l| l != IGNORE).count();
@@ -362,21 +468,36 @@ impl Masking {
             }
         }
         let device = &self.device;
+        let next: Option<Vec<u32>> = batch.iter().map(|q| q.next).collect();
         let input = BertInput {
             input_ids: Tensor::from_vec(inputs, (b, s), device)?,
             attention_mask: Some(Tensor::from_vec(valid, (b, s), device)?),
-            token_type_ids: None,
+            token_type_ids: Some(Tensor::from_vec(segments, (b, s), device)?),
         };
-        Ok((input, Tensor::from_vec(labels, b * s, device)?, predicted))
+        let labels = Labels {
+            tokens: Tensor::from_vec(labels, b * s, device)?,
+            next: next.map(|n| Tensor::from_vec(n, b, device)).transpose()?,
+        };
+        Ok((input, labels, predicted))
     }
 
-    /// Mean cross-entropy of the predicted positions.
-    fn loss(&self, model: &Bert, input: BertInput, labels: Tensor, mode: &mut Mode) -> Result<Tensor> {
-        let logits = model
-            .forward(&input, mode)?
-            .remove("logits")
-            .ok_or_else(|| Error::config("model", "no logits", "an MLM head"))?;
-        cross_entropy(&logits.flatten_to(1)?, &labels, Some(IGNORE), 0.0)
+    /// Mean cross-entropy of the predicted positions and, with next-sentence labels, of the (B, 2)
+    /// `seq_relationship_logits` (transformers' BertForPreTraining sums the two).
+    fn losses(&self, model: &Bert, input: BertInput, labels: &Labels, mode: &mut Mode) -> Result<Losses> {
+        let mut out = model.forward(&input, mode)?;
+        let name = if labels.next.is_some() { "prediction_logits" } else { "logits" };
+        let logits = out.remove(name).ok_or_else(|| Error::config("model", format!("no {name}"), "an MLM head"))?;
+        let masked_lm = cross_entropy(&logits.flatten_to(1)?, &labels.tokens, Some(IGNORE), 0.0)?;
+        let Some(next) = &labels.next else {
+            return Ok(Losses { masked_lm, next_sentence: None, next_correct: 0 });
+        };
+        let relationship = out
+            .remove("seq_relationship_logits")
+            .ok_or_else(|| Error::config("model", "no seq_relationship_logits", "a BertForPreTraining head"))?;
+        let next_sentence = cross_entropy(&relationship, next, None, 0.0)?;
+        let guessed = relationship.argmax(D::Minus1)?.to_dtype(DType::U32)?;
+        let next_correct = guessed.eq(next)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize;
+        Ok(Losses { masked_lm, next_sentence: Some(next_sentence), next_correct })
     }
 }
 
