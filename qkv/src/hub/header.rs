@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::TensorInfo;
 use safetensors::Dtype;
 
-use super::weights::WeightFiles;
+use super::weight_files::WeightFiles;
 use crate::{Error, Result};
 
 /// safetensors' own bound on the header (the crate refuses larger ones).

@@ -13,6 +13,7 @@ pub mod sentence_transformers;
 mod shard_index;
 pub mod tokenizer;
 pub mod transformer;
+mod weight_files;
 pub mod weights;
 
 pub(crate) use weights::assign;

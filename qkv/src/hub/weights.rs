@@ -11,51 +11,11 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 
-use super::pytorch::{load_pytorch, PYTORCH_WEIGHTS, PYTORCH_WEIGHTS_INDEX};
+use super::pytorch::load_pytorch;
 use super::shard_index::{read_weight_map, shard_files};
-use super::{WEIGHTS, WEIGHTS_INDEX};
+use super::weight_files::WeightFiles;
+use super::WEIGHTS;
 use crate::{Error, Result};
-
-/// The files that hold a model directory's weights, in order of preference: safetensors (single, then
-/// sharded) before PyTorch's pickles (single, then sharded), as transformers prefers them.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum WeightFiles {
-    Safetensors(PathBuf),
-    SafetensorsShards(PathBuf),
-    Pytorch(PathBuf),
-    PytorchShards(PathBuf),
-}
-
-impl WeightFiles {
-    /// The first of the four layouts `dir` has; an error naming what was looked for when it has none.
-    pub(crate) fn find(dir: &Path) -> Result<Self> {
-        let names = [WEIGHTS, WEIGHTS_INDEX, PYTORCH_WEIGHTS, PYTORCH_WEIGHTS_INDEX];
-        for name in names {
-            let path = dir.join(name);
-            if super::exists(&path)? {
-                return Ok(match name {
-                    WEIGHTS => Self::Safetensors(path),
-                    WEIGHTS_INDEX => Self::SafetensorsShards(path),
-                    PYTORCH_WEIGHTS => Self::Pytorch(path),
-                    _ => Self::PytorchShards(path),
-                });
-            }
-        }
-        Err(Error::input(dir, None, format!("has no weights: none of {}", names.join(", "))))
-    }
-
-    /// Every file the layout reads (the shards an index lists).
-    pub(crate) fn files(&self) -> Result<Vec<PathBuf>> {
-        match self {
-            Self::Safetensors(path) | Self::Pytorch(path) => Ok(vec![path.clone()]),
-            Self::SafetensorsShards(index) | Self::PytorchShards(index) => shard_files(index),
-        }
-    }
-
-    fn is_pytorch(&self) -> bool {
-        matches!(self, Self::Pytorch(_) | Self::PytorchShards(_))
-    }
-}
 
 /// Every weight of a model directory as f32 on `device`, from `model.safetensors`, the shards of
 /// `model.safetensors.index.json`, `pytorch_model.bin` or the shards of `pytorch_model.bin.index.json` (the
