@@ -16,6 +16,7 @@ use qkv::models::bert::{BertArchitecture, BertInput};
 use qkv::nn::Mode;
 
 mod support;
+use support::error_scaled_to_one as error;
 
 const OUTPUT_TOL: f64 = 1e-5;
 const GRAD_TOL: f64 = 1e-4;
@@ -34,14 +35,6 @@ fn input(io: &HashMap<String, Tensor>) -> BertInput {
         attention_mask: Some(io["input.attention_mask"].clone()),
         token_type_ids: Some(io["input.token_type_ids"].clone()),
     }
-}
-
-/// max |got − want| / max(1, max |want|)
-fn error(got: &Tensor, want: &Tensor) -> f64 {
-    assert_eq!(got.dims(), want.dims());
-    let diff = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-    let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1.0);
-    diff.to_scalar::<f32>().unwrap() as f64 / scale as f64
 }
 
 fn outputs_match(class: &str) {

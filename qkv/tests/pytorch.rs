@@ -16,6 +16,9 @@ use qkv::inference::Embedder;
 use qkv::models::bert::BertInput;
 use qkv::nn::Mode;
 
+mod support;
+use support::error_scaled_to_one as error;
+
 const TOL: f64 = 1e-5;
 
 fn fixture(name: &str) -> PathBuf {
@@ -24,13 +27,6 @@ fn fixture(name: &str) -> PathBuf {
 
 fn io(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture(name).join("io.safetensors"), &Device::Cpu).unwrap()
-}
-
-/// max |got − want| / max(1, max |want|)
-fn error(got: &Tensor, want: &Tensor) -> f64 {
-    assert_eq!(got.dims(), want.dims());
-    let max = |t: Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap() as f64;
-    max((got - want).unwrap()) / max(want.clone()).max(1.0)
 }
 
 /// A scratch copy of fixture `name`, changed by `edit`.

@@ -15,6 +15,13 @@ pub struct Fixture {
     pub config: serde_json::Value,
 }
 
+/// max |got − want| / max(1, max |want|): absolute for small references, relative for large ones.
+pub fn error_scaled_to_one(got: &Tensor, want: &Tensor) -> f64 {
+    assert_eq!(got.dims(), want.dims());
+    let max = |t: Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap() as f64;
+    max((got - want).unwrap()) / max(want.clone()).max(1.0)
+}
+
 /// max |got − want| / max |want|, in f64.
 pub fn relative_error(got: &Tensor, want: &Tensor) -> f64 {
     assert_eq!(got.dims(), want.dims(), "shape mismatch");
