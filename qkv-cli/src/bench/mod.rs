@@ -6,6 +6,7 @@ mod embed;
 mod gemm;
 mod generate;
 mod load;
+mod machine;
 mod train;
 mod translation;
 
@@ -33,6 +34,8 @@ enum Workload {
     Embed(embed::Args),
     /// Greedy generation with a GPT-2 directory, with and without the key/value cache
     Generate(generate::Args),
+    /// The machine's limits: memory read bandwidth and the f32 multiply-add peak, on one thread and on all
+    Machine(machine::Args),
     /// Concurrent clients against a running `qkv serve` (embeddings or completions): throughput and latency
     Load(load::Args),
 }
@@ -79,6 +82,7 @@ pub fn run(args: Args) -> Result<()> {
         Workload::Translation(args) => ("translation", translation::run(&args)?),
         Workload::Embed(args) => ("embed", embed::run(&args)?),
         Workload::Generate(args) => ("generate", generate::run(&args)?),
+        Workload::Machine(args) => ("machine", machine::run(&args)?),
         Workload::Load(args) => return load::run(&args),
     };
     let report = Report { workload, threads: candle_core::utils::get_num_threads(), results };

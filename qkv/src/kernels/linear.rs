@@ -70,7 +70,7 @@ fn output_shape(xl: &Layout, wl: &Layout) -> candle_core::Result<(Shape, usize, 
 /// of w on every call, which dominated such products (one MiniLM sentence 12 → 3.3 ms).
 fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, (n, k, m): (usize, usize, usize)) -> Vec<f32> {
     let (xv, wv) = (Mat::new(x, n, k), Mat::new(w, m, k));
-    if (2..=FEW_ROWS).contains(&n) && n * 16 < m {
+    if (1..=FEW_ROWS).contains(&n) && n * 16 < m {
         return few_rows(x, w, bias, (n, k, m));
     }
     if n > 1 && n * 16 < m {
@@ -108,6 +108,9 @@ fn few_rows(x: &[f32], w: &[f32], bias: Option<&[f32]>, (n, k, m): (usize, usize
             #[inline(always)]
             || {
                 let first = c * FEW_ROWS_CHUNK;
+                if n == 1 {
+                    return dots_one_row(&w[first * k..(first + out.len()) * k], x, out);
+                }
                 for (p, y) in out.chunks_mut(2 * n).enumerate() {
                     let i = first + 2 * p;
                     let pair = y.len() / n; // 2, or 1 for an odd last row
@@ -176,6 +179,39 @@ fn dots(w0: &[f32], w1: &[f32], x: &[f32], y: &mut [f32], pair: usize) {
             if pair == 2 {
                 y[n + g + r] = lane_sum(b[r]) + tail(w1);
             }
+        }
+    }
+}
+
+/// y[i] = w_i · x for the rows w_i of `w` (y.len() of them) and one row x: four rows of w at a time against
+/// each load of x. Decoding one sequence is this product, and it is bound by reading w, so the loop only has to
+/// keep enough loads in flight; [`dots`] would multiply the one row four times over.
+#[inline(always)]
+fn dots_one_row(w: &[f32], x: &[f32], y: &mut [f32]) {
+    let k = x.len();
+    let body = k - k % LANES;
+    for (g, out) in y.chunks_mut(4).enumerate() {
+        let rows = out.len();
+        let row = |r: usize| &w[(4 * g + r.min(rows - 1)) * k..][..k];
+        let (w0, w1, w2, w3) = (row(0), row(1), row(2), row(3));
+        let mut a = [[0f32; LANES]; 4];
+        let lanes = x[..body]
+            .chunks_exact(LANES)
+            .zip(w0.chunks_exact(LANES))
+            .zip(w1.chunks_exact(LANES))
+            .zip(w2.chunks_exact(LANES))
+            .zip(w3.chunks_exact(LANES));
+        for ((((c, u0), u1), u2), u3) in lanes {
+            for l in 0..LANES {
+                a[0][l] = u0[l].mul_add(c[l], a[0][l]);
+                a[1][l] = u1[l].mul_add(c[l], a[1][l]);
+                a[2][l] = u2[l].mul_add(c[l], a[2][l]);
+                a[3][l] = u3[l].mul_add(c[l], a[3][l]);
+            }
+        }
+        for (r, y) in out.iter_mut().enumerate() {
+            let wr = row(r);
+            *y = lane_sum(a[r]) + (body..k).map(|t| wr[t] * x[t]).sum::<f32>();
         }
     }
 }
@@ -351,6 +387,9 @@ mod tests {
             (3, vec![1, 24], 8),
             (4, vec![5, 40], 700), // few rows, K not a multiple of the lanes, M past one task
             (5, vec![16, 32], 600),
+            (6, vec![1, 40], 700),   // one row (decoding): row-parallel dot products
+            (7, vec![37], 130),      // one row, K not a multiple of the lanes, a last task of 2 outputs
+            (8, vec![1, 1, 64], 67), // one row, outputs not a multiple of 4
         ];
         for (case, dims, out) in cases {
             for with_bias in [false, true] {
