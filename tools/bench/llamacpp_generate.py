@@ -14,6 +14,7 @@ pre-tokenizer detection (a hash of a known tokenizer's output) is told "gpt-2". 
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -51,13 +52,16 @@ def write_stand_in_tokenizer(directory, vocab_size):
 
 
 def staging_dir(model_dir, work):
-    """The checkpoint's files (symlinked) plus the stand-in tokenizer, in a directory the converter can read."""
+    """The checkpoint's weights (symlinked), its config with the `n_ctx` the converter reads (recent transformers
+    save only n_positions, its twin), and the stand-in tokenizer, in a directory the converter can read."""
     work.mkdir(parents=True, exist_ok=True)
     for name in os.listdir(model_dir):
         link = work / name
-        if not link.exists():
+        if name != "config.json" and not link.exists():
             link.symlink_to(Path(model_dir).resolve() / name)
     config = json.loads((Path(model_dir) / "config.json").read_text())
+    config.setdefault("n_ctx", config["n_positions"])
+    (work / "config.json").write_text(json.dumps(config, indent=2))
     if not (work / "merges.txt").exists():
         write_stand_in_tokenizer(work, config["vocab_size"])
     return work
@@ -74,7 +78,8 @@ def convert(llama_cpp, staged, outfile, outtype):
     argv = sys.argv
     sys.argv = ["convert_hf_to_gguf.py", str(staged), "--outfile", str(tmp), "--outtype", outtype]
     try:
-        convert_hf_to_gguf.main()
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON report
+            convert_hf_to_gguf.main()
     finally:
         sys.argv = argv
     os.replace(tmp, outfile)

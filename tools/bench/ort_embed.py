@@ -10,6 +10,7 @@ to stderr as a check that the exported graph is the same model.
 """
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -45,7 +46,7 @@ def export_fp32(model_dir, path):
     axes = {n: {0: "batch", 1: "sequence"} for n in INPUTS}
     axes["last_hidden_state"] = {0: "batch", 1: "sequence"}
     tmp = path.with_suffix(".tmp.onnx")
-    with torch.no_grad():
+    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON report
         torch.onnx.export(model, example, str(tmp), input_names=list(INPUTS), output_names=["last_hidden_state"],
                           dynamic_axes=axes, opset_version=17, dynamo=False)
     os.replace(tmp, path)
@@ -56,7 +57,8 @@ def quantize_int8(fp32, path):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tmp = path.with_suffix(".tmp.onnx")
-    quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
+    with contextlib.redirect_stdout(sys.stderr):
+        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
     os.replace(tmp, path)
 
 
