@@ -27,7 +27,7 @@ fi
 anchors() { tools/fixtures/setup.sh ../bench/requirements-anchors.txt .venv-anchors; }
 out="$(mktemp -d)"
 echo "# qkv vs PyTorch — $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $threads threads each"
-echo "# torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)'), qkv $(git rev-parse --short HEAD)"
+echo "# torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)'), qkv ${QKV:+$qkv, this checkout }$(git rev-parse --short HEAD)"
 for workload in "${workloads[@]}"; do
     ref_venv="$venv"
     label=PyTorch
