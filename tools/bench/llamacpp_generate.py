@@ -95,6 +95,22 @@ def cached_gguf(model_dir, llama_cpp, outtype):
     return outfile
 
 
+def without_extra_buffer_types():
+    """Loads models with use_extra_bufts off (no CPU weight repacking, no AMX buffers). With them on, the q8_0
+    prompt pass segfaulted in llama_decode on the AMX-capable (amx_int8) VM this was written on; f32 is unaffected.
+    `Llama` has no argument for it, so the default model parameters it starts from are patched."""
+    import llama_cpp.llama_cpp as lib
+
+    default = lib.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    lib.llama_model_default_params = params
+
+
 def load(path, threads, context):
     """A llama.cpp context of `context` positions with `threads` threads for decoding and for the prompt."""
     from llama_cpp import Llama
@@ -103,13 +119,22 @@ def load(path, threads, context):
                  logits_all=False, verbose=False)
 
 
+def last_logits(llm):
+    """The last position's logits, read from llama.cpp itself: with logits_all off, `Llama.eval` no longer copies
+    them into `Llama.scores` (sampling moved into llama.cpp's sampler)."""
+    import llama_cpp
+
+    pointer = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+    return np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),))
+
+
 def greedy(llm, prompt, new_tokens):
     """Greedy decoding from an empty cache: the prompt pass gives the first token, each further token one pass."""
     llm.reset()
     llm.eval(prompt)
     tokens = []
     while True:
-        tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        tokens.append(int(np.argmax(last_logits(llm))))
         if len(tokens) == new_tokens:
             return tokens
         llm.eval(tokens[-1:])
@@ -122,8 +147,10 @@ def prefill(llm, prompt):
 
 def measure(llm, prompt, new_tokens, reps, tag, paren):
     """generate.py's cached rows for one model file; `tag` / `paren` tell the q8_0 rows apart."""
-    assert len(greedy(llm, prompt, new_tokens)) == new_tokens
-    cached = timed(lambda: greedy(llm, prompt, new_tokens), 1, reps)
+    def run():
+        assert len(greedy(llm, prompt, new_tokens)) == new_tokens
+
+    cached = timed(run, 1, reps)
     prompt_times = timed(lambda: prefill(llm, prompt), 2, max(reps, 5))
     decode_ms = (median(cached) - median(prompt_times)) * 1e3 / max(new_tokens - 1, 1)
     return [
@@ -146,6 +173,7 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
+    without_extra_buffer_types()
     vocab = json.loads((Path(args.model) / "config.json").read_text())["vocab_size"]
     prompt = [i * 7 % vocab for i in range(args.prompt_tokens)]
     context = args.prompt_tokens + args.new_tokens
