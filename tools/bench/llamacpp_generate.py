@@ -6,7 +6,8 @@ llama-cpp-python binding built from that same sdist (tools/bench/llamacpp.sh): `
 0, 7, 14, … modulo the vocabulary (16 tokens), then greedy decoding by argmax over the last logits, one `eval` per
 token, for 128 new tokens — one prompt pass and 127 single-token passes, the shape `qkv bench generate` and
 generate.py time. EOS is never checked (the model is random), so every run makes all 128 tokens. The rows are
-generate.py's cached ones, with ", q8_0" / " (q8_0)" in the q8_0 rows' names.
+generate.py's cached ones, with ", q8_0" / " (q8_0)" in the q8_0 rows' names. Models load with use_extra_bufts
+off (see without_extra_buffer_types), so q8_0 runs llama.cpp's plain CPU kernels, not the AMX/repacked ones.
 
 The checkpoint has no tokenizer, which the converter needs: a stand-in byte-level BPE of the same size (256 bytes,
 50 000 merges of byte pairs, <|endoftext|>) is written next to symlinks of its weights, and the converter's
