@@ -22,5 +22,8 @@ def median(sorted_times):
     return sorted_times[len(sorted_times) // 2]
 
 
-def report(workload, results):
-    print(json.dumps({"workload": workload, "threads": torch.get_num_threads(), "results": results}, indent=2))
+def report(workload, results, threads=None):
+    """Prints the JSON `qkv bench` prints. `threads` is for references other than PyTorch (ONNX Runtime,
+    llama.cpp), whose thread count torch does not know."""
+    threads = torch.get_num_threads() if threads is None else threads
+    print(json.dumps({"workload": workload, "threads": threads, "results": results}, indent=2))

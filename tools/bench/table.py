@@ -1,15 +1,19 @@
-"""Joins qkv's and PyTorch's JSON reports of one workload into a markdown table with ratios."""
+"""Joins qkv's and a reference's JSON reports of one workload into a markdown table with ratios.
+
+    table.py QKV_JSON REF_JSON [LABEL]      LABEL names the reference's columns (default PyTorch; run.sh's optional
+                                            workloads pass "ONNX Runtime" and "llama.cpp")
+Reference rows that qkv lacks (the int8 / q8_0 variants) are listed after qkv's, with no ratio."""
 
 import json
 import sys
 
 
-def main(qkv_path, torch_path):
+def main(qkv_path, ref_path, label="PyTorch"):
     qkv = json.load(open(qkv_path))
-    ref = json.load(open(torch_path))
+    ref = json.load(open(ref_path))
     by_name = {r["name"]: r for r in ref["results"]}
-    print(f"\n### {qkv['workload']} (qkv {qkv['threads']} threads, PyTorch {ref['threads']} threads)\n")
-    print("| measurement | unit | qkv median | PyTorch median | qkv / PyTorch | qkv best | PyTorch best |")
+    print(f"\n### {qkv['workload']} (qkv {qkv['threads']} threads, {label} {ref['threads']} threads)\n")
+    print(f"| measurement | unit | qkv median | {label} median | qkv / {label} | qkv best | {label} best |")
     print("|---|---|---|---|---|---|---|")
     for ours in qkv["results"]:
         theirs = by_name.get(ours["name"])
@@ -21,7 +25,11 @@ def main(qkv_path, torch_path):
             f"| {ours['name']} | {ours['unit']} | {ours['median']:.4g} | {theirs['median']:.4g} | {ratio:.2f}× "
             f"| {ours['best']:.4g} | {theirs['best']:.4g} |"
         )
+    ours = {r["name"] for r in qkv["results"]}
+    for theirs in ref["results"]:
+        if theirs["name"] not in ours:
+            print(f"| {theirs['name']} | {theirs['unit']} | – | {theirs['median']:.4g} | – | – | {theirs['best']:.4g} |")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])
