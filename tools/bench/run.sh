@@ -28,6 +28,8 @@ anchors() { tools/fixtures/setup.sh ../bench/requirements-anchors.txt .venv-anch
 out="$(mktemp -d)"
 echo "# qkv vs PyTorch — $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $threads threads each"
 echo "# torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)'), qkv ${QKV:+$qkv, this checkout }$(git rev-parse --short HEAD)"
+# The host and its limits (read bandwidth, FMA peak), so that every figure below can be read against them.
+tools/bench/host.sh "$qkv" "$threads"
 for workload in "${workloads[@]}"; do
     ref_venv="$venv"
     label=PyTorch
