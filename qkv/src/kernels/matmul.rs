@@ -145,4 +145,34 @@ mod tests {
         assert_eq!(g, [14.0, 32.0, 32.0, 77.0]);
         assert_eq!(product(Mat::new(&a, 2, 3), Mat::new(&b, 3, 2)), [4.0, 5.0, 10.0, 11.0]);
     }
+
+    /// Small integers as f32: their products and sums are exact, so any order of summation gives the same bits.
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len as u32).map(|i| ((i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 28) as f32) - 8.0).collect()
+    }
+
+    fn naive(a: Mat, b: Mat) -> Vec<f32> {
+        let at = |m: Mat, i: usize, j: usize| m.data[i * m.row_stride + j * m.col_stride];
+        let mut c = Vec::with_capacity(a.rows * b.cols);
+        for i in 0..a.rows {
+            c.extend((0..b.cols).map(|j| (0..a.cols).map(|p| at(a, i, p) * at(b, p, j)).sum::<f32>()));
+        }
+        c
+    }
+
+    /// Products large enough for gemm to share between two threads, with odd edges and transposed operands:
+    /// exact to the bit (tolerance 0; the operands make every sum exact).
+    #[test]
+    fn threaded_products_match_the_naive_product() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        for (m, k, n) in [(130, 100, 90), (20, 300, 501), (257, 64, 300)] {
+            let (a_data, b_data) = (values(m * k, 1), values(k * n, 2));
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let a = if ta { Mat::new(&a_data, k, m).t() } else { Mat::new(&a_data, m, k) };
+                let b = if tb { Mat::new(&b_data, n, k).t() } else { Mat::new(&b_data, k, n) };
+                let got = pool.install(|| product(a, b));
+                assert_eq!(got, naive(a, b), "{m}×{k}×{n}, transposed {ta}/{tb}");
+            }
+        }
+    }
 }

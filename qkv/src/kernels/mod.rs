@@ -25,6 +25,18 @@ use rayon::prelude::*;
 /// (small GPT training step, 2 cores: 2¹⁴ → 31.5–35 ms, 2¹⁶ → 30.8–31.3 ms, 2¹⁸ → 32.8–38.5 ms).
 pub(crate) const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
 
+/// C (m × n, row-major) = A (m × k, row-major) · B on rayon's pool, through the kernel every qkv layer's matrix
+/// products take; B is (k × n) row-major, or with `b_transposed` (n × k) row-major used as its transpose (a
+/// Linear weight). For benchmarks and for callers outside the tensor graph.
+///
+/// # Panics
+/// If a slice is shorter than its shape says.
+pub fn matrix_product(a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize), b_transposed: bool) -> Vec<f32> {
+    assert!(a.len() >= m * k && b.len() >= k * n, "matrix_product: operands shorter than {m}×{k}·{k}×{n}");
+    let b = if b_transposed { matmul::Mat::new(b, n, k).t() } else { matmul::Mat::new(b, k, n) };
+    matmul::product(matmul::Mat::new(a, m, k), b)
+}
+
 /// Whether the fused kernels can run on `t`.
 pub(crate) fn fused(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
