@@ -78,7 +78,8 @@ def main():
     args = parser.parse_args()
     hyp = lambda method, seed: args.results / f"{method}-s{seed}.beam5.de"
     runs = {(m, s): hyp(m, s) for m, _ in METHODS for s in args.seeds if hyp(m, s).exists()}
-    scores = {key: bleu_json(args.qkv, args.ref, [path])["systems"][0]["bleu"]["score"] for key, path in runs.items()}
+    # One system without flags comes back as sacreBLEU's flat record (bleu, chrf); the others as "systems".
+    scores = {key: bleu_json(args.qkv, args.ref, [path])["bleu"]["score"] for key, path in runs.items()}
 
     print("# Exposure bias on Multi30k en→de (test_2016_flickr, beam 5, BLEU over the tok view's tokens)\n")
     screen = args.results / "screen.txt"
