@@ -29,9 +29,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let model = crate::model_dir::resolve(&args.model)?;
     let input = AttentionText { text: &args.text, target: args.target.as_deref() };
-    let grids = attention_grids(&args.model, input, &crate::device::device())
-        .with_context(|| format!("reading the attention of {}", args.model.display()))?;
+    let grids = attention_grids(&model, input, &crate::device::device())
+        .with_context(|| format!("reading the attention of {}", model.display()))?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     for grid in &grids {
         let stem = grid.name.replace(' ', "-");

@@ -24,12 +24,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let model = crate::model_dir::resolve(&args.model)?;
     let lines = crate::progress::input_lines(args.input.as_deref())?;
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let pipeline = Pipeline::load(&args.model, BertArchitecture::SequenceClassification, &crate::device::device())
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let pipeline = Pipeline::load(&model, BertArchitecture::SequenceClassification, &crate::device::device())
+        .with_context(|| format!("loading {}", model.display()))?;
     for chunk in lines.chunks(args.batch_size) {
         let inputs: Vec<(&str, Option<&str>)> = chunk
             .iter()

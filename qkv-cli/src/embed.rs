@@ -33,8 +33,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let model = crate::model_dir::resolve(&args.model)?;
     let sentences = sentences(&args)?;
-    let encoder = load(&args.model)?;
+    let encoder = load(&model)?;
     let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let started = Instant::now();
     let embeddings = encoder.embed(&refs, args.batch_size)?;

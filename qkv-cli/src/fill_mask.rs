@@ -23,8 +23,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let pipeline = Pipeline::load(&args.model, BertArchitecture::MaskedLm, &crate::device::device())
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let model = crate::model_dir::resolve(&args.model)?;
+    let pipeline = Pipeline::load(&model, BertArchitecture::MaskedLm, &crate::device::device())
+        .with_context(|| format!("loading {}", model.display()))?;
     let masks = pipeline.fill_mask(&args.text, args.top_k)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&masks)?);

@@ -135,7 +135,7 @@ fn classify(args: ClassifyArgs) -> Result<()> {
         args.run.apply_to_resumed(&mut trainer)?;
         trainer
     } else {
-        let model = args.model.clone().context("--model is required")?;
+        let model = crate::model_dir::resolve(&args.model.clone().context("--model is required")?)?;
         ClassificationTrainer::create(&args.out, options(&args)?, model.clone())
             .with_context(|| format!("fine-tuning {}", model.display()))?
     };

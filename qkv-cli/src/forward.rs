@@ -24,10 +24,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let model = crate::model_dir::resolve(&args.model)?;
     let device = crate::device::device();
     let inputs = hub::load_integer_tensors(&args.input, &device)?;
-    let CheckpointOutputs { outputs, unused_inputs } = checkpoint_outputs(&args.model, inputs, &device)
-        .with_context(|| format!("running {} on {}", args.model.display(), args.input.display()))?;
+    let CheckpointOutputs { outputs, unused_inputs } = checkpoint_outputs(&model, inputs, &device)
+        .with_context(|| format!("running {} on {}", model.display(), args.input.display()))?;
     for name in unused_inputs {
         eprintln!("warning: input tensor `{name}` is not used");
     }

@@ -61,8 +61,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let generator = Generator::load(&args.model, &crate::device::device())
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let model = crate::model_dir::resolve(&args.model)?;
+    let generator =
+        Generator::load(&model, &crate::device::device()).with_context(|| format!("loading {}", model.display()))?;
     if let Some(input) = &args.input {
         return batched(&args, input, &generator);
     }

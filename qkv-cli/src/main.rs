@@ -23,6 +23,7 @@ mod fill_mask;
 mod finetune;
 mod forward;
 mod generate;
+mod model_dir;
 mod plot;
 mod progress;
 mod qa;
@@ -88,6 +89,10 @@ struct Cli {
     /// Where models run (this build: cpu)
     #[arg(long, global = true, default_value = "cpu", env = "QKV_DEVICE")]
     device: String,
+    /// Branch, tag or commit of a --model given as a Hugging Face Hub id (org/name), looked up in
+    /// huggingface_hub's cache ($HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub)
+    #[arg(long, global = true, default_value = "main")]
+    revision: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -143,6 +148,7 @@ enum Command {
 fn main() -> ExitCode {
     keep_freed_memory();
     let cli = Cli::parse();
+    model_dir::set_revision(cli.revision.clone());
     let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if let Err(err) = set_threads(threads) {
         eprintln!("error: --threads: {err:#}");

@@ -37,13 +37,14 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let model = crate::model_dir::resolve(&args.model)?;
     let context = match (&args.context, &args.context_file) {
         (Some(text), _) => text.clone(),
         (None, Some(path)) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
         (None, None) => anyhow::bail!("give the context with --context or --context-file"),
     };
-    let pipeline = Pipeline::load(&args.model, BertArchitecture::QuestionAnswering, &crate::device::device())
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let pipeline = Pipeline::load(&model, BertArchitecture::QuestionAnswering, &crate::device::device())
+        .with_context(|| format!("loading {}", model.display()))?;
     let options = QaOptions {
         top_k: args.top_k,
         max_seq_len: args.max_seq_len,

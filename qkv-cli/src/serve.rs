@@ -1,7 +1,7 @@
 //! `qkv serve`: model directories behind an OpenAI-compatible HTTP API (see `qkv_serve`).
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -9,7 +9,8 @@ use qkv_serve::{serve, ServeConfig};
 
 #[derive(Parser)]
 pub struct Args {
-    /// A model directory to serve, as NAME=DIR or DIR (named after its folder); repeat for several. Its kind
+    /// A model directory to serve, as NAME=DIR or DIR (named after its folder), or a Hub id in the cache (named
+    /// org/name); repeat for several. Its kind
     /// (embeddings, GPT-2, translation) is read from its files
     #[arg(long, required = true)]
     model: Vec<String>,
@@ -62,7 +63,9 @@ pub fn run(args: Args) -> Result<()> {
     let mut models = Vec::new();
     for spec in &args.model {
         let (name, dir) = match spec.split_once('=') {
-            Some((name, dir)) => (name.to_string(), PathBuf::from(dir)),
+            Some((name, dir)) => (name.to_string(), crate::model_dir::resolve(Path::new(dir))?),
+            // A Hub id keeps its whole `org/name` as the model's name, as OpenAI clients pass it.
+            None if qkv::hub::cache::is_hub_id(spec) => (spec.clone(), crate::model_dir::resolve(Path::new(spec))?),
             None => {
                 let dir = PathBuf::from(spec);
                 let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| spec.clone());

@@ -25,8 +25,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let model = crate::model_dir::resolve(&args.model)?;
     let pairs = read_scored_pairs(&args.pairs)?;
-    let encoder = crate::embed::load(&args.model)?;
+    let encoder = crate::embed::load(&model)?;
     let started = Instant::now();
     let firsts: Vec<&str> = pairs.iter().map(|p| p.first.as_str()).collect();
     let seconds: Vec<&str> = pairs.iter().map(|p| p.second.as_str()).collect();

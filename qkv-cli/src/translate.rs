@@ -38,8 +38,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let model = Translator::load(&args.model, &crate::device::device())
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let model = crate::model_dir::resolve(&args.model)?;
+    let model =
+        Translator::load(&model, &crate::device::device()).with_context(|| format!("loading {}", model.display()))?;
     if !model.report.unused.is_empty() {
         eprintln!(
             "warning: {} tensors of the checkpoint are not used: {:?}",

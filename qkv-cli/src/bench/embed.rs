@@ -29,7 +29,8 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<Vec<Measurement>> {
-    let encoder = Embedder::load(&args.model, &Device::Cpu)?;
+    let model = crate::model_dir::resolve(&args.model)?;
+    let encoder = Embedder::load(&model, &Device::Cpu)?;
     let pairs = read_scored_pairs(&args.pairs)?;
     let sentences: Vec<&str> =
         pairs.iter().flat_map(|p| [p.first.as_str(), p.second.as_str()]).take(args.sentences).collect();

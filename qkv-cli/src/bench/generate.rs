@@ -36,7 +36,8 @@ pub fn prompt(len: usize, vocab: usize) -> Vec<u32> {
 }
 
 pub fn run(args: &Args) -> Result<Vec<Measurement>> {
-    let model = &gpt2::load_frozen(&args.model, &Device::Cpu)?.0;
+    let model = crate::model_dir::resolve(&args.model)?;
+    let model = &gpt2::load_frozen(&model, &Device::Cpu)?.0;
     let prompt = prompt(args.prompt_tokens, model.config().vocab_size);
     let n = args.new_tokens;
     let options = |use_cache| GenerateOptions {
