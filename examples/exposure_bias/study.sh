@@ -3,10 +3,12 @@
 # word oracle and the sentence oracle, 3 seeds each at the same budget of optimizer steps, scored on
 # test_2016_flickr (beam 5) with paired bootstrap against teacher forcing and BLEU by reference length.
 #
-#   examples/exposure_bias/study.sh [OUT]        (default runs/exposure-bias)
+#   examples/exposure_bias/study.sh [OUT]        (default ~/.cache/qkv/exposure-bias, outside the checkout)
 #
 # Long (hours on 2 cores, more than one session): every run checkpoints every 250 steps under OUT, and the
-# script can be killed and started again at any time: interrupted runs are resumed bit for bit. What a finished
+# script can be killed and started again at any time: interrupted runs are resumed bit for bit. OUT lives outside
+# the checkout by default because a fresh checkout of the project (a new clone, a new session) would lose it,
+# and with it up to an hour and a half of an unfinished run. What a finished
 # run leaves is small and lives in examples/exposure_bias/results/ (committed): NAME.log.jsonl (the training log)
 # and NAME.beam5.de (test_2016_flickr translated with beam 5); a run whose results are there is skipped, so the
 # study can be carried across machines by committing that directory. Environment: MULTI30K (default
@@ -24,7 +26,7 @@
 #  2. score: BLEU per run, mean ± std per method, paired bootstrap against teacher forcing, BLEU by length
 #     (examples/exposure_bias/report.py writes results.md).
 set -euo pipefail
-out=${1:-runs/exposure-bias}
+out=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/qkv/exposure-bias}
 data=${MULTI30K:-../shared/data/multi30k}/tok
 qkv=${QKV:-target/release/qkv}
 steps=${STEPS:-3000}
