@@ -160,7 +160,7 @@ impl PretrainedTokenizer {
         self.inner.decode(ids, false).map_err(|e| Error::tokenizer("decoding", e))
     }
 
-    /// Encodes sentences (`second` = `None`) or pairs, with the model's special tokens ([CLS] A [SEP] B [SEP]
+    /// Encodes sentences (`second` = `None`) or pairs, with the model's special tokens (\[CLS\] A \[SEP\] B \[SEP\]
     /// for BERT), padded on the right to the longest. Longer than `max_length` tokens: an error naming the
     /// input's index and length, or cut as `truncation` says.
     pub fn encode(
@@ -214,7 +214,7 @@ impl PretrainedTokenizer {
     }
 }
 
-/// Windows of [CLS] question [SEP] context-piece [SEP] over a long context, as transformers' question-answering
+/// Windows of \[CLS\] question \[SEP\] context-piece \[SEP\] over a long context, as transformers' question-answering
 /// pipeline builds them, with what is needed to map tokens back to the context's characters.
 #[derive(Debug, Clone)]
 pub struct QuestionWindows {
@@ -225,8 +225,8 @@ pub struct QuestionWindows {
     pub context_words: Vec<Option<u32>>,
 }
 
-/// One model input: ids and segments, and for each position the context token it holds (`None` for [CLS],
-/// question tokens and [SEP]).
+/// One model input: ids and segments, and for each position the context token it holds (`None` for \[CLS\],
+/// question tokens and \[SEP\]).
 #[derive(Debug, Clone)]
 pub struct QuestionWindow {
     pub input_ids: Vec<u32>,
@@ -251,11 +251,10 @@ impl QuestionWindows {
 }
 
 impl PretrainedTokenizer {
-    /// [CLS] question [SEP] context [SEP] windows of at most `max_length` tokens. The context is cut into pieces of
-    /// `max_length − |question| − 3` tokens starting every `piece − stride` tokens, the last piece ending with the
-    /// context: the windows the `tokenizers` library made for transformers' pipelines through its 0.22 releases
-    /// (0.23's overflow for pairs drops the end of long contexts, so the windows are built here). Offsets are in
-    /// characters.
+    /// \[CLS\] question \[SEP\] context \[SEP\] windows of at most `max_length` tokens. The context is cut into pieces
+    /// of `max_length − |question| − 3` tokens starting every `piece − stride` tokens, the last piece ending with the
+    /// context: the windows the `tokenizers` library made for transformers' pipelines through its 0.22 releases (0.23's
+    /// overflow for pairs drops the end of long contexts, so the windows are built here). Offsets are in characters.
     pub fn question_windows(
         &self,
         question: &str,
@@ -309,9 +308,9 @@ impl PretrainedTokenizer {
         })
     }
 
-    /// Trains a BERT WordPiece vocabulary of `vocab_size` entries on `texts` with BERT's pipeline (BertNormalizer
-    /// with `lowercase`, BertPreTokenizer, `##` continuations, [CLS] A [SEP] B [SEP]); the specials [PAD] [UNK]
-    /// [CLS] [SEP] [MASK] get ids 0–4.
+    /// Trains a BERT WordPiece vocabulary of `vocab_size` entries on `texts` with BERT's pipeline (BertNormalizer with
+    /// `lowercase`, BertPreTokenizer, `##` continuations, \[CLS\] A \[SEP\] B \[SEP\]); the specials \[PAD\] \[UNK\]
+    /// \[CLS\] \[SEP\] \[MASK\] get ids 0–4.
     pub fn train_bert_wordpiece(texts: &[String], vocab_size: usize, lowercase: bool) -> Result<Self> {
         const SPECIALS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
         if vocab_size <= SPECIALS.len() {

@@ -23,7 +23,7 @@ pub struct AttentionGrid {
     pub source_tokens: Vec<String>,
     /// The queries' tokens (rows).
     pub target_tokens: Vec<String>,
-    /// [layer][head][query position][key position]; each row sums to 1.
+    /// `[layer][head][query position][key position]`; each row sums to 1.
     pub weights: Vec<Vec<Vec<Vec<f32>>>>,
 }
 
@@ -37,7 +37,7 @@ impl AttentionGrid {
         Self { name, source_tokens, target_tokens, weights }
     }
 
-    /// The first sequence of a batch of weights (B, H, T, S) as [head][query][key].
+    /// The first sequence of a batch of weights (B, H, T, S) as `[head][query][key]`.
     pub fn first_of_batch(weights: &Tensor) -> Result<Vec<Vec<Vec<f32>>>> {
         Ok(weights.get(0)?.to_dtype(DType::F32)?.to_vec3::<f32>()?)
     }

@@ -50,7 +50,7 @@ impl Embedder {
         self.normalize
     }
 
-    /// The longest input in tokens ([CLS] and [SEP] included); longer ones are truncated.
+    /// The longest input in tokens (\[CLS\] and \[SEP\] included); longer ones are truncated.
     pub fn max_length(&self) -> usize {
         self.max_length
     }
@@ -79,7 +79,7 @@ impl Embedder {
         self.pooled(input_ids, attention_mask, token_type_ids)
     }
 
-    /// Embeddings of already tokenized inputs, each row exactly what the model reads ([CLS] … [SEP] included as
+    /// Embeddings of already tokenized inputs, each row exactly what the model reads (\[CLS\] … \[SEP\] included as
     /// the tokenizer writes them), at most [`max_length`](Self::max_length) ids below the vocabulary size.
     pub fn embed_ids(&self, rows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
         let vocab = self.model.config().vocab_size as u32;

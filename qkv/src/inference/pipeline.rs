@@ -1,5 +1,5 @@
 //! Task pipelines over a BERT model directory, computing what transformers' pipelines of the same names
-//! return: `fill-mask` (the most likely tokens for each [MASK]), `text-classification` (every label's
+//! return: `fill-mask` (the most likely tokens for each \[MASK\]), `text-classification` (every label's
 //! probability) and `question-answering` (the best span of a context, over overlapping windows when the context
 //! is longer than the model).
 
@@ -90,7 +90,7 @@ impl Pipeline {
         Ok((encoded.input_ids, logits))
     }
 
-    /// The `top_k` most likely tokens for each [MASK] of `text`, in order of the masks (a `top_k` past the
+    /// The `top_k` most likely tokens for each \[MASK\] of `text`, in order of the masks (a `top_k` past the
     /// vocabulary gives every token, as transformers clamps it). A text without a mask is an error.
     pub fn fill_mask(&self, text: &str, top_k: usize) -> Result<Vec<Vec<MaskPrediction>>> {
         if top_k == 0 {
@@ -151,7 +151,7 @@ impl Pipeline {
     }
 
     /// The `top_k` best answers to `question` in `context`. Each window's start and end logits become
-    /// probabilities over its context tokens (and [CLS], whose probability is then zeroed); a span's score is
+    /// probabilities over its context tokens (and \[CLS\], whose probability is then zeroed); a span's score is
     /// p(start)·p(end) for start ≤ end < start + max_answer_len; spans widen to whole words; equal answers from
     /// different windows add up.
     pub fn answer(&self, question: &str, context: &str, options: &QaOptions) -> Result<Vec<Answer>> {

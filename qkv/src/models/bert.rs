@@ -1,5 +1,5 @@
 //! BERT (Devlin et al., 2019): the Transformer's encoder over token + learned position + segment embeddings,
-//! a [CLS] pooler, and the task heads of Hugging Face's `modeling_bert.py` (`BertModel`,
+//! a \[CLS\] pooler, and the task heads of Hugging Face's `modeling_bert.py` (`BertModel`,
 //! `BertForSequenceClassification`, `BertForTokenClassification`, `BertForQuestionAnswering`,
 //! `BertForMaskedLM`, `BertForPreTraining`). Configuration names and defaults follow its config.json; loading
 //! and saving Hugging Face directories is [`crate::hub::bert`]'s job.
@@ -199,7 +199,7 @@ impl BertArchitecture {
         }
     }
 
-    /// Whether the class has the [CLS] pooler (Hugging Face builds the token-level heads without one).
+    /// Whether the class has the \[CLS\] pooler (Hugging Face builds the token-level heads without one).
     pub fn has_pooler(self) -> bool {
         matches!(self, Self::Base | Self::SequenceClassification | Self::PreTraining)
     }
@@ -376,7 +376,7 @@ impl Bert {
         self.architecture
     }
 
-    /// The encoder's output (B, S, C) and, with a pooler, tanh(W·h_[CLS] + b) (B, C).
+    /// The encoder's output (B, S, C) and, with a pooler, tanh(W·h_\[CLS\] + b) (B, C).
     pub fn encode(&self, input: &BertInput, mode: &mut Mode) -> Result<(Tensor, Option<Tensor>)> {
         let (x, mask) = self.embed(input, mode)?;
         let hidden = self.encoder.forward(&x, mask.as_ref(), mode)?;
@@ -465,7 +465,7 @@ pub fn mean_pool(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
     Ok(summed.broadcast_div(&counts)?)
 }
 
-/// The [CLS] vector of each sequence: (B, S, C) → (B, C).
+/// The \[CLS\] vector of each sequence: (B, S, C) → (B, C).
 pub fn cls_pool(hidden: &Tensor) -> Result<Tensor> {
     Ok(hidden.narrow(1, 0, 1)?.squeeze(1)?)
 }

@@ -50,7 +50,7 @@ impl GridLayout {
     }
 }
 
-/// Draws one heatmap per (layer, head) of attention `weights` ([layer][head][target position][source position],
+/// Draws one heatmap per (layer, head) of attention `weights` (`[layer][head][target position][source position]`,
 /// values in [0, 1]; for self-attention both token lists are the same) into a PNG at `path`: layers as rows,
 /// heads as columns, source tokens (keys) along x and target tokens (queries) along y, and a colour bar. Every
 /// matrix must be `target_tokens.len()` × `source_tokens.len()`; the error of a ragged grid names the layer and

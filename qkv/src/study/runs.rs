@@ -261,7 +261,7 @@ impl AttentionStats {
     }
 }
 
-/// One held-out sequence's attention maps, [layer][head][query][key], cut to its real positions, with its tokens.
+/// One held-out sequence's attention maps, `[layer][head][query][key]`, cut to its real positions, with its tokens.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AttentionExample {
     /// The source symbols (keys of the encoder and of the cross-attention).

@@ -78,7 +78,7 @@ fn random_elsewhere(sizes: &[usize], non_empty: &[usize], d: usize, rng: &mut Rn
     }
 }
 
-/// [CLS] A [SEP] B [SEP] and its token_type_ids (0 through the first [SEP], 1 after), at most `max_length`
+/// \[CLS\] A \[SEP\] B \[SEP\] and its token_type_ids (0 through the first \[SEP\], 1 after), at most `max_length`
 /// tokens: the longer sentence loses its last token until the pair fits (transformers' `longest_first`;
 /// ties cut A). `max_length` must be at least 3.
 pub fn pack(a: &[u32], b: &[u32], cls: u32, sep: u32, max_length: usize) -> (Vec<u32>, Vec<u32>) {

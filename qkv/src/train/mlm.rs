@@ -1,6 +1,6 @@
 //! Pre-training BERT from scratch with the masked-language-model objective (Devlin et al., 2019, §3.1): a
 //! WordPiece vocabulary trained on the text, 15% of the tokens chosen for prediction — 80% of those replaced by
-//! [MASK], 10% by a random token, 10% left unchanged — and the cross-entropy of the chosen ones, run by the
+//! \[MASK\], 10% by a random token, 10% left unchanged — and the cross-entropy of the chosen ones, run by the
 //! shared [`Trainer`] (checkpoints, resume, time limit, best model). The model directories it writes (`best/`,
 //! each checkpoint) are Hugging Face `BertForMaskedLM` directories (config.json, model.safetensors,
 //! tokenizer.json). With `nsp`, the text is documents (blank-line separated, one sentence per line), each
@@ -36,7 +36,7 @@ pub struct MlmTraining {
     pub text_file: PathBuf,
     pub vocab_size: usize,
     pub lowercase: bool,
-    /// Tokens per sequence, [CLS] and [SEP] included; longer lines are cut.
+    /// Tokens per sequence, \[CLS\] and \[SEP\] included; longer lines are cut.
     pub max_length: usize,
     pub mlm_probability: f64,
     pub batch_size: usize,

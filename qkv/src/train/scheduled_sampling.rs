@@ -220,7 +220,7 @@ pub fn pass2_input(
     Ok(DecoderInput::Ids(Tensor::from_vec(ids, (b, t), gold.device())?))
 }
 
-/// Which slots (B · T, row-major) take a prediction: each target slot 1 ..= lengths[b] of row b with
+/// Which slots (B · T, row-major) take a prediction: each target slot `1 ..= lengths[b]` of row b with
 /// probability 1 − p (one uniform draw per slot, in order); BOS and padding never.
 pub fn draw_gates(lengths: &[usize], t: usize, p: f64, rng: &mut Rng) -> Vec<bool> {
     let mut gates = vec![false; lengths.len() * t];
