@@ -15,11 +15,9 @@ pub fn set_revision(revision: String) {
     let _ = REVISION.set(revision);
 }
 
-/// The directory `model` names: itself when it is a path, else the cached snapshot of the Hub id it reads as.
+/// The directory `model` names: itself when it is a path, else the cached snapshot of the Hub id it reads as,
+/// at the global `--revision`.
 pub fn resolve(model: &Path) -> Result<PathBuf> {
-    let Some(id) = model.to_str().filter(|id| cache::is_hub_id(id)) else {
-        return Ok(model.to_path_buf());
-    };
     let revision = REVISION.get().map_or("main", String::as_str);
-    Ok(cache::snapshot(&cache::cache_dir(), id, revision, &["config.json"])?)
+    Ok(cache::model_dir(model, revision)?)
 }

@@ -58,6 +58,15 @@ pub fn snapshot(cache: &Path, repo: &str, revision: &str, files: &[&str]) -> Res
     Ok(dir)
 }
 
+/// The directory a `--model` value names: `model` itself when it is a path (or does not read as a Hub id),
+/// else the snapshot of that Hub id at `revision` in [`cache_dir`], its config.json checked present.
+pub fn model_dir(model: &Path, revision: &str) -> Result<PathBuf> {
+    match model.to_str().filter(|id| is_hub_id(id)) {
+        Some(id) => snapshot(&cache_dir(), id, revision, &["config.json"]),
+        None => Ok(model.to_path_buf()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
