@@ -16,6 +16,10 @@ pub struct Args {
     /// sentence-transformers model)
     #[arg(long)]
     model: PathBuf,
+    /// Weights of the matrix products at inference: f32, bf16 (half the bytes) or int8 (a quarter; one scale
+    /// per output channel). Converted at load
+    #[arg(long, default_value = "f32")]
+    dtype: qkv::WeightDtype,
     /// Sentences, one per line (default: stdin); or a .jsonl/.json (one object per line) or .parquet table,
     /// whose --text-column is embedded
     #[arg(long)]
@@ -35,7 +39,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let model = crate::model_dir::resolve(&args.model)?;
     let sentences = sentences(&args)?;
-    let encoder = load(&model)?;
+    let encoder = load(&model, args.dtype)?;
     let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let started = Instant::now();
     let embeddings = encoder.embed(&refs, args.batch_size)?;
@@ -75,9 +79,9 @@ fn sentences(args: &Args) -> Result<Vec<String>> {
 }
 
 /// Loads the encoder and warns about checkpoint tensors it does not use.
-pub fn load(dir: &Path) -> Result<Embedder> {
-    let encoder =
-        Embedder::load(dir, &crate::device::device()).with_context(|| format!("loading {}", dir.display()))?;
+pub fn load(dir: &Path, dtype: qkv::WeightDtype) -> Result<Embedder> {
+    let encoder = Embedder::load_as(dir, &crate::device::device(), dtype)
+        .with_context(|| format!("loading {}", dir.display()))?;
     if !encoder.report.unused.is_empty() {
         eprintln!(
             "warning: {} tensor(s) of the checkpoint unused: {:?}",

@@ -49,6 +49,8 @@ use scheduler::{SchedulePolicy, Scheduler};
 pub struct ServeConfig {
     /// (name, model directory); the kind of each is detected from its files.
     pub models: Vec<(String, PathBuf)>,
+    /// How every model's weight matrices are stored ([`qkv::WeightDtype`]).
+    pub dtype: qkv::WeightDtype,
     pub address: SocketAddr,
     /// Requests to /v1/* must carry `Authorization: Bearer KEY`.
     pub api_key: Option<String>,
@@ -81,6 +83,7 @@ impl Default for ServeConfig {
     fn default() -> Self {
         Self {
             models: Vec::new(),
+            dtype: qkv::WeightDtype::F32,
             address: SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_key: None,
             max_body_bytes: 2 << 20,
@@ -204,8 +207,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// Loads the models, binds the address and serves until `shutdown` resolves; requests in flight then finish.
 pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
-    let models = config.models.clone();
-    let registry = tokio::task::spawn_blocking(move || Registry::load(&models))
+    let (models, dtype) = (config.models.clone(), config.dtype);
+    let registry = tokio::task::spawn_blocking(move || Registry::load(&models, dtype))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;

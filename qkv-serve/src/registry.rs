@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use qkv::inference::{Embedder, Generator, ModelKind, Translator};
+use qkv::WeightDtype;
 
 use crate::api::ApiError;
 
@@ -32,15 +33,16 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Loads every (name, directory); a directory of a kind the server has no endpoint for is an error.
-    pub fn load(models: &[(String, PathBuf)]) -> qkv::Result<Self> {
+    /// Loads every (name, directory), weights stored in `dtype`; a directory of a kind the server has no
+    /// endpoint for is an error.
+    pub fn load(models: &[(String, PathBuf)], dtype: WeightDtype) -> qkv::Result<Self> {
         let device = Device::Cpu;
         let mut loaded = BTreeMap::new();
         for (name, dir) in models {
             let served = match ModelKind::detect(dir)? {
-                ModelKind::Embedder => Served::Embedder(Box::new(Embedder::load(dir, &device)?)),
-                ModelKind::Generator => Served::Generator(Box::new(Generator::load(dir, &device)?)),
-                ModelKind::Translator => Served::Translator(Box::new(Translator::load(dir, &device)?)),
+                ModelKind::Embedder => Served::Embedder(Box::new(Embedder::load_as(dir, &device, dtype)?)),
+                ModelKind::Generator => Served::Generator(Box::new(Generator::load_as(dir, &device, dtype)?)),
+                ModelKind::Translator => Served::Translator(Box::new(Translator::load_as(dir, &device, dtype)?)),
                 ModelKind::BertTask(head) => {
                     let message = format!("a BERT with a {head:?} head: the server has no endpoint for it yet");
                     return Err(qkv::Error::io(dir, std::io::Error::other(message)));

@@ -34,7 +34,7 @@ impl Server {
         let mut models =
             vec![("emb".to_string(), fixture("bert/BertModel")), ("gpt".to_string(), fixture("gpt2/qkv-trained"))];
         models.extend(extra);
-        let registry = Registry::load(&models).unwrap();
+        let registry = Registry::load(&models, config.dtype).unwrap();
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let address = std_listener.local_addr().unwrap();

@@ -42,6 +42,7 @@ pub mod text;
 pub mod train;
 
 pub use error::{Error, Result};
+pub use kernels::reduced::WeightDtype;
 
 // The README's Rust example is compiled and run as a doctest so it cannot drift from the API.
 #[cfg(doctest)]

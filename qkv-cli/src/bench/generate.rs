@@ -28,6 +28,9 @@ pub struct Args {
     positions: Vec<usize>,
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Weights of the matrix products: f32, bf16 or int8
+    #[arg(long, default_value = "f32")]
+    dtype: qkv::WeightDtype,
 }
 
 /// The prompt both sides use: ids 0, 7, 14, … modulo the vocabulary.
@@ -37,7 +40,9 @@ pub fn prompt(len: usize, vocab: usize) -> Vec<u32> {
 
 pub fn run(args: &Args) -> Result<Vec<Measurement>> {
     let model = crate::model_dir::resolve(&args.model)?;
-    let model = &gpt2::load_frozen(&model, &Device::Cpu)?.0;
+    let mut model = gpt2::load_frozen(&model, &Device::Cpu)?.0;
+    model.pack_weights(args.dtype)?;
+    let model = &model;
     let prompt = prompt(args.prompt_tokens, model.config().vocab_size);
     let n = args.new_tokens;
     let options = |use_cache| GenerateOptions {

@@ -9,6 +9,7 @@ use crate::hub::bert;
 use crate::hub::sentence_transformers::{read_sentence_config, Pooling};
 use crate::hub::tokenizer::{PretrainedTokenizer, Truncation};
 use crate::hub::LoadReport;
+use crate::kernels::reduced::WeightDtype;
 use crate::models::bert::{cls_pool, l2_normalize, max_pool, mean_pool, Bert, BertInput};
 use crate::nn::Mode;
 use crate::{Error, Result};
@@ -28,8 +29,14 @@ impl Embedder {
     /// Reads `dir` (see [`read_sentence_config`]). Inputs are truncated to `sentence_bert_config.json`'s
     /// `max_seq_length` (as sentence-transformers does), else to `max_position_embeddings`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_as(dir, device, WeightDtype::F32)
+    }
+
+    /// As [`load`](Self::load), the encoder's matrices stored in `dtype` ([`Bert::pack_weights`]).
+    pub fn load_as(dir: &Path, device: &Device, dtype: WeightDtype) -> Result<Self> {
         let sentence = read_sentence_config(dir)?;
-        let (model, report) = bert::load_frozen_body(dir, device)?;
+        let (mut model, report) = bert::load_frozen_body(dir, device)?;
+        model.pack_weights(dtype)?;
         let positions = model.config().max_position_embeddings;
         Ok(Self {
             model,

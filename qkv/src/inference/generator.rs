@@ -11,6 +11,7 @@ use crate::decode::generate::{
 };
 use crate::hub::gpt2;
 use crate::hub::tokenizer::PretrainedTokenizer;
+use crate::kernels::reduced::WeightDtype;
 use crate::models::Gpt2;
 use crate::{Error, Result};
 
@@ -35,7 +36,13 @@ pub struct Completion {
 
 impl Generator {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let (model, _) = gpt2::load_frozen(dir, device)?;
+        Self::load_as(dir, device, WeightDtype::F32)
+    }
+
+    /// As [`load`](Self::load), the weight matrices stored in `dtype` ([`Gpt2::pack_weights`]).
+    pub fn load_as(dir: &Path, device: &Device, dtype: WeightDtype) -> Result<Self> {
+        let (mut model, _) = gpt2::load_frozen(dir, device)?;
+        model.pack_weights(dtype)?;
         // tokenizer.json, or GPT-2's original vocab.json + merges.txt; a model trained on ids may have neither.
         let has_tokenizer = ["tokenizer.json", "vocab.json"].iter().any(|name| dir.join(name).exists());
         let tokenizer = has_tokenizer.then(|| PretrainedTokenizer::from_dir(dir)).transpose()?;

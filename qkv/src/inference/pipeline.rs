@@ -11,6 +11,7 @@ use candle_nn::ops::softmax_last_dim;
 
 use crate::hub::bert;
 use crate::hub::tokenizer::{PretrainedTokenizer, QuestionWindow, Truncation};
+use crate::kernels::reduced::WeightDtype;
 use crate::models::bert::{Bert, BertArchitecture, BertInput};
 use crate::nn::Mode;
 use crate::{Error, Result};
@@ -72,7 +73,13 @@ impl Default for QaOptions {
 impl Pipeline {
     /// Loads `dir` as `architecture` (its checkpoint must have that head) onto `device`.
     pub fn load(dir: &Path, architecture: BertArchitecture, device: &Device) -> Result<Self> {
-        let (model, _) = bert::load_frozen(dir, Some(architecture), device)?;
+        Self::load_as(dir, architecture, device, WeightDtype::F32)
+    }
+
+    /// As [`load`](Self::load), the encoder's matrices stored in `dtype` ([`Bert::pack_weights`]).
+    pub fn load_as(dir: &Path, architecture: BertArchitecture, device: &Device, dtype: WeightDtype) -> Result<Self> {
+        let (mut model, _) = bert::load_frozen(dir, Some(architecture), device)?;
+        model.pack_weights(dtype)?;
         Ok(Self { model, tokenizer: PretrainedTokenizer::from_dir(dir)?, device: device.clone() })
     }
 

@@ -8,6 +8,7 @@ use candle_core::{DType, Device};
 use super::attention::AttentionGrid;
 use crate::decode::{beam_search, DecodeOptions};
 use crate::hub::{LoadReport, WeightSource, WEIGHTS};
+use crate::kernels::reduced::WeightDtype;
 use crate::models::{PositionEncoding, Transformer, TransformerConfig};
 use crate::rng::Rng;
 use crate::text::batch::{batch_of, token_batches, Example};
@@ -29,6 +30,12 @@ pub struct Translator {
 impl Translator {
     /// Loads `dir` onto `device`; a run directory is accepted too and means its `best/`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_as(dir, device, WeightDtype::F32)
+    }
+
+    /// As [`load`](Self::load), the encoder's and decoder's matrices stored in `dtype`
+    /// ([`Transformer::pack_weights`]).
+    pub fn load_as(dir: &Path, device: &Device, dtype: WeightDtype) -> Result<Self> {
         let dir = if !dir.join("model.safetensors").exists() && dir.join("best").is_dir() {
             dir.join("best")
         } else {
@@ -37,7 +44,8 @@ impl Translator {
         let config = crate::hub::transformer::read_checked_config(&dir)?;
         let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"))?;
         let weights = WeightSource::from_file(&dir.join(WEIGHTS), device)?;
-        let model = Transformer::new(&config, weights.builder(DType::F32, device))?;
+        let mut model = Transformer::new(&config, weights.builder(DType::F32, device))?;
+        model.pack_weights(dtype)?;
         Ok(Self { model, tokenizer, config, report: weights.report(), device: device.clone() })
     }
 

@@ -68,7 +68,7 @@ fn output_shape(xl: &Layout, wl: &Layout) -> candle_core::Result<(Shape, usize, 
 /// y (N, M) = x (N, K) · wᵀ, plus `bias` in every row. For a few rows against many outputs (one sentence, a
 /// prompt, a logits row) it computes yᵀ = w · xᵀ and transposes that small result: x · wᵀ made gemm repack all
 /// of w on every call, which dominated such products (one MiniLM sentence 12 → 3.3 ms).
-fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, (n, k, m): (usize, usize, usize)) -> Vec<f32> {
+pub(super) fn affine_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, (n, k, m): (usize, usize, usize)) -> Vec<f32> {
     let (xv, wv) = (Mat::new(x, n, k), Mat::new(w, m, k));
     if (1..=FEW_ROWS).contains(&n) && n * 16 < m {
         return few_rows(x, w, bias, (n, k, m));
@@ -92,10 +92,10 @@ fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, (n, k, m): (usize, usize,
 }
 
 /// Rows up to which [`few_rows`] beats gemm (decoding a batch of sequences: one row each).
-const FEW_ROWS: usize = 16;
+pub(super) const FEW_ROWS: usize = 16;
 
 /// Output rows of w a task of [`few_rows`] computes.
-const FEW_ROWS_CHUNK: usize = 64;
+pub(super) const FEW_ROWS_CHUNK: usize = 64;
 
 /// y (N, M) = x · wᵀ + b for a few rows x (N ≤ [`FEW_ROWS`]): each pair of rows of w is read once and dotted
 /// with every row of x while it is in cache. For such products the cost is reading w; gemm packs w first, which
@@ -137,13 +137,13 @@ fn few_rows(x: &[f32], w: &[f32], bias: Option<&[f32]>, (n, k, m): (usize, usize
 }
 
 /// Lanes of the dot products' accumulators: independent sums the compiler keeps in vector registers.
-const LANES: usize = 16;
+pub(super) const LANES: usize = 16;
 
 /// y[r·N + j] = w_r · x[j] for the rows w0, w1 (`pair` of them: w1 is ignored when 1) and each row x[j] of `x`,
 /// four rows of x at a time: eight independent sums, so that multiply-adds do not wait on each other and each
 /// load feeds several of them.
 #[inline(always)]
-fn dots(w0: &[f32], w1: &[f32], x: &[f32], y: &mut [f32], pair: usize) {
+pub(super) fn dots(w0: &[f32], w1: &[f32], x: &[f32], y: &mut [f32], pair: usize) {
     let k = w0.len();
     let n = y.len() / pair;
     let body = k - k % LANES;
@@ -219,7 +219,7 @@ fn dots_one_row(w: &[f32], x: &[f32], y: &mut [f32]) {
 /// The sum of the lanes by halves: a tree of vector additions instead of a chain of 15 dependent scalar ones,
 /// whose latency otherwise dominates a short dot product.
 #[inline(always)]
-fn lane_sum(mut a: [f32; LANES]) -> f32 {
+pub(super) fn lane_sum(mut a: [f32; LANES]) -> f32 {
     let mut width = LANES / 2;
     while width > 0 {
         for l in 0..width {
@@ -310,7 +310,7 @@ fn cpu_forward(
             candle_core::bail!("{NAME}: bias of {} for {m} outputs", b.len())
         }
     }
-    let y = forward(as_f32(xs, xl, NAME)?, as_f32(ws, wl, NAME)?, bias, (n, k, m));
+    let y = affine_forward(as_f32(xs, xl, NAME)?, as_f32(ws, wl, NAME)?, bias, (n, k, m));
     Ok((CpuStorage::F32(y), shape))
 }
 

@@ -12,6 +12,7 @@ pub mod gelu;
 pub mod layer_norm;
 pub mod linear;
 mod matmul;
+pub mod reduced;
 pub mod softmax;
 
 pub use softmax::{masked_value, MASKED};

@@ -7,6 +7,7 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::reduced::WeightDtype;
 use crate::nn::{
     Activation, AttentionMask, Dropout, DropoutRates, Embedding, EncoderLayer, KvCache, LayerConfig, LayerNorm,
     LearnedPosition, Linear, Mode, NormPosition, WeightInit,
@@ -155,6 +156,19 @@ impl Gpt2 {
 
     pub fn config(&self) -> &Gpt2Config {
         &self.config
+    }
+
+    /// Stores the blocks' matrices and the token embedding — which is also the tied LM head, the largest
+    /// matrix a decoding step reads — in `dtype` for inference (see [`crate::kernels::reduced`]). The position
+    /// table and the LayerNorms stay f32: they are small and read once a step.
+    pub fn pack_weights(&mut self, dtype: WeightDtype) -> Result<()> {
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            block.pack_weights(dtype, &format!("h.{i}"))?;
+        }
+        if let Some(head) = &mut self.lm_head {
+            head.pack(dtype, "lm_head.weight")?;
+        }
+        self.wte.pack(dtype, "wte.weight")
     }
 
     /// input_ids (B, T) → final hidden states (B, T, C), each position seeing only itself and earlier ones.

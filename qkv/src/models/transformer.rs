@@ -6,6 +6,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::reduced::WeightDtype;
 use crate::nn::{
     decoder::DecoderWeights, Activation, AttentionMask, Decoder, DecoderCache, Dropout, DropoutRates, Embedding,
     Encoder, LayerConfig, LearnedPosition, Linear, Mode, NormPosition, Projections, Score, SinusoidalPosition,
@@ -291,6 +292,14 @@ impl Transformer {
 
     pub fn config(&self) -> &TransformerConfig {
         &self.config
+    }
+
+    /// Stores the encoder's and decoder's matrices in `dtype` for inference (see [`crate::kernels::reduced`]).
+    /// The embeddings (shared with the output projection when tied) and the LayerNorms stay f32: the
+    /// translation models qkv trains have small vocabularies, and the embeddings carry the most error per byte.
+    pub fn pack_weights(&mut self, dtype: WeightDtype) -> Result<()> {
+        self.encoder.pack_weights(dtype, "encoder")?;
+        self.decoder.pack_weights(dtype, "decoder")
     }
 
     /// Mask over source keys from `src_valid` (B, S), 1 for real tokens.

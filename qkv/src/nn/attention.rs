@@ -16,6 +16,7 @@ use super::{
     params::{scaled, WeightInit},
     position::{RelativePosition, RelativeTerms},
 };
+use crate::kernels::reduced::WeightDtype;
 use crate::kernels::{self, softmax::masked_softmax};
 use crate::{Error, Result};
 
@@ -390,6 +391,17 @@ impl MultiHeadAttention {
         })
     }
 
+    /// Stores the projections in `dtype` for inference (parameters named under `prefix`).
+    pub fn pack_weights(&mut self, dtype: WeightDtype, prefix: &str) -> Result<()> {
+        let projections = [("q_proj", &mut self.q_proj), ("k_proj", &mut self.k_proj), ("v_proj", &mut self.v_proj)];
+        for (name, projection) in projections {
+            if let Some(linear) = projection {
+                linear.pack(dtype, &format!("{prefix}.{name}.weight"))?;
+            }
+        }
+        self.out_proj.pack(dtype, &format!("{prefix}.out_proj.weight"))
+    }
+
     /// query (B, T, C) attends over memory (B, S, C) — the same tensor for self-attention → (B, T, C).
     pub fn forward(
         &self,
@@ -596,8 +608,8 @@ mod tests {
     fn wide_heads_change_the_projection_shapes_only() {
         let config = AttentionConfig { head_dim: Some(C), ..AttentionConfig::new(C, 4) };
         let (mha, _) = block(&config);
-        assert_eq!(mha.q_proj.as_ref().unwrap().weight().dims(), &[4 * C, C]);
-        assert_eq!(mha.out_proj.weight().dims(), &[C, 4 * C]);
+        assert_eq!(mha.q_proj.as_ref().unwrap().weight().unwrap().dims(), &[4 * C, C]);
+        assert_eq!(mha.out_proj.weight().unwrap().dims(), &[C, 4 * C]);
         let x = input(2, 3);
         assert_eq!(mha.forward(&x, &x, None, &mut Mode::Eval).unwrap().dims(), &[2, 3, C]);
     }
@@ -641,8 +653,8 @@ mod tests {
         let (mha, _) = block(&config);
         let bound = (6.0f64 / 128.0).sqrt();
         let scaled = bound / 16f64.sqrt();
-        let q_max = f64::from(max_abs(mha.q_proj.as_ref().unwrap().weight()));
-        let k_max = f64::from(max_abs(mha.k_proj.as_ref().unwrap().weight()));
+        let q_max = f64::from(max_abs(mha.q_proj.as_ref().unwrap().weight().unwrap()));
+        let k_max = f64::from(max_abs(mha.k_proj.as_ref().unwrap().weight().unwrap()));
         assert!(q_max <= scaled && q_max > scaled / 2.0, "{q_max} vs {scaled}");
         assert!(k_max <= bound && k_max > scaled, "{k_max}");
         assert_eq!(Score::T5.scale(16), 1.0);

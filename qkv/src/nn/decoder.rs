@@ -13,6 +13,7 @@ use super::{
     mode::Mode,
     norm::{LayerNorm, Residual},
 };
+use crate::kernels::reduced::WeightDtype;
 use crate::Result;
 
 /// Attention weights of one decoder layer, for visualisation.
@@ -47,6 +48,13 @@ impl DecoderLayer {
             feed_forward: config.feed_forward(vb.pp("feed_forward"))?,
             feed_forward_residual: config.residual(vb.pp("feed_forward_norm"))?,
         })
+    }
+
+    /// Stores the attention and feed-forward matrices in `dtype` for inference; LayerNorms stay f32.
+    pub fn pack_weights(&mut self, dtype: WeightDtype, prefix: &str) -> Result<()> {
+        self.self_attn.pack_weights(dtype, &format!("{prefix}.self_attn"))?;
+        self.cross_attn.pack_weights(dtype, &format!("{prefix}.cross_attn"))?;
+        self.feed_forward.pack_weights(dtype, &format!("{prefix}.feed_forward"))
     }
 
     /// x (B, T, C) attends to itself under `self_mask` (causal, usually) and to memory (B, S, C) under
@@ -116,6 +124,14 @@ impl Decoder {
         let layers =
             (0..num_layers).map(|i| DecoderLayer::new(config, vb.pp(format!("layers.{i}")))).collect::<Result<_>>()?;
         Ok(Self { layers, norm: config.final_norm(final_norm, vb)? })
+    }
+
+    /// Stores every layer's matrices in `dtype` for inference.
+    pub fn pack_weights(&mut self, dtype: WeightDtype, prefix: &str) -> Result<()> {
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            layer.pack_weights(dtype, &format!("{prefix}.layers.{i}"))?;
+        }
+        Ok(())
     }
 
     /// x (B, T, C), memory (B, S, C) → (B, T, C)

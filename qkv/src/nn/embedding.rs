@@ -1,15 +1,21 @@
 //! Lookup tables from ids to vectors: token embeddings (§3.4, multiplied by √C in the paper) and segment
 //! (token-type) embeddings (BERT).
 
+use std::sync::Arc;
+
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
 use super::params::WeightInit;
+use crate::kernels::reduced::{PackedLinear, PackedMatrix, WeightDtype};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone)]
 pub struct Embedding {
     table: Tensor,
+    /// The table in reduced precision, for inference: lookups dequantise their rows and the tied output
+    /// projection multiplies by it. `table` is then an empty placeholder (on the same device).
+    packed: Option<Arc<PackedLinear>>,
     scale: f64,
     /// What an id means and which input tensor holds them, for error messages.
     what: &'static str,
@@ -40,20 +46,56 @@ impl Embedding {
             return Err(Error::config("embedding size", format!("({rows}, {d_model})"), "a non-empty table"));
         }
         let table = vb.get_with_hints((rows, d_model), "weight", init.for_matrix(rows, d_model))?;
-        Ok(Self { table, scale, what, tensor })
+        Ok(Self { table, packed: None, scale, what, tensor })
     }
 
-    /// The (V, C) table, shared as-is when weights are tied.
+    /// The (V, C) table, shared as-is when weights are tied (an empty placeholder once packed).
     pub fn table(&self) -> &Tensor {
         &self.table
+    }
+
+    /// Stores the table in `dtype` for inference (f32 leaves it as it is); `name` is the parameter's.
+    pub fn pack(&mut self, dtype: WeightDtype, name: &str) -> Result<()> {
+        if dtype == WeightDtype::F32 || self.packed.is_some() {
+            return Ok(());
+        }
+        let matrix = PackedMatrix::pack_tensor(&self.table, dtype, name)?;
+        self.packed = Some(Arc::new(PackedLinear::new(matrix, None)?));
+        self.table = Tensor::zeros(0, DType::F32, self.table.device())?;
+        Ok(())
+    }
+
+    /// The dtype the table is stored in.
+    pub fn dtype(&self) -> WeightDtype {
+        self.packed.as_ref().map_or(WeightDtype::F32, |p| p.weight().dtype())
+    }
+
+    /// Bytes the table takes.
+    pub fn bytes(&self) -> usize {
+        self.packed.as_ref().map_or(4 * self.table.elem_count(), |p| p.bytes())
+    }
+
+    /// (V, C)
+    fn dims(&self) -> Result<(usize, usize)> {
+        match &self.packed {
+            Some(p) => Ok(p.weight().dims()),
+            None => Ok(self.table.dims2()?),
+        }
     }
 
     /// The tied output projection (Press & Wolf, 2017): hidden states (…, C) → logits (…, V) = h·Eᵀ (+ bias),
     /// using this table itself, so input embedding and pre-softmax projection stay one tensor.
     pub fn unembed(&self, hidden: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let c = self.table.dim(1)?;
+        let c = self.dims()?.1;
         if hidden.dims().last() != Some(&c) {
             return Err(Error::shape("hidden states", format!("(…, {c})"), hidden.dims()));
+        }
+        if let Some(packed) = &self.packed {
+            let logits = packed.forward(hidden)?;
+            return Ok(match bias {
+                Some(b) => logits.broadcast_add(b)?,
+                None => logits,
+            });
         }
         crate::kernels::linear::linear(hidden, &self.table, bias)
     }
@@ -81,7 +123,7 @@ impl Embedding {
             return Err(Error::shape(self.tensor, "integer ids (u8, u32 or i64)", ids.dims()));
         }
         let flat = ids.flatten_all()?;
-        let rows = self.table.dim(0)?;
+        let (rows, c) = self.dims()?;
         if flat.elem_count() > 0 {
             let wide = flat.to_dtype(DType::I64)?;
             let (min, max) = (wide.min(0)?.to_scalar::<i64>()?, wide.max(0)?.to_scalar::<i64>()?);
@@ -92,6 +134,15 @@ impl Embedding {
                     expected: format!("< {rows} (rows of the embedding table)"),
                 });
             }
+        }
+        if let Some(packed) = &self.packed {
+            // Ids were checked against the table above.
+            let flat_ids = flat.to_dtype(DType::I64)?.to_vec1::<i64>()?;
+            let flat_ids: Vec<usize> = flat_ids.into_iter().map(|i| i as usize).collect();
+            let vectors = packed.weight().rows_of(&flat_ids);
+            let mut dims = ids.dims().to_vec();
+            dims.push(c);
+            return Ok(Tensor::from_vec(vectors, dims, self.table.device())?);
         }
         crate::kernels::embedding::lookup(&self.table, ids)
     }

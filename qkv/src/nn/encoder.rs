@@ -13,6 +13,7 @@ use super::{
     mode::Mode,
     norm::{LayerNorm, NormPosition, Residual},
 };
+use crate::kernels::reduced::WeightDtype;
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -33,6 +34,12 @@ impl EncoderLayer {
             feed_forward: config.feed_forward(vb.pp("feed_forward"))?,
             feed_forward_residual: config.residual(vb.pp("feed_forward_norm"))?,
         })
+    }
+
+    /// Stores the attention and feed-forward matrices in `dtype` for inference; LayerNorms stay f32.
+    pub fn pack_weights(&mut self, dtype: WeightDtype, prefix: &str) -> Result<()> {
+        self.self_attn.pack_weights(dtype, &format!("{prefix}.self_attn"))?;
+        self.feed_forward.pack_weights(dtype, &format!("{prefix}.feed_forward"))
     }
 
     /// x (B, S, C) with a mask over its keys (usually padding) → (B, S, C).
@@ -95,6 +102,14 @@ impl Encoder {
         let layers =
             (0..num_layers).map(|i| EncoderLayer::new(config, vb.pp(format!("layers.{i}")))).collect::<Result<_>>()?;
         Ok(Self { layers, norm: config.final_norm(final_norm, vb)? })
+    }
+
+    /// Stores every layer's matrices in `dtype` for inference.
+    pub fn pack_weights(&mut self, dtype: WeightDtype, prefix: &str) -> Result<()> {
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            layer.pack_weights(dtype, &format!("{prefix}.layers.{i}"))?;
+        }
+        Ok(())
     }
 
     /// Whether a final norm belongs after layers of this arrangement by default.

@@ -1,9 +1,12 @@
 //! Affine map y = x·Wᵀ + b over the last dimension.
 
+use std::sync::Arc;
+
 use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 
 use super::params::WeightInit;
+use crate::kernels::reduced::{PackedLinear, PackedMatrix, WeightDtype};
 use crate::Result;
 
 /// Weight stored (out, in) as in PyTorch. Leading dimensions are flattened so the product is one large
@@ -12,6 +15,9 @@ use crate::Result;
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// The weight and bias in reduced precision, for inference; `weight` is then an empty placeholder, so the f32
+    /// copy's memory is freed.
+    packed: Option<Arc<PackedLinear>>,
 }
 
 impl Linear {
@@ -24,12 +30,38 @@ impl Linear {
     pub fn with_init(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool, init: Init) -> Result<Self> {
         let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
         let bias = if bias { Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?) } else { None };
-        Ok(Self { weight, bias })
+        Ok(Self { weight, bias, packed: None })
     }
 
-    /// (out, in)
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// (out, in); `None` once [`pack`](Self::pack)ed.
+    pub fn weight(&self) -> Option<&Tensor> {
+        self.packed.is_none().then_some(&self.weight)
+    }
+
+    /// The dtype the weight is stored in.
+    pub fn dtype(&self) -> WeightDtype {
+        self.packed.as_ref().map_or(WeightDtype::F32, |p| p.weight().dtype())
+    }
+
+    /// Stores the weight in `dtype` for inference (f32 leaves it as it is); `name` is the parameter's, for
+    /// errors. No gradient flows through a packed layer.
+    pub fn pack(&mut self, dtype: WeightDtype, name: &str) -> Result<()> {
+        if dtype == WeightDtype::F32 || self.packed.is_some() {
+            return Ok(());
+        }
+        let matrix = PackedMatrix::pack_tensor(&self.weight, dtype, name)?;
+        let bias = self.bias.take().map(|b| b.to_vec1::<f32>()).transpose()?;
+        self.packed = Some(Arc::new(PackedLinear::new(matrix, bias)?));
+        self.weight = Tensor::zeros(0, candle_core::DType::F32, self.weight.device())?;
+        Ok(())
+    }
+
+    /// Bytes the weight and bias take.
+    pub fn bytes(&self) -> usize {
+        match &self.packed {
+            Some(p) => p.bytes(),
+            None => 4 * (self.weight.elem_count() + self.bias.as_ref().map_or(0, Tensor::elem_count)),
+        }
     }
 
     pub fn bias(&self) -> Option<&Tensor> {
@@ -38,6 +70,9 @@ impl Linear {
 
     /// (…, in) → (…, out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(packed) = &self.packed {
+            return packed.forward(x);
+        }
         crate::kernels::linear::linear(x, &self.weight, self.bias.as_ref())
     }
 }

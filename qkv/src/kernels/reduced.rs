@@ -1,0 +1,527 @@
+//! Linear layers' weights in reduced precision, for inference: bf16, or int8 with one symmetric scale per
+//! output row (per output channel). Activations stay f32 and products accumulate in f32; only the weights are
+//! stored narrower.
+//!
+//! Decoding one sequence (and a few at once) is bound by reading the weights: a GPT-2 small step reads ≈ 0.5 GB
+//! of f32 weights per token. Halving (bf16) or quartering (int8) the bytes raises that bound in proportion, so
+//! the few-rows product here converts each weight to f32 in the inner loop of the dot product, where the
+//! conversion costs less than the load it saves. Many rows (a prompt, a batch of sentences) are bound by
+//! arithmetic instead: those convert blocks of weight rows to f32 and run the f32 matrix product on them.
+//!
+//! The composed twin is the f32 product with the dequantised weights ([`PackedMatrix::dequantize`]): the
+//! kernels compute exactly that product, in another order of summation.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::linear::{affine_forward, dots, lane_sum, FEW_ROWS, FEW_ROWS_CHUNK, LANES};
+use super::{as_f32, PARALLEL_MIN_ELEMENTS};
+use crate::{Error, Result};
+
+/// How a model's weight matrices are stored for inference (`--dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightDtype {
+    /// As trained: 4 bytes a weight.
+    #[default]
+    F32,
+    /// bfloat16, f32's exponent with 8 bits of mantissa: 2 bytes a weight, relative error ≤ 2⁻⁹.
+    Bf16,
+    /// Signed bytes with one f32 scale per output row (max |w| / 127): 1 byte a weight.
+    Int8,
+}
+
+impl WeightDtype {
+    pub const NAMES: &'static str = "f32, bf16 or int8";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightDtype::F32 => "f32",
+            WeightDtype::Bf16 => "bf16",
+            WeightDtype::Int8 => "int8",
+        }
+    }
+}
+
+impl fmt::Display for WeightDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for WeightDtype {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" | "float32" => Ok(WeightDtype::F32),
+            "bf16" | "bfloat16" => Ok(WeightDtype::Bf16),
+            "int8" | "i8" => Ok(WeightDtype::Int8),
+            other => Err(Error::config("dtype", other, WeightDtype::NAMES)),
+        }
+    }
+}
+
+/// A (rows, cols) weight matrix, row-major, in bf16 or int8.
+#[derive(Clone)]
+pub struct PackedMatrix {
+    rows: usize,
+    cols: usize,
+    values: Values,
+}
+
+#[derive(Clone)]
+enum Values {
+    /// The upper halves of the f32 bit patterns, rounded to nearest even.
+    Bf16(Vec<u16>),
+    /// w ≈ scale[row] · q.
+    Int8 { q: Vec<i8>, scales: Vec<f32> },
+}
+
+impl fmt::Debug for PackedMatrix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PackedMatrix({}, {}, {})", self.rows, self.cols, self.dtype())
+    }
+}
+
+/// f32 → bf16, rounded to nearest even (what torch's `.to(torch.bfloat16)` does).
+#[inline(always)]
+pub fn bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1));
+    (rounded >> 16) as u16
+}
+
+#[inline(always)]
+fn bf16_value(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
+impl PackedMatrix {
+    /// Packs the (rows, cols) row-major `values`. `name` (the parameter's name) is for the error a non-finite
+    /// weight gives.
+    pub fn pack(values: &[f32], (rows, cols): (usize, usize), dtype: WeightDtype, name: &str) -> Result<Self> {
+        if values.len() != rows * cols {
+            let found = format!("{name}: {} values", values.len());
+            return Err(Error::config("packed weight", found, format!("({rows}, {cols}) values")));
+        }
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            let found = format!("{name}: {} at row {}, column {}", values[i], i / cols, i % cols);
+            return Err(Error::config("packed weight", found, "finite weights"));
+        }
+        let values = match dtype {
+            WeightDtype::Bf16 => Values::Bf16(values.par_iter().map(|&v| bf16_bits(v)).collect()),
+            WeightDtype::Int8 => {
+                let (q, scales): (Vec<Vec<i8>>, Vec<f32>) = values.par_chunks(cols.max(1)).map(quantize_row).unzip();
+                Values::Int8 { q: q.concat(), scales }
+            }
+            WeightDtype::F32 => return Err(Error::config("dtype", "f32", "bf16 or int8 for a packed matrix")),
+        };
+        Ok(Self { rows, cols, values })
+    }
+
+    /// Packs a (rows, cols) f32 tensor.
+    pub fn pack_tensor(weight: &Tensor, dtype: WeightDtype, name: &str) -> Result<Self> {
+        let (rows, cols) = weight.dims2()?;
+        let values = weight.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Self::pack(&values, (rows, cols), dtype, name)
+    }
+
+    pub fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    pub fn dtype(&self) -> WeightDtype {
+        match self.values {
+            Values::Bf16(_) => WeightDtype::Bf16,
+            Values::Int8 { .. } => WeightDtype::Int8,
+        }
+    }
+
+    /// Bytes the packed weights take (int8's scales included).
+    pub fn bytes(&self) -> usize {
+        match &self.values {
+            Values::Bf16(v) => 2 * v.len(),
+            Values::Int8 { q, scales } => q.len() + 4 * scales.len(),
+        }
+    }
+
+    /// Rows first..first + out.len() / cols as f32, into `out`.
+    fn dequantize_rows_into(&self, first: usize, out: &mut [f32]) {
+        let cols = self.cols;
+        let start = first * cols;
+        match &self.values {
+            Values::Bf16(v) => {
+                let v = &v[start..start + out.len()];
+                super::vectorized(
+                    #[inline(always)]
+                    || {
+                        for j in 0..out.len() {
+                            out[j] = bf16_value(v[j]);
+                        }
+                    },
+                )
+            }
+            Values::Int8 { q, scales } => {
+                for (r, row) in out.chunks_mut(cols.max(1)).enumerate() {
+                    let (q, s) = (&q[start + r * cols..][..row.len()], scales[first + r]);
+                    super::vectorized(
+                        #[inline(always)]
+                        || {
+                            for j in 0..row.len() {
+                                row[j] = f32::from(q[j]) * s;
+                            }
+                        },
+                    )
+                }
+            }
+        }
+    }
+
+    /// The f32 matrix these weights stand for, (rows · cols) row-major: the composed twin's weights.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        let block = 64 * self.cols.max(1);
+        out.par_chunks_mut(block).enumerate().for_each(|(b, chunk)| self.dequantize_rows_into(b * 64, chunk));
+        out
+    }
+
+    /// The dequantised rows `ids` (each < rows), concatenated: an embedding lookup from a packed table.
+    pub fn rows_of(&self, ids: &[usize]) -> Vec<f32> {
+        let mut out = vec![0f32; ids.len() * self.cols];
+        for (&id, row) in ids.iter().zip(out.chunks_mut(self.cols.max(1))) {
+            self.dequantize_rows_into(id, row);
+        }
+        out
+    }
+
+    /// y (N, M) = x (N, K) · wᵀ (+ bias in every row) for this w (M, K).
+    pub fn product(&self, x: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
+        let (m, k) = (self.rows, self.cols);
+        debug_assert_eq!(x.len(), n * k);
+        if (1..=FEW_ROWS).contains(&n) {
+            return self.few_rows(x, n, bias);
+        }
+        // Blocks of weight rows converted to f32, each at most BLOCK elements (16 MiB), so that a large matrix
+        // (a 50257-row LM head) never needs its whole f32 copy at once.
+        const BLOCK: usize = 1 << 22;
+        let block_rows = (BLOCK / k.max(1)).clamp(1, m.max(1));
+        if block_rows >= m {
+            return affine_forward(x, &self.dequantize(), bias, (n, k, m));
+        }
+        let mut y = vec![0f32; n * m];
+        let mut buffer = vec![0f32; block_rows * k];
+        for first in (0..m).step_by(block_rows) {
+            let rows = block_rows.min(m - first);
+            let w = &mut buffer[..rows * k];
+            w.par_chunks_mut(64 * k.max(1))
+                .enumerate()
+                .for_each(|(b, chunk)| self.dequantize_rows_into(first + 64 * b, chunk));
+            let part = affine_forward(x, w, bias.map(|b| &b[first..first + rows]), (n, k, rows));
+            for (dst, src) in y.chunks_mut(m).zip(part.chunks(rows)) {
+                dst[first..first + rows].copy_from_slice(src);
+            }
+        }
+        y
+    }
+
+    /// A few rows of x: each task takes [`FEW_ROWS_CHUNK`] rows of w. One row of x reads w once with the
+    /// conversion in the dot product's inner loop; several convert the task's rows of w once into a small f32
+    /// buffer (it stays in cache) and dot that with every row of x.
+    fn few_rows(&self, x: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
+        let (m, k) = (self.rows, self.cols);
+        let mut yt = vec![0f32; m * n]; // (M, N)
+        let task = |(c, out): (usize, &mut [f32])| {
+            let first = c * FEW_ROWS_CHUNK;
+            let rows = out.len() / n;
+            if n == 1 {
+                return match &self.values {
+                    Values::Bf16(v) => dots_bf16(&v[first * k..(first + rows) * k], x, out),
+                    Values::Int8 { q, scales } => {
+                        dots_int8(&q[first * k..(first + rows) * k], x, out);
+                        for (y, s) in out.iter_mut().zip(&scales[first..first + rows]) {
+                            *y *= s;
+                        }
+                    }
+                };
+            }
+            let mut w = vec![0f32; rows * k];
+            self.dequantize_rows_into(first, &mut w);
+            super::vectorized(
+                #[inline(always)]
+                || {
+                    for (p, y) in out.chunks_mut(2 * n).enumerate() {
+                        let pair = y.len() / n;
+                        let w0 = &w[2 * p * k..(2 * p + 1) * k];
+                        let w1 = &w[(2 * p + pair - 1) * k..(2 * p + pair) * k];
+                        dots(w0, w1, x, y, pair);
+                    }
+                },
+            )
+        };
+        if m * k >= PARALLEL_MIN_ELEMENTS {
+            yt.par_chunks_mut(FEW_ROWS_CHUNK * n).enumerate().for_each(task);
+        } else {
+            yt.chunks_mut(FEW_ROWS_CHUNK * n).enumerate().for_each(task);
+        }
+        let mut y = Vec::with_capacity(n * m);
+        for j in 0..n {
+            match bias {
+                Some(b) => y.extend((0..m).map(|i| yt[i * n + j] + b[i])),
+                None => y.extend((0..m).map(|i| yt[i * n + j])),
+            }
+        }
+        y
+    }
+}
+
+/// One row's int8 values and scale: max |w| / 127, so that the largest weight is ±127 exactly (an all-zero row
+/// gets scale 0 and zeros).
+fn quantize_row(row: &[f32]) -> (Vec<i8>, f32) {
+    let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if max == 0.0 {
+        return (vec![0; row.len()], 0.0);
+    }
+    let scale = max / 127.0;
+    let q = row.iter().map(|&v| (v / scale).round().clamp(-127.0, 127.0) as i8).collect();
+    (q, scale)
+}
+
+/// A stored weight widened to f32 where it is used.
+trait Narrow: Copy {
+    fn widen(self) -> f32;
+}
+
+impl Narrow for u16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        bf16_value(self)
+    }
+}
+
+impl Narrow for i8 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        f32::from(self)
+    }
+}
+
+/// y[i] = w_i · x for the narrow rows w_i of `w` and one f32 row x, four rows of w against each load of x (as
+/// the f32 kernel), each weight widened to f32 where it is used. `L` weights of a row per iteration: one cache
+/// line of each row (32 bf16, 64 int8), so that as many bytes are in flight per iteration as in the f32 loop —
+/// with 16 weights per iteration the int8 product of an LM head drew half the f32 loop's bandwidth.
+#[inline(always)]
+fn dots_narrow<W: Narrow, const L: usize>(w: &[W], x: &[f32], y: &mut [f32]) {
+    let k = x.len();
+    let body = k - k % L;
+    for (g, out) in y.chunks_mut(4).enumerate() {
+        let rows = out.len();
+        let row = |r: usize| &w[(4 * g + r.min(rows - 1)) * k..][..k];
+        let (w0, w1, w2, w3) = (row(0), row(1), row(2), row(3));
+        let mut a = [[0f32; L]; 4];
+        let lanes = x[..body]
+            .chunks_exact(L)
+            .zip(w0.chunks_exact(L))
+            .zip(w1.chunks_exact(L))
+            .zip(w2.chunks_exact(L))
+            .zip(w3.chunks_exact(L));
+        // The rows AHEAD on, a line of each per iteration: a row is only 12–48 lines long, too short for the
+        // hardware prefetcher to ramp up before it ends.
+        let ahead = w.as_ptr().wrapping_add((4 * g + AHEAD) * k);
+        for (i, ((((c, u0), u1), u2), u3)) in lanes.enumerate() {
+            for r in 0..4 {
+                prefetch(ahead.wrapping_add(i * L + r * k));
+            }
+            for l in 0..L {
+                a[0][l] = u0[l].widen().mul_add(c[l], a[0][l]);
+                a[1][l] = u1[l].widen().mul_add(c[l], a[1][l]);
+                a[2][l] = u2[l].widen().mul_add(c[l], a[2][l]);
+                a[3][l] = u3[l].widen().mul_add(c[l], a[3][l]);
+            }
+        }
+        for (r, y) in out.iter_mut().enumerate() {
+            let wr = row(r);
+            let mut lanes = [0f32; LANES];
+            for part in a[r].chunks_exact(LANES) {
+                for l in 0..LANES {
+                    lanes[l] += part[l];
+                }
+            }
+            *y = lane_sum(lanes) + (body..k).map(|t| wr[t].widen() * x[t]).sum::<f32>();
+        }
+    }
+}
+
+/// Rows ahead a prefetch asks for (LM head 768 × 50257 int8, 2 threads: none 6.7 ms, 8 rows 2.8–2.9, 64 rows 2.4–2.9).
+const AHEAD: usize = 64;
+
+/// Asks for the cache line at `address` (one past the matrix is harmless: a prefetch never faults).
+#[inline(always)]
+fn prefetch<T>(address: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching reads nothing and cannot fault, whatever the address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(address.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = address;
+}
+
+fn dots_bf16(w: &[u16], x: &[f32], y: &mut [f32]) {
+    super::vectorized(
+        #[inline(always)]
+        || dots_narrow::<u16, 32>(w, x, y),
+    )
+}
+
+/// The caller multiplies by each row's scale.
+fn dots_int8(q: &[i8], x: &[f32], y: &mut [f32]) {
+    super::vectorized(
+        #[inline(always)]
+        || dots_narrow::<i8, 64>(q, x, y),
+    )
+}
+
+/// A Linear layer for inference with packed weights: y = x · wᵀ + b over any leading dimensions. No gradient
+/// flows through it (a packed model is not trained).
+#[derive(Debug, Clone)]
+pub struct PackedLinear {
+    weight: PackedMatrix,
+    bias: Option<Vec<f32>>,
+}
+
+const NAME: &str = "qkv-packed-linear";
+
+impl PackedLinear {
+    pub fn new(weight: PackedMatrix, bias: Option<Vec<f32>>) -> Result<Self> {
+        if let Some(b) = &bias {
+            if b.len() != weight.rows {
+                return Err(Error::shape("packed linear bias", format!("({})", weight.rows), &[b.len()]));
+            }
+        }
+        Ok(Self { weight, bias })
+    }
+
+    pub fn weight(&self) -> &PackedMatrix {
+        &self.weight
+    }
+
+    /// Bytes the weight and bias take.
+    pub fn bytes(&self) -> usize {
+        self.weight.bytes() + 4 * self.bias.as_ref().map_or(0, Vec::len)
+    }
+
+    /// (…, in) → (…, out), for f32 inputs on the CPU.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let in_dim = self.weight.cols;
+        if x.dims().last() != Some(&in_dim) {
+            return Err(Error::shape("linear input", format!("(…, {in_dim})"), x.dims()));
+        }
+        if !super::fused(x) {
+            let found = format!("{:?} on {:?}", x.dtype(), x.device().location());
+            return Err(Error::config("dtype", found, format!("f32 inputs on the CPU for {}", self.weight.dtype())));
+        }
+        Ok(x.contiguous()?.apply_op1_no_bwd(self)?)
+    }
+}
+
+impl CustomOp1 for PackedLinear {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = as_f32(storage, layout, NAME)?;
+        let (m, k) = self.weight.dims();
+        let n = x.len() / k.max(1);
+        let mut dims = layout.dims().to_vec();
+        *dims.last_mut().ok_or_else(|| candle_core::Error::Msg(format!("{NAME}: scalar input")))? = m;
+        let y = self.weight.product(x, n, self.bias.as_deref());
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::twin::{randn, relative_error};
+    use candle_core::Device;
+
+    fn values(t: &candle_core::Var) -> Vec<f32> {
+        t.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// Every path (one row, a few, many; a matrix in one block and in several) computes the f32 product with the
+    /// dequantised weights.
+    #[test]
+    fn packed_products_match_the_dequantised_twin() {
+        let cases = [(1, 40, 700), (1, 37, 130), (1, 64, 67), (3, 24, 96), (16, 32, 600), (17, 40, 70), (40, 24, 9)];
+        for (case, &(n, k, m)) in cases.iter().enumerate() {
+            for dtype in [WeightDtype::Bf16, WeightDtype::Int8] {
+                let seed = 10 * case as u64;
+                let x = randn(&[n, k], seed, 1.0);
+                let w = randn(&[m, k], seed + 1, 0.3);
+                let b = values(&randn(&[m], seed + 2, 0.5));
+                let packed = PackedMatrix::pack(&values(&w), (m, k), dtype, "w").unwrap();
+                let layer = PackedLinear::new(packed.clone(), Some(b.clone())).unwrap();
+                let y = layer.forward(x.as_tensor()).unwrap();
+                let twin_w = Tensor::from_vec(packed.dequantize(), (m, k), &Device::Cpu).unwrap();
+                let twin_b = Tensor::from_vec(b, m, &Device::Cpu).unwrap();
+                let twin = crate::kernels::linear::linear_composed(x.as_tensor(), &twin_w, Some(&twin_b)).unwrap();
+                let err = relative_error(&y, &twin);
+                assert!(err <= 1e-5, "{dtype} ({n}, {k}) · ({m}, {k})ᵀ: {err:e}");
+            }
+        }
+    }
+
+    /// A matrix larger than one conversion block (2²² elements) is converted in several, with the bias split
+    /// with it.
+    #[test]
+    fn many_rows_over_several_blocks_match_the_twin() {
+        let (n, k, m) = (20, 1024, 4500);
+        let x = randn(&[n, k], 1, 1.0);
+        let w = randn(&[m, k], 2, 0.1);
+        let b = values(&randn(&[m], 3, 0.5));
+        let packed = PackedMatrix::pack(&values(&w), (m, k), WeightDtype::Int8, "w").unwrap();
+        let y = packed.product(&values(&x), n, Some(&b));
+        let twin = affine_forward(&values(&x), &packed.dequantize(), Some(&b), (n, k, m));
+        let scale = twin.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let err = y.iter().zip(&twin).fold(0f32, |a, (p, q)| a.max((p - q).abs())) / scale;
+        assert!(err <= 1e-5, "{err:e}");
+    }
+
+    /// bf16 rounds to nearest even (torch's rule) and int8 keeps each weight within half a step of its row's
+    /// scale, the largest at ±127 exactly.
+    #[test]
+    fn rounding_rules() {
+        assert_eq!(bf16_bits(1.0), 0x3F80);
+        assert_eq!(bf16_bits(f32::from_bits(0x3F80_8000)), 0x3F80); // a tie rounds to the even mantissa
+        assert_eq!(bf16_bits(f32::from_bits(0x3F81_8000)), 0x3F82);
+        assert_eq!(bf16_bits(f32::from_bits(0x3F80_8001)), 0x3F81);
+        let row = [0.5f32, -1.27, 0.003, 0.0];
+        let (q, s) = quantize_row(&row);
+        assert_eq!(q[1], -127);
+        assert!((s - 0.01).abs() < 1e-7);
+        for (v, q) in row.iter().zip(&q) {
+            assert!((v - f32::from(*q) * s).abs() <= s / 2.0 + 1e-7);
+        }
+        assert_eq!(quantize_row(&[0.0, 0.0]), (vec![0, 0], 0.0));
+    }
+
+    #[test]
+    fn bad_weights_and_inputs_are_errors() {
+        let err = PackedMatrix::pack(&[1.0, f32::NAN], (1, 2), WeightDtype::Int8, "h.0.mlp.c_fc.weight");
+        let message = err.unwrap_err().to_string();
+        assert!(message.contains("h.0.mlp.c_fc.weight") && message.contains("column 1"), "{message}");
+        let packed = PackedMatrix::pack(&[1.0, 2.0], (1, 2), WeightDtype::Bf16, "w").unwrap();
+        let layer = PackedLinear::new(packed, None).unwrap();
+        let x = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(layer.forward(&x).unwrap_err().to_string().contains("(…, 2)"));
+        assert_eq!("int8".parse::<WeightDtype>().unwrap(), WeightDtype::Int8);
+        assert!("fp8".parse::<WeightDtype>().unwrap_err().to_string().contains("bf16"));
+    }
+}
