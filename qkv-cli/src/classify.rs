@@ -12,10 +12,8 @@ use qkv::models::bert::BertArchitecture;
 pub struct Args {
     #[arg(long)]
     model: PathBuf,
-    /// Weights of the matrix products at inference: f32, bf16 (half the bytes) or int8 (a quarter; one scale
-    /// per output channel). Converted at load
-    #[arg(long, default_value = "f32")]
-    dtype: qkv::WeightDtype,
+    #[command(flatten)]
+    precision: crate::device::Precision,
     /// Texts, one per line; `text<TAB>text_b` for pairs (default: stdin)
     #[arg(long)]
     input: Option<PathBuf>,
@@ -33,9 +31,13 @@ pub fn run(args: Args) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let pipeline =
-        Pipeline::load_as(&model, BertArchitecture::SequenceClassification, &crate::device::device(), args.dtype)
-            .with_context(|| format!("loading {}", model.display()))?;
+    let pipeline = Pipeline::load_as(
+        &model,
+        BertArchitecture::SequenceClassification,
+        &crate::device::device(),
+        args.precision.dtype,
+    )
+    .with_context(|| format!("loading {}", model.display()))?;
     for chunk in lines.chunks(args.batch_size) {
         let inputs: Vec<(&str, Option<&str>)> = chunk
             .iter()

@@ -26,3 +26,12 @@ pub fn placement() -> Placement {
 pub fn device() -> Device {
     placement().device().unwrap_or(Device::Cpu)
 }
+
+/// `--dtype`, shared by the inference commands.
+#[derive(clap::Args)]
+pub struct Precision {
+    /// Weights of the matrix products at inference: f32, bf16 (half the bytes) or int8 (a quarter; one scale
+    /// per output channel). Converted at load
+    #[arg(long, default_value = "f32")]
+    pub dtype: qkv::WeightDtype,
+}

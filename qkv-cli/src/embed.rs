@@ -16,10 +16,8 @@ pub struct Args {
     /// sentence-transformers model)
     #[arg(long)]
     model: PathBuf,
-    /// Weights of the matrix products at inference: f32, bf16 (half the bytes) or int8 (a quarter; one scale
-    /// per output channel). Converted at load
-    #[arg(long, default_value = "f32")]
-    dtype: qkv::WeightDtype,
+    #[command(flatten)]
+    precision: crate::device::Precision,
     /// Sentences, one per line (default: stdin); or a .jsonl/.json (one object per line) or .parquet table,
     /// whose --text-column is embedded
     #[arg(long)]
@@ -39,7 +37,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let model = crate::model_dir::resolve(&args.model)?;
     let sentences = sentences(&args)?;
-    let encoder = load(&model, args.dtype)?;
+    let encoder = load(&model, args.precision.dtype)?;
     let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let started = Instant::now();
     let embeddings = encoder.embed(&refs, args.batch_size)?;

@@ -12,10 +12,8 @@ pub struct Args {
     /// Model directory with a masked-LM head (BertForMaskedLM or BertForPreTraining checkpoints)
     #[arg(long)]
     model: PathBuf,
-    /// Weights of the matrix products at inference: f32, bf16 (half the bytes) or int8 (a quarter; one scale
-    /// per output channel). Converted at load
-    #[arg(long, default_value = "f32")]
-    dtype: qkv::WeightDtype,
+    #[command(flatten)]
+    precision: crate::device::Precision,
     /// Candidates per mask (past the vocabulary size: every token)
     #[arg(long, default_value_t = 5)]
     top_k: usize,
@@ -28,8 +26,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let model = crate::model_dir::resolve(&args.model)?;
-    let pipeline = Pipeline::load_as(&model, BertArchitecture::MaskedLm, &crate::device::device(), args.dtype)
-        .with_context(|| format!("loading {}", model.display()))?;
+    let pipeline =
+        Pipeline::load_as(&model, BertArchitecture::MaskedLm, &crate::device::device(), args.precision.dtype)
+            .with_context(|| format!("loading {}", model.display()))?;
     let masks = pipeline.fill_mask(&args.text, args.top_k)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&masks)?);

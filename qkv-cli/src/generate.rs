@@ -14,10 +14,8 @@ pub struct Args {
     /// GPT-2 directory (config.json, model.safetensors; tokenizer.json for --prompt)
     #[arg(long)]
     model: PathBuf,
-    /// Weights of the matrix products at inference: f32, bf16 (half the bytes) or int8 (a quarter; one scale
-    /// per output channel). Converted at load
-    #[arg(long, default_value = "f32")]
-    dtype: qkv::WeightDtype,
+    #[command(flatten)]
+    precision: crate::device::Precision,
     /// Prompt text (needs the directory's tokenizer)
     #[arg(long, required_unless_present_any = ["prompt_ids", "input"], conflicts_with_all = ["prompt_ids", "input"])]
     prompt: Option<String>,
@@ -66,7 +64,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let model = crate::model_dir::resolve(&args.model)?;
-    let generator = Generator::load_as(&model, &crate::device::device(), args.dtype)
+    let generator = Generator::load_as(&model, &crate::device::device(), args.precision.dtype)
         .with_context(|| format!("loading {}", model.display()))?;
     if let Some(input) = &args.input {
         return batched(&args, input, &generator);

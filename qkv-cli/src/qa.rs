@@ -12,10 +12,8 @@ use qkv::models::bert::BertArchitecture;
 pub struct Args {
     #[arg(long)]
     model: PathBuf,
-    /// Weights of the matrix products at inference: f32, bf16 (half the bytes) or int8 (a quarter; one scale
-    /// per output channel). Converted at load
-    #[arg(long, default_value = "f32")]
-    dtype: qkv::WeightDtype,
+    #[command(flatten)]
+    precision: crate::device::Precision,
     #[arg(long)]
     question: String,
     /// The context text (or --context-file)
@@ -47,8 +45,9 @@ pub fn run(args: Args) -> Result<()> {
         (None, Some(path)) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
         (None, None) => anyhow::bail!("give the context with --context or --context-file"),
     };
-    let pipeline = Pipeline::load_as(&model, BertArchitecture::QuestionAnswering, &crate::device::device(), args.dtype)
-        .with_context(|| format!("loading {}", model.display()))?;
+    let pipeline =
+        Pipeline::load_as(&model, BertArchitecture::QuestionAnswering, &crate::device::device(), args.precision.dtype)
+            .with_context(|| format!("loading {}", model.display()))?;
     let options = QaOptions {
         top_k: args.top_k,
         max_seq_len: args.max_seq_len,

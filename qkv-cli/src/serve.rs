@@ -14,10 +14,8 @@ pub struct Args {
     /// (embeddings, GPT-2, translation) is read from its files
     #[arg(long, required = true)]
     model: Vec<String>,
-    /// Weights of the matrix products at inference: f32, bf16 (half the bytes) or int8 (a quarter; one scale
-    /// per output channel). Converted at load
-    #[arg(long, default_value = "f32")]
-    dtype: qkv::WeightDtype,
+    #[command(flatten)]
+    precision: crate::device::Precision,
     /// Address to listen on (loopback by default; 0.0.0.0 exposes the server to the network)
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
@@ -83,7 +81,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let config = ServeConfig {
         models,
-        dtype: args.dtype,
+        dtype: args.precision.dtype,
         address: SocketAddr::new(args.host, args.port),
         api_key: args.api_key,
         max_body_bytes: args.max_body_bytes,

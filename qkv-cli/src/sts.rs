@@ -14,10 +14,8 @@ pub struct Args {
     /// Model directory, as for `qkv embed`
     #[arg(long)]
     model: PathBuf,
-    /// Weights of the matrix products at inference: f32, bf16 (half the bytes) or int8 (a quarter; one scale
-    /// per output channel). Converted at load
-    #[arg(long, default_value = "f32")]
-    dtype: qkv::WeightDtype,
+    #[command(flatten)]
+    precision: crate::device::Precision,
     /// sentence1,sentence2,score rows (CSV with RFC 4180 quoting, or .tsv); a header row is skipped
     #[arg(long)]
     pairs: PathBuf,
@@ -31,7 +29,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let model = crate::model_dir::resolve(&args.model)?;
     let pairs = read_scored_pairs(&args.pairs)?;
-    let encoder = crate::embed::load(&model, args.dtype)?;
+    let encoder = crate::embed::load(&model, args.precision.dtype)?;
     let started = Instant::now();
     let firsts: Vec<&str> = pairs.iter().map(|p| p.first.as_str()).collect();
     let seconds: Vec<&str> = pairs.iter().map(|p| p.second.as_str()).collect();

@@ -15,10 +15,8 @@ pub struct Args {
     /// Model directory (config.json, model.safetensors, tokenizer.json), or a run directory (uses its best/)
     #[arg(long)]
     model: PathBuf,
-    /// Weights of the matrix products at inference: f32, bf16 (half the bytes) or int8 (a quarter; one scale
-    /// per output channel). Converted at load
-    #[arg(long, default_value = "f32")]
-    dtype: qkv::WeightDtype,
+    #[command(flatten)]
+    precision: crate::device::Precision,
     /// Beam size; 1 is greedy decoding (at most 1024)
     #[arg(long, default_value_t = DecodeOptions::default().beam)]
     beam: usize,
@@ -43,7 +41,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let model = crate::model_dir::resolve(&args.model)?;
-    let model = Translator::load_as(&model, &crate::device::device(), args.dtype)
+    let model = Translator::load_as(&model, &crate::device::device(), args.precision.dtype)
         .with_context(|| format!("loading {}", model.display()))?;
     if !model.report.unused.is_empty() {
         eprintln!(

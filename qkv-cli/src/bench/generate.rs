@@ -28,9 +28,8 @@ pub struct Args {
     positions: Vec<usize>,
     #[arg(long, default_value_t = 3)]
     reps: usize,
-    /// Weights of the matrix products: f32, bf16 or int8
-    #[arg(long, default_value = "f32")]
-    dtype: qkv::WeightDtype,
+    #[command(flatten)]
+    precision: crate::device::Precision,
 }
 
 /// The prompt both sides use: ids 0, 7, 14, … modulo the vocabulary.
@@ -41,7 +40,7 @@ pub fn prompt(len: usize, vocab: usize) -> Vec<u32> {
 pub fn run(args: &Args) -> Result<Vec<Measurement>> {
     let model = crate::model_dir::resolve(&args.model)?;
     let mut model = gpt2::load_frozen(&model, &Device::Cpu)?.0;
-    model.pack_weights(args.dtype)?;
+    model.pack_weights(args.precision.dtype)?;
     let model = &model;
     let prompt = prompt(args.prompt_tokens, model.config().vocab_size);
     let n = args.new_tokens;

@@ -74,15 +74,7 @@ pub(super) fn affine_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, (n, k, 
         return few_rows(x, w, bias, (n, k, m));
     }
     if n > 1 && n * 16 < m {
-        let yt = product(wv, xv.t()); // (M, N)
-        let mut y = Vec::with_capacity(n * m);
-        for j in 0..n {
-            match bias {
-                Some(b) => y.extend((0..m).map(|i| yt[i * n + j] + b[i])),
-                None => y.extend((0..m).map(|i| yt[i * n + j])),
-            }
-        }
-        return y;
+        return transpose_adding(&product(wv, xv.t()), n, m, bias);
     }
     let mut y = product(xv, wv.t());
     if let Some(b) = bias {
@@ -102,30 +94,38 @@ pub(super) const FEW_ROWS_CHUNK: usize = 64;
 /// for 2–16 rows made a GPT-2 decoding step of 2 sequences 3× slower than one (LM head 768 × 50257: 26 ms
 /// against 7.6).
 fn few_rows(x: &[f32], w: &[f32], bias: Option<&[f32]>, (n, k, m): (usize, usize, usize)) -> Vec<f32> {
-    let mut yt = vec![0f32; m * n]; // (M, N): each task writes whole rows
-    let task = |(c, out): (usize, &mut [f32])| {
+    few_rows_by_task((n, k, m), bias, |first, out| {
+        let w = &w[first * k..(first + out.len() / n) * k];
         super::vectorized(
             #[inline(always)]
-            || {
-                let first = c * FEW_ROWS_CHUNK;
-                if n == 1 {
-                    return dots_one_row(&w[first * k..(first + out.len()) * k], x, out);
-                }
-                for (p, y) in out.chunks_mut(2 * n).enumerate() {
-                    let i = first + 2 * p;
-                    let pair = y.len() / n; // 2, or 1 for an odd last row
-                    let w0 = &w[i * k..(i + 1) * k];
-                    let w1 = &w[(i + pair - 1) * k..(i + pair) * k];
-                    dots(w0, w1, x, y, pair);
-                }
+            || match n {
+                1 => dots_one_row(w, x, out),
+                _ => dots_by_pairs(w, x, out, (n, k)),
             },
         )
-    };
+    })
+}
+
+/// The frame of every few-rows product y (N, M) = x · wᵀ + b: `task(first, out)` fills `out`, the rows
+/// first.. of yᵀ (M, N), [`FEW_ROWS_CHUNK`] of them (fewer at the end); tasks run on rayon's pool when w is
+/// large enough to pay for waking it, and yᵀ is transposed with the bias added.
+pub(super) fn few_rows_by_task(
+    (n, k, m): (usize, usize, usize),
+    bias: Option<&[f32]>,
+    task: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut yt = vec![0f32; m * n]; // (M, N): each task writes whole rows
+    let run = |(c, out): (usize, &mut [f32])| task(c * FEW_ROWS_CHUNK, out);
     if m * k >= PARALLEL_MIN_ELEMENTS {
-        yt.par_chunks_mut(FEW_ROWS_CHUNK * n).enumerate().for_each(task);
+        yt.par_chunks_mut(FEW_ROWS_CHUNK * n).enumerate().for_each(run);
     } else {
-        yt.chunks_mut(FEW_ROWS_CHUNK * n).enumerate().for_each(task);
+        yt.chunks_mut(FEW_ROWS_CHUNK * n).enumerate().for_each(run);
     }
+    transpose_adding(&yt, n, m, bias)
+}
+
+/// y (N, M) from yᵀ (M, N), plus `bias` in every row.
+fn transpose_adding(yt: &[f32], n: usize, m: usize, bias: Option<&[f32]>) -> Vec<f32> {
     let mut y = Vec::with_capacity(n * m);
     for j in 0..n {
         match bias {
@@ -136,6 +136,18 @@ fn few_rows(x: &[f32], w: &[f32], bias: Option<&[f32]>, (n, k, m): (usize, usize
     y
 }
 
+/// `out`, rows of yᵀ (each N wide) = each row of `w` (K wide) dotted with the N rows of x, a pair of rows of w
+/// at a time. Call it inside [`super::vectorized`].
+#[inline(always)]
+pub(super) fn dots_by_pairs(w: &[f32], x: &[f32], out: &mut [f32], (n, k): (usize, usize)) {
+    for (p, y) in out.chunks_mut(2 * n).enumerate() {
+        let pair = y.len() / n; // 2, or 1 for an odd last row
+        let w0 = &w[2 * p * k..(2 * p + 1) * k];
+        let w1 = &w[(2 * p + pair - 1) * k..(2 * p + pair) * k];
+        dots(w0, w1, x, y, pair);
+    }
+}
+
 /// Lanes of the dot products' accumulators: independent sums the compiler keeps in vector registers.
 pub(super) const LANES: usize = 16;
 
@@ -143,7 +155,7 @@ pub(super) const LANES: usize = 16;
 /// four rows of x at a time: eight independent sums, so that multiply-adds do not wait on each other and each
 /// load feeds several of them.
 #[inline(always)]
-pub(super) fn dots(w0: &[f32], w1: &[f32], x: &[f32], y: &mut [f32], pair: usize) {
+fn dots(w0: &[f32], w1: &[f32], x: &[f32], y: &mut [f32], pair: usize) {
     let k = w0.len();
     let n = y.len() / pair;
     let body = k - k % LANES;

@@ -17,8 +17,8 @@ use std::str::FromStr;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::linear::{affine_forward, dots, lane_sum, FEW_ROWS, FEW_ROWS_CHUNK, LANES};
-use super::{as_f32, PARALLEL_MIN_ELEMENTS};
+use super::as_f32;
+use super::linear::{affine_forward, dots_by_pairs, few_rows_by_task, lane_sum, FEW_ROWS, LANES};
 use crate::{Error, Result};
 
 /// How a model's weight matrices are stored for inference (`--dtype`).
@@ -141,14 +141,6 @@ impl PackedMatrix {
         }
     }
 
-    /// Bytes the packed weights take (int8's scales included).
-    pub fn bytes(&self) -> usize {
-        match &self.values {
-            Values::Bf16(v) => 2 * v.len(),
-            Values::Int8 { q, scales } => q.len() + 4 * scales.len(),
-        }
-    }
-
     /// Rows first..first + out.len() / cols as f32, into `out`.
     fn dequantize_rows_into(&self, first: usize, out: &mut [f32]) {
         let cols = self.cols;
@@ -184,9 +176,16 @@ impl PackedMatrix {
     /// The f32 matrix these weights stand for, (rows · cols) row-major: the composed twin's weights.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
-        let block = 64 * self.cols.max(1);
-        out.par_chunks_mut(block).enumerate().for_each(|(b, chunk)| self.dequantize_rows_into(b * 64, chunk));
+        self.dequantize_rows_parallel(0, &mut out);
         out
+    }
+
+    /// As [`dequantize_rows_into`](Self::dequantize_rows_into), 64 rows per task on rayon's pool.
+    fn dequantize_rows_parallel(&self, first: usize, out: &mut [f32]) {
+        const ROWS: usize = 64;
+        out.par_chunks_mut(ROWS * self.cols.max(1))
+            .enumerate()
+            .for_each(|(b, chunk)| self.dequantize_rows_into(first + ROWS * b, chunk));
     }
 
     /// The dequantised rows `ids` (each < rows), concatenated: an embedding lookup from a packed table.
@@ -217,9 +216,7 @@ impl PackedMatrix {
         for first in (0..m).step_by(block_rows) {
             let rows = block_rows.min(m - first);
             let w = &mut buffer[..rows * k];
-            w.par_chunks_mut(64 * k.max(1))
-                .enumerate()
-                .for_each(|(b, chunk)| self.dequantize_rows_into(first + 64 * b, chunk));
+            self.dequantize_rows_parallel(first, w);
             let part = affine_forward(x, w, bias.map(|b| &b[first..first + rows]), (n, k, rows));
             for (dst, src) in y.chunks_mut(m).zip(part.chunks(rows)) {
                 dst[first..first + rows].copy_from_slice(src);
@@ -228,53 +225,32 @@ impl PackedMatrix {
         y
     }
 
-    /// A few rows of x: each task takes [`FEW_ROWS_CHUNK`] rows of w. One row of x reads w once with the
+    /// A few rows of x, in tasks of 64 rows of w. One row of x reads w once with the
     /// conversion in the dot product's inner loop; several convert the task's rows of w once into a small f32
     /// buffer (it stays in cache) and dot that with every row of x.
     fn few_rows(&self, x: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
         let (m, k) = (self.rows, self.cols);
-        let mut yt = vec![0f32; m * n]; // (M, N)
-        let task = |(c, out): (usize, &mut [f32])| {
-            let first = c * FEW_ROWS_CHUNK;
+        few_rows_by_task((n, k, m), bias, |first, out| {
             let rows = out.len() / n;
-            if n == 1 {
-                return match &self.values {
-                    Values::Bf16(v) => dots_bf16(&v[first * k..(first + rows) * k], x, out),
-                    Values::Int8 { q, scales } => {
-                        dots_int8(&q[first * k..(first + rows) * k], x, out);
-                        for (y, s) in out.iter_mut().zip(&scales[first..first + rows]) {
-                            *y *= s;
-                        }
+            let span = first * k..(first + rows) * k;
+            match (&self.values, n) {
+                (Values::Bf16(v), 1) => dots_bf16(&v[span], x, out),
+                (Values::Int8 { q, scales }, 1) => {
+                    dots_int8(&q[span], x, out);
+                    for (y, s) in out.iter_mut().zip(&scales[first..first + rows]) {
+                        *y *= s;
                     }
-                };
+                }
+                _ => {
+                    let mut w = vec![0f32; rows * k];
+                    self.dequantize_rows_into(first, &mut w);
+                    super::vectorized(
+                        #[inline(always)]
+                        || dots_by_pairs(&w, x, out, (n, k)),
+                    )
+                }
             }
-            let mut w = vec![0f32; rows * k];
-            self.dequantize_rows_into(first, &mut w);
-            super::vectorized(
-                #[inline(always)]
-                || {
-                    for (p, y) in out.chunks_mut(2 * n).enumerate() {
-                        let pair = y.len() / n;
-                        let w0 = &w[2 * p * k..(2 * p + 1) * k];
-                        let w1 = &w[(2 * p + pair - 1) * k..(2 * p + pair) * k];
-                        dots(w0, w1, x, y, pair);
-                    }
-                },
-            )
-        };
-        if m * k >= PARALLEL_MIN_ELEMENTS {
-            yt.par_chunks_mut(FEW_ROWS_CHUNK * n).enumerate().for_each(task);
-        } else {
-            yt.chunks_mut(FEW_ROWS_CHUNK * n).enumerate().for_each(task);
-        }
-        let mut y = Vec::with_capacity(n * m);
-        for j in 0..n {
-            match bias {
-                Some(b) => y.extend((0..m).map(|i| yt[i * n + j] + b[i])),
-                None => y.extend((0..m).map(|i| yt[i * n + j])),
-            }
-        }
-        y
+        })
     }
 }
 
@@ -408,11 +384,6 @@ impl PackedLinear {
 
     pub fn weight(&self) -> &PackedMatrix {
         &self.weight
-    }
-
-    /// Bytes the weight and bias take.
-    pub fn bytes(&self) -> usize {
-        self.weight.bytes() + 4 * self.bias.as_ref().map_or(0, Vec::len)
     }
 
     /// (…, in) → (…, out), for f32 inputs on the CPU.

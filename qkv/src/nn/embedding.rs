@@ -65,16 +65,6 @@ impl Embedding {
         Ok(())
     }
 
-    /// The dtype the table is stored in.
-    pub fn dtype(&self) -> WeightDtype {
-        self.packed.as_ref().map_or(WeightDtype::F32, |p| p.weight().dtype())
-    }
-
-    /// Bytes the table takes.
-    pub fn bytes(&self) -> usize {
-        self.packed.as_ref().map_or(4 * self.table.elem_count(), |p| p.bytes())
-    }
-
     /// (V, C)
     fn dims(&self) -> Result<(usize, usize)> {
         match &self.packed {
@@ -124,8 +114,8 @@ impl Embedding {
         }
         let flat = ids.flatten_all()?;
         let (rows, c) = self.dims()?;
+        let wide = flat.to_dtype(DType::I64)?;
         if flat.elem_count() > 0 {
-            let wide = flat.to_dtype(DType::I64)?;
             let (min, max) = (wide.min(0)?.to_scalar::<i64>()?, wide.max(0)?.to_scalar::<i64>()?);
             if min < 0 || max >= rows as i64 {
                 return Err(Error::OutOfRange {
@@ -137,8 +127,7 @@ impl Embedding {
         }
         if let Some(packed) = &self.packed {
             // Ids were checked against the table above.
-            let flat_ids = flat.to_dtype(DType::I64)?.to_vec1::<i64>()?;
-            let flat_ids: Vec<usize> = flat_ids.into_iter().map(|i| i as usize).collect();
+            let flat_ids: Vec<usize> = wide.to_vec1::<i64>()?.into_iter().map(|i| i as usize).collect();
             let vectors = packed.weight().rows_of(&flat_ids);
             let mut dims = ids.dims().to_vec();
             dims.push(c);

@@ -38,11 +38,6 @@ impl Linear {
         self.packed.is_none().then_some(&self.weight)
     }
 
-    /// The dtype the weight is stored in.
-    pub fn dtype(&self) -> WeightDtype {
-        self.packed.as_ref().map_or(WeightDtype::F32, |p| p.weight().dtype())
-    }
-
     /// Stores the weight in `dtype` for inference (f32 leaves it as it is); `name` is the parameter's, for
     /// errors. No gradient flows through a packed layer.
     pub fn pack(&mut self, dtype: WeightDtype, name: &str) -> Result<()> {
@@ -54,14 +49,6 @@ impl Linear {
         self.packed = Some(Arc::new(PackedLinear::new(matrix, bias)?));
         self.weight = Tensor::zeros(0, candle_core::DType::F32, self.weight.device())?;
         Ok(())
-    }
-
-    /// Bytes the weight and bias take.
-    pub fn bytes(&self) -> usize {
-        match &self.packed {
-            Some(p) => p.bytes(),
-            None => 4 * (self.weight.elem_count() + self.bias.as_ref().map_or(0, Tensor::elem_count)),
-        }
     }
 
     pub fn bias(&self) -> Option<&Tensor> {
