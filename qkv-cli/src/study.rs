@@ -32,6 +32,9 @@ enum Question {
     /// What does attention look like? Heatmaps of every head of the tied-qk runs (`qkv attention` draws any
     /// model's)
     Heatmaps(Common),
+    /// How does the model know where a token is? None, sinusoidal, learned, Shaw relative, RoPE and complex
+    /// embeddings on trained and longer lengths; PE(pos + k) as a rotation; PE·PE before and after W_Q, W_K
+    Positions(Common),
     /// Every question above, into one report (about 30 minutes on 2 cores)
     All(Common),
 }
@@ -59,6 +62,7 @@ pub fn run(args: Args) -> Result<()> {
         Question::MaskValue(c) => (vec!["mask-value"], c),
         Question::ParallelDecoding(c) => (vec!["parallel-decoding"], c),
         Question::Heatmaps(c) => (vec!["heatmaps"], c),
+        Question::Positions(c) => (vec!["positions"], c),
         Question::All(c) => (QUESTIONS.iter().map(|q| q.0).collect(), c),
     };
     let start = Instant::now();

@@ -44,7 +44,10 @@ fn every_question_runs_and_writes_its_section() {
         serde_json::from_str(&std::fs::read_to_string(scratch.0.join("results.json")).unwrap()).unwrap();
     let sections = results.as_array().unwrap();
     let names: Vec<&str> = sections.iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["scaling", "heads", "tied-qk", "additive", "mask-value", "parallel-decoding", "heatmaps"]);
+    assert_eq!(
+        names,
+        ["scaling", "heads", "tied-qk", "additive", "mask-value", "parallel-decoding", "heatmaps", "positions"]
+    );
     for section in sections {
         let name = section["name"].as_str().unwrap();
         let answer = section["answer"].as_str().unwrap();

@@ -29,6 +29,7 @@ fn model(
         norm_position,
         max_position_embeddings: 64,
         relative_max_distance: 3,
+        tie_word_embeddings: position_encoding != PositionEncoding::Complex,
         ..TransformerConfig::default()
     };
     let vars = VarMap::new();
@@ -42,11 +43,13 @@ fn sources() -> (Tensor, Tensor) {
     (src, valid)
 }
 
-const KINDS: [(PositionEncoding, NormPosition); 4] = [
+const KINDS: [(PositionEncoding, NormPosition); 6] = [
     (PositionEncoding::Sinusoidal, NormPosition::Post),
     (PositionEncoding::Learned, NormPosition::Pre),
     (PositionEncoding::Relative, NormPosition::Post),
     (PositionEncoding::Relative, NormPosition::Pre),
+    (PositionEncoding::Rotary, NormPosition::Post),
+    (PositionEncoding::Complex, NormPosition::Pre),
 ];
 
 /// Logits for each new token from the cache equal those of recomputing the whole prefix, at every step,

@@ -45,9 +45,21 @@ fn tiny_model(position_encoding: PositionEncoding, dropout: f64) -> TransformerC
         position_encoding,
         max_position_embeddings: 16,
         relative_max_distance: 3,
+        // A complex embedding depends on position: there is no one table to tie the output to.
+        tie_word_embeddings: position_encoding != PositionEncoding::Complex,
         ..TransformerConfig::default()
     }
 }
+
+/// Every kind of position information the model has.
+const ENCODINGS: [PositionEncoding; 6] = [
+    PositionEncoding::Sinusoidal,
+    PositionEncoding::Learned,
+    PositionEncoding::Relative,
+    PositionEncoding::Rotary,
+    PositionEncoding::Complex,
+    PositionEncoding::None,
+];
 
 fn ids(rows: &[&[u32]]) -> Tensor {
     let width = rows[0].len();
@@ -81,7 +93,7 @@ fn changing_a_future_token_leaves_earlier_attention_outputs_bit_identical() {
 
 #[test]
 fn changing_a_future_target_token_leaves_earlier_logits_bit_identical() {
-    for encoding in [PositionEncoding::Sinusoidal, PositionEncoding::Learned, PositionEncoding::Relative] {
+    for encoding in ENCODINGS {
         for norm in [NormPosition::Post, NormPosition::Pre] {
             let config = TransformerConfig { norm_position: norm, ..tiny_model(encoding, 0.0) };
             let (_, vb) = fresh(4);
@@ -295,11 +307,11 @@ fn bad_shapes_and_options_are_errors_that_name_the_problem() {
 
 #[test]
 fn gradients_reach_every_parameter_and_tied_weights_are_one_tensor() {
-    for encoding in [PositionEncoding::Sinusoidal, PositionEncoding::Learned, PositionEncoding::Relative] {
+    for encoding in ENCODINGS {
         for tied in [true, false] {
             let config = TransformerConfig {
                 share_encoder_decoder_embeddings: tied,
-                tie_word_embeddings: tied,
+                tie_word_embeddings: tied && encoding != PositionEncoding::Complex,
                 ..tiny_model(encoding, 0.1)
             };
             let (vars, vb) = fresh(24);
@@ -307,8 +319,10 @@ fn gradients_reach_every_parameter_and_tied_weights_are_one_tensor() {
             let names: Vec<String> = named_vars(&vars).into_iter().map(|(n, _)| n).collect();
             let embeddings: Vec<&String> =
                 names.iter().filter(|n| n.contains("embed_tokens") || n.starts_with("shared")).collect();
-            assert_eq!(embeddings.len(), if tied { 1 } else { 2 }, "{names:?}");
-            assert_eq!(names.iter().any(|n| n.starts_with("lm_head")), !tied);
+            // A complex embedding is three tables: amplitude, frequency and phase.
+            let per_stack = if encoding == PositionEncoding::Complex { 3 } else { 1 };
+            assert_eq!(embeddings.len(), per_stack * if tied { 1 } else { 2 }, "{names:?}");
+            assert_eq!(names.iter().any(|n| n.starts_with("lm_head")), !config.tie_word_embeddings);
 
             let valid = Tensor::new(&[[1u8, 1, 1, 0], [1, 1, 1, 1]], &Device::Cpu).unwrap();
             let logits = model

@@ -7,8 +7,9 @@ mod support;
 
 use candle_core::{DType, Device};
 use qkv::nn::{
-    Activation, AttentionConfig, AttentionMask, Decoder, DecoderLayer, DropoutRates, Embedding, Encoder, EncoderLayer,
-    LayerConfig, LayerNorm, Mode, MultiHeadAttention, NormPosition, SinusoidalPosition, WeightInit,
+    Activation, AttentionConfig, AttentionMask, ComplexEmbedding, Decoder, DecoderLayer, DropoutRates, Embedding,
+    Encoder, EncoderLayer, LayerConfig, LayerNorm, Mode, MultiHeadAttention, NormPosition, SinusoidalPosition,
+    WeightInit,
 };
 use support::{relative_error, Fixture};
 
@@ -21,6 +22,7 @@ fn attention_parity(name: &str) {
     let config = AttentionConfig {
         bias: fx.config_value("bias"),
         relative_max_distance: fx.config.get("relative_max_distance").and_then(|v| v.as_u64()).map(|k| k as usize),
+        rotary: fx.config.get("rotary").and_then(|v| v.as_bool()).unwrap_or(false),
         ..AttentionConfig::new(fx.config_usize("d_model"), fx.config_usize("num_heads"))
     };
     let (mha, vars) = fx.build(|vb| MultiHeadAttention::new(&config, WeightInit::XavierUniform, vb));
@@ -61,6 +63,12 @@ fn multi_head_cross_attention_matches_torch() {
 #[test]
 fn relative_position_attention_matches_float64_reference() {
     attention_parity("relative_attention");
+}
+
+/// Against a float64 statement of Su et al.'s RoPE in complex numbers (queries and keys times e^{i·m·θᵢ}).
+#[test]
+fn rotary_position_attention_matches_float64_reference() {
+    attention_parity("rotary_attention");
 }
 
 fn layer_config(fx: &Fixture) -> LayerConfig {
@@ -235,6 +243,21 @@ fn scaled_token_and_segment_embeddings_match_torch() {
         ))
     });
     let out = (token.forward(&fx.input("ids")).unwrap() + segment.forward(&fx.input("type_ids")).unwrap()).unwrap();
+    let out_err = fx.check_output("output", &out, OUTPUT_TOL);
+    let grads = fx.loss(&[("output", &out)]).backward().unwrap();
+    let grad_err = fx.check_grads(&grads, &vars, &[], GRAD_TOL);
+    fx.report(out_err, grad_err);
+}
+
+/// Against a float64 statement of Wang et al.'s complex word embedding, r·e^{i(ω·pos + θ)} as real and
+/// imaginary halves, × √C, at positions that start past 0.
+#[test]
+fn complex_embedding_matches_float64_reference() {
+    let fx = Fixture::load("complex_embedding");
+    let (vocab, c) = (fx.config_usize("vocab_size"), fx.config_usize("d_model"));
+    let scaled: bool = fx.config_value("scaled");
+    let (embedding, vars) = fx.build(|vb| ComplexEmbedding::new(vb, vocab, c, scaled, WeightInit::XavierUniform));
+    let out = embedding.forward(&fx.input("ids"), fx.config_usize("offset")).unwrap();
     let out_err = fx.check_output("output", &out, OUTPUT_TOL);
     let grads = fx.loss(&[("output", &out)]).backward().unwrap();
     let grad_err = fx.check_grads(&grads, &vars, &[], GRAD_TOL);

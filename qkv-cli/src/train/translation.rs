@@ -55,7 +55,9 @@ pub struct TranslationArgs {
     /// Dropout (residual and embeddings; attention and activation dropout too)
     #[arg(long)]
     dropout: Option<f64>,
-    #[arg(long, value_parser = ["sinusoidal", "learned", "relative"])]
+    /// Position information: the paper's sinusoids, a learned table, Shaw's relative representations,
+    /// rotary queries and keys (RoPE), complex word embeddings (Wang et al.; implies --no-tie-output), or none
+    #[arg(long, value_parser = ["sinusoidal", "learned", "relative", "rotary", "complex", "none"])]
     positions: Option<String>,
     #[arg(long, value_parser = ["post", "pre"])]
     norm: Option<String>,
@@ -301,12 +303,9 @@ fn model_config(args: &TranslationArgs) -> Result<TransformerConfig> {
         (c.dropout, c.attention_dropout, c.activation_dropout) = (p, p, p);
     }
     if let Some(positions) = &args.positions {
-        c.position_encoding = match positions.as_str() {
-            "sinusoidal" => PositionEncoding::Sinusoidal,
-            "learned" => PositionEncoding::Learned,
-            "relative" => PositionEncoding::Relative,
-            other => bail!("--positions {other}: expected sinusoidal, learned or relative"),
-        };
+        c.position_encoding = from_name(positions, "--positions")?;
+        // A position-dependent embedding is no table the output projection could share.
+        c.tie_word_embeddings &= c.position_encoding != PositionEncoding::Complex;
     }
     if let Some(norm) = &args.norm {
         c.norm_position = if norm == "pre" { NormPosition::Pre } else { NormPosition::Post };

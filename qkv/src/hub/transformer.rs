@@ -25,11 +25,26 @@ pub fn check_against_weights(dir: &Path, config: &TransformerConfig) -> Result<(
 
 /// The config fields the tensors repeat (parameter names as [`crate::models::Transformer::new`] gives them).
 fn agreements(config: &TransformerConfig) -> Vec<Agreement> {
-    let tokens = ["shared.weight", "encoder.embed_tokens.weight"];
+    // A complex embedding's tables are (V, C/2): its amplitudes give the vocabulary, the layers the width.
+    let complex = config.position_encoding == PositionEncoding::Complex;
+    let (tokens, target, width) = if complex {
+        (
+            ["shared.amplitude.weight", "encoder.embed_tokens.amplitude.weight"],
+            ["decoder.embed_tokens.amplitude.weight", "lm_head.weight"],
+            Agreement::axis("d_model", config.d_model, &["encoder.layers.0.feed_forward.fc1.weight"], 1),
+        )
+    } else {
+        let tokens = ["shared.weight", "encoder.embed_tokens.weight"];
+        (
+            tokens,
+            ["decoder.embed_tokens.weight", "lm_head.weight"],
+            Agreement::axis("d_model", config.d_model, &tokens, 1),
+        )
+    };
     let mut agreements = vec![
         Agreement::axis("vocab_size", config.vocab_size, &tokens, 0),
-        Agreement::axis("vocab_size", config.vocab_size, &["decoder.embed_tokens.weight", "lm_head.weight"], 0),
-        Agreement::axis("d_model", config.d_model, &tokens, 1),
+        Agreement::axis("vocab_size", config.vocab_size, &target, 0),
+        width,
         Agreement::axis("encoder_ffn_dim", config.encoder_ffn_dim, &["encoder.layers.0.feed_forward.fc1.weight"], 0),
         Agreement::axis("decoder_ffn_dim", config.decoder_ffn_dim, &["decoder.layers.0.feed_forward.fc1.weight"], 0),
         Agreement::layers("encoder_layers", config.encoder_layers, "encoder.layers."),

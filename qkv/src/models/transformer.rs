@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::kernels::reduced::WeightDtype;
 use crate::nn::{
-    decoder::DecoderWeights, Activation, AttentionMask, Decoder, DecoderCache, Dropout, DropoutRates, Embedding,
-    Encoder, LayerConfig, LearnedPosition, Linear, Mode, NormPosition, Projections, Score, SinusoidalPosition,
-    WeightInit,
+    decoder::DecoderWeights, Activation, AttentionMask, ComplexEmbedding, Decoder, DecoderCache, Dropout, DropoutRates,
+    Embedding, Encoder, LayerConfig, LearnedPosition, Linear, Mode, NormPosition, Projections, Score,
+    SinusoidalPosition, WeightInit,
 };
 use crate::{limits, Error, Result};
 
@@ -25,6 +25,15 @@ pub enum PositionEncoding {
     Learned,
     /// Shaw et al. (2018) relative representations inside self-attention; nothing added to embeddings.
     Relative,
+    /// Rotary position embeddings (RoPE, Su et al., 2021): self-attention's queries and keys turned by their
+    /// positions; nothing added to embeddings, no parameters.
+    Rotary,
+    /// Complex-valued word embeddings (Wang et al., 2020): each word an amplitude, frequency and phase per
+    /// dimension, so the embedding itself depends on position. Needs an untied output projection.
+    Complex,
+    /// No position information at all: the encoder sees a bag of tokens (the decoder's causal mask still
+    /// orders it).
+    None,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,6 +164,7 @@ impl TransformerConfig {
                 PositionEncoding::Relative => Some(self.relative_max_distance),
                 _ => None,
             },
+            rotary: self.position_encoding == PositionEncoding::Rotary,
             init: self.init,
         }
     }
@@ -165,7 +175,9 @@ impl TransformerConfig {
         let [v, c, p] = [self.vocab_size, self.d_model, self.max_position_embeddings].map(|x| x as f64);
         let [le, ld, fe, fd] =
             [self.encoder_layers, self.decoder_layers, self.encoder_ffn_dim, self.decoder_ffn_dim].map(|x| x as f64);
-        let tables = if self.share_encoder_decoder_embeddings { 1.0 } else { 2.0 }
+        // A complex embedding has three tables of C/2 columns: 1.5 token tables.
+        let per_table = if self.position_encoding == PositionEncoding::Complex { 1.5 } else { 1.0 };
+        let tables = per_table * if self.share_encoder_decoder_embeddings { 1.0 } else { 2.0 }
             + if self.tie_word_embeddings { 0.0 } else { 1.0 };
         let positions = if self.position_encoding == PositionEncoding::Learned { 2.0 * p * c } else { 0.0 };
         let attention = |heads: usize| {
@@ -202,6 +214,10 @@ impl TransformerConfig {
             ("max_position_embeddings", self.max_position_embeddings, limits::MAX_POSITIONS),
         ])?;
         limits::check_parameters(self.parameter_count())?;
+        if self.position_encoding == PositionEncoding::Complex && self.tie_word_embeddings {
+            let expected = "false with position_encoding = complex (a position-dependent embedding has no one table to tie the output projection to)";
+            return Err(Error::config("tie_word_embeddings", true, expected));
+        }
         for (option, id) in [
             ("pad_token_id", self.pad_token_id),
             ("bos_token_id", self.bos_token_id),
@@ -224,15 +240,23 @@ enum AddedPositions {
         encoder: LearnedPosition,
         decoder: LearnedPosition,
     },
-    /// Relative positions live inside attention.
+    /// Relative and rotary positions live inside attention, complex ones in the embedding; or there are none.
     None,
+}
+
+/// How token ids become vectors.
+#[derive(Debug, Clone)]
+enum Words {
+    /// Lookup tables (§3.4); positions, if any, are added after.
+    Tables { source: Embedding, target: Embedding },
+    /// Complex embeddings, which carry the position themselves.
+    Complex { source: Box<ComplexEmbedding>, target: Box<ComplexEmbedding> },
 }
 
 #[derive(Debug, Clone)]
 pub struct Transformer {
     config: TransformerConfig,
-    source_embedding: Embedding,
-    target_embedding: Embedding,
+    words: Words,
     positions: AddedPositions,
     embedding_dropout: Dropout,
     encoder: Encoder,
@@ -242,7 +266,8 @@ pub struct Transformer {
 }
 
 impl Transformer {
-    /// Parameters: `shared.weight` (or `encoder.embed_tokens.weight` and `decoder.embed_tokens.weight`),
+    /// Parameters: `shared.weight` (or `encoder.embed_tokens.weight` and `decoder.embed_tokens.weight`; for
+    /// complex embeddings `amplitude.weight`, `frequency.weight` and `phase.weight` under those names),
     /// `encoder.embed_positions.weight` / `decoder.embed_positions.weight` for learned positions,
     /// `encoder.*`, `decoder.*` and, untied, `lm_head.weight`.
     pub fn new(config: &TransformerConfig, vb: VarBuilder) -> Result<Self> {
@@ -253,12 +278,21 @@ impl Transformer {
         // and the tied output near zero: on Multi30k that trained several times slower.
         let embedding_init =
             if config.scale_embedding { WeightInit::Normal { std: (c as f64).powf(-0.5) } } else { config.init };
-        let token =
-            |name: &str| Embedding::token(vb.pp(name), config.vocab_size, c, config.scale_embedding, embedding_init);
-        let (source_embedding, target_embedding) = if config.share_encoder_decoder_embeddings {
-            (token("shared")?, token("shared")?) // the second lookup returns the same tensor
+        // With shared embeddings the second lookup of "shared" returns the same tensors.
+        let names = if config.share_encoder_decoder_embeddings {
+            ["shared", "shared"]
         } else {
-            (token("encoder.embed_tokens")?, token("decoder.embed_tokens")?)
+            ["encoder.embed_tokens", "decoder.embed_tokens"]
+        };
+        let (v, scaled) = (config.vocab_size, config.scale_embedding);
+        let words = if config.position_encoding == PositionEncoding::Complex {
+            let complex = |name: &str| -> Result<Box<ComplexEmbedding>> {
+                Ok(Box::new(ComplexEmbedding::new(vb.pp(name), v, c, scaled, embedding_init)?))
+            };
+            Words::Complex { source: complex(names[0])?, target: complex(names[1])? }
+        } else {
+            let token = |name: &str| Embedding::token(vb.pp(name), v, c, scaled, embedding_init);
+            Words::Tables { source: token(names[0])?, target: token(names[1])? }
         };
         let positions = match config.position_encoding {
             PositionEncoding::Sinusoidal => AddedPositions::Sinusoidal(SinusoidalPosition::new(c)?),
@@ -270,7 +304,10 @@ impl Transformer {
                     decoder: table("decoder.embed_positions")?,
                 }
             }
-            PositionEncoding::Relative => AddedPositions::None,
+            PositionEncoding::Relative
+            | PositionEncoding::Rotary
+            | PositionEncoding::Complex
+            | PositionEncoding::None => AddedPositions::None,
         };
         let final_norm = Encoder::default_final_norm(config.norm_position);
         let lm_head = if config.tie_word_embeddings {
@@ -280,8 +317,7 @@ impl Transformer {
         };
         Ok(Self {
             config: config.clone(),
-            source_embedding,
-            target_embedding,
+            words,
             positions,
             embedding_dropout: Dropout::new(config.dropout, "dropout")?,
             encoder: Encoder::new(&config.encoder_layer(), config.encoder_layers, final_norm, vb.pp("encoder"))?,
@@ -314,14 +350,14 @@ impl Transformer {
 
     /// Source ids (B, S) → memory (B, S, C).
     pub fn encode(&self, src: &Tensor, src_mask: &AttentionMask, mode: &mut Mode) -> Result<Tensor> {
-        let x = self.embed(&self.source_embedding, src, Stack::Encoder, 0, mode)?;
+        let x = self.embed(src, Stack::Encoder, 0, mode)?;
         self.encoder.forward(&x, Some(src_mask), mode)
     }
 
     /// Target ids (B, T), shifted right behind BOS, attend causally to themselves and to memory (B, S, C)
     /// → decoder states (B, T, C).
     pub fn decode(&self, tgt: &Tensor, memory: &Tensor, src_mask: &AttentionMask, mode: &mut Mode) -> Result<Tensor> {
-        let x = self.embed(&self.target_embedding, tgt, Stack::Decoder, 0, mode)?;
+        let x = self.embed(tgt, Stack::Decoder, 0, mode)?;
         let causal = Self::target_mask(tgt.dim(1)?, tgt.device())?;
         self.decoder.forward(&x, memory, Some(&causal), Some(src_mask), mode)
     }
@@ -342,15 +378,23 @@ impl Transformer {
             let expected = format!("(B, T, {}) target token vectors", self.config.d_model);
             return Err(Error::shape("target token vectors", expected, token_vectors.dims()));
         }
-        let x = self.target_embedding.scaled(token_vectors)?;
+        let x = self.target_embedding()?.scaled(token_vectors)?;
         let x = self.add_positions(x, Stack::Decoder, 0, mode)?;
         let causal = Self::target_mask(token_vectors.dim(1)?, token_vectors.device())?;
         self.decoder.forward(&x, memory, Some(&causal), Some(src_mask), mode)
     }
 
-    /// The target token embedding (the output projection too, when tied).
-    pub fn target_embedding(&self) -> &Embedding {
-        &self.target_embedding
+    /// The target token embedding (the output projection too, when tied); an error for complex embeddings,
+    /// which are no single table.
+    pub fn target_embedding(&self) -> Result<&Embedding> {
+        match &self.words {
+            Words::Tables { target, .. } => Ok(target),
+            Words::Complex { .. } => Err(Error::config(
+                "position_encoding",
+                "complex",
+                "a lookup table of target embeddings (inputs given as vectors mix rows of one)",
+            )),
+        }
     }
 
     /// An empty cache for [`decode_step`](Self::decode_step).
@@ -369,7 +413,7 @@ impl Transformer {
         cache: &mut DecoderCache,
     ) -> Result<Tensor> {
         let (offset, t) = (cache.len(), tgt.dim(1)?);
-        let x = self.embed(&self.target_embedding, tgt, Stack::Decoder, offset, &mut Mode::Eval)?;
+        let x = self.embed(tgt, Stack::Decoder, offset, &mut Mode::Eval)?;
         // One new query sees every cached key; several must not see each other's future.
         let causal = if t > 1 { Some(AttentionMask::causal(t, offset + t, tgt.device())?) } else { None };
         self.decoder.forward_step(&x, memory, (causal.as_ref(), Some(src_mask)), cache, &mut Mode::Eval)
@@ -385,9 +429,9 @@ impl Transformer {
     pub fn all_attention_maps(&self, src: &Tensor, src_valid: &Tensor, tgt: &Tensor) -> Result<AttentionMaps> {
         let mode = &mut Mode::Eval;
         let src_mask = Self::source_mask(src_valid)?;
-        let x = self.embed(&self.source_embedding, src, Stack::Encoder, 0, mode)?;
+        let x = self.embed(src, Stack::Encoder, 0, mode)?;
         let (memory, encoder) = self.encoder.forward_with_weights(&x, Some(&src_mask), mode)?;
-        let x = self.embed(&self.target_embedding, tgt, Stack::Decoder, 0, mode)?;
+        let x = self.embed(tgt, Stack::Decoder, 0, mode)?;
         let causal = Self::target_mask(tgt.dim(1)?, tgt.device())?;
         let decoder = self.decoder.forward_with_weights(&x, &memory, Some(&causal), Some(&src_mask), mode)?.1;
         Ok(AttentionMaps { encoder, decoder })
@@ -397,7 +441,7 @@ impl Transformer {
     pub fn project(&self, hidden: &Tensor) -> Result<Tensor> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => self.target_embedding.unembed(hidden, None),
+            None => self.target_embedding()?.unembed(hidden, None),
         }
     }
 
@@ -410,18 +454,16 @@ impl Transformer {
 
     /// Token embeddings of `ids` (B, L) at positions offset .. offset + L, plus added positions and embedding
     /// dropout → (B, L, C).
-    fn embed(
-        &self,
-        embedding: &Embedding,
-        ids: &Tensor,
-        stack: Stack,
-        offset: usize,
-        mode: &mut Mode,
-    ) -> Result<Tensor> {
+    fn embed(&self, ids: &Tensor, stack: Stack, offset: usize, mode: &mut Mode) -> Result<Tensor> {
         if ids.rank() != 2 {
             return Err(Error::shape(stack.ids_name(), "(B, L) token ids", ids.dims()));
         }
-        let x = embedding.forward(ids)?; // (B, L, C)
+        let x = match (&self.words, stack) {
+            (Words::Tables { source, .. }, Stack::Encoder) => source.forward(ids)?, // (B, L, C)
+            (Words::Tables { target, .. }, Stack::Decoder) => target.forward(ids)?,
+            (Words::Complex { source, .. }, Stack::Encoder) => source.forward(ids, offset)?,
+            (Words::Complex { target, .. }, Stack::Decoder) => target.forward(ids, offset)?,
+        };
         self.add_positions(x, stack, offset, mode)
     }
 
@@ -478,7 +520,13 @@ mod tests {
     /// dropout seed draws the same masks), for every kind of added position.
     #[test]
     fn decoding_embedded_rows_equals_decoding_their_ids() {
-        for position_encoding in [PositionEncoding::Sinusoidal, PositionEncoding::Learned, PositionEncoding::Relative] {
+        for position_encoding in [
+            PositionEncoding::Sinusoidal,
+            PositionEncoding::Learned,
+            PositionEncoding::Relative,
+            PositionEncoding::Rotary,
+            PositionEncoding::None,
+        ] {
             let config = TransformerConfig {
                 vocab_size: 20,
                 d_model: 16,
@@ -499,7 +547,7 @@ mod tests {
             let tgt = Tensor::new(&[[1u32, 8, 9, 4, 3], [1, 11, 12, 0, 0]], &Device::Cpu).unwrap();
             let src_mask = Transformer::source_mask(&valid).unwrap();
             let memory = model.encode(&src, &src_mask, &mut Mode::Eval).unwrap();
-            let rows = model.target_embedding().rows(&tgt).unwrap();
+            let rows = model.target_embedding().unwrap().rows(&tgt).unwrap();
             for seed in [None, Some(11)] {
                 let mode = || seed.map_or(Mode::Eval, Mode::train);
                 let by_ids = model.decode(&tgt, &memory, &src_mask, &mut mode()).unwrap();
@@ -511,5 +559,30 @@ mod tests {
             let err = model.decode_embedded(&wrong, &memory, &src_mask, &mut Mode::Eval).unwrap_err().to_string();
             assert!(err.contains("target token vectors") && err.contains("(B, T, 16)"), "{err}");
         }
+    }
+
+    /// A complex embedding has no table whose rows inputs could mix: asking for one is an error that says so,
+    /// and so is tying the output projection to it.
+    #[test]
+    fn complex_embeddings_have_no_table_to_tie_or_mix() {
+        let config = TransformerConfig {
+            vocab_size: 20,
+            d_model: 16,
+            encoder_layers: 1,
+            decoder_layers: 1,
+            encoder_attention_heads: 2,
+            decoder_attention_heads: 2,
+            encoder_ffn_dim: 32,
+            decoder_ffn_dim: 32,
+            position_encoding: PositionEncoding::Complex,
+            ..TransformerConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("tie_word_embeddings") && err.contains("complex"), "{err}");
+        let config = TransformerConfig { tie_word_embeddings: false, ..config };
+        let varmap = VarMap::new();
+        let model = Transformer::new(&config, seeded_var_builder(&varmap, 3, DType::F32, &Device::Cpu)).unwrap();
+        let err = model.target_embedding().unwrap_err().to_string();
+        assert!(err.contains("position_encoding") && err.contains("complex"), "{err}");
     }
 }

@@ -14,7 +14,7 @@ use super::{
     mode::Mode,
     norm::LayerNorm,
     params::{scaled, WeightInit},
-    position::{RelativePosition, RelativeTerms},
+    position::{RelativePosition, RelativeTerms, RotaryPosition},
 };
 use crate::kernels::reduced::WeightDtype;
 use crate::kernels::{self, softmax::masked_softmax};
@@ -256,6 +256,9 @@ pub struct AttentionConfig {
     pub head_dim: Option<usize>,
     /// Clipping distance k of Shaw et al.'s relative position representations; `None` for none.
     pub relative_max_distance: Option<usize>,
+    /// Rotary position embeddings (RoPE) of queries and keys, for self-attention.
+    #[serde(default)]
+    pub rotary: bool,
 }
 
 impl AttentionConfig {
@@ -269,6 +272,7 @@ impl AttentionConfig {
             projections: Projections::Separate,
             head_dim: None,
             relative_max_distance: None,
+            rotary: false,
         }
     }
 
@@ -323,6 +327,7 @@ pub struct MultiHeadAttention {
     qk_norm: Option<(LayerNorm, LayerNorm)>,
     attention: ScaledDotProduct,
     relative: Option<RelativePosition>,
+    rotary: Option<RotaryPosition>,
     num_heads: usize,
     head_dim: usize,
     d_model: usize,
@@ -332,7 +337,7 @@ impl MultiHeadAttention {
     /// Parameters `q_proj`, `k_proj`, `v_proj` (each `weight` (H·Dh, C) and optionally `bias` (H·Dh); only
     /// those [`Projections`] keeps), `out_proj` (`weight` (C, H·Dh)), `q_norm`/`k_norm` for [`Score::QkNorm`],
     /// `additive.weight` (H, Dh) for [`Score::Additive`], and `relative.{keys,values}` when relative positions
-    /// are on.
+    /// are on (rotary positions have no parameters).
     pub fn new(config: &AttentionConfig, init: WeightInit, vb: VarBuilder) -> Result<Self> {
         let head_dim = config.head_dim()?;
         let (c, inner) = (config.d_model, config.num_heads * head_dim);
@@ -376,6 +381,7 @@ impl MultiHeadAttention {
             Some(k) => Some(RelativePosition::new(vb.pp("relative"), k, head_dim, init)?),
             None => None,
         };
+        let rotary = if config.rotary { Some(RotaryPosition::new(head_dim)?) } else { None };
         Ok(Self {
             q_proj,
             k_proj,
@@ -385,6 +391,7 @@ impl MultiHeadAttention {
             qk_norm,
             attention,
             relative,
+            rotary,
             num_heads: config.num_heads,
             head_dim,
             d_model: c,
@@ -437,8 +444,16 @@ impl MultiHeadAttention {
         cache: Option<StepCache>,
     ) -> Result<(Tensor, Option<Tensor>)> {
         self.check_inputs(query, memory)?;
-        let q = self.queries(query)?;
-        let project = |x: &Tensor| self.keys_values(x);
+        // The queries, and the keys this call projects, are the positions after those already cached.
+        let offset = match &cache {
+            Some(StepCache::Grow(cache)) => cache.len(),
+            _ => 0,
+        };
+        let q = self.rotated(self.queries(query)?, offset)?;
+        let project = |x: &Tensor| -> Result<(Tensor, Tensor)> {
+            let (k, v) = self.keys_values(x)?;
+            Ok((self.rotated(k, offset)?, v))
+        };
         let Some(cache) = cache else {
             let (k, v) = project(memory)?;
             let relative = match &self.relative {
@@ -482,6 +497,14 @@ impl MultiHeadAttention {
 
     pub fn num_heads(&self) -> usize {
         self.num_heads
+    }
+
+    /// Queries or keys (B, L, H·Dh) at positions offset .. offset + L, rotated when rotary positions are on.
+    fn rotated(&self, x: Tensor, offset: usize) -> Result<Tensor> {
+        match &self.rotary {
+            Some(rope) => rope.rotate(&x, offset),
+            None => Ok(x),
+        }
     }
 
     /// Queries (B, T, H·Dh) of `x` (B, T, C).

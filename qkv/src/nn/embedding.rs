@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{Init, VarBuilder};
 
 use super::params::WeightInit;
 use crate::kernels::reduced::{PackedLinear, PackedMatrix, WeightDtype};
@@ -35,17 +35,33 @@ impl Embedding {
         Self::new(vb, (num_types, d_model), 1.0, init, ("token type id", "token_type_ids"))
     }
 
+    /// An unscaled table of token-id rows, parameter `weight` (V, C), drawn from any candle initialiser (the
+    /// complex embedding's frequencies and phases are uniform over their ranges).
+    pub fn token_table(vb: VarBuilder, vocab_size: usize, width: usize, init: Init) -> Result<Self> {
+        Self::with_init(vb, (vocab_size, width), 1.0, init, ("token id", "input_ids"))
+    }
+
     fn new(
         vb: VarBuilder,
         (rows, d_model): (usize, usize),
         scale: f64,
         init: WeightInit,
+        names: (&'static str, &'static str),
+    ) -> Result<Self> {
+        Self::with_init(vb, (rows, d_model), scale, init.for_matrix(rows, d_model), names)
+    }
+
+    fn with_init(
+        vb: VarBuilder,
+        (rows, d_model): (usize, usize),
+        scale: f64,
+        init: Init,
         (what, tensor): (&'static str, &'static str),
     ) -> Result<Self> {
         if rows == 0 || d_model == 0 {
             return Err(Error::config("embedding size", format!("({rows}, {d_model})"), "a non-empty table"));
         }
-        let table = vb.get_with_hints((rows, d_model), "weight", init.for_matrix(rows, d_model))?;
+        let table = vb.get_with_hints((rows, d_model), "weight", init)?;
         Ok(Self { table, packed: None, scale, what, tensor })
     }
 

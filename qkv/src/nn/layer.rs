@@ -34,6 +34,9 @@ pub struct LayerConfig {
     pub head_dim: Option<usize>,
     /// Shaw et al.'s clipping distance for relative positions in self-attention; `None` for none.
     pub relative_max_distance: Option<usize>,
+    /// Rotary position embeddings of queries and keys in self-attention (RoPE).
+    #[serde(default)]
+    pub rotary: bool,
     pub init: WeightInit,
 }
 
@@ -54,6 +57,7 @@ impl LayerConfig {
             projections: Projections::Separate,
             head_dim: None,
             relative_max_distance: None,
+            rotary: false,
             init: WeightInit::XavierUniform,
         }
     }
@@ -82,13 +86,14 @@ impl LayerConfig {
             projections: self.projections,
             head_dim: self.head_dim,
             relative_max_distance: self.relative_max_distance,
+            rotary: self.rotary,
         }
     }
 
     /// Cross-attention relates target to source positions, which have no common origin, so it never uses
-    /// relative positions.
+    /// relative or rotary positions.
     pub fn cross_attention(&self) -> AttentionConfig {
-        AttentionConfig { relative_max_distance: None, ..self.self_attention() }
+        AttentionConfig { relative_max_distance: None, rotary: false, ..self.self_attention() }
     }
 
     /// A residual connection around one sub-layer, its LayerNorm's parameters under `vb`.

@@ -4,6 +4,7 @@
 //! passes on the CPU, and as compositions of candle's differentiable primitives elsewhere.
 
 pub mod attention;
+pub mod complex_embedding;
 pub mod decoder;
 pub mod dropout;
 pub mod embedding;
@@ -19,6 +20,7 @@ pub mod params;
 pub mod position;
 
 pub use attention::{AttentionConfig, MultiHeadAttention, Projections, ScaledDotProduct, Score};
+pub use complex_embedding::ComplexEmbedding;
 pub use decoder::{Decoder, DecoderLayer};
 pub use dropout::{Dropout, DropoutRates};
 pub use embedding::Embedding;
@@ -31,4 +33,4 @@ pub use mask::AttentionMask;
 pub use mode::Mode;
 pub use norm::{LayerNorm, NormPosition, Residual};
 pub use params::{seeded_var_builder, WeightInit};
-pub use position::{LearnedPosition, RelativePosition, RelativeTerms, SinusoidalPosition};
+pub use position::{LearnedPosition, RelativePosition, RelativeTerms, RotaryPosition, SinusoidalPosition};

@@ -1,5 +1,6 @@
-//! Position information: the paper's fixed sinusoids (§3.5), learned absolute positions (BERT, GPT-2), and
-//! relative position representations inside attention (Shaw, Uszkoreit & Vaswani, 2018).
+//! Position information: the paper's fixed sinusoids (§3.5), learned absolute positions (BERT, GPT-2),
+//! relative position representations inside attention (Shaw, Uszkoreit & Vaswani, 2018) and rotary position
+//! embeddings of queries and keys (RoPE; Su et al., 2021).
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
@@ -158,6 +159,66 @@ impl RelativeTerms {
     }
 }
 
+/// RoPE (Su et al., 2021, eq. (34)): at position m each pair (x₂ᵢ, x₂ᵢ₊₁) of every head's query and key is turned
+/// by the angle m·θᵢ, θᵢ = 10000^(−2i/Dh). A rotation keeps lengths and the dot product of two rotated vectors
+/// depends on their angle difference only, so q_m·k_n sees the relative position m − n — and nothing is added to
+/// the embeddings, no parameter is learned, and any length can be encoded.
+#[derive(Debug, Clone, Copy)]
+pub struct RotaryPosition {
+    head_dim: usize,
+}
+
+impl RotaryPosition {
+    /// The base of the angles, Su et al.'s (as the sinusoids').
+    pub const BASE: f64 = 10000.0;
+
+    /// Rotations of heads `head_dim` wide, which must be even (the rotation turns pairs of dimensions).
+    pub fn new(head_dim: usize) -> Result<Self> {
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(Error::config(
+                "head_dim",
+                head_dim,
+                "an even width (rotary positions turn pairs of dimensions)",
+            ));
+        }
+        Ok(Self { head_dim })
+    }
+
+    /// cos(m·θᵢ) and sin(m·θᵢ) for m in offset .. offset + len: each (len, 1, Dh/2), computed in f64.
+    fn angles(&self, len: usize, offset: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        let half = self.head_dim / 2;
+        let (mut cos, mut sin) = (Vec::with_capacity(len * half), Vec::with_capacity(len * half));
+        for m in offset..offset + len {
+            for i in 0..half {
+                let angle = m as f64 * Self::BASE.powf(-2.0 * i as f64 / self.head_dim as f64);
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        let table = |v: Vec<f32>| Tensor::from_vec(v, (len, 1, half), device);
+        Ok((table(cos)?, table(sin)?))
+    }
+
+    /// Queries or keys x (B, L, H·Dh), heads as column blocks, at positions offset .. offset + L → the same
+    /// shape, each pair rotated: (x₂ᵢ cos − x₂ᵢ₊₁ sin, x₂ᵢ₊₁ cos + x₂ᵢ sin). Differentiable.
+    pub fn rotate(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let (b, l, width) = x.dims3()?;
+        if width % self.head_dim != 0 {
+            let expected = format!("(B, L, H·{}) queries or keys", self.head_dim);
+            return Err(Error::shape("rotary position input", expected, x.dims()));
+        }
+        let (heads, half) = (width / self.head_dim, self.head_dim / 2);
+        let pairs = x.reshape((b, l, heads, half, 2))?;
+        let even = pairs.narrow(4, 0, 1)?.squeeze(4)?; // (B, L, H, Dh/2)
+        let odd = pairs.narrow(4, 1, 1)?.squeeze(4)?;
+        let (cos, sin) = self.angles(l, offset, x.device())?;
+        let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
+        let turned_even = (even.broadcast_mul(&cos)? - odd.broadcast_mul(&sin)?)?;
+        let turned_odd = (odd.broadcast_mul(&cos)? + even.broadcast_mul(&sin)?)?;
+        Ok(Tensor::stack(&[turned_even, turned_odd], 4)?.reshape((b, l, width))?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,5 +255,37 @@ mod tests {
         assert_eq!(got[0][3], table[4]); // j − i = 3 clipped to 2 → row 2 + k
         assert_eq!(got[3][0], table[0]); // −3 → −2
         assert_eq!(got[1][1], table[2]); // 0
+    }
+
+    #[test]
+    fn rotary_turns_each_pair_by_position_times_its_frequency() {
+        let rope = RotaryPosition::new(4).unwrap();
+        // One head of width 4 at positions 0 and 3: pairs (1, 0) and (0, 1).
+        let x = Tensor::new(&[[[1f32, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, 1.0]]], &Device::Cpu).unwrap();
+        let got = rope.rotate(&x, 2).unwrap().to_vec3::<f32>().unwrap(); // positions 2 and 3
+        for (row, m) in got[0].iter().zip([2f32, 3.0]) {
+            let (a0, a1) = (m, m / 100.0); // θ₀ = 1, θ₁ = 10000^(−1/2)
+            let expected = [a0.cos(), a0.sin(), -a1.sin(), a1.cos()];
+            for (g, e) in row.iter().zip(expected) {
+                assert!((g - e).abs() < 1e-6, "position {m}: {row:?} against {expected:?}");
+            }
+        }
+        assert!(RotaryPosition::new(5).unwrap_err().to_string().contains("even"));
+    }
+
+    /// q_m·k_n depends on m − n only: shifting both positions by the same amount leaves every score unchanged.
+    #[test]
+    fn rotary_scores_depend_on_the_relative_position_only() {
+        let rope = RotaryPosition::new(8).unwrap();
+        let q = Tensor::randn(0f32, 1.0, (1, 5, 16), &Device::Cpu).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (1, 5, 16), &Device::Cpu).unwrap();
+        let scores = |offset: usize| {
+            let (q, k) = (rope.rotate(&q, offset).unwrap(), rope.rotate(&k, offset).unwrap());
+            q.matmul(&k.t().unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let (near, far) = (scores(0), scores(1000));
+        for (a, b) in near.iter().zip(&far) {
+            assert!((a - b).abs() <= 1e-3 * a.abs().max(1.0), "{a} against {b}");
+        }
     }
 }

@@ -13,6 +13,7 @@ pub mod heads;
 pub mod heatmaps;
 pub mod mask_value;
 pub mod parallel_decoding;
+pub mod positions;
 pub mod projections;
 pub mod report;
 pub mod runs;
@@ -33,6 +34,7 @@ pub const QUESTIONS: &[(&str, Answer)] = &[
     ("mask-value", mask_value::run),
     ("parallel-decoding", parallel_decoding::run),
     ("heatmaps", heatmaps::run),
+    ("positions", positions::run),
 ];
 
 /// Each run's held-out exact match in percent.

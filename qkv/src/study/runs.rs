@@ -143,6 +143,9 @@ pub struct RunResult {
     pub seed: u64,
     /// Held-out sequences reversed exactly right (greedy decoding), as a fraction.
     pub exact_match: f64,
+    /// The same for strings longer than any trained on, when the config asked for them.
+    #[serde(default)]
+    pub longer_exact_match: Option<f64>,
     pub final_loss: f64,
     /// (step, training loss) every ten steps.
     pub losses: Vec<(usize, f64)>,
@@ -186,6 +189,7 @@ fn train_and_measure(config: &SyntheticConfig) -> Result<RunResult> {
     Ok(RunResult {
         seed: config.run.seed,
         exact_match: report.exact_match_rate(),
+        longer_exact_match: report.longer_exact_match,
         final_loss: report.final_loss,
         losses,
         steps: report.steps,

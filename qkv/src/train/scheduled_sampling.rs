@@ -169,7 +169,7 @@ pub fn pass2_logits(
         SamplingMode::Scheduled | SamplingMode::WordOracle => {
             let pass1 = model.project(&model.decode(&batch.decoder_input, &memory, &src_mask, mode)?)?;
             let pass1 = if options.through_pass1 { pass1 } else { pass1.detach() };
-            pass2_input(model.target_embedding(), options, &pass1, &batch.decoder_input, &lengths, p, rng)?
+            pass2_input(model.target_embedding()?, options, &pass1, &batch.decoder_input, &lengths, p, rng)?
         }
         SamplingMode::SentenceOracle => DecoderInput::Ids(sentence_oracle::decoder_input(
             model,

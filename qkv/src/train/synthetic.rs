@@ -20,7 +20,7 @@ use super::trainer::{
 use super::AdamWConfig;
 use crate::decode::{greedy, DecodeOptions};
 use crate::hub::save_parameters;
-use crate::models::{Transformer, TransformerConfig};
+use crate::models::{PositionEncoding, Transformer, TransformerConfig};
 use crate::nn::{params::named_vars, seeded_var_builder, Mode, Projections, Score};
 use crate::rng::Rng;
 use crate::train::{cross_entropy, schedule::inverse_sqrt};
@@ -76,6 +76,20 @@ pub struct SyntheticConfig {
     pub attention_projections: Projections,
     /// Width of each head; absent for d_model / heads.
     pub head_dim: Option<usize>,
+    /// How the model knows positions (`qkv study positions` compares them). Left out of the serialized
+    /// config at its default, as are the two fields below, so configs written before they existed read the same.
+    #[serde(skip_serializing_if = "is_sinusoidal")]
+    pub position_encoding: PositionEncoding,
+    /// Shaw et al.'s clipping distance k, for `position_encoding = relative`.
+    #[serde(skip_serializing_if = "is_default_clip")]
+    pub relative_max_distance: usize,
+    /// The output projection is the target embedding (a complex embedding needs `false`).
+    #[serde(skip_serializing_if = "is_true")]
+    pub tie_word_embeddings: bool,
+    /// After training, also score held-out strings of max_len + 1 ..= this length, which training never
+    /// showed: how a position encoding extrapolates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extrapolation_max_len: Option<usize>,
     /// The loop: `max_steps` steps (800 by default), Adam with β₂ = 0.98, ε = 1e-9, no decay, no clipping.
     #[serde(flatten)]
     pub run: LoopSettings,
@@ -101,6 +115,10 @@ impl Default for SyntheticConfig {
             attention_score: Score::ScaledDot,
             attention_projections: Projections::Separate,
             head_dim: None,
+            position_encoding: PositionEncoding::Sinusoidal,
+            relative_max_distance: DEFAULT_CLIP,
+            tie_word_embeddings: true,
+            extrapolation_max_len: None,
             run: LoopSettings {
                 num_train_epochs: None,
                 max_steps: Some(800),
@@ -134,8 +152,36 @@ impl SyntheticConfig {
             attention_score: self.attention_score,
             attention_projections: self.attention_projections,
             head_dim: self.head_dim,
+            position_encoding: self.position_encoding,
+            relative_max_distance: self.relative_max_distance,
+            tie_word_embeddings: self.tie_word_embeddings,
+            // Learned tables long enough for the longest string scored, its EOS and the target's BOS.
+            max_position_embeddings: self.extrapolation_max_len.unwrap_or(self.max_len).max(self.max_len) + 2,
             ..TransformerConfig::default()
         }
+    }
+}
+
+fn is_sinusoidal(encoding: &PositionEncoding) -> bool {
+    *encoding == PositionEncoding::Sinusoidal
+}
+
+/// [`TransformerConfig`]'s default clipping distance.
+const DEFAULT_CLIP: usize = 16;
+
+fn is_default_clip(k: &usize) -> bool {
+    *k == DEFAULT_CLIP
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+impl SyntheticConfig {
+    /// The held-out strings longer than training's, when [`Self::extrapolation_max_len`] asks for them.
+    fn longer(&self) -> Option<SyntheticConfig> {
+        let max_len = self.extrapolation_max_len.filter(|&n| n > self.max_len)?;
+        Some(SyntheticConfig { min_len: self.max_len + 1, max_len, ..self.clone() })
     }
 }
 
@@ -151,6 +197,9 @@ impl TrainingOptions for SyntheticConfig {
     fn validate(&self) -> Result<()> {
         if self.min_len == 0 || self.min_len > self.max_len {
             return Err(Error::config("min_len", self.min_len, format!("between 1 and max_len = {}", self.max_len)));
+        }
+        if let Some(longer) = self.extrapolation_max_len.filter(|&n| n <= self.max_len) {
+            return Err(Error::config("extrapolation_max_len", longer, format!("> max_len = {}", self.max_len)));
         }
         for (option, value) in
             [("symbols", self.symbols as usize), ("batch_size", self.batch_size), ("eval_size", self.eval_size)]
@@ -175,6 +224,9 @@ pub struct SyntheticReport {
     pub evaluated: usize,
     /// A few held-out (source, expected, decoded) triples.
     pub examples: Vec<(Vec<u32>, Vec<u32>, Vec<u32>)>,
+    /// Exact-match rate on strings longer than any trained on (see
+    /// [`SyntheticConfig::extrapolation_max_len`]).
+    pub longer_exact_match: Option<f64>,
 }
 
 impl SyntheticReport {
@@ -338,6 +390,10 @@ pub fn train(config: &SyntheticConfig, mut on_step: impl FnMut(&StepRecord)) -> 
         Some(evaluation) => evaluation,
         None => evaluate(&task.model, config, &task.device)?,
     };
+    let longer_exact_match = match config.longer() {
+        Some(longer) => Some(evaluate(&task.model, &longer, &task.device)?.0 as f64 / longer.eval_size as f64),
+        None => None,
+    };
     let report = SyntheticReport {
         steps,
         parameters,
@@ -346,6 +402,7 @@ pub fn train(config: &SyntheticConfig, mut on_step: impl FnMut(&StepRecord)) -> 
         exact_match,
         evaluated: config.eval_size,
         examples,
+        longer_exact_match,
     };
     Ok((report, task.model))
 }
