@@ -12,7 +12,8 @@
 # run leaves is small and lives in examples/exposure_bias/results/ (committed): NAME.log.jsonl (the training log)
 # and NAME.beam5.de (test_2016_flickr translated with beam 5); a run whose results are there is skipped, so the
 # study can be carried across machines by committing that directory. Environment: MULTI30K (default
-# ../shared/data/multi30k), QKV (default target/release/qkv), STEPS (training budget per run, default 3000),
+# ../shared/data/multi30k), QKV (default target/release/qkv), STEPS (step cap per run, default 3000; the training's
+# default of 20 epochs, 2500 steps here, ends every from-scratch run first, so that is the budget),
 # FINE_TUNE_STEPS (default 1000), SCREEN_STEPS (default 500), SEEDS (default "1 2 3"), RESULTS (default
 # examples/exposure_bias/results).
 #
