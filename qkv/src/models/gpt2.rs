@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::kernels::reduced::WeightDtype;
 use crate::nn::{
-    Activation, AttentionMask, Dropout, DropoutRates, Embedding, EncoderLayer, KvCache, LayerConfig, LayerNorm,
-    LearnedPosition, Linear, Mode, NormPosition, WeightInit,
+    Activation, AttentionMask, Dropout, DropoutRates, DropoutScaling, Embedding, EncoderLayer, KvCache, LayerConfig,
+    LayerNorm, LearnedPosition, Linear, Mode, NormPosition, WeightInit,
 };
 use crate::{limits, Error, Result};
 
@@ -86,6 +86,7 @@ impl Gpt2Config {
                 attention: self.attn_pdrop,
                 residual: self.resid_pdrop,
                 activation: 0.0,
+                scaling: DropoutScaling::Inverted,
             },
             init: WeightInit::Normal { std: self.initializer_range },
             ..LayerConfig::new(self.n_embd, self.n_head, self.n_inner.unwrap_or(4 * self.n_embd))

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::kernels::reduced::WeightDtype;
 use crate::nn::{
     decoder::DecoderWeights, Activation, AttentionMask, ComplexEmbedding, Decoder, DecoderCache, Dropout, DropoutRates,
-    Embedding, Encoder, LayerConfig, LearnedPosition, Linear, Mode, NormPosition, Projections, Score,
+    DropoutScaling, Embedding, Encoder, LayerConfig, LearnedPosition, Linear, Mode, NormPosition, Projections, Score,
     SinusoidalPosition, WeightInit,
 };
 use crate::{limits, Error, Result};
@@ -50,6 +50,11 @@ pub struct TransformerConfig {
     pub activation_function: Activation,
     /// Residual and embedding dropout (the paper's P_drop).
     pub dropout: f64,
+    /// Dropout on the embeddings alone, when it should differ from `dropout`.
+    pub embedding_dropout: Option<f64>,
+    /// When dropout's 1 − p is made up for: `inverted` (in training; every framework's choice) or `classic`
+    /// (at evaluation, as Srivastava et al.); `classic_unscaled` forgets it, to show what that does.
+    pub dropout_scaling: DropoutScaling,
     pub attention_dropout: f64,
     pub activation_dropout: f64,
     pub layer_norm_eps: f64,
@@ -76,6 +81,8 @@ pub struct TransformerConfig {
     pub attention_projections: Projections,
     /// Width of each attention head; absent for d_model / heads (the paper).
     pub head_dim: Option<usize>,
+    /// Residual connections around every sub-layer (§3.1); `false` only for `qkv study residuals`.
+    pub residual_connections: bool,
 }
 
 impl Default for TransformerConfig {
@@ -92,6 +99,8 @@ impl Default for TransformerConfig {
             decoder_ffn_dim: 2048,
             activation_function: Activation::Relu,
             dropout: 0.1,
+            embedding_dropout: None,
+            dropout_scaling: DropoutScaling::Inverted,
             attention_dropout: 0.1,
             activation_dropout: 0.1,
             layer_norm_eps: 1e-5,
@@ -109,6 +118,7 @@ impl Default for TransformerConfig {
             attention_score: Score::ScaledDot,
             attention_projections: Projections::Separate,
             head_dim: None,
+            residual_connections: true,
         }
     }
 }
@@ -152,10 +162,11 @@ impl TransformerConfig {
             layer_norm_eps: self.layer_norm_eps,
             bias: true,
             dropout: DropoutRates {
-                embedding: self.dropout,
+                embedding: self.embedding_dropout.unwrap_or(self.dropout),
                 attention: self.attention_dropout,
                 residual: self.dropout,
                 activation: self.activation_dropout,
+                scaling: self.dropout_scaling,
             },
             score: self.attention_score,
             projections: self.attention_projections,
@@ -165,6 +176,7 @@ impl TransformerConfig {
                 _ => None,
             },
             rotary: self.position_encoding == PositionEncoding::Rotary,
+            residual: self.residual_connections,
             init: self.init,
         }
     }
@@ -319,7 +331,8 @@ impl Transformer {
             config: config.clone(),
             words,
             positions,
-            embedding_dropout: Dropout::new(config.dropout, "dropout")?,
+            embedding_dropout: Dropout::new(config.embedding_dropout.unwrap_or(config.dropout), "embedding_dropout")?
+                .with_scaling(config.dropout_scaling),
             encoder: Encoder::new(&config.encoder_layer(), config.encoder_layers, final_norm, vb.pp("encoder"))?,
             decoder: Decoder::new(&config.decoder_layer(), config.decoder_layers, final_norm, vb.pp("decoder"))?,
             lm_head,

@@ -7,7 +7,7 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    dropout::Dropout,
+    dropout::{Dropout, DropoutScaling},
     kv_cache::KvCache,
     linear::Linear,
     mask::AttentionMask,
@@ -111,6 +111,11 @@ impl ScaledDotProduct {
         Ok(Self { score: Score::Additive, dropout: Dropout::new(dropout, "attention dropout")?, additive: Some(v) })
     }
 
+    /// The same attention with `scaling` for its dropout.
+    pub fn with_dropout_scaling(self, scaling: DropoutScaling) -> Self {
+        Self { dropout: self.dropout.with_scaling(scaling), ..self }
+    }
+
     /// q (B, H, T, Dh), k and v (B, H, S, Dh) — any layout whose last dimension is contiguous, such as a
     /// cache's views — → output (B, H, T, Dh) and, with `need_weights`, the attention weights (B, H, T, S)
     /// before dropout. A query whose keys are all masked gets zero weights and output.
@@ -161,7 +166,7 @@ impl ScaledDotProduct {
     /// The fused kernel computes the scaled dot product without weights, relative terms or dropout, on CPU
     /// f32 tensors; everything else is composed.
     fn path(&self, q: &Tensor, mode: &Mode, need_weights: bool, relative: bool) -> Path {
-        let dropout_active = mode.is_train() && self.dropout.p() > 0.0;
+        let dropout_active = !self.dropout.is_identity(mode);
         // The kernel computes a scaled dot product of q and k as they arrive; any other score is composed.
         if self.score.is_dot_product() && !need_weights && !relative && !dropout_active && kernels::fused(q) {
             Path::Fused
@@ -245,6 +250,9 @@ pub struct AttentionConfig {
     pub bias: bool,
     /// Dropout on the attention probabilities.
     pub dropout: f64,
+    /// When that dropout's 1 − p is made up for.
+    #[serde(default)]
+    pub dropout_scaling: DropoutScaling,
     /// The query-key score (the paper: scaled dot product).
     pub score: Score,
     /// W_Q, W_K, W_V each (the paper), W_Q shared by keys, or none.
@@ -268,6 +276,7 @@ impl AttentionConfig {
             num_heads,
             bias: true,
             dropout: 0.0,
+            dropout_scaling: DropoutScaling::Inverted,
             score: Score::ScaledDot,
             projections: Projections::Separate,
             head_dim: None,
@@ -376,7 +385,8 @@ impl MultiHeadAttention {
                 ScaledDotProduct::additive(v, config.dropout)?
             }
             score => ScaledDotProduct::with_score(score, config.dropout)?,
-        };
+        }
+        .with_dropout_scaling(config.dropout_scaling);
         let relative = match config.relative_max_distance {
             Some(k) => Some(RelativePosition::new(vb.pp("relative"), k, head_dim, init)?),
             None => None,

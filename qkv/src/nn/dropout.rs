@@ -1,4 +1,5 @@
-//! Inverted dropout (Srivastava et al., 2014), and the four places the paper applies it.
+//! Dropout (Srivastava et al., 2014) — inverted, as every framework does it, or the paper's original with its
+//! rescaling at test time — and the four places the Transformer applies it.
 
 use candle_core::Tensor;
 use rand::Rng as _;
@@ -7,11 +8,26 @@ use serde::{Deserialize, Serialize};
 use super::mode::Mode;
 use crate::{Error, Result};
 
-/// Zeroes each element with probability p while training and scales the survivors by 1/(1−p), so evaluation
-/// needs no rescaling and is the identity.
+/// When dropout's factor 1 − p is made up for: during training or at evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DropoutScaling {
+    /// Survivors ×1/(1 − p) while training; evaluation is the identity.
+    #[default]
+    Inverted,
+    /// Srivastava et al.'s original: survivors unscaled while training, every output ×(1 − p) at evaluation,
+    /// so that its expected value is the one training saw.
+    Classic,
+    /// Classic training with the evaluation-time ×(1 − p) forgotten: what goes wrong when it is.
+    ClassicUnscaled,
+}
+
+/// Zeroes each element with probability p while training; by default ([`DropoutScaling::Inverted`]) scales the
+/// survivors by 1/(1−p), so evaluation needs no rescaling and is the identity.
 #[derive(Debug, Clone, Copy)]
 pub struct Dropout {
     p: f64,
+    scaling: DropoutScaling,
 }
 
 impl Dropout {
@@ -20,19 +36,34 @@ impl Dropout {
         if !(0.0..1.0).contains(&p) {
             return Err(Error::config(option, p, "a dropout probability in [0, 1)"));
         }
-        Ok(Self { p })
+        Ok(Self { p, scaling: DropoutScaling::Inverted })
+    }
+
+    /// The same rate with `scaling`.
+    pub fn with_scaling(self, scaling: DropoutScaling) -> Self {
+        Self { scaling, ..self }
     }
 
     pub fn p(&self) -> f64 {
         self.p
     }
 
+    /// Whether [`forward`](Self::forward) returns its input unchanged in `mode`.
+    pub fn is_identity(&self, mode: &Mode) -> bool {
+        self.p == 0.0 || (!mode.is_train() && self.scaling != DropoutScaling::Classic)
+    }
+
     pub fn forward(&self, x: &Tensor, mode: &mut Mode) -> Result<Tensor> {
-        let rng = match mode {
-            Mode::Train(rng) if self.p > 0.0 => rng,
-            _ => return Ok(x.clone()),
+        if self.is_identity(mode) {
+            return Ok(x.clone());
+        }
+        let Mode::Train(rng) = mode else {
+            return Ok((x * (1.0 - self.p))?); // classic dropout at evaluation
         };
-        let keep = (1.0 / (1.0 - self.p)) as f32;
+        let keep = match self.scaling {
+            DropoutScaling::Inverted => (1.0 / (1.0 - self.p)) as f32,
+            DropoutScaling::Classic | DropoutScaling::ClassicUnscaled => 1.0,
+        };
         let p = self.p as f32;
         let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect();
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
@@ -52,12 +83,14 @@ pub struct DropoutRates {
     pub residual: f64,
     /// Inside the feed-forward network, after the activation.
     pub activation: f64,
+    /// When the factor 1 − p is made up for, at every place.
+    pub scaling: DropoutScaling,
 }
 
 impl DropoutRates {
     /// The same rate everywhere (the paper's P_drop = 0.1 for the base model).
     pub fn uniform(p: f64) -> Self {
-        Self { embedding: p, attention: p, residual: p, activation: p }
+        Self { embedding: p, attention: p, residual: p, activation: p, scaling: DropoutScaling::Inverted }
     }
 }
 
@@ -88,5 +121,25 @@ mod tests {
         let a = dropout.forward(&x, &mut Mode::train(3)).unwrap();
         let b = dropout.forward(&x, &mut Mode::train(3)).unwrap();
         assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
+    }
+
+    /// Inverted dropout scales survivors by 1/(1 − p) in training; classic keeps them and multiplies by 1 − p
+    /// at evaluation, unless that is forgotten. Either way training's expected output equals evaluation's.
+    #[test]
+    fn each_scaling_makes_up_for_the_dropped_units_once() {
+        let x = Tensor::ones((4, 256), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let values = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (scaling, survivor, evaluation) in [
+            (DropoutScaling::Inverted, 4.0, 1.0),
+            (DropoutScaling::Classic, 1.0, 0.25),
+            (DropoutScaling::ClassicUnscaled, 1.0, 1.0),
+        ] {
+            let dropout = Dropout::new(0.75, "p").unwrap().with_scaling(scaling);
+            let trained = values(dropout.forward(&x, &mut Mode::train(1)).unwrap());
+            assert!(trained.iter().all(|&v| v == 0.0 || v == survivor), "{scaling:?}: {trained:?}");
+            let kept = trained.iter().filter(|&&v| v > 0.0).count();
+            assert!((150..370).contains(&kept), "{scaling:?}: {kept} of 1024 kept at p = 0.75");
+            assert!(values(dropout.forward(&x, &mut Mode::Eval).unwrap()).iter().all(|&v| v == evaluation));
+        }
     }
 }

@@ -37,6 +37,9 @@ pub struct LayerConfig {
     /// Rotary position embeddings of queries and keys in self-attention (RoPE).
     #[serde(default)]
     pub rotary: bool,
+    /// Residual connections around every sub-layer (§3.1); `false` only to see what they are for.
+    #[serde(default = "yes")]
+    pub residual: bool,
     pub init: WeightInit,
 }
 
@@ -58,6 +61,7 @@ impl LayerConfig {
             head_dim: None,
             relative_max_distance: None,
             rotary: false,
+            residual: true,
             init: WeightInit::XavierUniform,
         }
     }
@@ -82,6 +86,7 @@ impl LayerConfig {
             num_heads: self.num_heads,
             bias: self.bias,
             dropout: self.dropout.attention,
+            dropout_scaling: self.dropout.scaling,
             score: self.score,
             projections: self.projections,
             head_dim: self.head_dim,
@@ -99,12 +104,14 @@ impl LayerConfig {
     /// A residual connection around one sub-layer, its LayerNorm's parameters under `vb`.
     pub fn residual(&self, vb: VarBuilder) -> Result<Residual> {
         let norm = LayerNorm::new(vb, self.d_model, self.layer_norm_eps)?;
-        Ok(Residual::new(norm, Dropout::new(self.dropout.residual, "dropout.residual")?, self.norm_position))
+        let dropout = Dropout::new(self.dropout.residual, "dropout.residual")?.with_scaling(self.dropout.scaling);
+        let residual = Residual::new(norm, dropout, self.norm_position);
+        Ok(if self.residual { residual } else { residual.without_skip() })
     }
 
     /// The position-wise feed-forward network, parameters under `vb`.
     pub fn feed_forward(&self, vb: VarBuilder) -> Result<FeedForward> {
-        let dropout = Dropout::new(self.dropout.activation, "dropout.activation")?;
+        let dropout = Dropout::new(self.dropout.activation, "dropout.activation")?.with_scaling(self.dropout.scaling);
         FeedForward::new(vb, self.d_model, self.d_ff, self.activation, dropout, self.bias, self.init)
     }
 
@@ -115,4 +122,8 @@ impl LayerConfig {
         }
         Ok(Some(LayerNorm::new(vb.pp("norm"), self.d_model, self.layer_norm_eps)?))
     }
+}
+
+fn yes() -> bool {
+    true
 }

@@ -22,7 +22,7 @@ pub mod position;
 pub use attention::{AttentionConfig, MultiHeadAttention, Projections, ScaledDotProduct, Score};
 pub use complex_embedding::ComplexEmbedding;
 pub use decoder::{Decoder, DecoderLayer};
-pub use dropout::{Dropout, DropoutRates};
+pub use dropout::{Dropout, DropoutRates, DropoutScaling};
 pub use embedding::Embedding;
 pub use encoder::{Encoder, EncoderLayer};
 pub use feed_forward::{Activation, FeedForward};

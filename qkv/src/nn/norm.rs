@@ -60,11 +60,24 @@ pub struct Residual {
     norm: LayerNorm,
     dropout: Dropout,
     position: NormPosition,
+    /// Whether x is added back at all; without it the block is LayerNorm(sublayer(x)) or sublayer(LayerNorm(x)):
+    /// what `qkv study residuals` compares.
+    skip: bool,
 }
 
 impl Residual {
     pub fn new(norm: LayerNorm, dropout: Dropout, position: NormPosition) -> Self {
-        Self { norm, dropout, position }
+        Self { norm, dropout, position, skip: true }
+    }
+
+    /// The same sub-layer without the identity path (x is not added back).
+    pub fn without_skip(self) -> Self {
+        Self { skip: false, ..self }
+    }
+
+    /// x + y, or y alone without the identity path.
+    fn add(&self, x: &Tensor, y: Tensor) -> Result<Tensor> {
+        Ok(if self.skip { (x + y)? } else { y })
     }
 
     /// Applies `sublayer` with the residual connection and normalisation in the configured arrangement.
@@ -89,11 +102,11 @@ impl Residual {
             NormPosition::Post => {
                 let (y, extra) = sublayer(x, mode)?;
                 let y = self.dropout.forward(&y, mode)?;
-                Ok((self.norm.forward(&(x + y)?)?, extra))
+                Ok((self.norm.forward(&self.add(x, y)?)?, extra))
             }
             NormPosition::Pre => {
                 let (y, extra) = sublayer(&self.norm.forward(x)?, mode)?;
-                Ok(((x + self.dropout.forward(&y, mode)?)?, extra))
+                Ok((self.add(x, self.dropout.forward(&y, mode)?)?, extra))
             }
         }
     }

@@ -9,13 +9,16 @@
 //! questions share the runs they have in common.
 
 pub mod additive;
+pub mod dropout;
 pub mod heads;
 pub mod heatmaps;
 pub mod mask_value;
+pub mod norms;
 pub mod parallel_decoding;
 pub mod positions;
 pub mod projections;
 pub mod report;
+pub mod residuals;
 pub mod runs;
 pub mod scaling;
 
@@ -35,6 +38,9 @@ pub const QUESTIONS: &[(&str, Answer)] = &[
     ("parallel-decoding", parallel_decoding::run),
     ("heatmaps", heatmaps::run),
     ("positions", positions::run),
+    ("residuals", residuals::run),
+    ("norms", norms::run),
+    ("dropout", dropout::run),
 ];
 
 /// Each run's held-out exact match in percent.

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -21,7 +21,7 @@ use super::AdamWConfig;
 use crate::decode::{greedy, DecodeOptions};
 use crate::hub::save_parameters;
 use crate::models::{PositionEncoding, Transformer, TransformerConfig};
-use crate::nn::{params::named_vars, seeded_var_builder, Mode, Projections, Score};
+use crate::nn::{params::named_vars, seeded_var_builder, DropoutRates, Mode, NormPosition, Projections, Score};
 use crate::rng::Rng;
 use crate::train::{cross_entropy, schedule::inverse_sqrt};
 use crate::{Error, Result};
@@ -86,6 +86,23 @@ pub struct SyntheticConfig {
     /// The output projection is the target embedding (a complex embedding needs `false`).
     #[serde(skip_serializing_if = "is_true")]
     pub tie_word_embeddings: bool,
+    /// Where LayerNorm sits (`qkv study norms` compares them).
+    #[serde(skip_serializing_if = "is_post")]
+    pub norm_position: NormPosition,
+    /// Residual connections around every sub-layer (`qkv study residuals` removes them).
+    #[serde(skip_serializing_if = "is_true")]
+    pub residual_connections: bool,
+    /// The learning rate rises linearly to its peak over `warmup` steps (the paper); `false` holds the peak
+    /// from the first step instead, with the same decay after `warmup`: warm-up's ramp alone switched off.
+    #[serde(skip_serializing_if = "is_true")]
+    pub warmup_ramp: bool,
+    /// Dropout per place and its scaling, instead of `dropout` everywhere (`qkv study dropout`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropout_rates: Option<DropoutRates>,
+    /// Train on a fixed pool of this many strings (drawn once from the seed) instead of fresh ones for every
+    /// batch, so that a model can overfit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_size: Option<usize>,
     /// After training, also score held-out strings of max_len + 1 ..= this length, which training never
     /// showed: how a position encoding extrapolates.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -118,6 +135,11 @@ impl Default for SyntheticConfig {
             position_encoding: PositionEncoding::Sinusoidal,
             relative_max_distance: DEFAULT_CLIP,
             tie_word_embeddings: true,
+            norm_position: NormPosition::Post,
+            residual_connections: true,
+            warmup_ramp: true,
+            dropout_rates: None,
+            train_size: None,
             extrapolation_max_len: None,
             run: LoopSettings {
                 num_train_epochs: None,
@@ -134,6 +156,7 @@ impl Default for SyntheticConfig {
 impl SyntheticConfig {
     /// The model the task trains.
     pub fn model(&self) -> TransformerConfig {
+        let rates = self.dropout_rates.unwrap_or(DropoutRates::uniform(self.dropout));
         TransformerConfig {
             vocab_size: (FIRST_SYMBOL + self.symbols) as usize,
             d_model: self.d_model,
@@ -143,9 +166,11 @@ impl SyntheticConfig {
             decoder_attention_heads: self.heads,
             encoder_ffn_dim: self.ffn_dim,
             decoder_ffn_dim: self.ffn_dim,
-            dropout: self.dropout,
-            attention_dropout: self.dropout,
-            activation_dropout: self.dropout,
+            dropout: rates.residual,
+            embedding_dropout: Some(rates.embedding),
+            attention_dropout: rates.attention,
+            activation_dropout: rates.activation,
+            dropout_scaling: rates.scaling,
             pad_token_id: PAD,
             bos_token_id: BOS,
             eos_token_id: EOS,
@@ -154,6 +179,8 @@ impl SyntheticConfig {
             head_dim: self.head_dim,
             position_encoding: self.position_encoding,
             relative_max_distance: self.relative_max_distance,
+            norm_position: self.norm_position,
+            residual_connections: self.residual_connections,
             tie_word_embeddings: self.tie_word_embeddings,
             // Learned tables long enough for the longest string scored, its EOS and the target's BOS.
             max_position_embeddings: self.extrapolation_max_len.unwrap_or(self.max_len).max(self.max_len) + 2,
@@ -171,6 +198,10 @@ const DEFAULT_CLIP: usize = 16;
 
 fn is_default_clip(k: &usize) -> bool {
     *k == DEFAULT_CLIP
+}
+
+fn is_post(position: &NormPosition) -> bool {
+    *position == NormPosition::Post
 }
 
 fn is_true(value: &bool) -> bool {
@@ -201,9 +232,13 @@ impl TrainingOptions for SyntheticConfig {
         if let Some(longer) = self.extrapolation_max_len.filter(|&n| n <= self.max_len) {
             return Err(Error::config("extrapolation_max_len", longer, format!("> max_len = {}", self.max_len)));
         }
-        for (option, value) in
-            [("symbols", self.symbols as usize), ("batch_size", self.batch_size), ("eval_size", self.eval_size)]
-        {
+        let train_size = self.train_size.unwrap_or(1);
+        for (option, value) in [
+            ("symbols", self.symbols as usize),
+            ("batch_size", self.batch_size),
+            ("eval_size", self.eval_size),
+            ("train_size", train_size),
+        ] {
             if value == 0 {
                 return Err(Error::config(option, 0, "at least 1"));
             }
@@ -248,10 +283,19 @@ struct Batch {
 struct Sampler {
     config: SyntheticConfig,
     rng: Rng,
+    /// The fixed training strings of [`SyntheticConfig::train_size`], or none for fresh draws.
+    pool: Option<Arc<Vec<Vec<u32>>>>,
 }
 
 impl Sampler {
     fn sequence(&mut self) -> Vec<u32> {
+        if let Some(pool) = &self.pool {
+            return pool[self.rng.random_range(0..pool.len())].clone();
+        }
+        self.fresh()
+    }
+
+    fn fresh(&mut self) -> Vec<u32> {
         let len = self.rng.random_range(self.config.min_len..=self.config.max_len);
         (0..len).map(|_| FIRST_SYMBOL + self.rng.random_range(0..self.config.symbols)).collect()
     }
@@ -298,6 +342,7 @@ pub struct SyntheticTask {
     device: Device,
     /// The last evaluation's exact matches and examples, which [`run`] reports instead of decoding again.
     last_evaluation: Mutex<Option<(usize, Vec<Example>)>>,
+    pool: Option<Arc<Vec<Vec<u32>>>>,
 }
 
 impl Objective for SyntheticTask {
@@ -306,7 +351,7 @@ impl Objective for SyntheticTask {
     }
 
     fn loss(&self, batch: &[usize], context: &mut StepContext, mode: &mut Mode) -> Result<(Tensor, usize)> {
-        let mut sampler = Sampler { config: self.config.clone(), rng: context.rng.clone() };
+        let mut sampler = Sampler { config: self.config.clone(), rng: context.rng.clone(), pool: self.pool.clone() };
         let (_, batch) = sampler.batch(batch.len(), &self.device)?;
         *context.rng = sampler.rng;
         let logits = self.model.forward(&batch.src, &batch.src_valid, &batch.tgt_in, mode)?;
@@ -324,7 +369,12 @@ impl TrainerTask for SyntheticTask {
         let device = config.run.device.device()?;
         let vars = VarMap::new();
         let model = Transformer::new(&config.model(), seeded_var_builder(&vars, config.run.seed, DType::F32, &device))?;
-        Ok(Self { config, model, vars: named_vars(&vars), device, last_evaluation: Mutex::new(None) })
+        let pool = config.train_size.map(|size| {
+            let mut drawer =
+                Sampler { config: config.clone(), rng: Rng::seed_from_u64(config.run.seed ^ 0x9001), pool: None };
+            Arc::new((0..size).map(|_| drawer.fresh()).collect())
+        });
+        Ok(Self { config, model, vars: named_vars(&vars), device, last_evaluation: Mutex::new(None), pool })
     }
 
     fn reopen(_: &Path, config: SyntheticConfig) -> Result<Self> {
@@ -342,6 +392,8 @@ impl TrainerTask for SyntheticTask {
     }
 
     fn learning_rate(&self, step: usize) -> f64 {
+        // Without the ramp every step before `warmup` gets the peak.
+        let step = if self.config.warmup_ramp { step } else { step.max(self.config.warmup) };
         self.config.lr_factor * inverse_sqrt(step, self.config.d_model, self.config.warmup, 1.0)
     }
 
@@ -407,6 +459,35 @@ pub fn train(config: &SyntheticConfig, mut on_step: impl FnMut(&StepRecord)) -> 
     Ok((report, task.model))
 }
 
+/// The gradient norm of each layer's parameters at initialisation, from one training batch of the task (the
+/// first its seed draws): `("encoder 1", ‖g‖)` … `("decoder N", ‖g‖)`, bottom to top of each stack. Whether the
+/// gradient still reaches the bottom of a deep stack is what residual connections and LayerNorm's place decide.
+pub fn gradient_norms_at_init(config: &SyntheticConfig) -> Result<Vec<(String, f64)>> {
+    let device = Device::Cpu;
+    let vars = VarMap::new();
+    let model = Transformer::new(&config.model(), seeded_var_builder(&vars, config.run.seed, DType::F32, &device))?;
+    let mut sampler = Sampler { config: config.clone(), rng: Rng::seed_from_u64(config.run.seed), pool: None };
+    let (_, batch) = sampler.batch(config.batch_size, &device)?;
+    let logits = model.forward(&batch.src, &batch.src_valid, &batch.tgt_in, &mut Mode::train(config.run.seed))?;
+    let loss = cross_entropy(&logits.flatten_to(1)?, &batch.tgt_out, Some(PAD), config.label_smoothing)?;
+    let grads = loss.backward()?;
+    let named = named_vars(&vars);
+    let mut norms = Vec::new();
+    for stack in ["encoder", "decoder"] {
+        for layer in 0..config.layers {
+            let prefix = format!("{stack}.layers.{layer}.");
+            let mut squares = 0f64;
+            for (_, var) in named.iter().filter(|(name, _)| name.starts_with(&prefix)) {
+                if let Some(g) = grads.get(var) {
+                    squares += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
+                }
+            }
+            norms.push((format!("{stack} {}", layer + 1), squares.sqrt()));
+        }
+    }
+    Ok(norms)
+}
+
 /// `size` held-out sequences (from the generator evaluation uses, never the training draws) as a
 /// teacher-forcing batch: sources (B, S), their validity (B, S) as u8, target inputs behind BOS (B, T).
 pub fn held_out_batch(config: &SyntheticConfig, size: usize, device: &Device) -> Result<(Tensor, Tensor, Tensor)> {
@@ -416,7 +497,7 @@ pub fn held_out_batch(config: &SyntheticConfig, size: usize, device: &Device) ->
 
 /// A generator the training data never drew from.
 fn held_out_sampler(config: &SyntheticConfig) -> Sampler {
-    Sampler { config: config.clone(), rng: Rng::seed_from_u64(config.run.seed ^ 0x5eed_e7a1) }
+    Sampler { config: config.clone(), rng: Rng::seed_from_u64(config.run.seed ^ 0x5eed_e7a1), pool: None }
 }
 
 type Example = (Vec<u32>, Vec<u32>, Vec<u32>);
@@ -441,4 +522,49 @@ fn evaluate(model: &Transformer, config: &SyntheticConfig, device: &Device) -> R
         }
     }
     Ok((exact, examples))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `qkv study` keys its kept runs by the serialized config: options added later must not appear in it at
+    /// their defaults, or every run kept before them would be trained again.
+    #[test]
+    fn options_at_their_defaults_leave_the_serialized_config_as_it_was() {
+        let json = serde_json::to_string(&SyntheticConfig::default()).unwrap();
+        for field in [
+            "position_encoding",
+            "relative_max_distance",
+            "tie_word_embeddings",
+            "norm_position",
+            "residual_connections",
+            "warmup_ramp",
+            "dropout_rates",
+            "train_size",
+            "extrapolation_max_len",
+        ] {
+            assert!(!json.contains(field), "{field} in {json}");
+        }
+        let changed = SyntheticConfig { warmup_ramp: false, train_size: Some(5), ..SyntheticConfig::default() };
+        let json = serde_json::to_string(&changed).unwrap();
+        assert!(json.contains("\"warmup_ramp\":false") && json.contains("\"train_size\":5"), "{json}");
+        let back: SyntheticConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, changed);
+    }
+
+    /// With a pool every training string comes from it; without one they are fresh draws.
+    #[test]
+    fn a_training_pool_is_drawn_once_and_sampled_from() {
+        let config = SyntheticConfig { train_size: Some(3), ..SyntheticConfig::default() };
+        let task = SyntheticTask::create(config.clone(), ()).unwrap();
+        let pool = task.pool.clone().unwrap();
+        assert_eq!(pool.len(), 3);
+        let mut sampler = Sampler { config, rng: Rng::seed_from_u64(4), pool: Some(pool.clone()) };
+        for _ in 0..20 {
+            assert!(pool.contains(&sampler.sequence()));
+        }
+        let err = SyntheticConfig { train_size: Some(0), ..SyntheticConfig::default() }.validate().unwrap_err();
+        assert!(err.to_string().contains("train_size"), "{err}");
+    }
 }

@@ -1,0 +1,268 @@
+//! Where should LayerNorm go, and why the warm-up? The paper normalises after each residual add (post-LN) and
+//! ramps the learning rate up over its first 4000 steps; later models normalise the sub-layer's input (pre-LN),
+//! where the identity path from the loss to every layer carries no normalisation at all, and often train
+//! without a ramp (Xiong et al., 2020). Measured: how often each arrangement fails to train over seeds, with
+//! and without the ramp, at two depths and two peak learning rates, and the gradient of every layer at
+//! initialisation.
+
+use serde_json::json;
+
+use super::{exact_match, format_spread, mean_std, Figure, RunResult, Section, Study, Table};
+use crate::nn::NormPosition;
+use crate::plot::{Chart, Point, Series};
+use crate::train::synthetic::{gradient_norms_at_init, SyntheticConfig};
+use crate::Result;
+
+/// A run that ends with a training loss at least this high, or not finite, did not learn the task: a model
+/// that cannot tell positions apart plateaus near 0.9 (`qkv study positions`), one that reverses ends
+/// below 0.1.
+pub const FAILED_LOSS: f64 = 0.5;
+
+/// One arrangement: LayerNorm's place, the warm-up ramp, the depth per stack and the learning-rate factor
+/// (× the paper's schedule, whose peak is d_model^−0.5 · warmup^−0.5).
+#[derive(Debug, Clone, Copy)]
+pub struct Arrangement {
+    pub norm: NormPosition,
+    pub ramp: bool,
+    pub layers: usize,
+    pub lr_factor: f64,
+}
+
+impl Arrangement {
+    fn name(&self) -> String {
+        let norm = match self.norm {
+            NormPosition::Post => "post-LN",
+            NormPosition::Pre => "pre-LN",
+        };
+        let ramp = if self.ramp { "warm-up" } else { "no warm-up" };
+        format!("{norm}, {ramp}, {} layers, lr ×{}", self.layers, self.lr_factor)
+    }
+}
+
+/// Every combination at depth 6 and the four norm × ramp ones at depth 2, at the higher rate.
+pub fn arrangements() -> Vec<Arrangement> {
+    let mut all = Vec::new();
+    for layers in [6, 2] {
+        for lr_factor in [1.0, 3.0] {
+            if layers == 2 && lr_factor == 1.0 {
+                continue;
+            }
+            for norm in [NormPosition::Post, NormPosition::Pre] {
+                for ramp in [true, false] {
+                    all.push(Arrangement { norm, ramp, layers, lr_factor });
+                }
+            }
+        }
+    }
+    all
+}
+
+/// Per seed, each layer's gradient norm at initialisation, for one LayerNorm placement.
+pub type LayerGradients = (NormPosition, Vec<Vec<(String, f64)>>);
+
+pub struct Trained {
+    pub arrangement: Arrangement,
+    pub runs: Vec<RunResult>,
+}
+
+pub fn run(study: &mut Study) -> Result<Section> {
+    let task = study.task();
+    let mut trained = Vec::new();
+    for arrangement in arrangements() {
+        let runs = study.train_seeds(&format!("norms: {}", arrangement.name()), &variant(&task, arrangement))?;
+        trained.push(Trained { arrangement, runs });
+    }
+    let mut gradients = Vec::new();
+    for norm in [NormPosition::Post, NormPosition::Pre] {
+        let config = variant(&task, Arrangement { norm, ramp: true, layers: 6, lr_factor: 1.0 });
+        let per_seed = study
+            .seeds()
+            .into_iter()
+            .map(|seed| {
+                let mut seeded = config.clone();
+                seeded.run.seed = seed;
+                gradient_norms_at_init(&seeded)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        gradients.push((norm, per_seed));
+    }
+    figures(study, &trained, &gradients)?;
+    Ok(section(study, &trained, &gradients))
+}
+
+pub fn variant(task: &SyntheticConfig, a: Arrangement) -> SyntheticConfig {
+    SyntheticConfig {
+        layers: a.layers,
+        norm_position: a.norm,
+        warmup_ramp: a.ramp,
+        lr_factor: a.lr_factor,
+        ..task.clone()
+    }
+}
+
+fn failed(run: &RunResult) -> bool {
+    !run.final_loss.is_finite() || run.final_loss >= FAILED_LOSS
+}
+
+fn norm_name(norm: NormPosition) -> &'static str {
+    match norm {
+        NormPosition::Post => "post-LN",
+        NormPosition::Pre => "pre-LN",
+    }
+}
+
+fn section(study: &Study, trained: &[Trained], gradients: &[LayerGradients]) -> Section {
+    let seeds = study.seeds();
+    let task = study.task();
+    let peak = |factor: f64| factor * (task.d_model as f64).powf(-0.5) * (task.warmup.max(1) as f64).powf(-0.5);
+    let mut table = Table::new(
+        format!("Reversal, {} seeds per row: runs that failed to train (final loss ≥ {FAILED_LOSS} or not finite), exact match and final loss", seeds.len()),
+        &["LayerNorm", "warm-up ramp", "layers per stack", "peak lr", "failed runs", "exact match %", "final loss"],
+    );
+    for t in trained {
+        let a = t.arrangement;
+        table.row(vec![
+            norm_name(a.norm).into(),
+            if a.ramp { format!("{} steps", task.warmup) } else { "none (peak from step 1)".into() },
+            a.layers.to_string(),
+            format!("{:.4}", peak(a.lr_factor)),
+            format!("{} of {}", t.runs.iter().filter(|r| failed(r)).count(), t.runs.len()),
+            format_spread(&exact_match(&t.runs), 1),
+            format_spread(&t.runs.iter().map(|r| r.final_loss).collect::<Vec<_>>(), 3),
+        ]);
+    }
+    let mut gradient_table = Table::new(
+        format!("Gradient norm at initialisation, 6 + 6 layers, mean ± std over {} seeds", seeds.len()),
+        &["LayerNorm", "encoder layer 1", "encoder layer 6", "decoder layer 1", "decoder layer 6"],
+    );
+    for (norm, per_seed) in gradients {
+        let at = |name: &str| {
+            let values: Vec<f64> =
+                per_seed.iter().filter_map(|layers| layers.iter().find(|l| l.0 == name).map(|l| l.1)).collect();
+            format_spread(&values, 3)
+        };
+        gradient_table.row(vec![
+            norm_name(*norm).into(),
+            at("encoder 1"),
+            at("encoder 6"),
+            at("decoder 1"),
+            at("decoder 6"),
+        ]);
+    }
+    let failures = |norm: NormPosition, ramp: bool| -> (usize, usize) {
+        trained
+            .iter()
+            .filter(|t| t.arrangement.norm == norm && t.arrangement.ramp == ramp)
+            .fold((0, 0), |(f, n), t| (f + t.runs.iter().filter(|r| failed(r)).count(), n + t.runs.len()))
+    };
+    let describe = |norm, ramp| {
+        let (f, n) = failures(norm, ramp);
+        format!("{f} of {n}")
+    };
+    let top_over_bottom = |norm: NormPosition| {
+        let per_seed = &gradients.iter().find(|g| g.0 == norm).map_or(&[][..], |g| &g.1[..]);
+        let ratios: Vec<f64> = per_seed
+            .iter()
+            .map(|layers| layers.last().map_or(f64::NAN, |l| l.1) / layers.first().map_or(f64::NAN, |l| l.1))
+            .collect();
+        mean_std(&ratios).0
+    };
+    let answer = format!(
+        "Runs that failed to train, over every depth and peak rate: post-LN {} with the warm-up ramp and {} without it; pre-LN {} and {}. At initialisation the top decoder layer's gradient is {:.2}× the bottom encoder layer's with post-LN and {:.2}× with pre-LN.",
+        describe(NormPosition::Post, true),
+        describe(NormPosition::Post, false),
+        describe(NormPosition::Pre, true),
+        describe(NormPosition::Pre, false),
+        top_over_bottom(NormPosition::Post),
+        top_over_bottom(NormPosition::Pre),
+    );
+    Section {
+        name: "norms".into(),
+        question: "Post-LN or pre-LN, and why the warm-up?".into(),
+        answer,
+        setup: format!(
+            "The built-in reversal task ({} Adam steps), d_model {}, {} heads; the paper's schedule lr = factor · d^−0.5 · min(step^−0.5, step · warmup^−1.5) with warmup {} (peak at factor 1: {:.4}), or, without the ramp, the same schedule holding its peak from the first step; seeds {seeds:?}. A run failed when its final training loss was ≥ {FAILED_LOSS} or not finite. Gradient norms: all parameters of one layer, from the loss of the first training batch each seed draws, before any update.",
+            task.run.max_steps.unwrap_or(0), task.d_model, task.heads, task.warmup, peak(1.0),
+        ),
+        tables: vec![table, gradient_table],
+        figures: vec![
+            Figure { file: "norms_failures.png".into(), caption: "Final training loss of every run, per arrangement (mean ± std over seeds)".into() },
+            Figure { file: "norms_gradients.png".into(), caption: "Gradient norm of every layer at initialisation, post-LN against pre-LN (6 + 6 layers)".into() },
+        ],
+        results: json!({
+            "runs": trained.iter().map(|t| json!({"arrangement": t.arrangement.name(), "runs": t.runs})).collect::<Vec<_>>(),
+            "gradient_norms_at_init": gradients.iter().map(|(norm, g)| json!({"norm": norm_name(*norm), "seeds": g})).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+fn figures(study: &Study, trained: &[Trained], gradients: &[LayerGradients]) -> Result<()> {
+    let groups: Vec<(usize, f64)> = {
+        let mut g: Vec<(usize, f64)> =
+            trained.iter().map(|t| (t.arrangement.layers, t.arrangement.lr_factor)).collect();
+        g.dedup();
+        g
+    };
+    let series = |norm: NormPosition, ramp: bool| Series {
+        name: format!("{}, {}", norm_name(norm), if ramp { "warm-up" } else { "no warm-up" }),
+        points: groups
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &(layers, lr))| {
+                let t = trained.iter().find(|t| {
+                    let a = t.arrangement;
+                    a.norm == norm && a.ramp == ramp && a.layers == layers && a.lr_factor == lr
+                })?;
+                let (mean, std) = mean_std(&t.runs.iter().map(|r| r.final_loss.min(10.0)).collect::<Vec<_>>());
+                Some(Point { x: i as f64, y: mean, spread: Some(std) })
+            })
+            .collect(),
+        dashed: !ramp,
+    };
+    Chart {
+        title: "Final training loss by arrangement".into(),
+        note: format!("reversal task, mean ± std over {} seeds (losses capped at 10)", study.seeds().len()),
+        x_label: "depth per stack, learning-rate factor".into(),
+        y_label: "final training loss".into(),
+        x_categories: groups.iter().map(|(layers, lr)| format!("{layers} layers, lr ×{lr}")).collect(),
+        series: [
+            (NormPosition::Post, true),
+            (NormPosition::Post, false),
+            (NormPosition::Pre, true),
+            (NormPosition::Pre, false),
+        ]
+        .iter()
+        .map(|&(norm, ramp)| series(norm, ramp))
+        .collect(),
+        ..Chart::default()
+    }
+    .draw(&study.figure("norms_failures.png"))?;
+    let layers: Vec<String> = gradients
+        .first()
+        .and_then(|g| g.1.first())
+        .map(|g| g.iter().map(|l| l.0.clone()).collect())
+        .unwrap_or_default();
+    Chart {
+        title: "Gradient norm per layer at initialisation".into(),
+        note: "6 + 6 layers, reversal task, mean ± std over seeds".into(),
+        x_label: "layer".into(),
+        y_label: "gradient norm".into(),
+        x_categories: layers.clone(),
+        series: gradients
+            .iter()
+            .map(|(norm, per_seed)| Series {
+                name: norm_name(*norm).into(),
+                points: (0..layers.len())
+                    .map(|i| {
+                        let values: Vec<f64> = per_seed.iter().map(|g| g[i].1).collect();
+                        let (mean, std) = mean_std(&values);
+                        Point { x: i as f64, y: mean, spread: Some(std) }
+                    })
+                    .collect(),
+                dashed: *norm == NormPosition::Pre,
+            })
+            .collect(),
+        ..Chart::default()
+    }
+    .draw(&study.figure("norms_gradients.png"))
+}
