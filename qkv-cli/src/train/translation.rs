@@ -78,6 +78,13 @@ pub struct TranslationArgs {
     /// A separate output projection (default: tied to the target embedding)
     #[arg(long)]
     no_tie_output: bool,
+    /// No residual connections around the sub-layers (to see what they are for: deep stacks stop training)
+    #[arg(long)]
+    no_residuals: bool,
+    /// When dropout's 1 − p is made up for: in training (inverted, the default), at evaluation (classic, as
+    /// Srivastava et al.), or never (classic_unscaled: classic with the evaluation factor forgotten)
+    #[arg(long, value_parser = ["inverted", "classic", "classic_unscaled"])]
+    dropout_scaling: Option<String>,
     #[arg(long, value_parser = ["bpe", "wordpiece"])]
     subword: Option<String>,
     #[arg(long)]
@@ -272,6 +279,8 @@ fn refuse_model_options(args: &TranslationArgs) -> Result<()> {
         ("--head-dim", args.head_dim.is_some()),
         ("--no-share-embeddings", args.no_share_embeddings),
         ("--no-tie-output", args.no_tie_output),
+        ("--no-residuals", args.no_residuals),
+        ("--dropout-scaling", args.dropout_scaling.is_some()),
         ("--subword", args.subword.is_some()),
         ("--vocab-size", args.vocab_size.is_some()),
     ];
@@ -319,6 +328,10 @@ fn model_config(args: &TranslationArgs) -> Result<TransformerConfig> {
     c.head_dim = args.head_dim.or(c.head_dim);
     c.share_encoder_decoder_embeddings &= !args.no_share_embeddings;
     c.tie_word_embeddings &= !args.no_tie_output;
+    c.residual_connections &= !args.no_residuals;
+    if let Some(scaling) = &args.dropout_scaling {
+        c.dropout_scaling = from_name(scaling, "--dropout-scaling")?;
+    }
     Ok(c)
 }
 
