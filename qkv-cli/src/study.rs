@@ -44,7 +44,7 @@ enum Question {
     /// Where does dropout go, and what must evaluation do about it? Each of the four places switched off in
     /// turn; inverted against classic dropout, and classic dropout whose evaluation forgets to rescale
     Dropout(Common),
-    /// Every question above, into one report (about 30 minutes on 2 cores)
+    /// Every question above, into one report (about an hour on 2 cores)
     All(Common),
 }
 
