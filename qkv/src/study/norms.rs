@@ -39,12 +39,12 @@ impl Arrangement {
     }
 }
 
-/// Every combination at depth 6 and the four norm × ramp ones at depth 2, at the higher rate.
+/// Every norm × ramp combination at depth 6 with three rates and at depth 2 with the two higher ones.
 pub fn arrangements() -> Vec<Arrangement> {
     let mut all = Vec::new();
     for layers in [6, 2] {
-        for lr_factor in [1.0, 3.0] {
-            if layers == 2 && lr_factor == 1.0 {
+        for lr_factor in [0.3, 1.0, 3.0] {
+            if layers == 2 && lr_factor == 0.3 {
                 continue;
             }
             for norm in [NormPosition::Post, NormPosition::Pre] {
@@ -149,16 +149,31 @@ fn section(study: &Study, trained: &[Trained], gradients: &[LayerGradients]) -> 
             at("decoder 6"),
         ]);
     }
-    let failures = |norm: NormPosition, ramp: bool| -> (usize, usize) {
+    let failed_of = |a: Arrangement| {
         trained
             .iter()
-            .filter(|t| t.arrangement.norm == norm && t.arrangement.ramp == ramp)
-            .fold((0, 0), |(f, n), t| (f + t.runs.iter().filter(|r| failed(r)).count(), n + t.runs.len()))
+            .find(|t| {
+                let b = t.arrangement;
+                b.norm == a.norm && b.ramp == a.ramp && b.layers == a.layers && b.lr_factor == a.lr_factor
+            })
+            .map_or("–".to_string(), |t| t.runs.iter().filter(|r| failed(r)).count().to_string())
     };
-    let describe = |norm, ramp| {
-        let (f, n) = failures(norm, ramp);
-        format!("{f} of {n}")
-    };
+    let mut settings: Vec<(usize, f64)> =
+        trained.iter().map(|t| (t.arrangement.layers, t.arrangement.lr_factor)).collect();
+    settings.dedup();
+    let per_setting: Vec<String> = settings
+        .iter()
+        .map(|&(layers, lr_factor)| {
+            let count = |norm, ramp| failed_of(Arrangement { norm, ramp, layers, lr_factor });
+            format!(
+                "{layers} layers at lr ×{lr_factor}: post-LN {}/{}, pre-LN {}/{}",
+                count(NormPosition::Post, true),
+                count(NormPosition::Post, false),
+                count(NormPosition::Pre, true),
+                count(NormPosition::Pre, false),
+            )
+        })
+        .collect();
     let top_over_bottom = |norm: NormPosition| {
         let per_seed = &gradients.iter().find(|g| g.0 == norm).map_or(&[][..], |g| &g.1[..]);
         let ratios: Vec<f64> = per_seed
@@ -168,11 +183,9 @@ fn section(study: &Study, trained: &[Trained], gradients: &[LayerGradients]) -> 
         mean_std(&ratios).0
     };
     let answer = format!(
-        "Runs that failed to train, over every depth and peak rate: post-LN {} with the warm-up ramp and {} without it; pre-LN {} and {}. At initialisation the top decoder layer's gradient is {:.2}× the bottom encoder layer's with post-LN and {:.2}× with pre-LN.",
-        describe(NormPosition::Post, true),
-        describe(NormPosition::Post, false),
-        describe(NormPosition::Pre, true),
-        describe(NormPosition::Pre, false),
+        "Failed runs of {} per setting (with the warm-up ramp / without it): {}. At initialisation the top decoder layer's gradient is {:.2}× the bottom encoder layer's with post-LN and {:.2}× with pre-LN.",
+        seeds.len(),
+        per_setting.join("; "),
         top_over_bottom(NormPosition::Post),
         top_over_bottom(NormPosition::Pre),
     );
