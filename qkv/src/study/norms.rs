@@ -10,7 +10,7 @@ use serde_json::json;
 use super::{exact_match, format_spread, mean_std, Figure, RunResult, Section, Study, Table};
 use crate::nn::NormPosition;
 use crate::plot::{Chart, Point, Series};
-use crate::train::synthetic::{gradient_norms_at_init, SyntheticConfig};
+use crate::train::synthetic::SyntheticConfig;
 use crate::Result;
 
 /// A run that ends with a training loss at least this high, or not finite, did not learn the task: a model
@@ -75,16 +75,7 @@ pub fn run(study: &mut Study) -> Result<Section> {
     let mut gradients = Vec::new();
     for norm in [NormPosition::Post, NormPosition::Pre] {
         let config = variant(&task, Arrangement { norm, ramp: true, layers: 6, lr_factor: 1.0 });
-        let per_seed = study
-            .seeds()
-            .into_iter()
-            .map(|seed| {
-                let mut seeded = config.clone();
-                seeded.run.seed = seed;
-                gradient_norms_at_init(&seeded)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        gradients.push((norm, per_seed));
+        gradients.push((norm, study.gradient_norms_per_seed(&config)?));
     }
     figures(study, &trained, &gradients)?;
     Ok(section(study, &trained, &gradients))

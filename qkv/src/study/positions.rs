@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use serde_json::json;
 
-use super::{format_spread, mean_std, Figure, RunResult, Section, Study, Table};
+use super::{exact_match, format_spread, mean_std, Figure, RunResult, Section, Study, Table};
 use crate::metrics::t_test::welch;
 use crate::models::PositionEncoding;
 use crate::nn::{seeded_var_builder, Linear, SinusoidalPosition, WeightInit};
@@ -65,10 +65,6 @@ pub fn variant(task: &SyntheticConfig, encoding: PositionEncoding) -> SyntheticC
         extrapolation_max_len: Some(LONGEST),
         ..task.clone()
     }
-}
-
-fn seen(runs: &[RunResult]) -> Vec<f64> {
-    super::exact_match(runs)
 }
 
 fn longer(runs: &[RunResult]) -> Vec<f64> {
@@ -182,10 +178,10 @@ fn section(
         table.row(vec![
             name.to_string(),
             runs.first().map_or(0, |r| r.parameters).to_string(),
-            format_spread(&seen(runs), 1),
+            format_spread(&exact_match(runs), 1),
             format_spread(&longer(runs), 1),
             format_spread(&runs.iter().map(|r| r.final_loss).collect::<Vec<_>>(), 3),
-            p(name, seen(runs), seen(base)),
+            p(name, exact_match(runs), exact_match(base)),
             p(name, longer(runs), longer(base)),
         ]);
     }
@@ -265,8 +261,8 @@ fn answer(
     let worst_rotation = rotation.iter().map(|r| r.1).fold(0.0, f64::max);
     format!(
         "Exact match % on the trained lengths 3–8: {}; {}. On longer strings (9–{LONGEST}): {}; {}. PE(pos + k) is a rotation of PE(pos) by a matrix of k alone (largest error {worst_rotation:.0e}, f32 rounding), and i − j explains {:.4} of the variance of PEᵢ·PEⱼ but {} of (PEᵢ W_Q)·(PEⱼ W_K): the projections lose the relative structure of the raw encodings.",
-        describe(seen).join(", "),
-        verdict(differs(seen)),
+        describe(exact_match).join(", "),
+        verdict(differs(exact_match)),
         describe(longer).join(", "),
         verdict(differs(longer)),
         raw.explained_by_offset,
@@ -295,7 +291,10 @@ fn figures(
         x_label: "position information".into(),
         y_label: "exact match %".into(),
         x_categories: trained.iter().map(|t| t.0.to_string()).collect(),
-        series: vec![series("lengths 3–8 (trained)", seen, false), series("lengths 9–12 (longer)", longer, true)],
+        series: vec![
+            series("lengths 3–8 (trained)", exact_match, false),
+            series("lengths 9–12 (longer)", longer, true),
+        ],
         ..Chart::default()
     }
     .draw(&study.figure("positions.png"))?;

@@ -9,7 +9,7 @@ use super::{exact_match, format_spread, mean_std, Figure, RunResult, Section, St
 use crate::metrics::t_test::welch;
 use crate::nn::NormPosition;
 use crate::plot::{Chart, Point, Series};
-use crate::train::synthetic::{gradient_norms_at_init, SyntheticConfig};
+use crate::train::synthetic::SyntheticConfig;
 use crate::Result;
 
 /// Layers per stack of the deep model.
@@ -36,11 +36,7 @@ pub fn run(study: &mut Study) -> Result<Section> {
     for (norm, residual, name) in VARIANTS {
         let config = variant(&task, norm, residual);
         let runs = study.train_seeds(&format!("residuals: {name}"), &config)?;
-        let gradients = study
-            .seeds()
-            .into_iter()
-            .map(|seed| gradient_norms_at_init(&SyntheticConfig { run: with_seed(&config, seed), ..config.clone() }))
-            .collect::<Result<Vec<_>>>()?;
+        let gradients = study.gradient_norms_per_seed(&config)?;
         trained.push(Trained { name, runs, gradients });
     }
     figures(study, &trained)?;
@@ -50,12 +46,6 @@ pub fn run(study: &mut Study) -> Result<Section> {
 /// The study's task, `DEPTH` layers per stack, with `norm` and with or without residual connections.
 pub fn variant(task: &SyntheticConfig, norm: NormPosition, residual: bool) -> SyntheticConfig {
     SyntheticConfig { layers: DEPTH, norm_position: norm, residual_connections: residual, ..task.clone() }
-}
-
-fn with_seed(config: &SyntheticConfig, seed: u64) -> crate::train::trainer::LoopSettings {
-    let mut run = config.run.clone();
-    run.seed = seed;
-    run
 }
 
 /// Per seed, the gradient norm of the bottom decoder layer over the top one's. The decoder is the pure

@@ -104,6 +104,18 @@ impl Study {
         self.seeds().into_iter().map(|seed| self.train(label, config, seed)).collect()
     }
 
+    /// Each layer's gradient norm at initialisation ([`synthetic::gradient_norms_at_init`]), once per seed.
+    pub fn gradient_norms_per_seed(&self, config: &SyntheticConfig) -> Result<Vec<Vec<(String, f64)>>> {
+        self.seeds()
+            .into_iter()
+            .map(|seed| {
+                let mut seeded = config.clone();
+                seeded.run.seed = seed;
+                synthetic::gradient_norms_at_init(&seeded)
+            })
+            .collect()
+    }
+
     /// `config` with `seed`, trained, or read back from `runs/` when an earlier run of the same configuration
     /// finished.
     pub fn train(&mut self, label: &str, config: &SyntheticConfig, seed: u64) -> Result<RunResult> {
