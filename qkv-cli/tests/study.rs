@@ -35,10 +35,52 @@ fn study(args: &[&str], out: &Path) -> (String, String) {
     (stdout, stderr)
 }
 
+struct SampleData {
+    minilm: PathBuf,
+    stsb: PathBuf,
+    multi30k: PathBuf,
+}
+
+/// Small stand-ins for the real data the `bert` and `tokenizers` questions read (STS-B, Multi30k), written
+/// into `dir`, and the tiny random sentence-transformers fixture for all-MiniLM-L6-v2: the smoke run checks
+/// the pipeline, not the numbers.
+fn sample_data(dir: &Path) -> SampleData {
+    let (stsb, multi30k) = (dir.join("stsb"), dir.join("multi30k"));
+    std::fs::create_dir_all(&stsb).unwrap();
+    std::fs::create_dir_all(&multi30k).unwrap();
+    let animals = ["dog", "cat", "horse", "bird", "child", "man", "woman"];
+    let actions = ["runs", "sleeps", "jumps over a fence", "plays in the park", "eats an apple"];
+    let sentence = |i: usize| format!("A {} {} .", animals[i % animals.len()], actions[(i / 3) % actions.len()]);
+    let pairs: String =
+        (0..80).map(|i| format!("{},{},{:.1}\n", sentence(i), sentence(i + (i % 4)), (i % 6) as f64)).collect();
+    std::fs::write(stsb.join("train.csv"), &pairs).unwrap();
+    std::fs::write(stsb.join("dev.csv"), &pairs).unwrap();
+    let german = ["Hund", "Katze", "Pferd", "Vogel", "Kind", "Mann", "Frau"];
+    let german_sentence = |i: usize| format!("Ein {} ist hier Nummer {} .", german[i % german.len()], i % 9);
+    for (split, n) in [("train", 200), ("val", 30), ("test_2016_flickr", 30)] {
+        let en: String = (0..n).map(|i| sentence(i) + "\n").collect();
+        let de: String = (0..n).map(|i| german_sentence(i) + "\n").collect();
+        std::fs::write(multi30k.join(format!("{split}.en")), en).unwrap();
+        std::fs::write(multi30k.join(format!("{split}.de")), de).unwrap();
+    }
+    let minilm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../qkv/tests/fixtures/pytorch/sentence-transformers");
+    SampleData { minilm, stsb, multi30k }
+}
+
 #[test]
 fn every_question_runs_and_writes_its_section() {
     let scratch = Scratch::new("all");
-    let (stdout, _) = study(&["all", "--quick", "--seeds", "4"], &scratch.0);
+    let data = sample_data(&scratch.0.join("data"));
+    let data_args = [
+        "--minilm",
+        data.minilm.to_str().unwrap(),
+        "--stsb",
+        data.stsb.to_str().unwrap(),
+        "--multi30k",
+        data.multi30k.to_str().unwrap(),
+    ];
+    let args: Vec<&str> = ["all", "--quick", "--seeds", "4"].into_iter().chain(data_args).collect();
+    let (stdout, _) = study(&args, &scratch.0);
     let report = std::fs::read_to_string(scratch.0.join("report.md")).unwrap();
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(scratch.0.join("results.json")).unwrap()).unwrap();
@@ -57,7 +99,9 @@ fn every_question_runs_and_writes_its_section() {
             "positions",
             "residuals",
             "norms",
-            "dropout"
+            "embeddings",
+            "dropout",
+            "bert"
         ]
     );
     for section in sections {

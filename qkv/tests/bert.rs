@@ -631,3 +631,36 @@ fn mlm_pretraining_resumes_exactly() {
     assert!(expected.len() >= 8, "{} steps", expected.len());
     std::fs::remove_dir_all(&scratch).unwrap();
 }
+
+/// `is_decoder` makes self-attention causal, as in transformers: every position's output is the one the
+/// model gives the prefix ending there, whatever follows; the bidirectional default sees the whole sequence.
+#[test]
+fn a_decoder_bert_sees_only_the_prefix() {
+    use qkv::nn::seeded_var_builder;
+    let outputs = |is_decoder: bool| {
+        let config = qkv::models::bert::BertConfig {
+            vocab_size: 20,
+            hidden_size: 16,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            intermediate_size: 32,
+            max_position_embeddings: 8,
+            is_decoder,
+            ..Default::default()
+        };
+        let vars = candle_nn::VarMap::new();
+        let vb = seeded_var_builder(&vars, 7, DType::F32, &Device::Cpu);
+        let model = qkv::models::bert::Bert::body(&config, vb).unwrap();
+        let hidden = |ids: &[u32]| {
+            let ids = Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+            let input = BertInput { input_ids: ids, attention_mask: None, token_type_ids: None };
+            model.encode(&input, &mut Mode::Eval).unwrap().0
+        };
+        let full = hidden(&[1, 5, 9, 3, 12, 4]).narrow(1, 0, 4).unwrap();
+        let prefix = hidden(&[1, 5, 9, 3]);
+        (full - prefix).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    };
+    // Up to f32 rounding of the masked softmax terms (exp of −1e9-ish biases is exactly 0).
+    assert!(outputs(true) < 1e-6, "{}", outputs(true));
+    assert!(outputs(false) > 1e-3, "{}", outputs(false));
+}

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser};
 use qkv::models::{PositionEncoding, TransformerConfig};
+use qkv::nn::params::WeightInit;
 use qkv::nn::NormPosition;
 use qkv::text::tokenizer::SubwordModel;
 use qkv::train::scheduled_sampling::SamplingOptions;
@@ -78,6 +79,13 @@ pub struct TranslationArgs {
     /// A separate output projection (default: tied to the target embedding)
     #[arg(long)]
     no_tie_output: bool,
+    /// Do not multiply the embeddings by √d_model (the paper does, §3.4)
+    #[arg(long)]
+    no_scale_embedding: bool,
+    /// How the embedding tables are drawn: xavier_uniform, or normal:STD (e.g. normal:0.02, BERT's); default
+    /// N(0, 1/d_model) with the √d_model factor, the model's init (xavier_uniform) without it
+    #[arg(long, value_parser = parse_embedding_init)]
+    embedding_init: Option<WeightInit>,
     /// No residual connections around the sub-layers (to see what they are for: deep stacks stop training)
     #[arg(long)]
     no_residuals: bool,
@@ -280,6 +288,8 @@ fn refuse_model_options(args: &TranslationArgs) -> Result<()> {
         ("--no-share-embeddings", args.no_share_embeddings),
         ("--no-tie-output", args.no_tie_output),
         ("--no-residuals", args.no_residuals),
+        ("--no-scale-embedding", args.no_scale_embedding),
+        ("--embedding-init", args.embedding_init.is_some()),
         ("--dropout-scaling", args.dropout_scaling.is_some()),
         ("--subword", args.subword.is_some()),
         ("--vocab-size", args.vocab_size.is_some()),
@@ -329,10 +339,24 @@ fn model_config(args: &TranslationArgs) -> Result<TransformerConfig> {
     c.share_encoder_decoder_embeddings &= !args.no_share_embeddings;
     c.tie_word_embeddings &= !args.no_tie_output;
     c.residual_connections &= !args.no_residuals;
+    c.scale_embedding &= !args.no_scale_embedding;
+    c.embedding_init = args.embedding_init.or(c.embedding_init);
     if let Some(scaling) = &args.dropout_scaling {
         c.dropout_scaling = from_name(scaling, "--dropout-scaling")?;
     }
     Ok(c)
+}
+
+/// `xavier_uniform` or `normal:STD` with a positive STD.
+fn parse_embedding_init(text: &str) -> Result<WeightInit, String> {
+    if text == "xavier_uniform" {
+        return Ok(WeightInit::XavierUniform);
+    }
+    let std = text.strip_prefix("normal:").and_then(|s| s.parse::<f64>().ok());
+    match std {
+        Some(std) if std > 0.0 && std.is_finite() => Ok(WeightInit::Normal { std }),
+        _ => Err(format!("{text:?}: expected xavier_uniform or normal:STD with STD > 0 (e.g. normal:0.02)")),
+    }
 }
 
 /// A config enum from the name it has in config.json (clap has already checked it is one of them).
@@ -367,5 +391,20 @@ mod tests {
         );
         let message = parse(&["--attention-score", "cosine"]).err().unwrap().to_string();
         assert!(message.contains("cosine") && message.contains("scaled_dot"), "{message}");
+    }
+
+    #[test]
+    fn embedding_flags_set_the_model_config() {
+        let args = parse(&["--no-scale-embedding", "--embedding-init", "normal:0.02"]).unwrap();
+        let config = model_config(&args).unwrap();
+        assert!(!config.scale_embedding);
+        assert_eq!(config.embedding_init, Some(WeightInit::Normal { std: 0.02 }));
+        let config = model_config(&parse(&["--embedding-init", "xavier_uniform"]).unwrap()).unwrap();
+        assert!(config.scale_embedding);
+        assert_eq!(config.embedding_init, Some(WeightInit::XavierUniform));
+        for bad in ["normal:-1", "normal:x", "kaiming"] {
+            let message = parse(&["--embedding-init", bad]).err().unwrap().to_string();
+            assert!(message.contains("normal:STD"), "{message}");
+        }
     }
 }

@@ -49,6 +49,13 @@ impl Embedder {
         })
     }
 
+    /// The same model pooling its token vectors with `pooling` instead of the directory's choice (`qkv study
+    /// bert` compares them on one checkpoint).
+    pub fn with_pooling(mut self, pooling: Pooling) -> Self {
+        self.pooling = pooling;
+        self
+    }
+
     pub fn dimension(&self) -> usize {
         self.model.config().hidden_size
     }

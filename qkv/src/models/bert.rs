@@ -51,6 +51,10 @@ pub struct BertConfig {
     #[serde(skip_serializing)]
     pub num_labels: Option<usize>,
     pub tie_word_embeddings: bool,
+    /// Hugging Face's switch for a causal self-attention mask: each token sees itself and the tokens before it
+    /// only, as in a decoder. BERT is bidirectional (false); `qkv study bert` trains both to show why.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub is_decoder: bool,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
@@ -80,6 +84,7 @@ impl Default for BertConfig {
             label2id: None,
             num_labels: None,
             tie_word_embeddings: true,
+            is_decoder: false,
             extra: serde_json::Map::new(),
         }
     }
@@ -261,9 +266,13 @@ impl BertEmbeddings {
                 format!("at most max_position_embeddings = {} (truncate the input)", self.position.max_len()),
             ));
         }
-        let x = self.word.forward(ids)?.broadcast_add(&self.position.forward(s, 0)?)?;
-        let x = (x + self.segment.forward(segments)?)?;
-        self.dropout.forward(&self.norm.forward(&x)?, mode)
+        self.dropout.forward(&self.norm.forward(&self.sum(ids, segments)?)?, mode)
+    }
+
+    /// word + position + segment vectors (B, S, C), before LayerNorm.
+    fn sum(&self, ids: &Tensor, segments: &Tensor) -> Result<Tensor> {
+        let x = self.word.forward(ids)?.broadcast_add(&self.position.forward(ids.dim(1)?, 0)?)?;
+        Ok((x + self.segment.forward(segments)?)?)
     }
 }
 
@@ -396,6 +405,18 @@ impl Bert {
         Ok((hidden, pooled))
     }
 
+    /// The word (V, C), position (max_len, C) and segment (types, C) tables, in that order.
+    pub fn embedding_tables(&self) -> [&Tensor; 3] {
+        let e = &self.embeddings;
+        [e.word.table(), e.position.table(), e.segment.table()]
+    }
+
+    /// The sum of the word, position and segment vectors of `ids` and `segments` (B, S) → (B, S, C), before the
+    /// embeddings' LayerNorm: what (B, S, V + max_len + types) one-hot rows times the stacked tables give.
+    pub fn embedding_sum(&self, ids: &Tensor, segments: &Tensor) -> Result<Tensor> {
+        self.embeddings.sum(ids, segments)
+    }
+
     /// Every layer's self-attention weights (B, H, S, S) in eval mode: transformers' `output_attentions`.
     pub fn attention_weights(&self, input: &BertInput) -> Result<Vec<Tensor>> {
         let mode = &mut Mode::Eval;
@@ -423,6 +444,16 @@ impl Bert {
             }
             Some(m) => Some(AttentionMask::padding(m)?),
             None => None,
+        };
+        let mask = if self.config.is_decoder {
+            let s = ids.dim(1)?;
+            let causal = AttentionMask::causal(s, s, ids.device())?;
+            Some(match mask {
+                Some(padding) => causal.and(&padding)?,
+                None => causal,
+            })
+        } else {
+            mask
         };
         Ok((self.embeddings.forward(ids, &segments, mode)?, mask))
     }

@@ -66,6 +66,10 @@ pub struct TransformerConfig {
     pub relative_max_distance: usize,
     /// Multiply embeddings by √d_model (§3.4).
     pub scale_embedding: bool,
+    /// How the word embedding tables are drawn; absent: N(0, 1/d_model) when `scale_embedding` (so scaled
+    /// vectors start at unit variance), `init` otherwise. `qkv study embeddings` sets it to compare the two.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding_init: Option<WeightInit>,
     /// One embedding matrix for source and target over a joint vocabulary (§3.4).
     pub share_encoder_decoder_embeddings: bool,
     /// The pre-softmax projection is the target embedding matrix (§3.4, Press & Wolf 2017).
@@ -109,6 +113,7 @@ impl Default for TransformerConfig {
             max_position_embeddings: 512,
             relative_max_distance: 16,
             scale_embedding: true,
+            embedding_init: None,
             share_encoder_decoder_embeddings: true,
             tie_word_embeddings: true,
             pad_token_id: 0,
@@ -205,6 +210,16 @@ impl TransformerConfig {
         tables * v * c + positions + le * (ae + 2.0 * c * fe) + ld * (2.0 * ad + 2.0 * c * fd)
     }
 
+    /// How the word embedding tables are drawn: `embedding_init`, or by default N(0, 1/C) when scaled by √C,
+    /// `init` when not.
+    pub fn embedding_weight_init(&self) -> WeightInit {
+        self.embedding_init.unwrap_or(if self.scale_embedding {
+            WeightInit::Normal { std: (self.d_model as f64).powf(-0.5) }
+        } else {
+            self.init
+        })
+    }
+
     pub fn encoder_layer(&self) -> LayerConfig {
         self.layer(self.encoder_attention_heads, self.encoder_ffn_dim)
     }
@@ -288,8 +303,7 @@ impl Transformer {
         // Scaled by √C, token vectors start at unit variance only if the table is N(0, 1/C) — tensor2tensor's and
         // fairseq's initialisation. Xavier's far smaller values (V ≫ C) leave positions dominating the input
         // and the tied output near zero: on Multi30k that trained several times slower.
-        let embedding_init =
-            if config.scale_embedding { WeightInit::Normal { std: (c as f64).powf(-0.5) } } else { config.init };
+        let embedding_init = config.embedding_weight_init();
         // With shared embeddings the second lookup of "shared" returns the same tensors.
         let names = if config.share_encoder_decoder_embeddings {
             ["shared", "shared"]

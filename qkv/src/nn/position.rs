@@ -58,6 +58,11 @@ impl LearnedPosition {
         self.table.dims()[0]
     }
 
+    /// The whole table (max_len, C).
+    pub fn table(&self) -> &Tensor {
+        &self.table
+    }
+
     /// Encodings of positions offset .. offset + len: (len, C). Past the table is an error.
     pub fn forward(&self, len: usize, offset: usize) -> Result<Tensor> {
         let max_len = self.max_len();

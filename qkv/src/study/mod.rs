@@ -9,7 +9,9 @@
 //! questions share the runs they have in common.
 
 pub mod additive;
+pub mod bert;
 pub mod dropout;
+pub mod embeddings;
 pub mod heads;
 pub mod heatmaps;
 pub mod mask_value;
@@ -23,7 +25,7 @@ pub mod runs;
 pub mod scaling;
 
 pub use report::{keep_section, kept_sections, write_report, Figure, Section, Table};
-pub use runs::{AttentionStats, RunResult, Study, StudyOptions};
+pub use runs::{AttentionStats, RunResult, Study, StudyData, StudyOptions};
 
 /// What answers one question.
 pub type Answer = fn(&mut Study) -> crate::Result<Section>;
@@ -40,7 +42,9 @@ pub const QUESTIONS: &[(&str, Answer)] = &[
     ("positions", positions::run),
     ("residuals", residuals::run),
     ("norms", norms::run),
+    ("embeddings", embeddings::run),
     ("dropout", dropout::run),
+    ("bert", bert::run),
 ];
 
 /// Each run's held-out exact match in percent.

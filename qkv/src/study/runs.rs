@@ -24,11 +24,34 @@ pub struct StudyOptions {
     /// freed memory back to the OS at once in between, or memory it keeps mapped for reuse hides the
     /// measurement's allocations (the CLI's mimalloc does keep it).
     pub release_memory: Option<fn(bool)>,
+    /// Where the questions on real text and checkpoints find them.
+    pub data: StudyData,
 }
 
 impl Default for StudyOptions {
     fn default() -> Self {
-        Self { seeds: vec![1, 2, 3], quick: false, release_memory: None }
+        Self { seeds: vec![1, 2, 3], quick: false, release_memory: None, data: StudyData::default() }
+    }
+}
+
+/// The data and checkpoint the `bert` and `tokenizers` questions read (nothing is downloaded).
+#[derive(Debug, Clone)]
+pub struct StudyData {
+    /// A sentence-transformers all-MiniLM-L6-v2 directory (tools/models/fetch_minilm.sh).
+    pub minilm: PathBuf,
+    /// STS-B: `train.csv` and `dev.csv` (sentence1, sentence2, score).
+    pub stsb: PathBuf,
+    /// Multi30k: `train.en`, `train.de`, `val.*`, `test_2016_flickr.*`.
+    pub multi30k: PathBuf,
+}
+
+impl Default for StudyData {
+    fn default() -> Self {
+        Self {
+            minilm: PathBuf::from("all-MiniLM-L6-v2"),
+            stsb: PathBuf::from("../shared/data/stsb"),
+            multi30k: PathBuf::from("../shared/data/multi30k"),
+        }
     }
 }
 
@@ -65,6 +88,43 @@ impl Study {
         } else {
             self.options.seeds.clone()
         }
+    }
+
+    /// Where the real data and checkpoints are.
+    pub fn data(&self) -> &StudyData {
+        &self.options.data
+    }
+
+    /// A directory under `runs/` for what a question writes besides its results (a trained model, a text).
+    pub fn scratch_dir(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.dir.join("runs").join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        Ok(dir)
+    }
+
+    /// `compute()`'s result, or the one kept under `runs/` by an earlier call with the same `key` (any
+    /// serializable description of everything the result depends on), so that a stopped study continues;
+    /// `label` says what is computed.
+    pub fn kept<K, T>(&mut self, label: &str, key: &K, compute: impl FnOnce(&mut Self) -> Result<T>) -> Result<T>
+    where
+        K: Serialize,
+        T: Serialize + for<'de> Deserialize<'de>,
+    {
+        let key = serde_json::to_string(key).map_err(|e| Error::config("study run", label, e))?;
+        let path = self.dir.join("runs").join(format!("{:016x}.json", fnv1a(FNV1A_EMPTY, key.as_bytes())));
+        if let Ok(bytes) = std::fs::read(&path) {
+            if let Ok(kept) = serde_json::from_slice::<Kept<T>>(&bytes) {
+                if kept.config == key {
+                    return Ok(kept.result);
+                }
+            }
+        }
+        self.say(label);
+        let result = compute(self)?;
+        let kept = Kept { config: key, result };
+        let json = serde_json::to_vec(&kept).map_err(|e| Error::input(&path, None, e))?;
+        write_atomically(&path, &json)?;
+        Ok(kept.result)
     }
 
     /// Where a figure of the report goes.
@@ -121,32 +181,16 @@ impl Study {
     pub fn train(&mut self, label: &str, config: &SyntheticConfig, seed: u64) -> Result<RunResult> {
         let mut config = config.clone();
         config.run.seed = seed;
-        let key = serde_json::to_string(&config).map_err(|e| Error::config("study run", label, e))?;
-        let path = self.dir.join("runs").join(format!("{:016x}.json", fnv1a(FNV1A_EMPTY, key.as_bytes())));
-        if let Some(kept) = read_kept(&path, &key)? {
-            return Ok(kept);
-        }
-        self.say(&format!("training {label}, seed {seed}"));
-        let result = train_and_measure(&config)?;
-        let kept = KeptRun { config: key, result: result.clone() };
-        let json = serde_json::to_vec(&kept).map_err(|e| Error::input(&path, None, e))?;
-        write_atomically(&path, &json)?;
-        Ok(result)
+        self.kept(&format!("training {label}, seed {seed}"), &config, |_| train_and_measure(&config))
     }
 }
 
-/// What `runs/*.json` holds: the configuration as trained (to tell hash collisions and edits apart) and the
-/// outcome.
+/// What `runs/*.json` holds: the key it was computed for (the configuration as trained, to tell hash
+/// collisions and edits apart) and the result.
 #[derive(Serialize, Deserialize)]
-struct KeptRun {
+struct Kept<T> {
     config: String,
-    result: RunResult,
-}
-
-fn read_kept(path: &Path, key: &str) -> Result<Option<RunResult>> {
-    let Ok(bytes) = std::fs::read(path) else { return Ok(None) };
-    // A file that does not parse or belongs to another configuration is trained again and replaced.
-    Ok(serde_json::from_slice::<KeptRun>(&bytes).ok().filter(|k| k.config == key).map(|k| k.result))
+    result: T,
 }
 
 /// One trained variant with one seed.

@@ -21,7 +21,8 @@ use super::AdamWConfig;
 use crate::decode::{greedy, DecodeOptions};
 use crate::hub::save_parameters;
 use crate::models::{PositionEncoding, Transformer, TransformerConfig};
-use crate::nn::{params::named_vars, seeded_var_builder, DropoutRates, Mode, NormPosition, Projections, Score};
+use crate::nn::params::{named_vars, WeightInit};
+use crate::nn::{seeded_var_builder, DropoutRates, Mode, NormPosition, Projections, Score};
 use crate::rng::Rng;
 use crate::train::{cross_entropy, schedule::inverse_sqrt};
 use crate::{Error, Result};
@@ -86,6 +87,15 @@ pub struct SyntheticConfig {
     /// The output projection is the target embedding (a complex embedding needs `false`).
     #[serde(skip_serializing_if = "is_true")]
     pub tie_word_embeddings: bool,
+    /// Multiply the embeddings by √d_model (`qkv study embeddings` compares it with not).
+    #[serde(skip_serializing_if = "is_true")]
+    pub scale_embedding: bool,
+    /// How the embedding table is drawn; absent for the model's rule (see [`TransformerConfig::embedding_init`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding_init: Option<WeightInit>,
+    /// One embedding matrix for source and target (the paper); `false` gives each its own.
+    #[serde(skip_serializing_if = "is_true")]
+    pub share_encoder_decoder_embeddings: bool,
     /// Where LayerNorm sits (`qkv study norms` compares them).
     #[serde(skip_serializing_if = "is_post")]
     pub norm_position: NormPosition,
@@ -135,6 +145,9 @@ impl Default for SyntheticConfig {
             position_encoding: PositionEncoding::Sinusoidal,
             relative_max_distance: DEFAULT_CLIP,
             tie_word_embeddings: true,
+            scale_embedding: true,
+            embedding_init: None,
+            share_encoder_decoder_embeddings: true,
             norm_position: NormPosition::Post,
             residual_connections: true,
             warmup_ramp: true,
@@ -182,6 +195,9 @@ impl SyntheticConfig {
             norm_position: self.norm_position,
             residual_connections: self.residual_connections,
             tie_word_embeddings: self.tie_word_embeddings,
+            scale_embedding: self.scale_embedding,
+            embedding_init: self.embedding_init,
+            share_encoder_decoder_embeddings: self.share_encoder_decoder_embeddings,
             // Learned tables long enough for the longest string scored, its EOS and the target's BOS.
             max_position_embeddings: self.extrapolation_max_len.unwrap_or(self.max_len).max(self.max_len) + 2,
             ..TransformerConfig::default()
@@ -543,6 +559,9 @@ mod tests {
             "dropout_rates",
             "train_size",
             "extrapolation_max_len",
+            "scale_embedding",
+            "embedding_init",
+            "share_encoder_decoder_embeddings",
         ] {
             assert!(!json.contains(field), "{field} in {json}");
         }
