@@ -383,6 +383,33 @@ fn gradients_reach_every_parameter_with_batch_norm() {
     }
 }
 
+/// The running statistics travel with the parameters: a model loaded from the saved file evaluates exactly as
+/// the trained one does (and a fresh one, with the starting 0 and 1, does not).
+#[test]
+fn batch_norm_running_statistics_are_saved_and_loaded() {
+    let config =
+        TransformerConfig { normalization: Normalization::BatchNorm, ..tiny_model(PositionEncoding::Sinusoidal, 0.0) };
+    let (vars, vb) = fresh(24);
+    let model = Transformer::new(&config, vb).unwrap();
+    let (src, tgt) = (ids(&[&[5, 6, 7, 0], &[8, 9, 10, 11]]), ids(&[&[1, 12, 13, 0], &[1, 14, 15, 16]]));
+    let valid = Tensor::new(&[[1u8, 1, 1, 0], [1, 1, 1, 1]], &Device::Cpu).unwrap();
+    model.forward(&src, &valid, &tgt, &mut Mode::train(1)).unwrap();
+    let dir = std::env::temp_dir().join(format!("qkv-batch-norm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.safetensors");
+    qkv::hub::save_parameters(&named_vars(&vars), &path).unwrap();
+    let (loaded_vars, vb) = fresh(24);
+    let loaded = Transformer::new(&config, vb).unwrap();
+    let before = loaded.forward(&src, &valid, &tgt, &mut Mode::Eval).unwrap();
+    let report = qkv::hub::load_parameters(&named_vars(&loaded_vars), &path).unwrap();
+    assert!(report.unused.is_empty(), "{:?}", report.unused);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let trained = model.forward(&src, &valid, &tgt, &mut Mode::Eval).unwrap();
+    let after = loaded.forward(&src, &valid, &tgt, &mut Mode::Eval).unwrap();
+    assert_eq!(values(&after), values(&trained));
+    assert_ne!(values(&before), values(&trained));
+}
+
 /// BatchNorm tells real target positions from padding by the pad id: a BOS that is the pad id is refused, and
 /// so is a run that would deal each batch into shards with statistics of their own.
 #[test]

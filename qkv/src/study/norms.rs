@@ -71,9 +71,10 @@ pub struct Trained {
 /// The batch sizes LayerNorm and BatchNorm are compared at.
 pub const BATCH_SIZES: [usize; 3] = [4, 16, 64];
 
-/// The batch size at which strings of one length are compared with strings of many: the smallest, where a
-/// batch's statistics depend most on which lengths it happened to draw.
-pub const FIXED_LENGTH_BATCH: usize = 4;
+/// The batch size at which strings of one length are compared with strings of many: the smallest at which both
+/// norms learn the task in the task's steps (at batch 4 neither does), where a batch's statistics still depend
+/// on which lengths it happened to draw.
+pub const FIXED_LENGTH_BATCH: usize = 16;
 
 /// One LayerNorm-or-BatchNorm setting: the batch size, and whether every string has the task's longest length
 /// (no padding anywhere) instead of lengths from min_len to max_len.
@@ -190,10 +191,19 @@ fn add_batch_norm(section: &mut Section, study: &Study, compared: &[NormRuns]) {
     let task = study.task();
     let mut table = Table::new(
         format!(
-            "LayerNorm against BatchNorm, post-norm, {} seeds per row: held-out exact match %",
+            "LayerNorm against BatchNorm, post-norm, {} seeds per row: held-out exact match % and final training loss",
             study.seeds().len()
         ),
-        &["batch size", "string lengths", "LayerNorm", "BatchNorm", "BatchNorm − LayerNorm", "Welch p"],
+        &[
+            "batch size",
+            "string lengths",
+            "LayerNorm",
+            "BatchNorm",
+            "BatchNorm − LayerNorm",
+            "Welch p",
+            "final loss LayerNorm",
+            "final loss BatchNorm",
+        ],
     );
     let mut settings: Vec<(usize, bool)> = BATCH_SIZES.iter().map(|&b| (b, false)).collect();
     settings.push((FIXED_LENGTH_BATCH, true));
@@ -213,6 +223,8 @@ fn add_batch_norm(section: &mut Section, study: &Study, compared: &[NormRuns]) {
             format_spread(&bn, 1),
             format!("{gap:+.1}"),
             format!("{p:.3}"),
+            final_loss(runs_of(compared, Normalization::LayerNorm, batch_size, fixed_length)),
+            final_loss(runs_of(compared, Normalization::BatchNorm, batch_size, fixed_length)),
         ]);
         gaps.push((batch_size, fixed_length, mean_std(&ln), mean_std(&bn), gap, p));
     }
@@ -241,7 +253,7 @@ fn add_batch_norm(section: &mut Section, study: &Study, compared: &[NormRuns]) {
     section.tables.push(table);
     section.figures.push(Figure {
         file: "norms_batch_norm.png".into(),
-        caption: "Held-out exact match of LayerNorm and BatchNorm by batch size (mean ± std over seeds); the separate points are strings of one length at the smallest batch".into(),
+        caption: "Held-out exact match of LayerNorm and BatchNorm by batch size (mean ± std over seeds); the dashed points are strings all of the longest length".into(),
     });
     if let Some(results) = section.results.as_object_mut() {
         results.insert(
@@ -249,6 +261,10 @@ fn add_batch_norm(section: &mut Section, study: &Study, compared: &[NormRuns]) {
             json!(compared.iter().map(|c| json!({"setting": c.choice.name(), "runs": c.runs})).collect::<Vec<_>>()),
         );
     }
+}
+
+fn final_loss(runs: &[RunResult]) -> String {
+    format_spread(&runs.iter().map(|r| r.final_loss).collect::<Vec<_>>(), 3)
 }
 
 fn batch_norm_figure(study: &Study, compared: &[NormRuns]) -> Result<()> {
