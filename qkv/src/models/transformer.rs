@@ -600,6 +600,20 @@ mod tests {
         }
     }
 
+    /// A config.json written before `normalization` existed reads as LayerNorm; the field round-trips under its
+    /// snake_case names, and an unknown name is an error that lists the known ones.
+    #[test]
+    fn normalization_reads_old_configs_as_layer_norm_and_round_trips() {
+        let old: TransformerConfig = serde_json::from_str(r#"{"d_model": 64, "norm_position": "pre"}"#).unwrap();
+        assert_eq!(old.normalization, Normalization::LayerNorm);
+        let batch = TransformerConfig { normalization: Normalization::BatchNorm, ..TransformerConfig::small() };
+        let json = serde_json::to_string(&batch).unwrap();
+        assert!(json.contains(r#""normalization":"batch_norm""#), "{json}");
+        assert_eq!(serde_json::from_str::<TransformerConfig>(&json).unwrap(), batch);
+        let err = serde_json::from_str::<TransformerConfig>(r#"{"normalization": "group_norm"}"#).unwrap_err();
+        assert!(err.to_string().contains("batch_norm"), "{err}");
+    }
+
     /// A complex embedding has no table whose rows inputs could mix: asking for one is an error that says so,
     /// and so is tying the output projection to it.
     #[test]
