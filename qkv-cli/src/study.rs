@@ -39,7 +39,8 @@ enum Question {
     /// layer model with and without them, post- and pre-LN
     Residuals(Common),
     /// Post-LN or pre-LN, and why the warm-up? Failed runs over seeds with and without the ramp, at two depths
-    /// and peak rates; gradient per layer at initialisation
+    /// and peak rates; gradient per layer at initialisation. And LayerNorm or BatchNorm? Exact match at batch
+    /// sizes 4, 16 and 64, and with strings of one length against many at batch 4
     Norms(Common),
     /// Why multiply the embeddings by √d_model, and why share and tie them? The embedding's spread next to the
     /// position encoding's under each factor × initialisation, training with each; parameters and training of

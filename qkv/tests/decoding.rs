@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use qkv::decode::{beam_search, greedy, DecodeOptions};
 use qkv::models::{PositionEncoding, Transformer, TransformerConfig};
-use qkv::nn::{seeded_var_builder, Mode, NormPosition};
+use qkv::nn::{seeded_var_builder, Mode, NormPosition, Normalization};
 
 fn model(
     position_encoding: PositionEncoding,
@@ -13,7 +13,13 @@ fn model(
     vocab_size: usize,
     seed: u64,
 ) -> Transformer {
-    let config = TransformerConfig {
+    let vars = VarMap::new();
+    let config = config(position_encoding, norm_position, vocab_size);
+    Transformer::new(&config, seeded_var_builder(&vars, seed, DType::F32, &Device::Cpu)).unwrap()
+}
+
+fn config(position_encoding: PositionEncoding, norm_position: NormPosition, vocab_size: usize) -> TransformerConfig {
+    TransformerConfig {
         vocab_size,
         d_model: 16,
         encoder_layers: 2,
@@ -31,9 +37,7 @@ fn model(
         relative_max_distance: 3,
         tie_word_embeddings: position_encoding != PositionEncoding::Complex,
         ..TransformerConfig::default()
-    };
-    let vars = VarMap::new();
-    Transformer::new(&config, seeded_var_builder(&vars, seed, DType::F32, &Device::Cpu)).unwrap()
+    }
 }
 
 /// Three sources of different lengths, padded.
@@ -56,32 +60,52 @@ const KINDS: [(PositionEncoding, NormPosition); 6] = [
 /// whether the steps feed one token or several.
 #[test]
 fn cached_steps_give_the_logits_of_full_recomputation() {
-    let tolerance = 1e-5; // max |Δ| / max |logit|
     for (kind, norm) in KINDS {
-        let model = model(kind, norm, 30, 3);
+        assert_cached_steps_match_full(&model(kind, norm, 30, 3), &format!("{kind:?} {norm:?}"));
+    }
+}
+
+/// With BatchNorm, evaluation normalises every position with the running statistics alone, so the cache stays
+/// exact; two training passes first move those statistics away from their starting 0 and 1.
+#[test]
+fn cached_steps_with_batch_norm_give_the_logits_of_full_recomputation() {
+    for norm in [NormPosition::Post, NormPosition::Pre] {
+        let config = TransformerConfig {
+            normalization: Normalization::BatchNorm,
+            ..config(PositionEncoding::Sinusoidal, norm, 30)
+        };
+        let vars = VarMap::new();
+        let model = Transformer::new(&config, seeded_var_builder(&vars, 3, DType::F32, &Device::Cpu)).unwrap();
         let (src, valid) = sources();
-        let src_mask = Transformer::source_mask(&valid).unwrap();
-        let memory = model.encode(&src, &src_mask, &mut Mode::Eval).unwrap();
-        let tgt = Tensor::new(&[[1u32, 14, 15, 16, 17, 18, 19, 20, 21]; 3], &Device::Cpu).unwrap();
-        let full = model.project(&model.decode(&tgt, &memory, &src_mask, &mut Mode::Eval).unwrap()).unwrap();
-        let mut cache = model.new_cache();
-        let mut start = 0;
-        for step in [1, 1, 3, 1, 2, 1] {
-            let piece = tgt.narrow(1, start, step).unwrap();
-            let hidden = model.decode_step(&piece, &memory, &src_mask, &mut cache).unwrap();
-            let cached = model.project(&hidden).unwrap();
-            let expected = full.narrow(1, start, step).unwrap();
-            let diff = (cached - &expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            let scale = expected.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(
-                diff / scale <= tolerance,
-                "{kind:?} {norm:?} positions {start}..{}: {}",
-                start + step,
-                diff / scale
-            );
-            start += step;
-            assert_eq!(cache.len(), start);
+        let tgt = Tensor::new(&[[1u32, 14, 15, 2], [1, 16, 2, 0], [1, 17, 18, 19]], &Device::Cpu).unwrap();
+        for seed in [1, 2] {
+            model.forward(&src, &valid, &tgt, &mut Mode::train(seed)).unwrap();
         }
+        assert_cached_steps_match_full(&model, &format!("batch norm {norm:?}"));
+    }
+}
+
+/// Feeds a 9-token target in steps of 1, 1, 3, 1, 2 and 1 tokens through the cache and compares each step's
+/// logits with those of the whole prefix recomputed.
+fn assert_cached_steps_match_full(model: &Transformer, label: &str) {
+    let tolerance = 1e-5; // max |Δ| / max |logit|
+    let (src, valid) = sources();
+    let src_mask = Transformer::source_mask(&valid).unwrap();
+    let memory = model.encode(&src, &src_mask, &mut Mode::Eval).unwrap();
+    let tgt = Tensor::new(&[[1u32, 14, 15, 16, 17, 18, 19, 20, 21]; 3], &Device::Cpu).unwrap();
+    let full = model.project(&model.decode(&tgt, &memory, &src_mask, &mut Mode::Eval).unwrap()).unwrap();
+    let mut cache = model.new_cache();
+    let mut start = 0;
+    for step in [1, 1, 3, 1, 2, 1] {
+        let piece = tgt.narrow(1, start, step).unwrap();
+        let hidden = model.decode_step(&piece, &memory, &src_mask, &mut cache).unwrap();
+        let cached = model.project(&hidden).unwrap();
+        let expected = full.narrow(1, start, step).unwrap();
+        let diff = (cached - &expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = expected.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff / scale <= tolerance, "{label} positions {start}..{}: {}", start + step, diff / scale);
+        start += step;
+        assert_eq!(cache.len(), start);
     }
 }
 

@@ -6,8 +6,8 @@ use candle_nn::{VarBuilder, VarMap};
 use qkv::models::{PositionEncoding, Transformer, TransformerConfig};
 use qkv::nn::{
     params::named_vars, seeded_var_builder, AttentionConfig, AttentionMask, Decoder, Dropout, DropoutRates, Embedding,
-    Encoder, LayerConfig, LearnedPosition, Linear, Mode, MultiHeadAttention, NormPosition, ScaledDotProduct,
-    SinusoidalPosition, WeightInit,
+    Encoder, LayerConfig, LearnedPosition, Linear, Mode, MultiHeadAttention, NormPosition, Normalization,
+    ScaledDotProduct, SinusoidalPosition, WeightInit,
 };
 use qkv::Error;
 
@@ -125,14 +125,14 @@ fn appending_masked_padding_leaves_real_positions_unchanged() {
             AttentionMask::padding(&Tensor::from_vec(v, (1, total), &Device::Cpu).unwrap()).unwrap()
         };
         let (short_mask, long_mask) = (mask(5, 5), mask(5, 8));
-        let short = encoder.forward(&src, Some(&short_mask), &mut Mode::Eval).unwrap();
-        let long = encoder.forward(&padded, Some(&long_mask), &mut Mode::Eval).unwrap();
+        let short = encoder.forward(&src, Some(&short_mask), None, &mut Mode::Eval).unwrap();
+        let long = encoder.forward(&padded, Some(&long_mask), None, &mut Mode::Eval).unwrap();
         assert!(max_relative_difference(&long.narrow(1, 0, 5).unwrap(), &short) <= 1e-6, "encoder {norm:?}");
 
         let tgt = randn(&[1, 4, C], 8);
         let causal = AttentionMask::causal(4, 4, &Device::Cpu).unwrap();
-        let a = decoder.forward(&tgt, &short, Some(&causal), Some(&short_mask), &mut Mode::Eval).unwrap();
-        let b = decoder.forward(&tgt, &long, Some(&causal), Some(&long_mask), &mut Mode::Eval).unwrap();
+        let a = decoder.forward(&tgt, &short, (Some(&causal), Some(&short_mask)), None, &mut Mode::Eval).unwrap();
+        let b = decoder.forward(&tgt, &long, (Some(&causal), Some(&long_mask)), None, &mut Mode::Eval).unwrap();
         assert!(max_relative_difference(&b, &a) <= 1e-6, "decoder over padded memory {norm:?}");
     }
 }
@@ -343,6 +343,92 @@ fn gradients_reach_every_parameter_and_tied_weights_are_one_tensor() {
             }
         }
     }
+}
+
+/// With BatchNorm in every sub-layer (and the final norms of pre-norm stacks) the gradient still reaches every
+/// parameter, through the batch statistics; the running statistics get none, but the training pass moved them.
+#[test]
+fn gradients_reach_every_parameter_with_batch_norm() {
+    for norm_position in [NormPosition::Post, NormPosition::Pre] {
+        let config = TransformerConfig {
+            normalization: Normalization::BatchNorm,
+            norm_position,
+            ..tiny_model(PositionEncoding::Sinusoidal, 0.1)
+        };
+        let (vars, vb) = fresh(24);
+        let model = Transformer::new(&config, vb).unwrap();
+        let valid = Tensor::new(&[[1u8, 1, 1, 0], [1, 1, 1, 1]], &Device::Cpu).unwrap();
+        let tgt = ids(&[&[1, 12, 13, 0], &[1, 14, 15, 16]]);
+        let logits = model.forward(&ids(&[&[5, 6, 7, 0], &[8, 9, 10, 11]]), &valid, &tgt, &mut Mode::train(3)).unwrap();
+        let targets = Tensor::new(&[12u32, 13, 2, 0, 14, 15, 16, 2], &Device::Cpu).unwrap();
+        let loss = qkv::train::cross_entropy(&logits.flatten_to(1).unwrap(), &targets, Some(0), 0.1).unwrap();
+        let grads = loss.backward().unwrap();
+        let mut statistics = 0;
+        for (name, var) in named_vars(&vars) {
+            if qkv::nn::norm::is_running_statistic(&name) {
+                assert!(grads.get(&var).is_none(), "{norm_position:?}: {name} got a gradient");
+                let start = if name.ends_with("running_mean") { 0.0 } else { 1.0 };
+                assert!(values(&var).iter().any(|&v| v != start), "{norm_position:?}: {name} never moved");
+                statistics += 1;
+                continue;
+            }
+            let g = grads.get(&var).unwrap_or_else(|| panic!("{norm_position:?}: no gradient for {name}"));
+            let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(norm > 0.0 && norm.is_finite(), "{norm_position:?}: gradient of {name} is {norm}");
+        }
+        // Two statistics per norm: 2 + 3 sub-layers per encoder + decoder layer, 2 layers each, and with
+        // pre-norm the two final norms.
+        let norms = 2 * (2 + 3) + if norm_position == NormPosition::Pre { 2 } else { 0 };
+        assert_eq!(statistics, 2 * norms);
+    }
+}
+
+/// The running statistics travel with the parameters: a model loaded from the saved file evaluates exactly as
+/// the trained one does (and a fresh one, with the starting 0 and 1, does not).
+#[test]
+fn batch_norm_running_statistics_are_saved_and_loaded() {
+    let config =
+        TransformerConfig { normalization: Normalization::BatchNorm, ..tiny_model(PositionEncoding::Sinusoidal, 0.0) };
+    let (vars, vb) = fresh(24);
+    let model = Transformer::new(&config, vb).unwrap();
+    let (src, tgt) = (ids(&[&[5, 6, 7, 0], &[8, 9, 10, 11]]), ids(&[&[1, 12, 13, 0], &[1, 14, 15, 16]]));
+    let valid = Tensor::new(&[[1u8, 1, 1, 0], [1, 1, 1, 1]], &Device::Cpu).unwrap();
+    model.forward(&src, &valid, &tgt, &mut Mode::train(1)).unwrap();
+    let dir = std::env::temp_dir().join(format!("qkv-batch-norm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.safetensors");
+    qkv::hub::save_parameters(&named_vars(&vars), &path).unwrap();
+    let (loaded_vars, vb) = fresh(24);
+    let loaded = Transformer::new(&config, vb).unwrap();
+    let before = loaded.forward(&src, &valid, &tgt, &mut Mode::Eval).unwrap();
+    let report = qkv::hub::load_parameters(&named_vars(&loaded_vars), &path).unwrap();
+    assert!(report.unused.is_empty(), "{:?}", report.unused);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let trained = model.forward(&src, &valid, &tgt, &mut Mode::Eval).unwrap();
+    let after = loaded.forward(&src, &valid, &tgt, &mut Mode::Eval).unwrap();
+    assert_eq!(values(&after), values(&trained));
+    assert_ne!(values(&before), values(&trained));
+}
+
+/// BatchNorm tells real target positions from padding by the pad id: a BOS that is the pad id is refused, and
+/// so is a run that would deal each batch into shards with statistics of their own.
+#[test]
+fn batch_norm_refuses_what_it_cannot_do() {
+    let config = TransformerConfig {
+        normalization: Normalization::BatchNorm,
+        bos_token_id: 0,
+        ..tiny_model(PositionEncoding::Sinusoidal, 0.0)
+    };
+    let err = message(config.validate());
+    assert!(err.contains("normalization") && err.contains("bos_token_id"), "{err}");
+    use qkv::train::options::TrainingOptions;
+    let mut synthetic =
+        qkv::train::synthetic::SyntheticConfig { normalization: Normalization::BatchNorm, ..Default::default() };
+    synthetic.run.shards = 2;
+    let err = message(synthetic.validate());
+    assert!(err.contains("shards") && err.contains("batch_norm"), "{err}");
+    synthetic.run.shards = 1;
+    synthetic.validate().unwrap();
 }
 
 #[test]

@@ -7,9 +7,9 @@ mod support;
 
 use candle_core::{DType, Device};
 use qkv::nn::{
-    Activation, AttentionConfig, AttentionMask, ComplexEmbedding, Decoder, DecoderLayer, DropoutRates, Embedding,
-    Encoder, EncoderLayer, LayerConfig, LayerNorm, Mode, MultiHeadAttention, NormPosition, SinusoidalPosition,
-    WeightInit,
+    params::named_vars, Activation, AttentionConfig, AttentionMask, BatchNorm, ComplexEmbedding, Decoder, DecoderLayer,
+    DropoutRates, Embedding, Encoder, EncoderLayer, LayerConfig, LayerNorm, Mode, MultiHeadAttention, NormPosition,
+    SinusoidalPosition, WeightInit,
 };
 use support::{relative_error, Fixture};
 
@@ -97,7 +97,7 @@ fn encoder_layer_parity(name: &str) {
     let (layer, vars) = fx.build(|vb| EncoderLayer::new(&config, vb));
     let x = fx.input_var("x");
     let (src_mask, _) = masks(&fx);
-    let out = layer.forward(&x, Some(&src_mask), &mut Mode::Eval).unwrap();
+    let out = layer.forward(&x, Some(&src_mask), None, &mut Mode::Eval).unwrap();
     let out_err = fx.check_output("output", &out, OUTPUT_TOL);
     let grads = fx.loss(&[("output", &out)]).backward().unwrap();
     let grad_err = fx.check_grads(&grads, &vars, &[("x", &x)], GRAD_TOL);
@@ -135,7 +135,7 @@ fn decoder_layer_parity(name: &str) {
     let (layer, vars) = fx.build(|vb| DecoderLayer::new(&config, vb));
     let (x, memory) = (fx.input_var("x"), fx.input_var("memory"));
     let (src_mask, tgt_mask) = masks(&fx);
-    let out = layer.forward(&x, &memory, tgt_mask.as_ref(), Some(&src_mask), &mut Mode::Eval).unwrap();
+    let out = layer.forward(&x, &memory, (tgt_mask.as_ref(), Some(&src_mask)), None, &mut Mode::Eval).unwrap();
     let out_err = fx.check_output("output", &out, OUTPUT_TOL);
     let grads = fx.loss(&[("output", &out)]).backward().unwrap();
     let grad_err = fx.check_grads(&grads, &vars, &[("x", &x), ("memory", &memory)], GRAD_TOL);
@@ -175,8 +175,8 @@ fn transformer_parity(name: &str) {
     });
     let (src, tgt) = (fx.input_var("src"), fx.input_var("tgt"));
     let (src_mask, tgt_mask) = masks(&fx);
-    let memory = encoder.forward(&src, Some(&src_mask), &mut Mode::Eval).unwrap();
-    let out = decoder.forward(&tgt, &memory, tgt_mask.as_ref(), Some(&src_mask), &mut Mode::Eval).unwrap();
+    let memory = encoder.forward(&src, Some(&src_mask), None, &mut Mode::Eval).unwrap();
+    let out = decoder.forward(&tgt, &memory, (tgt_mask.as_ref(), Some(&src_mask)), None, &mut Mode::Eval).unwrap();
     let out_err = fx.check_output("output", &out, OUTPUT_TOL);
     let grads = fx.loss(&[("output", &out)]).backward().unwrap();
     let grad_err = fx.check_grads(&grads, &vars, &[("src", &src), ("tgt", &tgt)], GRAD_TOL);
@@ -291,5 +291,47 @@ fn label_smoothed_cross_entropy_matches_torch() {
     let got = grads.get(&logits).expect("gradient reaches the logits");
     let grad_err = relative_error(got, &fx.tensor("grad.input.logits"));
     assert!(grad_err <= GRAD_TOL, "cross-entropy gradient relative error {grad_err:.3e}");
+    fx.report(out_err, grad_err);
+}
+
+/// Against `torch.nn.BatchNorm1d` in float64 applied to the gathered non-padding rows: the training forward
+/// (padding rows zeroed on both sides, carrying no loss), the gradients of x, γ and β through the batch
+/// statistics, the running statistics after each of two training steps (momentum 0.1, unbiased variance), and
+/// the evaluation forward with them. Tolerances: outputs and running statistics 1e-5, gradients 1e-4.
+#[test]
+fn batch_norm_over_real_positions_matches_torch_batch_norm_1d() {
+    let fx = Fixture::load("batch_norm");
+    let (c, eps) = (fx.config_usize("d_model"), fx.config_value::<f64>("layer_norm_eps"));
+    let (norm, vars) = fx.build(|vb| BatchNorm::new(vb, c, eps));
+    let var =
+        |name: &str| named_vars(&vars).into_iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no {name}")).1;
+    let zero_padding = |y: &candle_core::Tensor, valid: &candle_core::Tensor| {
+        y.broadcast_mul(&valid.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap()).unwrap()
+    };
+    let x = fx.input_var("x");
+    let valid = fx.input("valid");
+    let train = zero_padding(&norm.forward(&x, Some(&valid), &Mode::train(0)).unwrap(), &valid);
+    let mut out_err = fx.check_output("train", &train, OUTPUT_TOL);
+    let grads = fx.loss(&[("train", &train)]).backward().unwrap();
+    let mut grad_err = 0f64;
+    for (label, var) in [("input.x", &x), ("param.weight", &var("weight")), ("param.bias", &var("bias"))] {
+        let got = grads.get(var).unwrap_or_else(|| panic!("no gradient reached {label}"));
+        let err = relative_error(got, &fx.tensor(&format!("grad.{label}")));
+        assert!(err <= GRAD_TOL, "gradient of {label} relative error {err:.3e}");
+        grad_err = grad_err.max(err);
+    }
+    let mut check_running = |step: &str| {
+        let (mean, var) = norm.running_statistics();
+        for (name, got) in [("running_mean", mean), ("running_var", var)] {
+            out_err = out_err.max(fx.check_output(&format!("{name}.{step}"), got, OUTPUT_TOL));
+        }
+    };
+    check_running("step1");
+    let x2 = fx.input("x2").to_dtype(DType::F32).unwrap();
+    norm.forward(&x2, Some(&fx.input("valid2")), &Mode::train(1)).unwrap();
+    check_running("step2");
+    let x3 = fx.input("x3").to_dtype(DType::F32).unwrap();
+    let eval = norm.forward(&x3, None, &Mode::Eval).unwrap();
+    out_err = out_err.max(fx.check_output("eval", &eval, OUTPUT_TOL));
     fx.report(out_err, grad_err);
 }

@@ -62,6 +62,10 @@ pub struct TranslationArgs {
     positions: Option<String>,
     #[arg(long, value_parser = ["post", "pre"])]
     norm: Option<String>,
+    /// LayerNorm (layer_norm, the paper's) or BatchNorm over each batch's non-padding positions with running
+    /// statistics for evaluation (batch_norm; needs --shards 1)
+    #[arg(long, value_parser = ["layer_norm", "batch_norm"])]
+    normalization: Option<String>,
     /// How queries score keys: q·k/√d_k (scaled_dot, the paper's), q·k (dot), T5's unscaled product with a
     /// 1/√d_k-smaller W_Q init (t5), LayerNorm on q and k (qk_norm), or Bahdanau's vᵀ tanh(q + k) (additive)
     #[arg(long, value_parser = ["scaled_dot", "dot", "t5", "qk_norm", "additive"])]
@@ -282,6 +286,7 @@ fn refuse_model_options(args: &TranslationArgs) -> Result<()> {
         ("--dropout", args.dropout.is_some()),
         ("--positions", args.positions.is_some()),
         ("--norm", args.norm.is_some()),
+        ("--normalization", args.normalization.is_some()),
         ("--attention-score", args.attention_score.is_some()),
         ("--attention-projections", args.attention_projections.is_some()),
         ("--head-dim", args.head_dim.is_some()),
@@ -328,6 +333,9 @@ fn model_config(args: &TranslationArgs) -> Result<TransformerConfig> {
     }
     if let Some(norm) = &args.norm {
         c.norm_position = if norm == "pre" { NormPosition::Pre } else { NormPosition::Post };
+    }
+    if let Some(normalization) = &args.normalization {
+        c.normalization = from_name(normalization, "--normalization")?;
     }
     if let Some(score) = &args.attention_score {
         c.attention_score = from_name(score, "--attention-score")?;
@@ -406,5 +414,15 @@ mod tests {
             let message = parse(&["--embedding-init", bad]).err().unwrap().to_string();
             assert!(message.contains("normal:STD"), "{message}");
         }
+    }
+
+    #[test]
+    fn normalization_flag_sets_the_model_config() {
+        let config = model_config(&parse(&["--normalization", "batch_norm"]).unwrap()).unwrap();
+        assert_eq!(config.normalization, qkv::nn::Normalization::BatchNorm);
+        let default = model_config(&parse(&[]).unwrap()).unwrap();
+        assert_eq!(default.normalization, qkv::nn::Normalization::LayerNorm);
+        let message = parse(&["--normalization", "group_norm"]).err().unwrap().to_string();
+        assert!(message.contains("group_norm") && message.contains("batch_norm"), "{message}");
     }
 }

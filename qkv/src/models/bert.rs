@@ -397,7 +397,7 @@ impl Bert {
     /// The encoder's output (B, S, C) and, with a pooler, tanh(W·h_\[CLS\] + b) (B, C).
     pub fn encode(&self, input: &BertInput, mode: &mut Mode) -> Result<(Tensor, Option<Tensor>)> {
         let (x, mask) = self.embed(input, mode)?;
-        let hidden = self.encoder.forward(&x, mask.as_ref(), mode)?;
+        let hidden = self.encoder.forward(&x, mask.as_ref(), None, mode)?;
         let pooled = match &self.pooler {
             Some(pooler) => Some(pooler.forward(&hidden.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?),
             None => None,
@@ -421,7 +421,7 @@ impl Bert {
     pub fn attention_weights(&self, input: &BertInput) -> Result<Vec<Tensor>> {
         let mode = &mut Mode::Eval;
         let (x, mask) = self.embed(input, mode)?;
-        Ok(self.encoder.forward_with_weights(&x, mask.as_ref(), mode)?.1)
+        Ok(self.encoder.forward_with_weights(&x, mask.as_ref(), None, mode)?.1)
     }
 
     /// The checked input's embeddings (B, S, C) and its padding mask.

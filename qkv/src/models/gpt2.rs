@@ -188,7 +188,7 @@ impl Gpt2 {
     ) -> Result<Tensor> {
         let (mut x, mask) = self.embed(input_ids, attention_mask, mode)?;
         for block in &self.blocks {
-            x = block.forward(&x, Some(&mask), mode)?;
+            x = block.forward(&x, Some(&mask), None, mode)?;
         }
         self.ln_f.forward(&x)
     }
@@ -200,7 +200,7 @@ impl Gpt2 {
         let (mut x, mask) = self.embed(input_ids, attention_mask, mode)?;
         let mut weights = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
-            let (y, w) = block.forward_with_weights(&x, Some(&mask), mode)?;
+            let (y, w) = block.forward_with_weights(&x, Some(&mask), None, mode)?;
             x = y;
             weights.push(w);
         }

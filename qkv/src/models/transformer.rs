@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::kernels::reduced::WeightDtype;
 use crate::nn::{
     decoder::DecoderWeights, Activation, AttentionMask, ComplexEmbedding, Decoder, DecoderCache, Dropout, DropoutRates,
-    DropoutScaling, Embedding, Encoder, LayerConfig, LearnedPosition, Linear, Mode, NormPosition, Projections, Score,
-    SinusoidalPosition, WeightInit,
+    DropoutScaling, Embedding, Encoder, LayerConfig, LearnedPosition, Linear, Mode, NormPosition, Normalization,
+    Projections, Score, SinusoidalPosition, WeightInit,
 };
 use crate::{limits, Error, Result};
 
@@ -59,6 +59,9 @@ pub struct TransformerConfig {
     pub activation_dropout: f64,
     pub layer_norm_eps: f64,
     pub norm_position: NormPosition,
+    /// `layer_norm` (the paper) or `batch_norm` (statistics over each batch's non-padding positions, running
+    /// statistics in evaluation; `qkv study norms` compares them). Absent in configs written before it: LayerNorm.
+    pub normalization: Normalization,
     pub position_encoding: PositionEncoding,
     /// Length of the learned position tables (only for `position_encoding = learned`).
     pub max_position_embeddings: usize,
@@ -109,6 +112,7 @@ impl Default for TransformerConfig {
             activation_dropout: 0.1,
             layer_norm_eps: 1e-5,
             norm_position: NormPosition::Post,
+            normalization: Normalization::LayerNorm,
             position_encoding: PositionEncoding::Sinusoidal,
             max_position_embeddings: 512,
             relative_max_distance: 16,
@@ -164,6 +168,7 @@ impl TransformerConfig {
             d_ff: ffn_dim,
             activation: self.activation_function,
             norm_position: self.norm_position,
+            normalization: self.normalization,
             layer_norm_eps: self.layer_norm_eps,
             bias: true,
             dropout: DropoutRates {
@@ -244,6 +249,13 @@ impl TransformerConfig {
         if self.position_encoding == PositionEncoding::Complex && self.tie_word_embeddings {
             let expected = "false with position_encoding = complex (a position-dependent embedding has no one table to tie the output projection to)";
             return Err(Error::config("tie_word_embeddings", true, expected));
+        }
+        if self.normalization == Normalization::BatchNorm && self.pad_token_id == self.bos_token_id {
+            let expected = format!(
+                "layer_norm while pad_token_id = bos_token_id = {} (BatchNorm tells real target positions from padding by the pad id)",
+                self.pad_token_id
+            );
+            return Err(Error::config("normalization", "batch_norm", expected));
         }
         for (option, id) in [
             ("pad_token_id", self.pad_token_id),
@@ -378,7 +390,19 @@ impl Transformer {
     /// Source ids (B, S) → memory (B, S, C).
     pub fn encode(&self, src: &Tensor, src_mask: &AttentionMask, mode: &mut Mode) -> Result<Tensor> {
         let x = self.embed(src, Stack::Encoder, 0, mode)?;
-        self.encoder.forward(&x, Some(src_mask), mode)
+        let valid = self.real_positions(src, mode)?;
+        self.encoder.forward(&x, Some(src_mask), valid.as_ref(), mode)
+    }
+
+    /// (B, L) u8, 1 where `ids` are not padding: the positions a BatchNorm takes its training statistics over.
+    /// `None` where nothing needs them (LayerNorm, or evaluation's running statistics). Padding is told by
+    /// `pad_token_id`, with which every batch qkv builds pads both sides; [`TransformerConfig::validate`]
+    /// refuses a BatchNorm model whose BOS is the pad id.
+    fn real_positions(&self, ids: &Tensor, mode: &Mode) -> Result<Option<Tensor>> {
+        if self.config.normalization != Normalization::BatchNorm || !mode.is_train() {
+            return Ok(None);
+        }
+        Ok(Some(ids.ne(self.config.pad_token_id)?))
     }
 
     /// Target ids (B, T), shifted right behind BOS, attend causally to themselves and to memory (B, S, C)
@@ -386,14 +410,16 @@ impl Transformer {
     pub fn decode(&self, tgt: &Tensor, memory: &Tensor, src_mask: &AttentionMask, mode: &mut Mode) -> Result<Tensor> {
         let x = self.embed(tgt, Stack::Decoder, 0, mode)?;
         let causal = Self::target_mask(tgt.dim(1)?, tgt.device())?;
-        self.decoder.forward(&x, memory, Some(&causal), Some(src_mask), mode)
+        let valid = self.real_positions(tgt, mode)?;
+        self.decoder.forward(&x, memory, (Some(&causal), Some(src_mask)), valid.as_ref(), mode)
     }
 
     /// As [`decode`](Self::decode), for target inputs given as vectors in the target embedding's space
     /// (B, T, C) rather than ids: rows of [`target_embedding`](Self::target_embedding)'s table or mixtures of
     /// them (scheduled sampling's softmax-weighted inputs). They are scaled by √C where the model scales,
     /// position-encoded at positions 0 .. T and dropped out exactly as looked-up ids are, so the rows of ids give
-    /// [`decode`](Self::decode)'s result bit for bit.
+    /// [`decode`](Self::decode)'s result bit for bit. Vectors carry no pad id: a BatchNorm in training takes its
+    /// statistics over all T positions here.
     pub fn decode_embedded(
         &self,
         token_vectors: &Tensor,
@@ -408,7 +434,7 @@ impl Transformer {
         let x = self.target_embedding()?.scaled(token_vectors)?;
         let x = self.add_positions(x, Stack::Decoder, 0, mode)?;
         let causal = Self::target_mask(token_vectors.dim(1)?, token_vectors.device())?;
-        self.decoder.forward(&x, memory, Some(&causal), Some(src_mask), mode)
+        self.decoder.forward(&x, memory, (Some(&causal), Some(src_mask)), None, mode)
     }
 
     /// The target token embedding (the output projection too, when tied); an error for complex embeddings,
@@ -457,10 +483,10 @@ impl Transformer {
         let mode = &mut Mode::Eval;
         let src_mask = Self::source_mask(src_valid)?;
         let x = self.embed(src, Stack::Encoder, 0, mode)?;
-        let (memory, encoder) = self.encoder.forward_with_weights(&x, Some(&src_mask), mode)?;
+        let (memory, encoder) = self.encoder.forward_with_weights(&x, Some(&src_mask), None, mode)?;
         let x = self.embed(tgt, Stack::Decoder, 0, mode)?;
         let causal = Self::target_mask(tgt.dim(1)?, tgt.device())?;
-        let decoder = self.decoder.forward_with_weights(&x, &memory, Some(&causal), Some(&src_mask), mode)?.1;
+        let decoder = self.decoder.forward_with_weights(&x, &memory, (Some(&causal), Some(&src_mask)), None, mode)?.1;
         Ok(AttentionMaps { encoder, decoder })
     }
 
@@ -586,6 +612,20 @@ mod tests {
             let err = model.decode_embedded(&wrong, &memory, &src_mask, &mut Mode::Eval).unwrap_err().to_string();
             assert!(err.contains("target token vectors") && err.contains("(B, T, 16)"), "{err}");
         }
+    }
+
+    /// A config.json written before `normalization` existed reads as LayerNorm; the field round-trips under its
+    /// snake_case names, and an unknown name is an error that lists the known ones.
+    #[test]
+    fn normalization_reads_old_configs_as_layer_norm_and_round_trips() {
+        let old: TransformerConfig = serde_json::from_str(r#"{"d_model": 64, "norm_position": "pre"}"#).unwrap();
+        assert_eq!(old.normalization, Normalization::LayerNorm);
+        let batch = TransformerConfig { normalization: Normalization::BatchNorm, ..TransformerConfig::small() };
+        let json = serde_json::to_string(&batch).unwrap();
+        assert!(json.contains(r#""normalization":"batch_norm""#), "{json}");
+        assert_eq!(serde_json::from_str::<TransformerConfig>(&json).unwrap(), batch);
+        let err = serde_json::from_str::<TransformerConfig>(r#"{"normalization": "group_norm"}"#).unwrap_err();
+        assert!(err.to_string().contains("batch_norm"), "{err}");
     }
 
     /// A complex embedding has no table whose rows inputs could mix: asking for one is an error that says so,

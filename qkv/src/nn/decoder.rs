@@ -11,7 +11,7 @@ use super::{
     layer::LayerConfig,
     mask::AttentionMask,
     mode::Mode,
-    norm::{LayerNorm, Residual},
+    norm::{Norm, Residual},
 };
 use crate::kernels::reduced::WeightDtype;
 use crate::Result;
@@ -58,16 +58,17 @@ impl DecoderLayer {
     }
 
     /// x (B, T, C) attends to itself under `self_mask` (causal, usually) and to memory (B, S, C) under
-    /// `memory_mask` (source padding) → (B, T, C).
+    /// `memory_mask` (source padding); `target_valid` (B, T) marks x's real positions, over which a BatchNorm
+    /// takes its statistics (`None`: all; LayerNorm ignores it) → (B, T, C).
     pub fn forward(
         &self,
         x: &Tensor,
         memory: &Tensor,
-        self_mask: Option<&AttentionMask>,
-        memory_mask: Option<&AttentionMask>,
+        (self_mask, memory_mask): (Option<&AttentionMask>, Option<&AttentionMask>),
+        target_valid: Option<&Tensor>,
         mode: &mut Mode,
     ) -> Result<Tensor> {
-        Ok(self.run(x, memory, (self_mask, memory_mask), mode, false, None)?.0)
+        Ok(self.run(x, memory, (self_mask, memory_mask), target_valid, mode, false, None)?.0)
     }
 
     /// As [`forward`](Self::forward), also returning both attention maps.
@@ -75,19 +76,21 @@ impl DecoderLayer {
         &self,
         x: &Tensor,
         memory: &Tensor,
-        self_mask: Option<&AttentionMask>,
-        memory_mask: Option<&AttentionMask>,
+        (self_mask, memory_mask): (Option<&AttentionMask>, Option<&AttentionMask>),
+        target_valid: Option<&Tensor>,
         mode: &mut Mode,
     ) -> Result<(Tensor, DecoderWeights)> {
-        let (x, weights) = self.run(x, memory, (self_mask, memory_mask), mode, true, None)?;
+        let (x, weights) = self.run(x, memory, (self_mask, memory_mask), target_valid, mode, true, None)?;
         Ok((x, requested(weights)?))
     }
 
+    #[allow(clippy::too_many_arguments)] // the layer's inputs, masks and switches, each used once
     fn run(
         &self,
         x: &Tensor,
         memory: &Tensor,
         (self_mask, memory_mask): (Option<&AttentionMask>, Option<&AttentionMask>),
+        valid: Option<&Tensor>,
         mode: &mut Mode,
         need_weights: bool,
         cache: Option<&mut DecoderLayerCache>,
@@ -96,13 +99,13 @@ impl DecoderLayer {
             Some(c) => (Some(StepCache::Grow(&mut c.self_attn)), Some(StepCache::Memory(&mut c.cross_attn))),
             None => (None, None),
         };
-        let (x, self_attn) = self
-            .self_attn_residual
-            .forward_with(x, mode, |h, mode| self.self_attn.attend(h, h, self_mask, mode, need_weights, self_cache))?;
-        let (x, cross_attn) = self.cross_attn_residual.forward_with(&x, mode, |h, mode| {
+        let (x, self_attn) = self.self_attn_residual.forward_with(x, valid, mode, |h, mode| {
+            self.self_attn.attend(h, h, self_mask, mode, need_weights, self_cache)
+        })?;
+        let (x, cross_attn) = self.cross_attn_residual.forward_with(&x, valid, mode, |h, mode| {
             self.cross_attn.attend(h, memory, memory_mask, mode, need_weights, cross_cache)
         })?;
-        let x = self.feed_forward_residual.forward(&x, mode, |h, mode| self.feed_forward.forward(h, mode))?;
+        let x = self.feed_forward_residual.forward(&x, valid, mode, |h, mode| self.feed_forward.forward(h, mode))?;
         let weights = match (self_attn, cross_attn) {
             (Some(self_attn), Some(cross_attn)) => Some(DecoderWeights { self_attn, cross_attn }),
             _ => None,
@@ -111,11 +114,11 @@ impl DecoderLayer {
     }
 }
 
-/// N decoder layers, with a final LayerNorm when asked for (see [`super::Encoder`]).
+/// N decoder layers, with a final norm when asked for (see [`super::Encoder`]).
 #[derive(Debug, Clone)]
 pub struct Decoder {
     layers: Vec<DecoderLayer>,
-    norm: Option<LayerNorm>,
+    norm: Option<Norm>,
 }
 
 impl Decoder {
@@ -134,20 +137,21 @@ impl Decoder {
         Ok(())
     }
 
-    /// x (B, T, C), memory (B, S, C) → (B, T, C)
+    /// x (B, T, C), memory (B, S, C), `target_valid` (B, T) as in [`DecoderLayer::forward`] → (B, T, C)
     pub fn forward(
         &self,
         x: &Tensor,
         memory: &Tensor,
-        self_mask: Option<&AttentionMask>,
-        memory_mask: Option<&AttentionMask>,
+        masks: (Option<&AttentionMask>, Option<&AttentionMask>),
+        target_valid: Option<&Tensor>,
         mode: &mut Mode,
     ) -> Result<Tensor> {
-        Ok(self.run(x, memory, (self_mask, memory_mask), mode, false, None)?.0)
+        Ok(self.run(x, memory, masks, target_valid, mode, false, None)?.0)
     }
 
     /// Incremental decoding: x (B, t, C) holds only the positions after those in `cache`; `self_mask` covers
-    /// (t, cached + t) keys (none is needed for t = 1). Appends this step to the cache → (B, t, C).
+    /// (t, cached + t) keys (none is needed for t = 1). Appends this step to the cache → (B, t, C). A BatchNorm
+    /// sees every position as real: in evaluation it uses its running statistics, per position.
     pub fn forward_step(
         &self,
         x: &Tensor,
@@ -156,7 +160,7 @@ impl Decoder {
         cache: &mut DecoderCache,
         mode: &mut Mode,
     ) -> Result<Tensor> {
-        Ok(self.run(x, memory, (self_mask, memory_mask), mode, false, Some(cache))?.0)
+        Ok(self.run(x, memory, (self_mask, memory_mask), None, mode, false, Some(cache))?.0)
     }
 
     /// As [`forward`](Self::forward), also returning every layer's attention maps.
@@ -164,19 +168,21 @@ impl Decoder {
         &self,
         x: &Tensor,
         memory: &Tensor,
-        self_mask: Option<&AttentionMask>,
-        memory_mask: Option<&AttentionMask>,
+        masks: (Option<&AttentionMask>, Option<&AttentionMask>),
+        target_valid: Option<&Tensor>,
         mode: &mut Mode,
     ) -> Result<(Tensor, Vec<DecoderWeights>)> {
-        let (x, weights) = self.run(x, memory, (self_mask, memory_mask), mode, true, None)?;
+        let (x, weights) = self.run(x, memory, masks, target_valid, mode, true, None)?;
         Ok((x, weights.into_iter().map(requested).collect::<Result<_>>()?))
     }
 
+    #[allow(clippy::too_many_arguments)] // the stack's inputs, masks and switches, each passed to every layer
     fn run(
         &self,
         x: &Tensor,
         memory: &Tensor,
         masks: (Option<&AttentionMask>, Option<&AttentionMask>),
+        valid: Option<&Tensor>,
         mode: &mut Mode,
         need_weights: bool,
         mut cache: Option<&mut DecoderCache>,
@@ -191,12 +197,12 @@ impl Decoder {
         let mut weights = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers_mut()[i]);
-            let (y, w) = layer.run(&x, memory, masks, mode, need_weights, layer_cache)?;
+            let (y, w) = layer.run(&x, memory, masks, valid, mode, need_weights, layer_cache)?;
             x = y;
             weights.push(w);
         }
         let x = match &self.norm {
-            Some(norm) => norm.forward(&x)?,
+            Some(norm) => norm.forward(&x, valid, mode)?,
             None => x,
         };
         Ok((x, weights))

@@ -11,7 +11,7 @@ use super::{
     layer::LayerConfig,
     mask::AttentionMask,
     mode::Mode,
-    norm::{LayerNorm, NormPosition, Residual},
+    norm::{Norm, NormPosition, Residual},
 };
 use crate::kernels::reduced::WeightDtype;
 use crate::Result;
@@ -42,9 +42,16 @@ impl EncoderLayer {
         self.feed_forward.pack_weights(dtype, &format!("{prefix}.feed_forward"))
     }
 
-    /// x (B, S, C) with a mask over its keys (usually padding) → (B, S, C).
-    pub fn forward(&self, x: &Tensor, mask: Option<&AttentionMask>, mode: &mut Mode) -> Result<Tensor> {
-        Ok(self.run(x, mask, mode, false, None)?.0)
+    /// x (B, S, C) with a mask over its keys (usually padding) and `valid` (B, S), the real positions a
+    /// BatchNorm takes its statistics over (`None`: all; LayerNorm ignores it) → (B, S, C).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&AttentionMask>,
+        valid: Option<&Tensor>,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        Ok(self.run(x, (mask, valid), mode, false, None)?.0)
     }
 
     /// Incremental decoding with this layer as a decoder-only block (GPT-2): `x` (B, T, C) holds the newest T
@@ -57,7 +64,8 @@ impl EncoderLayer {
         cache: &mut KvCache,
         mode: &mut Mode,
     ) -> Result<Tensor> {
-        Ok(self.run(x, mask, mode, false, Some(cache))?.0)
+        // One position at a time: a BatchNorm here would need evaluation mode's running statistics anyway.
+        Ok(self.run(x, (mask, None), mode, false, Some(cache))?.0)
     }
 
     /// As [`forward`](Self::forward), also returning the self-attention weights (B, H, S, S).
@@ -65,16 +73,17 @@ impl EncoderLayer {
         &self,
         x: &Tensor,
         mask: Option<&AttentionMask>,
+        valid: Option<&Tensor>,
         mode: &mut Mode,
     ) -> Result<(Tensor, Tensor)> {
-        let (x, weights) = self.run(x, mask, mode, true, None)?;
+        let (x, weights) = self.run(x, (mask, valid), mode, true, None)?;
         Ok((x, requested(weights)?))
     }
 
     fn run(
         &self,
         x: &Tensor,
-        mask: Option<&AttentionMask>,
+        (mask, valid): (Option<&AttentionMask>, Option<&Tensor>),
         mode: &mut Mode,
         need_weights: bool,
         cache: Option<&mut KvCache>,
@@ -82,18 +91,18 @@ impl EncoderLayer {
         let step = cache.map(StepCache::Grow);
         let (x, weights) = self
             .self_attn_residual
-            .forward_with(x, mode, |h, mode| self.self_attn.attend(h, h, mask, mode, need_weights, step))?;
-        let x = self.feed_forward_residual.forward(&x, mode, |h, mode| self.feed_forward.forward(h, mode))?;
+            .forward_with(x, valid, mode, |h, mode| self.self_attn.attend(h, h, mask, mode, need_weights, step))?;
+        let x = self.feed_forward_residual.forward(&x, valid, mode, |h, mode| self.feed_forward.forward(h, mode))?;
         Ok((x, weights))
     }
 }
 
-/// N encoder layers, with a final LayerNorm when asked for (required after pre-LN layers, whose output is
+/// N encoder layers, with a final norm when asked for (required after pre-LN layers, whose output is
 /// otherwise un-normalised; `torch.nn.Transformer` also adds one after post-LN layers).
 #[derive(Debug, Clone)]
 pub struct Encoder {
     layers: Vec<EncoderLayer>,
-    norm: Option<LayerNorm>,
+    norm: Option<Norm>,
 }
 
 impl Encoder {
@@ -117,13 +126,19 @@ impl Encoder {
         position == NormPosition::Pre
     }
 
-    /// x (B, S, C) → memory (B, S, C)
-    pub fn forward(&self, x: &Tensor, mask: Option<&AttentionMask>, mode: &mut Mode) -> Result<Tensor> {
+    /// x (B, S, C) with `valid` (B, S), its real positions (see [`EncoderLayer::forward`]) → memory (B, S, C)
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&AttentionMask>,
+        valid: Option<&Tensor>,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
         let mut x = x.clone();
         for layer in &self.layers {
-            x = layer.forward(&x, mask, mode)?;
+            x = layer.forward(&x, mask, valid, mode)?;
         }
-        self.final_norm(x)
+        self.final_norm(x, valid, mode)
     }
 
     /// As [`forward`](Self::forward), also returning every layer's self-attention weights (B, H, S, S).
@@ -131,22 +146,23 @@ impl Encoder {
         &self,
         x: &Tensor,
         mask: Option<&AttentionMask>,
+        valid: Option<&Tensor>,
         mode: &mut Mode,
     ) -> Result<(Tensor, Vec<Tensor>)> {
         let mut x = x.clone();
         let mut weights = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
-            let (y, w) = layer.forward_with_weights(&x, mask, mode)?;
+            let (y, w) = layer.forward_with_weights(&x, mask, valid, mode)?;
             x = y;
             weights.push(w);
         }
-        Ok((self.final_norm(x)?, weights))
+        Ok((self.final_norm(x, valid, mode)?, weights))
     }
 
-    /// The closing LayerNorm, where the stack has one.
-    fn final_norm(&self, x: Tensor) -> Result<Tensor> {
+    /// The closing norm, where the stack has one.
+    fn final_norm(&self, x: Tensor, valid: Option<&Tensor>, mode: &Mode) -> Result<Tensor> {
         match &self.norm {
-            Some(norm) => norm.forward(&x),
+            Some(norm) => norm.forward(&x, valid, mode),
             None => Ok(x),
         }
     }

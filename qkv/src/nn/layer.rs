@@ -7,7 +7,7 @@ use super::{
     attention::{AttentionConfig, Projections, Score},
     dropout::{Dropout, DropoutRates},
     feed_forward::{Activation, FeedForward},
-    norm::{LayerNorm, NormPosition, Residual},
+    norm::{Norm, NormPosition, Normalization, Residual},
     params::WeightInit,
 };
 use crate::{Error, Result};
@@ -22,6 +22,9 @@ pub struct LayerConfig {
     pub d_ff: usize,
     pub activation: Activation,
     pub norm_position: NormPosition,
+    /// LayerNorm (the paper) or BatchNorm in every residual sub-layer and the final norm.
+    #[serde(default)]
+    pub normalization: Normalization,
     pub layer_norm_eps: f64,
     /// Biases on the attention and feed-forward projections.
     pub bias: bool,
@@ -53,6 +56,7 @@ impl LayerConfig {
             d_ff,
             activation: Activation::Relu,
             norm_position: NormPosition::Post,
+            normalization: Normalization::LayerNorm,
             layer_norm_eps: 1e-5,
             bias: true,
             dropout: DropoutRates::default(),
@@ -101,9 +105,9 @@ impl LayerConfig {
         AttentionConfig { relative_max_distance: None, rotary: false, ..self.self_attention() }
     }
 
-    /// A residual connection around one sub-layer, its LayerNorm's parameters under `vb`.
+    /// A residual connection around one sub-layer, its norm's parameters under `vb`.
     pub fn residual(&self, vb: VarBuilder) -> Result<Residual> {
-        let norm = LayerNorm::new(vb, self.d_model, self.layer_norm_eps)?;
+        let norm = self.norm(vb)?;
         let dropout = Dropout::new(self.dropout.residual, "dropout.residual")?.with_scaling(self.dropout.scaling);
         let residual = Residual::new(norm, dropout, self.norm_position);
         Ok(if self.residual { residual } else { residual.without_skip() })
@@ -115,12 +119,17 @@ impl LayerConfig {
         FeedForward::new(vb, self.d_model, self.d_ff, self.activation, dropout, self.bias, self.init)
     }
 
-    /// The LayerNorm closing a stack, parameters `norm.*` under `vb`, if `enabled`.
-    pub fn final_norm(&self, enabled: bool, vb: VarBuilder) -> Result<Option<LayerNorm>> {
+    /// The norm closing a stack, parameters `norm.*` under `vb`, if `enabled`.
+    pub fn final_norm(&self, enabled: bool, vb: VarBuilder) -> Result<Option<Norm>> {
         if !enabled {
             return Ok(None);
         }
-        Ok(Some(LayerNorm::new(vb.pp("norm"), self.d_model, self.layer_norm_eps)?))
+        Ok(Some(self.norm(vb.pp("norm"))?))
+    }
+
+    /// The configured normalisation over C, parameters under `vb`.
+    fn norm(&self, vb: VarBuilder) -> Result<Norm> {
+        Norm::new(self.normalization, vb, self.d_model, self.layer_norm_eps)
     }
 }
 

@@ -31,6 +31,6 @@ pub use layer::LayerConfig;
 pub use linear::Linear;
 pub use mask::AttentionMask;
 pub use mode::Mode;
-pub use norm::{LayerNorm, NormPosition, Residual};
+pub use norm::{BatchNorm, LayerNorm, Norm, NormPosition, Normalization, Residual};
 pub use params::{seeded_var_builder, WeightInit};
 pub use position::{LearnedPosition, RelativePosition, RelativeTerms, RotaryPosition, SinusoidalPosition};

@@ -3,12 +3,15 @@
 //! where the identity path from the loss to every layer carries no normalisation at all, and often train
 //! without a ramp (Xiong et al., 2020). Measured: how often each arrangement fails to train over seeds, with
 //! and without the ramp, at two depths and two peak learning rates, and the gradient of every layer at
-//! initialisation.
+//! initialisation. Then LayerNorm against BatchNorm (over the non-padding positions, running statistics for
+//! evaluation) at batch sizes from small to large, and with strings of one length against strings of many, as
+//! BatchNorm is said to suffer from small batches and variable lengths.
 
 use serde_json::json;
 
 use super::{exact_match, format_spread, mean_std, Figure, RunResult, Section, Study, Table};
-use crate::nn::NormPosition;
+use crate::metrics::t_test::welch;
+use crate::nn::{NormPosition, Normalization};
 use crate::plot::{Chart, Point, Series};
 use crate::train::synthetic::SyntheticConfig;
 use crate::Result;
@@ -65,6 +68,64 @@ pub struct Trained {
     pub runs: Vec<RunResult>,
 }
 
+/// The batch sizes LayerNorm and BatchNorm are compared at.
+pub const BATCH_SIZES: [usize; 3] = [4, 16, 64];
+
+/// The batch size at which strings of one length are compared with strings of many: the smallest at which both
+/// norms learn the task in the task's steps (at batch 4 neither does), where a batch's statistics still depend
+/// on which lengths it happened to draw.
+pub const FIXED_LENGTH_BATCH: usize = 16;
+
+/// One LayerNorm-or-BatchNorm setting: the batch size, and whether every string has the task's longest length
+/// (no padding anywhere) instead of lengths from min_len to max_len.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NormChoice {
+    pub normalization: Normalization,
+    pub batch_size: usize,
+    pub fixed_length: bool,
+}
+
+impl NormChoice {
+    fn name(&self) -> String {
+        let lengths = if self.fixed_length { ", one length" } else { "" };
+        format!("{}, batch {}{lengths}", normalization_name(self.normalization), self.batch_size)
+    }
+}
+
+/// Each batch size with both norms, then the fixed-length pair.
+pub fn norm_choices() -> Vec<NormChoice> {
+    let both = |batch_size, fixed_length| {
+        [Normalization::LayerNorm, Normalization::BatchNorm].map(|normalization| NormChoice {
+            normalization,
+            batch_size,
+            fixed_length,
+        })
+    };
+    let mut all: Vec<NormChoice> = BATCH_SIZES.iter().flat_map(|&b| both(b, false)).collect();
+    all.extend(both(FIXED_LENGTH_BATCH, true));
+    all
+}
+
+/// `choice` on the task: post-norm, the task's depth and the paper's schedule unchanged whatever the batch size,
+/// and every batch in one piece (one shard), so that BatchNorm's statistics are the whole batch's; LayerNorm
+/// runs the same way so that the two differ in the norm alone.
+pub fn norm_variant(task: &SyntheticConfig, choice: NormChoice) -> SyntheticConfig {
+    let mut config = SyntheticConfig {
+        normalization: choice.normalization,
+        norm_position: NormPosition::Post,
+        batch_size: choice.batch_size,
+        min_len: if choice.fixed_length { task.max_len } else { task.min_len },
+        ..task.clone()
+    };
+    config.run.shards = 1;
+    config
+}
+
+pub struct NormRuns {
+    pub choice: NormChoice,
+    pub runs: Vec<RunResult>,
+}
+
 pub fn run(study: &mut Study) -> Result<Section> {
     let task = study.task();
     let mut trained = Vec::new();
@@ -77,8 +138,16 @@ pub fn run(study: &mut Study) -> Result<Section> {
         let config = variant(&task, Arrangement { norm, ramp: true, layers: 6, lr_factor: 1.0 });
         gradients.push((norm, study.gradient_norms_per_seed(&config)?));
     }
+    let mut compared = Vec::new();
+    for choice in norm_choices() {
+        let runs = study.train_seeds(&format!("norms: {}", choice.name()), &norm_variant(&task, choice))?;
+        compared.push(NormRuns { choice, runs });
+    }
     figures(study, &trained, &gradients)?;
-    Ok(section(study, &trained, &gradients))
+    batch_norm_figure(study, &compared)?;
+    let mut section = section(study, &trained, &gradients);
+    add_batch_norm(&mut section, study, &compared);
+    Ok(section)
 }
 
 pub fn variant(task: &SyntheticConfig, a: Arrangement) -> SyntheticConfig {
@@ -93,6 +162,145 @@ pub fn variant(task: &SyntheticConfig, a: Arrangement) -> SyntheticConfig {
 
 fn failed(run: &RunResult) -> bool {
     !run.final_loss.is_finite() || run.final_loss >= FAILED_LOSS
+}
+
+fn normalization_name(normalization: Normalization) -> &'static str {
+    match normalization {
+        Normalization::LayerNorm => "LayerNorm",
+        Normalization::BatchNorm => "BatchNorm",
+    }
+}
+
+/// The runs of one setting, if it was trained.
+fn runs_of(compared: &[NormRuns], normalization: Normalization, batch_size: usize, fixed_length: bool) -> &[RunResult] {
+    let wanted = NormChoice { normalization, batch_size, fixed_length };
+    compared.iter().find(|c| c.choice == wanted).map_or(&[][..], |c| &c.runs[..])
+}
+
+/// LayerNorm's and BatchNorm's exact match (%) at one setting and Welch's p of the difference (NaN with fewer
+/// than two seeds).
+fn layer_against_batch(compared: &[NormRuns], batch_size: usize, fixed_length: bool) -> (Vec<f64>, Vec<f64>, f64) {
+    let ln = exact_match(runs_of(compared, Normalization::LayerNorm, batch_size, fixed_length));
+    let bn = exact_match(runs_of(compared, Normalization::BatchNorm, batch_size, fixed_length));
+    let p = welch(&bn, &ln).map_or(f64::NAN, |t| t.p);
+    (ln, bn, p)
+}
+
+/// The LayerNorm-against-BatchNorm table, the answer's sentence on it, the setup's paragraph and the figure.
+fn add_batch_norm(section: &mut Section, study: &Study, compared: &[NormRuns]) {
+    let task = study.task();
+    let mut table = Table::new(
+        format!(
+            "LayerNorm against BatchNorm, post-norm, {} seeds per row: held-out exact match % and final training loss",
+            study.seeds().len()
+        ),
+        &[
+            "batch size",
+            "string lengths",
+            "LayerNorm",
+            "BatchNorm",
+            "BatchNorm − LayerNorm",
+            "Welch p",
+            "final loss LayerNorm",
+            "final loss BatchNorm",
+        ],
+    );
+    let mut settings: Vec<(usize, bool)> = BATCH_SIZES.iter().map(|&b| (b, false)).collect();
+    settings.push((FIXED_LENGTH_BATCH, true));
+    let mut gaps = Vec::new();
+    for &(batch_size, fixed_length) in &settings {
+        let (ln, bn, p) = layer_against_batch(compared, batch_size, fixed_length);
+        let gap = mean_std(&bn).0 - mean_std(&ln).0;
+        let lengths = if fixed_length {
+            format!("{} only", task.max_len)
+        } else {
+            format!("{}–{}", task.min_len, task.max_len)
+        };
+        table.row(vec![
+            batch_size.to_string(),
+            lengths,
+            format_spread(&ln, 1),
+            format_spread(&bn, 1),
+            format!("{gap:+.1}"),
+            format!("{p:.3}"),
+            final_loss(runs_of(compared, Normalization::LayerNorm, batch_size, fixed_length)),
+            final_loss(runs_of(compared, Normalization::BatchNorm, batch_size, fixed_length)),
+        ]);
+        gaps.push((batch_size, fixed_length, mean_std(&ln), mean_std(&bn), gap, p));
+    }
+    let per_batch: Vec<String> = gaps
+        .iter()
+        .filter(|g| !g.1)
+        .map(|(b, _, ln, bn, _, p)| {
+            format!("batch {b}: {:.1} ± {:.1} against {:.1} ± {:.1} (p = {p:.3})", ln.0, ln.1, bn.0, bn.1)
+        })
+        .collect();
+    let gap_of =
+        |fixed: bool| gaps.iter().find(|g| g.0 == FIXED_LENGTH_BATCH && g.1 == fixed).map_or(f64::NAN, |g| g.4);
+    section.answer.push_str(&format!(
+        " LayerNorm against BatchNorm (post-norm, held-out exact match %, LayerNorm first): {}. At batch {FIXED_LENGTH_BATCH}, BatchNorm − LayerNorm is {:+.1} points with strings of {}–{} symbols and {:+.1} with strings all of length {}.",
+        per_batch.join("; "),
+        gap_of(false),
+        task.min_len,
+        task.max_len,
+        gap_of(true),
+        task.max_len,
+    ));
+    section.setup.push_str(&format!(
+        " LayerNorm against BatchNorm: post-norm, {} + {} layers, at batch sizes {BATCH_SIZES:?} with the same {} steps and the paper's schedule (no rate scaled with the batch: smaller batches see fewer strings), every batch on one shard so that BatchNorm's statistics are the whole batch's (LayerNorm runs the same way). BatchNorm takes its statistics over each batch's non-padding positions (encoder: source tokens; decoder: BOS and target tokens) and evaluates with running statistics (momentum 0.1, as torch.nn.BatchNorm1d). Variable lengths: at batch {FIXED_LENGTH_BATCH}, strings of {}–{} symbols against strings all of length {} (no padding, the same number of real positions in every batch).",
+        task.layers, task.layers, task.run.max_steps.unwrap_or(0), task.min_len, task.max_len, task.max_len,
+    ));
+    section.tables.push(table);
+    section.figures.push(Figure {
+        file: "norms_batch_norm.png".into(),
+        caption: "Held-out exact match of LayerNorm and BatchNorm by batch size (mean ± std over seeds); the dashed points are strings all of the longest length".into(),
+    });
+    if let Some(results) = section.results.as_object_mut() {
+        results.insert(
+            "layer_norm_against_batch_norm".into(),
+            json!(compared.iter().map(|c| json!({"setting": c.choice.name(), "runs": c.runs})).collect::<Vec<_>>()),
+        );
+    }
+}
+
+fn final_loss(runs: &[RunResult]) -> String {
+    format_spread(&runs.iter().map(|r| r.final_loss).collect::<Vec<_>>(), 3)
+}
+
+fn batch_norm_figure(study: &Study, compared: &[NormRuns]) -> Result<()> {
+    let point = |runs: &[RunResult], x: usize| {
+        let (mean, std) = mean_std(&exact_match(runs));
+        Point { x: x as f64, y: mean, spread: Some(std) }
+    };
+    let series = |normalization: Normalization, fixed_length: bool| Series {
+        name: format!("{}{}", normalization_name(normalization), if fixed_length { ", one length" } else { "" }),
+        points: BATCH_SIZES
+            .iter()
+            .enumerate()
+            .filter(|&(_, &b)| !fixed_length || b == FIXED_LENGTH_BATCH)
+            .map(|(i, &b)| point(runs_of(compared, normalization, b, fixed_length), i))
+            .filter(|p| p.y.is_finite())
+            .collect(),
+        dashed: fixed_length,
+    };
+    Chart {
+        title: "LayerNorm against BatchNorm by batch size".into(),
+        note: format!("reversal task, post-norm, mean ± std over {} seeds", study.seeds().len()),
+        x_label: "batch size".into(),
+        y_label: "held-out exact match %".into(),
+        x_categories: BATCH_SIZES.iter().map(|b| b.to_string()).collect(),
+        series: [
+            (Normalization::LayerNorm, false),
+            (Normalization::BatchNorm, false),
+            (Normalization::LayerNorm, true),
+            (Normalization::BatchNorm, true),
+        ]
+        .iter()
+        .map(|&(n, fixed)| series(n, fixed))
+        .collect(),
+        ..Chart::default()
+    }
+    .draw(&study.figure("norms_batch_norm.png"))
 }
 
 fn norm_name(norm: NormPosition) -> &'static str {
@@ -182,7 +390,7 @@ fn section(study: &Study, trained: &[Trained], gradients: &[LayerGradients]) -> 
     );
     Section {
         name: "norms".into(),
-        question: "Post-LN or pre-LN, and why the warm-up?".into(),
+        question: "Post-LN or pre-LN, and why the warm-up? And LayerNorm or BatchNorm?".into(),
         answer,
         setup: format!(
             "The built-in reversal task ({} Adam steps), d_model {}, {} heads; the paper's schedule lr = factor · d^−0.5 · min(step^−0.5, step · warmup^−1.5) with warmup {} (peak at factor 1: {:.4}), or, without the ramp, the same schedule holding its peak from the first step; seeds {seeds:?}. A run failed when its final training loss was ≥ {FAILED_LOSS} or not finite. Gradient norms: all parameters of one layer, from the loss of the first training batch each seed draws, before any update.",

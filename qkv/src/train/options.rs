@@ -74,6 +74,16 @@ impl Default for LoopSettings {
 }
 
 impl LoopSettings {
+    /// A BatchNorm model needs every batch in one piece: each shard would take its own statistics (and the
+    /// shards would race to update the running ones).
+    pub fn check_normalization(&self, normalization: crate::nn::Normalization) -> Result<()> {
+        if normalization == crate::nn::Normalization::BatchNorm && self.shards > 1 {
+            let expected = "1 with normalization = batch_norm (its statistics are over the whole batch)";
+            return Err(Error::config("shards", self.shards, expected));
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<()> {
         for (option, value) in [
             ("gradient_accumulation_steps", self.gradient_accumulation_steps),

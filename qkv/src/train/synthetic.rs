@@ -22,7 +22,7 @@ use crate::decode::{greedy, DecodeOptions};
 use crate::hub::save_parameters;
 use crate::models::{PositionEncoding, Transformer, TransformerConfig};
 use crate::nn::params::{named_vars, WeightInit};
-use crate::nn::{seeded_var_builder, DropoutRates, Mode, NormPosition, Projections, Score};
+use crate::nn::{seeded_var_builder, DropoutRates, Mode, NormPosition, Normalization, Projections, Score};
 use crate::rng::Rng;
 use crate::train::{cross_entropy, schedule::inverse_sqrt};
 use crate::{Error, Result};
@@ -99,6 +99,9 @@ pub struct SyntheticConfig {
     /// Where LayerNorm sits (`qkv study norms` compares them).
     #[serde(skip_serializing_if = "is_post")]
     pub norm_position: NormPosition,
+    /// LayerNorm or BatchNorm (`qkv study norms` compares them); BatchNorm needs `shards = 1`.
+    #[serde(skip_serializing_if = "is_layer_norm")]
+    pub normalization: Normalization,
     /// Residual connections around every sub-layer (`qkv study residuals` removes them).
     #[serde(skip_serializing_if = "is_true")]
     pub residual_connections: bool,
@@ -149,6 +152,7 @@ impl Default for SyntheticConfig {
             embedding_init: None,
             share_encoder_decoder_embeddings: true,
             norm_position: NormPosition::Post,
+            normalization: Normalization::LayerNorm,
             residual_connections: true,
             warmup_ramp: true,
             dropout_rates: None,
@@ -193,6 +197,7 @@ impl SyntheticConfig {
             position_encoding: self.position_encoding,
             relative_max_distance: self.relative_max_distance,
             norm_position: self.norm_position,
+            normalization: self.normalization,
             residual_connections: self.residual_connections,
             tie_word_embeddings: self.tie_word_embeddings,
             scale_embedding: self.scale_embedding,
@@ -218,6 +223,10 @@ fn is_default_clip(k: &usize) -> bool {
 
 fn is_post(position: &NormPosition) -> bool {
     *position == NormPosition::Post
+}
+
+fn is_layer_norm(normalization: &Normalization) -> bool {
+    *normalization == Normalization::LayerNorm
 }
 
 fn is_true(value: &bool) -> bool {
@@ -248,6 +257,7 @@ impl TrainingOptions for SyntheticConfig {
         if let Some(longer) = self.extrapolation_max_len.filter(|&n| n <= self.max_len) {
             return Err(Error::config("extrapolation_max_len", longer, format!("> max_len = {}", self.max_len)));
         }
+        self.run.check_normalization(self.normalization)?;
         let train_size = self.train_size.unwrap_or(1);
         for (option, value) in [
             ("symbols", self.symbols as usize),
@@ -554,6 +564,7 @@ mod tests {
             "relative_max_distance",
             "tie_word_embeddings",
             "norm_position",
+            "normalization",
             "residual_connections",
             "warmup_ramp",
             "dropout_rates",

@@ -362,7 +362,9 @@ impl<T: Task> Trainer<T> {
 
     fn assemble(run_dir: Option<&Path>, task: T, state: TrainState) -> Result<Self> {
         let settings = task.training().loop_settings().clone();
-        let optimizer = AdamW::new(task.vars().to_vec(), settings.adam, AdamW::decay_matrices)?;
+        // BatchNorm's running statistics are variables too, but state rather than parameters: never trained.
+        let trained = task.vars().iter().filter(|(name, _)| !crate::nn::norm::is_running_statistic(name));
+        let optimizer = AdamW::new(trained.cloned().collect(), settings.adam, AdamW::decay_matrices)?;
         let resumed = LoadReport::default();
         Ok(Self { run_dir: run_dir.map(Path::to_path_buf), task, settings, optimizer, state, clock: None, resumed })
     }

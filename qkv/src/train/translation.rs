@@ -173,6 +173,7 @@ impl TranslationTask {
         tokenizer: Tokenizer,
         pairs: Vec<SentencePair>,
     ) -> Result<Self> {
+        training.run.check_normalization(model_config.normalization)?;
         let device = training.run.device.device()?;
         let (train, skipped) = encode_pairs(&tokenizer, &pairs, Some(training.max_len))?;
         if train.is_empty() {
