@@ -85,7 +85,9 @@ pub struct TranslationArgs {
     /// Srivastava et al.), or never (classic_unscaled: classic with the evaluation factor forgotten)
     #[arg(long, value_parser = ["inverted", "classic", "classic_unscaled"])]
     dropout_scaling: Option<String>,
-    #[arg(long, value_parser = ["bpe", "wordpiece"])]
+    /// The vocabulary: byte-pair merges, WordPiece, single characters, or whole words (split at spaces and
+    /// punctuation; --vocab-size most frequent, the rest <unk>)
+    #[arg(long, value_parser = ["bpe", "wordpiece", "char", "word"])]
     subword: Option<String>,
     #[arg(long)]
     vocab_size: Option<usize>,
@@ -236,7 +238,7 @@ fn training_options(args: &TranslationArgs) -> Result<TranslationTraining> {
     t.valid_source = path(&args.valid_source);
     t.valid_target = path(&args.valid_target);
     if let Some(subword) = &args.subword {
-        t.subword = if subword == "bpe" { SubwordModel::Bpe } else { SubwordModel::WordPiece };
+        t.subword = SubwordModel::from_name(subword).context("--subword")?;
     }
     override_some!(
         t,
@@ -367,5 +369,14 @@ mod tests {
         );
         let message = parse(&["--attention-score", "cosine"]).err().unwrap().to_string();
         assert!(message.contains("cosine") && message.contains("scaled_dot"), "{message}");
+    }
+
+    #[test]
+    fn subword_names_every_vocabulary() {
+        for model in SubwordModel::ALL {
+            let options = training_options(&parse(&["--subword", model.name()]).unwrap()).unwrap();
+            assert_eq!(options.subword, model);
+        }
+        assert!(parse(&["--subword", "bytes"]).is_err());
     }
 }
