@@ -5,6 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The shared Multi30k copy beside the project's checkouts (the `tokenizers` question reads it).
+const MULTI30K: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/multi30k");
+
 struct Scratch(PathBuf);
 
 impl Scratch {
@@ -38,7 +41,7 @@ fn study(args: &[&str], out: &Path) -> (String, String) {
 #[test]
 fn every_question_runs_and_writes_its_section() {
     let scratch = Scratch::new("all");
-    let (stdout, _) = study(&["all", "--quick", "--seeds", "4"], &scratch.0);
+    let (stdout, _) = study(&["all", "--quick", "--seeds", "4", "--multi30k", MULTI30K], &scratch.0);
     let report = std::fs::read_to_string(scratch.0.join("report.md")).unwrap();
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(scratch.0.join("results.json")).unwrap()).unwrap();
@@ -57,7 +60,8 @@ fn every_question_runs_and_writes_its_section() {
             "positions",
             "residuals",
             "norms",
-            "dropout"
+            "dropout",
+            "tokenizers"
         ]
     );
     for section in sections {
@@ -93,4 +97,19 @@ fn no_seeds_is_an_error() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("seed"), "{stderr}");
+}
+
+#[test]
+fn a_missing_multi30k_file_is_an_error_naming_it() {
+    let scratch = Scratch::new("multi30k");
+    let output = Command::new(env!("CARGO_BIN_EXE_qkv"))
+        .args(["study", "tokenizers", "--quick", "--multi30k"])
+        .arg(scratch.0.join("nowhere"))
+        .arg("--out")
+        .arg(&scratch.0)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("nowhere/train.de") && stderr.contains("--multi30k"), "{stderr}");
 }

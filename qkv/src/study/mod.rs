@@ -3,7 +3,8 @@
 //!
 //! Each question is a module whose `run` measures or trains and returns a [`Section`] of the report: a one-line
 //! answer with its numbers, the setup, tables and figures. Trained variants use the built-in reversal task
-//! ([`crate::train::synthetic`]), so a question takes minutes on two cores; every trained number is a mean ±
+//! ([`crate::train::synthetic`]), so a question takes minutes on two cores — all but [`tokenizers`], which
+//! needs real text and reads Multi30k from a directory ([`StudyOptions::multi30k`]); every trained number is a mean ±
 //! standard deviation over seeds, and a difference within the spread is called no difference. Finished runs
 //! are kept under the report directory ([`Study`]), so a study that is stopped continues where it was and
 //! questions share the runs they have in common.
@@ -21,9 +22,10 @@ pub mod report;
 pub mod residuals;
 pub mod runs;
 pub mod scaling;
+pub mod tokenizers;
 
 pub use report::{keep_section, kept_sections, write_report, Figure, Section, Table};
-pub use runs::{AttentionStats, RunResult, Study, StudyOptions};
+pub use runs::{AttentionStats, RunResult, Study, StudyOptions, DEFAULT_MULTI30K};
 
 /// What answers one question.
 pub type Answer = fn(&mut Study) -> crate::Result<Section>;
@@ -41,6 +43,7 @@ pub const QUESTIONS: &[(&str, Answer)] = &[
     ("residuals", residuals::run),
     ("norms", norms::run),
     ("dropout", dropout::run),
+    ("tokenizers", tokenizers::run),
 ];
 
 /// Each run's held-out exact match in percent.

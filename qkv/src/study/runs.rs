@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_file::write_atomically;
@@ -24,13 +25,19 @@ pub struct StudyOptions {
     /// freed memory back to the OS at once in between, or memory it keeps mapped for reuse hides the
     /// measurement's allocations (the CLI's mimalloc does keep it).
     pub release_memory: Option<fn(bool)>,
+    /// The Multi30k directory (`train`, `val` and `test_2016_flickr`, `.de` and `.en`) of the questions on
+    /// real translation; read only by them.
+    pub multi30k: PathBuf,
 }
 
 impl Default for StudyOptions {
     fn default() -> Self {
-        Self { seeds: vec![1, 2, 3], quick: false, release_memory: None }
+        Self { seeds: vec![1, 2, 3], quick: false, release_memory: None, multi30k: PathBuf::from(DEFAULT_MULTI30K) }
     }
 }
+
+/// Where the Multi30k corpus is by default, from the project's root.
+pub const DEFAULT_MULTI30K: &str = "../shared/data/multi30k";
 
 /// A study in progress: its options, its report directory and the progress messages it prints.
 pub struct Study {
@@ -65,6 +72,16 @@ impl Study {
         } else {
             self.options.seeds.clone()
         }
+    }
+
+    /// The Multi30k directory ([`StudyOptions::multi30k`]).
+    pub fn multi30k(&self) -> &Path {
+        &self.options.multi30k
+    }
+
+    /// The report directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Where a figure of the report goes.
@@ -121,15 +138,25 @@ impl Study {
     pub fn train(&mut self, label: &str, config: &SyntheticConfig, seed: u64) -> Result<RunResult> {
         let mut config = config.clone();
         config.run.seed = seed;
-        let key = serde_json::to_string(&config).map_err(|e| Error::config("study run", label, e))?;
+        self.kept_run(&format!("{label}, seed {seed}"), &config, train_and_measure)
+    }
+
+    /// `train(config)`, or its result read back from `runs/` when an earlier run of the same configuration (its
+    /// whole JSON, seed included) finished: how every question's trainings survive an interrupted study.
+    pub fn kept_run<C, R>(&mut self, label: &str, config: &C, train: impl FnOnce(&C) -> Result<R>) -> Result<R>
+    where
+        C: Serialize,
+        R: Serialize + DeserializeOwned,
+    {
+        let key = serde_json::to_string(config).map_err(|e| Error::config("study run", label, e))?;
         let path = self.dir.join("runs").join(format!("{:016x}.json", fnv1a(FNV1A_EMPTY, key.as_bytes())));
         if let Some(kept) = read_kept(&path, &key)? {
             return Ok(kept);
         }
-        self.say(&format!("training {label}, seed {seed}"));
-        let result = train_and_measure(&config)?;
-        let kept = KeptRun { config: key, result: result.clone() };
-        let json = serde_json::to_vec(&kept).map_err(|e| Error::input(&path, None, e))?;
+        self.say(&format!("training {label}"));
+        let result = train(config)?;
+        let json =
+            serde_json::to_vec(&KeptRun { config: key, result: &result }).map_err(|e| Error::input(&path, None, e))?;
         write_atomically(&path, &json)?;
         Ok(result)
     }
@@ -138,15 +165,15 @@ impl Study {
 /// What `runs/*.json` holds: the configuration as trained (to tell hash collisions and edits apart) and the
 /// outcome.
 #[derive(Serialize, Deserialize)]
-struct KeptRun {
+struct KeptRun<R> {
     config: String,
-    result: RunResult,
+    result: R,
 }
 
-fn read_kept(path: &Path, key: &str) -> Result<Option<RunResult>> {
+fn read_kept<R: DeserializeOwned>(path: &Path, key: &str) -> Result<Option<R>> {
     let Ok(bytes) = std::fs::read(path) else { return Ok(None) };
     // A file that does not parse or belongs to another configuration is trained again and replaced.
-    Ok(serde_json::from_slice::<KeptRun>(&bytes).ok().filter(|k| k.config == key).map(|k| k.result))
+    Ok(serde_json::from_slice::<KeptRun<R>>(&bytes).ok().filter(|k| k.config == key).map(|k| k.result))
 }
 
 /// One trained variant with one seed.
