@@ -313,8 +313,8 @@ fn section(study: &Study, measured: &[VocabularyStats], trained: &[(SubwordModel
                 return score;
             }
             match p_against(runs, bpe) {
-                p if p < 0.05 => format!("{score} (differs from BPE, p = {p:.2})"),
-                p if p >= 0.05 => format!("{score} (within noise of BPE, p = {p:.2})"),
+                p if p < 0.05 => format!("{score} (differs from BPE, p = {p:.3})"),
+                p if p >= 0.05 => format!("{score} (within noise of BPE, p = {p:.3})"),
                 _ => format!("{score} (one seed: no test)"),
             }
         })
@@ -370,7 +370,7 @@ fn sizes_answer(measured: &[VocabularyStats]) -> String {
     let unk = |s: Option<&VocabularyStats>| s.map_or(f64::NAN, |s| 100.0 * s.unk_tokens);
     let words_text = words.map_or(String::new(), |w| {
         format!(
-            "; words at {} take {:.1} but leave {:.1}% of test tokens <unk> ({:.0}% of sentences have one)",
+            "; words (one token each whatever the size) at {} take {:.1} but leave {:.1}% of test tokens `<unk>` ({:.0}% of sentences have one)",
             w.vocab_size,
             w.mean_tokens(),
             100.0 * w.unk_tokens,
@@ -382,7 +382,7 @@ fn sizes_answer(measured: &[VocabularyStats]) -> String {
         measured.iter().filter(|s| s.model == model).map(|s| 100.0 * s.unk_tokens).fold(0.0, f64::max)
     };
     format!(
-        "Tokens per test sentence: characters {:.1} ({} symbols, {:.2}% <unk>), {}, {}{}; BPE and WordPiece leave at most {:.2}% and {:.2}% <unk>.",
+        "Tokens per test sentence: characters {:.1} ({} symbols, {:.2}% `<unk>`), {}, {}{}; BPE and WordPiece leave at most {:.2}% and {:.2}% `<unk>`.",
         characters.map_or(f64::NAN, VocabularyStats::mean_tokens),
         characters.map_or(0, |c| c.vocab_size),
         unk(characters),
@@ -402,7 +402,7 @@ fn setup(study: &Study, seeds: &[u64]) -> String {
         String::new()
     };
     format!(
-        "Multi30k (Elliott et al., 2016; {}): every vocabulary is joint, trained on both sides of the 29 000 training pairs by Hugging Face `tokenizers` (NFC, spaces as ▁): BPE and WordPiece as `qkv train translation` trains them; characters: a WordLevel vocabulary over single characters (the space is a token of its own), every character seen in training (budget {CHARACTER_BUDGET}); words: a WordLevel vocabulary over the text split at spaces and around every punctuation mark, the most frequent up to the size asked, the rest <unk>. Lengths and <unk> are measured on test_2016_flickr (1000 pairs, both languages). Translation German → English with the same training as `qkv train translation --subword …`: {}+{} layers, d_model {}, {} heads, FFN {}, dropout {}, tied embeddings, {STEPS} Adam steps of {MAX_TOKENS} tokens (padding included; the same compute per step, so longer tokenizations see fewer sentences), warm-up {WARMUP}, lr factor {LR_FACTOR}, label smoothing 0.1, vocabulary {TRAINED_VOCAB} for BPE, WordPiece and words; seeds {seeds:?}. BLEU: sacreBLEU-compatible corpus BLEU (13a tokenisation) of greedy translations of the test set, decoded to text, against the raw references; p: Welch's t-test against BPE over seeds.{quick}",
+        "Multi30k (Elliott et al., 2016; {}): every vocabulary is joint, trained on both sides of the 29 000 training pairs by Hugging Face `tokenizers` (NFC, spaces as ▁): BPE and WordPiece as `qkv train translation` trains them; characters: a WordLevel vocabulary over single characters (the space is a token of its own), every character seen in training (budget {CHARACTER_BUDGET}); words: a WordLevel vocabulary over the text split at spaces and around every punctuation mark, the most frequent up to the size asked, the rest `<unk>`. Lengths and `<unk>` are measured on test_2016_flickr (1000 pairs, both languages). Translation German → English with the same training as `qkv train translation --subword …`: {}+{} layers, d_model {}, {} heads, FFN {}, dropout {}, tied embeddings, {STEPS} Adam steps of {MAX_TOKENS} tokens (padding included; the same compute per step, so longer tokenizations see fewer sentences), warm-up {WARMUP}, lr factor {LR_FACTOR}, label smoothing 0.1, vocabulary {TRAINED_VOCAB} for BPE, WordPiece and words; seeds {seeds:?}. BLEU: sacreBLEU-compatible corpus BLEU (13a tokenisation) of greedy translations of the test set, decoded to text, against the raw references; p: Welch's t-test against BPE over seeds.{quick}",
         study.multi30k().display(),
         model.encoder_layers,
         model.decoder_layers,
@@ -422,8 +422,8 @@ fn vocabulary_table(measured: &[VocabularyStats]) -> Table {
             "size trained",
             "tokens/sentence de",
             "tokens/sentence en",
-            "<unk> % of tokens",
-            "sentences with <unk> %",
+            "`<unk>` % of tokens",
+            "sentences with `<unk>` %",
         ],
     );
     for s in measured {
