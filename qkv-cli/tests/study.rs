@@ -101,6 +101,7 @@ fn every_question_runs_and_writes_its_section() {
             "norms",
             "embeddings",
             "dropout",
+            "tokenizers",
             "bert"
         ]
     );
@@ -137,4 +138,19 @@ fn no_seeds_is_an_error() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("seed"), "{stderr}");
+}
+
+#[test]
+fn a_missing_multi30k_file_is_an_error_naming_it() {
+    let scratch = Scratch::new("multi30k");
+    let output = Command::new(env!("CARGO_BIN_EXE_qkv"))
+        .args(["study", "tokenizers", "--quick", "--multi30k"])
+        .arg(scratch.0.join("nowhere"))
+        .arg("--out")
+        .arg(&scratch.0)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("nowhere/train.de") && stderr.contains("--multi30k"), "{stderr}");
 }

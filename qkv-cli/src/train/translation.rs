@@ -97,7 +97,9 @@ pub struct TranslationArgs {
     /// Srivastava et al.), or never (classic_unscaled: classic with the evaluation factor forgotten)
     #[arg(long, value_parser = ["inverted", "classic", "classic_unscaled"])]
     dropout_scaling: Option<String>,
-    #[arg(long, value_parser = ["bpe", "wordpiece"])]
+    /// The vocabulary: byte-pair merges, WordPiece, single characters, or whole words (split at spaces and
+    /// punctuation; --vocab-size most frequent, the rest <unk>)
+    #[arg(long, value_parser = ["bpe", "wordpiece", "char", "word"])]
     subword: Option<String>,
     #[arg(long)]
     vocab_size: Option<usize>,
@@ -248,7 +250,7 @@ fn training_options(args: &TranslationArgs) -> Result<TranslationTraining> {
     t.valid_source = path(&args.valid_source);
     t.valid_target = path(&args.valid_target);
     if let Some(subword) = &args.subword {
-        t.subword = if subword == "bpe" { SubwordModel::Bpe } else { SubwordModel::WordPiece };
+        t.subword = SubwordModel::from_name(subword).context("--subword")?;
     }
     override_some!(
         t,
@@ -424,5 +426,14 @@ mod tests {
         assert_eq!(default.normalization, qkv::nn::Normalization::LayerNorm);
         let message = parse(&["--normalization", "group_norm"]).err().unwrap().to_string();
         assert!(message.contains("group_norm") && message.contains("batch_norm"), "{message}");
+    }
+
+    #[test]
+    fn subword_names_every_vocabulary() {
+        for model in SubwordModel::ALL {
+            let options = training_options(&parse(&["--subword", model.name()]).unwrap()).unwrap();
+            assert_eq!(options.subword, model);
+        }
+        assert!(parse(&["--subword", "bytes"]).is_err());
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Each question is a module whose `run` measures or trains and returns a [`Section`] of the report: a one-line
 //! answer with its numbers, the setup, tables and figures. Trained variants use the built-in reversal task
-//! ([`crate::train::synthetic`]), so a question takes minutes on two cores; every trained number is a mean ±
+//! ([`crate::train::synthetic`]), so a question takes minutes on two cores — all but [`tokenizers`] and [`bert`],
+//! which read Multi30k, STS-B and all-MiniLM-L6-v2 from directories ([`StudyData`]); every trained number is a mean ±
 //! standard deviation over seeds, and a difference within the spread is called no difference. Finished runs
 //! are kept under the report directory ([`Study`]), so a study that is stopped continues where it was and
 //! questions share the runs they have in common.
@@ -23,6 +24,7 @@ pub mod report;
 pub mod residuals;
 pub mod runs;
 pub mod scaling;
+pub mod tokenizers;
 
 pub use report::{keep_section, kept_sections, write_report, Figure, Section, Table};
 pub use runs::{AttentionStats, RunResult, Study, StudyData, StudyOptions};
@@ -44,6 +46,7 @@ pub const QUESTIONS: &[(&str, Answer)] = &[
     ("norms", norms::run),
     ("embeddings", embeddings::run),
     ("dropout", dropout::run),
+    ("tokenizers", tokenizers::run),
     ("bert", bert::run),
 ];
 

@@ -5,6 +5,9 @@
 //! decoding restores the text exactly. The special tokens have fixed ids (`<pad>` 0, `<s>` 1, `</s>` 2,
 //! `<unk>` 3), the defaults of the model configs. A trained tokenizer is saved as a Hugging Face
 //! `tokenizer.json`.
+//!
+//! Besides the two subword models, the same pipeline gives the two ends of the scale they sit between: single
+//! characters and whole words, each a `WordLevel` vocabulary over what a finer pre-tokenizer cuts out.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -14,11 +17,16 @@ use tokenizers::decoders::metaspace::{Metaspace, PrependScheme};
 use tokenizers::decoders::sequence::Sequence;
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{BpeTrainer, BPE};
+use tokenizers::models::wordlevel::{WordLevel, WordLevelTrainer};
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::models::{ModelWrapper, TrainerWrapper};
 use tokenizers::normalizers::replace::{Replace, ReplacePattern};
 use tokenizers::normalizers::NFC;
-use tokenizers::AddedToken;
+use tokenizers::pre_tokenizers::fixed_length::FixedLength;
+use tokenizers::pre_tokenizers::punctuation::Punctuation;
+use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::{Error, Result};
 
@@ -55,6 +63,39 @@ pub enum SubwordModel {
     /// elsewhere — becomes a single `<unk>`, and the space before it is lost on decoding. Otherwise decoding
     /// restores the text exactly, punctuation spacing included (the words are split on spaces only).
     WordPiece,
+    /// Single characters: the space (as `▁`) is a token of its own, every other character is one token. The
+    /// vocabulary is the `vocab_size` − 4 most frequent characters of the training text (ties in character
+    /// order), so with a budget larger than the alphabet — the default — every character seen in training is
+    /// in it, and only unseen ones become `<unk>`, one each. Decoding restores the text exactly.
+    #[serde(rename = "char", alias = "character")]
+    Character,
+    /// Whole words: the text is split at spaces (each word keeps its leading `▁`) and every punctuation
+    /// character (Unicode P*, and ASCII symbols such as `$`) is cut out as a token of its own, so "man," is
+    /// `▁man` `,`. The vocabulary is the `vocab_size` − 4 most frequent of these (ties in string order); every
+    /// other one is a single `<unk>`, decoded with a space before it. Otherwise decoding restores the text
+    /// exactly, punctuation spacing included.
+    Word,
+}
+
+impl SubwordModel {
+    /// Every model, finest vocabulary last but one: BPE, WordPiece, characters, words.
+    pub const ALL: [SubwordModel; 4] =
+        [SubwordModel::Bpe, SubwordModel::WordPiece, SubwordModel::Character, SubwordModel::Word];
+
+    /// The model of a command-line name ([`SubwordModel::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|model| model.name() == name)
+    }
+
+    /// The name used on the command line (JSON spells WordPiece `word_piece`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SubwordModel::Bpe => "bpe",
+            SubwordModel::WordPiece => "wordpiece",
+            SubwordModel::Character => "char",
+            SubwordModel::Word => "word",
+        }
+    }
 }
 
 /// A subword tokenizer with the four special tokens at their fixed ids. Encoding adds no special tokens: the
@@ -69,7 +110,8 @@ impl Tokenizer {
     /// source and target training sentences together for a joint vocabulary.
     ///
     /// Fails when `vocab_size` cannot hold the specials and every character of the texts (with BPE; WordPiece
-    /// also needs the `##` form of characters seen inside words), or when the texts are empty.
+    /// also needs the `##` form of characters seen inside words), or when the texts are empty. Characters and
+    /// words take `vocab_size` as an upper bound and leave the rarest out.
     pub fn train<I, S>(texts: I, model: SubwordModel, vocab_size: usize) -> Result<Self>
     where
         I: IntoIterator<Item = S>,
@@ -88,6 +130,10 @@ impl Tokenizer {
             }
             // `▁` starts every word, so it is in the alphabet even when the text is a single word.
             SubwordModel::WordPiece => train_wordpiece(&mut inner, texts, vocab_size, &SPECIALS, UNK, &[WORD_START])?,
+            SubwordModel::Character | SubwordModel::Word => {
+                let mut trainer = word_level_trainer(vocab_size)?;
+                inner.train(&mut trainer, texts.into_iter()).map_err(|e| Error::tokenizer("training", e))?;
+            }
         }
         let tokenizer = Self { inner };
         tokenizer.check_specials().map_err(|message| Error::tokenizer("training", message))?;
@@ -189,16 +235,20 @@ impl Tokenizer {
     /// budget overshoots it; report that instead of returning a vocabulary larger than asked for.
     fn check_trained_size(&self, model: SubwordModel, vocab_size: usize) -> Result<()> {
         let trained = self.vocab_size();
-        // The specials and the `▁` of the initial alphabet are there even without text.
-        if trained <= SPECIALS.len() + 1 {
+        // The subword trainers put the `▁` of their initial alphabet in even without text.
+        let without_text = match model {
+            SubwordModel::Bpe | SubwordModel::WordPiece => SPECIALS.len() + 1,
+            SubwordModel::Character | SubwordModel::Word => SPECIALS.len(),
+        };
+        if trained <= without_text {
             return Err(Error::tokenizer("training", "no text to train on"));
         }
         if trained > vocab_size {
             let what = match model {
-                SubwordModel::Bpe => "the 4 special tokens and every character of the training text",
                 SubwordModel::WordPiece => {
                     "the 4 special tokens and every character (plain and ##) of the training text"
                 }
+                _ => "the 4 special tokens and every character of the training text",
             };
             return Err(Error::config("vocab_size", vocab_size, format!("at least {trained} to hold {what}")));
         }
@@ -286,21 +336,61 @@ fn pipeline(model: SubwordModel) -> Result<tokenizers::Tokenizer> {
             .continuing_subword_prefix(CONTINUATION.to_string())
             .build()
             .map(ModelWrapper::from),
+        SubwordModel::Character | SubwordModel::Word => {
+            WordLevel::builder().unk_token(UNK.to_string()).build().map(ModelWrapper::from)
+        }
     };
     let mut tokenizer = tokenizers::Tokenizer::new(built.map_err(|e| Error::tokenizer("building the model", e))?);
     tokenizer.with_normalizer(Some(NFC)).map_err(|e| Error::tokenizer("setting the normaliser", e))?;
-    tokenizer.with_pre_tokenizer(Some(metaspace.clone()));
-    let decoder = match model {
-        SubwordModel::Bpe => DecoderWrapper::Metaspace(metaspace),
-        // Strip the continuation mark, then turn `▁` back into spaces; the pieces are concatenated as they are.
+    tokenizer.with_pre_tokenizer(Some(pre_tokenizer(model, metaspace.clone())));
+    tokenizer.with_decoder(Some(decoder(model, metaspace)?));
+    Ok(tokenizer)
+}
+
+/// Metaspace alone for the subword models (they split words themselves); cut further into characters, or at
+/// punctuation, for the two word-level vocabularies.
+fn pre_tokenizer(model: SubwordModel, metaspace: Metaspace) -> PreTokenizerWrapper {
+    let finer: PreTokenizerWrapper = match model {
+        SubwordModel::Bpe | SubwordModel::WordPiece => return metaspace.into(),
+        SubwordModel::Character => FixedLength::new(1).into(),
+        SubwordModel::Word => Punctuation::new(SplitDelimiterBehavior::Isolated).into(),
+    };
+    PreTokenizerSequence::new(vec![metaspace.into(), finer]).into()
+}
+
+/// Turns `▁` back into spaces; the tokens are concatenated as they are.
+fn decoder(model: SubwordModel, metaspace: Metaspace) -> Result<DecoderWrapper> {
+    let replace = |pattern: ReplacePattern, by: String| {
+        Replace::new(pattern, by).map_err(|e| Error::tokenizer("building the decoder", e))
+    };
+    Ok(match model {
+        SubwordModel::Bpe | SubwordModel::Character => DecoderWrapper::Metaspace(metaspace),
+        // Strip the continuation mark first.
         SubwordModel::WordPiece => {
-            let unmark = Replace::new(ReplacePattern::Regex(format!(r"\A{CONTINUATION}")), "")
-                .map_err(|e| Error::tokenizer("building the decoder", e))?;
+            let unmark = replace(ReplacePattern::Regex(format!(r"\A{CONTINUATION}")), String::new())?;
             DecoderWrapper::Sequence(Sequence::new(vec![unmark.into(), metaspace.into()]))
         }
-    };
-    tokenizer.with_decoder(Some(decoder));
-    Ok(tokenizer)
+        // An unknown word stands for a whole `▁word`, so its space comes back with it; an unknown
+        // punctuation mark gets a space it did not have, which is rarer and costs BLEU less than joined words.
+        SubwordModel::Word => {
+            let spaced = replace(ReplacePattern::String(UNK.to_string()), format!("{WORD_START}{UNK}"))?;
+            DecoderWrapper::Sequence(Sequence::new(vec![spaced.into(), metaspace.into()]))
+        }
+    })
+}
+
+/// Keeps the `vocab_size` − 4 most frequent pre-tokens (characters or words). The crate's trainer breaks ties
+/// by the token string, so the vocabulary does not depend on hash order.
+fn word_level_trainer(vocab_size: usize) -> Result<TrainerWrapper> {
+    let specials: Vec<AddedToken> = SPECIALS.iter().map(|token| AddedToken::from(*token, true)).collect();
+    let trainer = WordLevelTrainer::builder()
+        .vocab_size(vocab_size)
+        .min_frequency(0)
+        .special_tokens(specials)
+        .show_progress(false)
+        .build()
+        .map_err(|e| Error::tokenizer("building the trainer", e))?;
+    Ok(trainer.into())
 }
 
 fn bpe_trainer(vocab_size: usize) -> TrainerWrapper {
@@ -349,14 +439,20 @@ mod tests {
         ENGLISH.iter().chain(GERMAN.iter()).copied().collect()
     }
 
+    const MODELS: [SubwordModel; 4] = SubwordModel::ALL;
+
     fn trained(model: SubwordModel) -> Tokenizer {
         Tokenizer::train(corpus(), model, 200).unwrap()
+    }
+
+    fn unknowns(tokenizer: &Tokenizer, text: &str) -> usize {
+        tokenizer.encode(text).unwrap().iter().filter(|&&id| id == tokenizer.unk_id()).count()
     }
 
     /// The same text gives the same ids every time (the crate's WordPiece trainer alone does not).
     #[test]
     fn training_is_repeatable() {
-        for model in [SubwordModel::Bpe, SubwordModel::WordPiece] {
+        for model in MODELS {
             let first = trained(model).inner.get_vocab(true);
             for _ in 0..4 {
                 assert_eq!(trained(model).inner.get_vocab(true), first, "{model:?}");
@@ -366,7 +462,7 @@ mod tests {
 
     #[test]
     fn specials_have_fixed_ids() {
-        for model in [SubwordModel::Bpe, SubwordModel::WordPiece] {
+        for model in MODELS {
             let tokenizer = trained(model);
             for (id, token) in SPECIALS.iter().enumerate() {
                 assert_eq!(tokenizer.id_to_token(id as u32).as_deref(), Some(*token));
@@ -412,6 +508,65 @@ mod tests {
         assert_eq!(wordpiece.decode(&ids).unwrap(), "the<unk> dog");
     }
 
+    /// Characters: one token per character and per space, every training character known, exact decoding.
+    #[test]
+    fn characters_round_trip_one_token_each() {
+        let tokenizer = trained(SubwordModel::Character);
+        for text in corpus() {
+            let ids = tokenizer.encode(text).unwrap();
+            assert_eq!(ids.len(), text.chars().count() + 1, "{text}: one per character and a leading ▁");
+            assert!(!ids.contains(&tokenizer.unk_id()), "{text}");
+            assert_eq!(tokenizer.decode(&ids).unwrap(), text);
+        }
+        assert_eq!(tokenizer.tokens("Köln!").unwrap(), ["▁", "K", "ö", "l", "n", "!"]);
+        let novel = "Hunde, 42 Füchse und 17 Bürger: schön!";
+        assert_eq!(tokenizer.decode(&tokenizer.encode(novel).unwrap()).unwrap(), novel);
+    }
+
+    /// Words: split at spaces and around punctuation, decoded with the text's own spacing.
+    #[test]
+    fn words_split_off_punctuation_and_round_trip() {
+        let tokenizer = trained(SubwordModel::Word);
+        assert_eq!(tokenizer.tokens("Hello, world!").unwrap(), ["▁Hello", ",", "▁world", "!"]);
+        for text in corpus() {
+            let ids = tokenizer.encode(text).unwrap();
+            assert!(!ids.contains(&tokenizer.unk_id()), "{text}");
+            assert_eq!(tokenizer.decode(&ids).unwrap(), text);
+        }
+    }
+
+    /// An unseen character is one `<unk>` for characters; an unseen word is one `<unk>` for words, decoded
+    /// with its space.
+    #[test]
+    fn unseen_characters_and_words_are_one_unk_each() {
+        let characters = trained(SubwordModel::Character);
+        assert_eq!(unknowns(&characters, "the ☃ dog ☃☃"), 3);
+        assert_eq!(characters.decode(&characters.encode("the ☃ dog").unwrap()).unwrap(), "the <unk> dog");
+
+        let words = trained(SubwordModel::Word);
+        assert_eq!(unknowns(&words, "The quick zebra jumps over the giraffes."), 2);
+        let ids = words.encode("The zebra, the dog.").unwrap();
+        assert_eq!(words.decode(&ids).unwrap(), "The <unk>, the dog.");
+        assert_eq!(words.decode(&words.encode("zebra dog").unwrap()).unwrap(), "<unk> dog");
+    }
+
+    /// Characters and words keep the most frequent units up to the budget; the rest are `<unk>`.
+    #[test]
+    fn word_level_budgets_keep_the_most_frequent() {
+        for model in [SubwordModel::Character, SubwordModel::Word] {
+            let full = trained(model);
+            let small = Tokenizer::train(corpus(), model, 12).unwrap();
+            assert_eq!(small.vocab_size(), 12, "{model:?}");
+            assert!(full.vocab_size() > 12, "{model:?}");
+            let text = corpus().join(" ");
+            assert!(unknowns(&small, &text) > unknowns(&full, &text), "{model:?}");
+        }
+        // The commonest character of the corpus is the space, the commonest word "▁the".
+        let characters = Tokenizer::train(corpus(), SubwordModel::Character, 5).unwrap();
+        assert_eq!(characters.id_to_token(4).as_deref(), Some("▁"));
+        assert!(Tokenizer::train(Vec::<String>::new(), SubwordModel::Word, 100).is_err());
+    }
+
     #[test]
     fn decode_skips_pad_bos_eos_and_rejects_unknown_ids() {
         let tokenizer = trained(SubwordModel::Bpe);
@@ -427,7 +582,7 @@ mod tests {
     fn save_then_load_gives_the_same_ids() {
         let dir = std::env::temp_dir().join(format!("qkv-tokenizer-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for model in [SubwordModel::Bpe, SubwordModel::WordPiece] {
+        for model in MODELS {
             let tokenizer = trained(model);
             let path = dir.join(format!("{model:?}.json"));
             tokenizer.save(&path).unwrap();
@@ -482,6 +637,12 @@ mod tests {
     fn subword_model_serialises_in_snake_case() {
         assert_eq!(serde_json::to_string(&SubwordModel::WordPiece).unwrap(), "\"word_piece\"");
         assert_eq!(serde_json::from_str::<SubwordModel>("\"bpe\"").unwrap(), SubwordModel::Bpe);
+        assert_eq!(serde_json::to_string(&SubwordModel::Character).unwrap(), "\"char\"");
+        assert_eq!(serde_json::from_str::<SubwordModel>("\"word\"").unwrap(), SubwordModel::Word);
+        for model in MODELS {
+            assert_eq!(serde_json::to_string(&model).unwrap().trim_matches('"').replace('_', ""), model.name());
+            assert_eq!(SubwordModel::from_name(model.name()), Some(model));
+        }
         assert_eq!(SubwordModel::default(), SubwordModel::Bpe);
     }
 }
