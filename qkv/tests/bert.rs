@@ -664,3 +664,32 @@ fn a_decoder_bert_sees_only_the_prefix() {
     assert!(outputs(true) < 1e-6, "{}", outputs(true));
     assert!(outputs(false) > 1e-3, "{}", outputs(false));
 }
+
+/// The pre-training loss projects only the predicted positions onto the vocabulary: those rows are the rows of
+/// the full `logits` transformers returns.
+#[test]
+fn masked_lm_logits_at_chosen_rows_are_those_of_the_full_forward() {
+    use qkv::nn::seeded_var_builder;
+    let config = qkv::models::bert::BertConfig {
+        vocab_size: 30,
+        hidden_size: 16,
+        num_hidden_layers: 1,
+        num_attention_heads: 2,
+        intermediate_size: 32,
+        max_position_embeddings: 8,
+        ..Default::default()
+    };
+    let vars = candle_nn::VarMap::new();
+    let vb = seeded_var_builder(&vars, 3, DType::F32, &Device::Cpu);
+    let model = qkv::models::bert::Bert::new(&config, BertArchitecture::MaskedLm, vb).unwrap();
+    let ids = Tensor::new(&[[2u32, 7, 9, 4, 3], [2, 11, 5, 3, 0]], &Device::Cpu).unwrap();
+    let mask = Tensor::new(&[[1u32, 1, 1, 1, 1], [1, 1, 1, 1, 0]], &Device::Cpu).unwrap();
+    let input = BertInput { input_ids: ids, attention_mask: Some(mask), token_type_ids: None };
+    let full = model.forward(&input, &mut Mode::Eval).unwrap()["logits"].flatten_to(1).unwrap(); // (B·S, V)
+    let rows = Tensor::new(&[1u32, 3, 7], &Device::Cpu).unwrap();
+    let (chosen, next) = model.masked_lm_at(&input, &rows, &mut Mode::Eval).unwrap();
+    assert!(next.is_none());
+    let expected = full.index_select(&rows, 0).unwrap();
+    let difference = (chosen - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(difference < 1e-6, "{difference}");
+}

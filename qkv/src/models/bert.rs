@@ -496,6 +496,27 @@ impl Bert {
     }
 }
 
+impl Bert {
+    /// The pre-training heads where the loss needs them: the masked-LM logits (N, V) of the flattened (B·S)
+    /// positions `rows` (N,) only and, for BertForPreTraining, the next-sentence logits (B, 2). The vocabulary
+    /// projection at every position is most of a small model's cost, and masked LM predicts ~15% of them;
+    /// [`forward`](Self::forward) gives all of them, as transformers does.
+    pub fn masked_lm_at(&self, input: &BertInput, rows: &Tensor, mode: &mut Mode) -> Result<(Tensor, Option<Tensor>)> {
+        let (hidden, pooled) = self.encode(input, mode)?;
+        let c = hidden.dim(D::Minus1)?;
+        let chosen = hidden.reshape(((), c))?.index_select(rows, 0)?; // (N, C)
+        let word = &self.embeddings.word;
+        match &self.head {
+            Head::MaskedLm(mlm) => Ok((mlm.forward(&chosen, word)?, None)),
+            Head::PreTraining { mlm, next_sentence } => {
+                let pooled = pooled.ok_or_else(|| Error::config("pooler", "missing", "a pooler"))?;
+                Ok((mlm.forward(&chosen, word)?, Some(next_sentence.forward(&pooled)?)))
+            }
+            _ => Err(Error::config("model", self.architecture.name(), "BertForMaskedLM or BertForPreTraining")),
+        }
+    }
+}
+
 /// Mean of the token vectors (B, S, C) over the real tokens of each sequence (mask (B, S), 1 = real) → (B, C):
 /// sentence-transformers' mean pooling. A sequence without real tokens gets a zero vector.
 pub fn mean_pool(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {

@@ -32,7 +32,7 @@ pub const TRAINED_VOCAB: usize = 4000;
 /// characters, ~5× longer, see ~5× fewer sentences per step.
 pub const MAX_TOKENS: usize = 1024;
 /// Optimizer steps of each translator.
-pub const STEPS: usize = 250;
+pub const STEPS: usize = 1000;
 /// Warm-up steps of the paper's schedule, and its factor: a peak rate of 3e-3 at d_model 64.
 pub const WARMUP: usize = 100;
 pub const LR_FACTOR: f64 = 0.25;

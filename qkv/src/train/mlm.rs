@@ -412,9 +412,11 @@ impl Task for MlmTask {
     }
 }
 
-/// What a batch is scored against: token labels (B·S, `IGNORE` where nothing is predicted) and, with nsp,
-/// the next-sentence labels (B).
+/// What a batch is scored against: the predicted positions and their tokens and, with nsp, the
+/// next-sentence labels (B).
 struct Labels {
+    /// The predicted positions of the flattened (B·S) batch (N,), and their tokens (N,).
+    rows: Tensor,
     tokens: Tensor,
     next: Option<Tensor>,
 }
@@ -474,8 +476,12 @@ impl Masking {
             attention_mask: Some(Tensor::from_vec(valid, (b, s), device)?),
             token_type_ids: Some(Tensor::from_vec(segments, (b, s), device)?),
         };
+        // Only the predicted positions reach the vocabulary projection (Bert::masked_lm_at).
+        let rows: Vec<u32> = (0..b * s).filter(|&i| labels[i] != IGNORE).map(|i| i as u32).collect();
+        let targets: Vec<u32> = rows.iter().map(|&i| labels[i as usize]).collect();
         let labels = Labels {
-            tokens: Tensor::from_vec(labels, b * s, device)?,
+            rows: Tensor::from_vec(rows, predicted, device)?,
+            tokens: Tensor::from_vec(targets, predicted, device)?,
             next: next.map(|n| Tensor::from_vec(n, b, device)).transpose()?,
         };
         Ok((input, labels, predicted))
@@ -484,15 +490,12 @@ impl Masking {
     /// Mean cross-entropy of the predicted positions and, with next-sentence labels, of the (B, 2)
     /// `seq_relationship_logits` (transformers' BertForPreTraining sums the two).
     fn losses(&self, model: &Bert, input: BertInput, labels: &Labels, mode: &mut Mode) -> Result<Losses> {
-        let mut out = model.forward(&input, mode)?;
-        let name = if labels.next.is_some() { "prediction_logits" } else { "logits" };
-        let logits = out.remove(name).ok_or_else(|| Error::config("model", format!("no {name}"), "an MLM head"))?;
-        let masked_lm = cross_entropy(&logits.flatten_to(1)?, &labels.tokens, Some(IGNORE), 0.0)?;
+        let (logits, relationship) = model.masked_lm_at(&input, &labels.rows, mode)?; // (N, V), (B, 2)
+        let masked_lm = cross_entropy(&logits, &labels.tokens, None, 0.0)?;
         let Some(next) = &labels.next else {
             return Ok(Losses { masked_lm, next_sentence: None, next_correct: 0 });
         };
-        let relationship = out
-            .remove("seq_relationship_logits")
+        let relationship = relationship
             .ok_or_else(|| Error::config("model", "no seq_relationship_logits", "a BertForPreTraining head"))?;
         let next_sentence = cross_entropy(&relationship, next, None, 0.0)?;
         let guessed = relationship.argmax(D::Minus1)?.to_dtype(DType::U32)?;
