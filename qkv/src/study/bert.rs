@@ -183,8 +183,9 @@ pub fn pooled_spearman(dir: &Path, pairs: &[ScoredPair]) -> Result<Vec<f64>> {
     let seconds: Vec<&str> = pairs.iter().map(|p| p.second.as_str()).collect();
     let gold: Vec<f64> = pairs.iter().map(|p| p.score).collect();
     let mut scores = Vec::new();
+    let mut embedder = Embedder::load(dir, &Device::Cpu)?;
     for (pooling, _) in POOLINGS {
-        let embedder = Embedder::load(dir, &Device::Cpu)?.with_pooling(pooling);
+        embedder = embedder.with_pooling(pooling);
         let cosines = embedder.cosines(&firsts, &seconds, BATCH)?;
         let spread = cosines.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b))
             - cosines.iter().fold(f64::INFINITY, |a, &b| a.min(b));

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use serde_json::json;
 
-use super::{exact_match, format_spread, mean_std, Figure, RunResult, Section, Study, Table};
+use super::{exact_match, format_spread, mean_loss_curve, mean_std, Figure, RunResult, Section, Study, Table};
 use crate::metrics::t_test::welch;
 use crate::models::TransformerConfig;
 use crate::nn::{seeded_var_builder, Embedding, SinusoidalPosition, WeightInit};
@@ -291,15 +291,6 @@ fn section(
 
 fn figures(study: &Study, scaled: &[(Scaling, Vec<RunResult>)], shared: &[(Sharing, Vec<RunResult>)]) -> Result<()> {
     let seeds = study.seeds().len();
-    let curve = |runs: &[RunResult]| -> Vec<Point> {
-        let Some(first) = runs.first() else { return Vec::new() };
-        (0..first.losses.len())
-            .map(|i| {
-                let values: Vec<f64> = runs.iter().filter_map(|r| r.losses.get(i).map(|l| l.1)).collect();
-                Point { x: first.losses[i].0 as f64, y: mean_std(&values).0, spread: None }
-            })
-            .collect()
-    };
     Chart {
         title: "Embedding factor and initialisation".into(),
         note: format!("reversal, training loss, mean over {seeds} seeds"),
@@ -307,7 +298,7 @@ fn figures(study: &Study, scaled: &[(Scaling, Vec<RunResult>)], shared: &[(Shari
         y_label: "training loss".into(),
         series: scaled
             .iter()
-            .map(|(s, runs)| Series { name: s.name.into(), points: curve(runs), dashed: !s.scaled })
+            .map(|(s, runs)| Series { name: s.name.into(), points: mean_loss_curve(runs), dashed: !s.scaled })
             .collect(),
         ..Chart::default()
     }

@@ -69,6 +69,17 @@ pub fn mean_std(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// The training loss averaged over runs at each kept step (runs of one variant keep the same steps).
+pub fn mean_loss_curve(runs: &[RunResult]) -> Vec<crate::plot::Point> {
+    let Some(first) = runs.first() else { return Vec::new() };
+    (0..first.losses.len())
+        .map(|i| {
+            let values: Vec<f64> = runs.iter().filter_map(|r| r.losses.get(i).map(|l| l.1)).collect();
+            crate::plot::Point { x: first.losses[i].0 as f64, y: mean_std(&values).0, spread: None }
+        })
+        .collect()
+}
+
 /// "m ± s" with `digits` decimals.
 pub fn format_spread(values: &[f64], digits: usize) -> String {
     let (m, s) = mean_std(values);

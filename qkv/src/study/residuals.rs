@@ -5,7 +5,7 @@
 
 use serde_json::json;
 
-use super::{exact_match, format_spread, mean_std, Figure, RunResult, Section, Study, Table};
+use super::{exact_match, format_spread, mean_loss_curve, mean_std, Figure, RunResult, Section, Study, Table};
 use crate::metrics::t_test::welch;
 use crate::nn::NormPosition;
 use crate::plot::{Chart, Point, Series};
@@ -170,15 +170,6 @@ fn figures(study: &Study, trained: &[Trained]) -> Result<()> {
         ..Chart::default()
     }
     .draw(&study.figure("residuals_gradients.png"))?;
-    let curve = |runs: &[RunResult]| -> Vec<Point> {
-        let Some(first) = runs.first() else { return Vec::new() };
-        (0..first.losses.len())
-            .map(|i| {
-                let values: Vec<f64> = runs.iter().filter_map(|r| r.losses.get(i).map(|l| l.1)).collect();
-                Point { x: first.losses[i].0 as f64, y: mean_std(&values).0, spread: None }
-            })
-            .collect()
-    };
     Chart {
         title: "Training loss with and without residual connections".into(),
         note: format!("{DEPTH} + {DEPTH} layers, mean over {} seeds", study.seeds().len()),
@@ -186,7 +177,11 @@ fn figures(study: &Study, trained: &[Trained]) -> Result<()> {
         y_label: "training loss".into(),
         series: trained
             .iter()
-            .map(|t| Series { name: t.name.into(), points: curve(&t.runs), dashed: t.name.contains("without") })
+            .map(|t| Series {
+                name: t.name.into(),
+                points: mean_loss_curve(&t.runs),
+                dashed: t.name.contains("without"),
+            })
             .collect(),
         ..Chart::default()
     }
