@@ -1,14 +1,16 @@
 //! `qkv finetune classify`: fine-tunes a BERT directory for sequence classification on JSON-lines, Parquet or
 //! TSV/CSV files (text[,text_b],label) into a Hugging Face directory, on the shared trainer (`--resume`, `--time-limit-minutes`,
-//! Ctrl-C, early stopping).
+//! Ctrl-C, early stopping), or searches its hyper-parameters (`--search`, crate::search).
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use qkv::train::classification::{ClassificationTrainer, ClassifierTraining, Metric};
+use qkv::train::search::{self, Pruner, Sampler};
 use qkv::train::trainer::{Finish, Task as _};
 
+use crate::search::SearchSpec;
 use crate::train::loop_args::{self, LoopArgs};
 use crate::train::session::{plotted, report_finish, run_with_progress, stop_on_ctrl_c};
 
@@ -29,6 +31,21 @@ enum MetricArg {
     Accuracy,
     F1,
     Mcc,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SamplerArg {
+    Random,
+    Grid,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PrunerArg {
+    /// Stop a trial whose best value so far is below the median of earlier trials at the same epoch
+    Median,
+    /// Successive halving: at epochs 1, 2, 4, … only the better half of the trials that got there go on
+    Halving,
+    None,
 }
 
 #[derive(Parser)]
@@ -81,6 +98,29 @@ pub struct ClassifyArgs {
     /// Metric that picks the best epoch (its model ends up in --out)
     #[arg(long, alias = "metric", value_enum)]
     metric_for_best_model: Option<MetricArg>,
+    /// Hyper-parameter search instead of one run: trials drawn at random or from a grid over --space, each
+    /// fine-tuned and evaluated per epoch; the best trial's model ends up in --out
+    #[arg(long, value_enum, requires = "space")]
+    search: Option<SamplerArg>,
+    /// The search space, JSON: option name (as in --config) → {"log_uniform" | "uniform" | "int": [low, high]}
+    /// or {"choice": [values]}
+    #[arg(long)]
+    space: Option<PathBuf>,
+    /// Trials to run (a grid runs at most this many of its points)
+    #[arg(long, default_value_t = 10)]
+    trials: usize,
+    /// When a search stops a hopeless trial (after an epoch's evaluation)
+    #[arg(long, value_enum, default_value = "median")]
+    pruner: PrunerArg,
+    /// Trials that finish before the median pruner starts pruning
+    #[arg(long, default_value_t = 2)]
+    pruner_startup_trials: usize,
+    /// No new trial starts once the search has trained this many minutes (resumes included)
+    #[arg(long)]
+    search_time_limit_minutes: Option<f64>,
+    /// Seed of the trials' random draws (each trial's own --seed is an option like the others)
+    #[arg(long, default_value_t = 0)]
+    search_seed: u64,
     #[command(flatten)]
     run: LoopArgs,
 }
@@ -129,6 +169,12 @@ fn options(args: &ClassifyArgs) -> Result<ClassifierTraining> {
 }
 
 fn classify(args: ClassifyArgs) -> Result<()> {
+    if args.resume && args.out.join("search.json").exists() {
+        return crate::search::resume(&args.out, &*stop_on_ctrl_c()?);
+    }
+    if let Some(sampler) = args.search {
+        return start_search(&args, sampler);
+    }
     let mut trainer = if args.resume {
         let mut trainer =
             ClassificationTrainer::resume(&args.out).with_context(|| format!("resuming {}", args.out.display()))?;
@@ -157,4 +203,30 @@ fn classify(args: ClassifyArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn start_search(args: &ClassifyArgs, sampler: SamplerArg) -> Result<()> {
+    let space_path = args.space.clone().context("--search needs --space FILE.json")?;
+    if args.trials == 0 {
+        anyhow::bail!("--trials 0: a search needs at least one trial");
+    }
+    let mut base = options(args)?;
+    base.model_name_or_path = crate::model_dir::resolve(&args.model.clone().context("--model is required")?)?;
+    let spec = SearchSpec {
+        sampler: match sampler {
+            SamplerArg::Random => Sampler::Random,
+            SamplerArg::Grid => Sampler::Grid,
+        },
+        trials: args.trials,
+        space: search::read_space(&space_path)?,
+        pruner: match args.pruner {
+            PrunerArg::Median => Pruner::Median { startup_trials: args.pruner_startup_trials },
+            PrunerArg::Halving => Pruner::Halving { reduction: 2 },
+            PrunerArg::None => Pruner::None,
+        },
+        search_seed: args.search_seed,
+        time_limit_minutes: args.search_time_limit_minutes,
+        base,
+    };
+    crate::search::start(&args.out, spec, &space_path, &*stop_on_ctrl_c()?)
 }

@@ -27,6 +27,7 @@ mod model_dir;
 mod plot;
 mod progress;
 mod qa;
+mod search;
 mod serve;
 mod sts;
 mod study;

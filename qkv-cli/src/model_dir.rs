@@ -1,12 +1,12 @@
-//! `--model` as a local directory or a Hugging Face Hub id (`org/name`), the latter found in huggingface_hub's
-//! cache at `--revision` (qkv::hub::cache). Downloading what the cache lacks is not implemented: a missing
-//! repository, revision or file is an error naming it.
+//! `--model` as a local directory or a Hugging Face Hub id (`org/name`), the latter resolved at `--revision`
+//! through huggingface_hub's cache, downloading what it lacks (qkv::hub::download; `HF_HUB_OFFLINE=1` for the
+//! cache alone).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use anyhow::Result;
-use qkv::hub::cache;
+use qkv::hub::download::{self, Hub};
 
 static REVISION: OnceLock<String> = OnceLock::new();
 
@@ -15,9 +15,11 @@ pub fn set_revision(revision: String) {
     let _ = REVISION.set(revision);
 }
 
-/// The directory `model` names: itself when it is a path, else the cached snapshot of the Hub id it reads as,
-/// at the global `--revision`.
+/// The directory `model` names: itself when it is a path, else the snapshot of the Hub id it reads as, at the
+/// global `--revision`, its missing files downloaded.
 pub fn resolve(model: &Path) -> Result<PathBuf> {
     let revision = REVISION.get().map_or("main", String::as_str);
-    Ok(cache::model_dir(model, revision)?)
+    let mut hub = Hub::from_env();
+    hub.on_download = Some(|file, bytes| eprintln!("downloading {file} ({:.1} MB)", bytes as f64 / 1e6));
+    Ok(download::model_dir_with(&hub, model, revision)?)
 }

@@ -19,7 +19,7 @@ pub fn run_with_progress<T: Task>(
     out: &Path,
     data: &str,
     plotted: plot::CurveOptions,
-    describe: impl Fn(&EvalRecord) -> String,
+    mut describe: impl FnMut(&EvalRecord) -> String,
 ) -> Result<Finish> {
     let unused = &trainer.resume_report().unused;
     if !unused.is_empty() {

@@ -1,8 +1,7 @@
 //! Models by Hugging Face Hub id (`org/name`) from huggingface_hub's cache, read as Python leaves it:
 //! `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`; in it
 //! `models--{org}--{name}/refs/{revision}` holds a commit hash and `snapshots/{commit}/` the files (symlinks into
-//! `blobs/`). Only resolution from a filled cache is here so far; downloading missing files is not implemented,
-//! so a missing file is an error naming it.
+//! `blobs/`). This module only reads that layout; [`super::download`] fills it.
 
 use std::path::{Path, PathBuf};
 
@@ -43,7 +42,7 @@ pub fn snapshot(cache: &Path, repo: &str, revision: &str, files: &[&str]) -> Res
         let text = std::fs::read_to_string(&reference).map_err(|_| {
             let message =
                 format!("{repo} at revision {revision:?} is not in the Hugging Face cache {}", cache.display());
-            Error::input(&reference, None, message + " (downloading is not implemented yet)")
+            Error::input(&reference, None, message)
         })?;
         text.trim().to_string()
     };
@@ -52,19 +51,10 @@ pub fn snapshot(cache: &Path, repo: &str, revision: &str, files: &[&str]) -> Res
         let path = dir.join(file);
         if !path.is_file() {
             let message = format!("{file} of {repo} (commit {commit}) is not in the cache");
-            return Err(Error::input(&path, None, message + " (downloading is not implemented yet)"));
+            return Err(Error::input(&path, None, message));
         }
     }
     Ok(dir)
-}
-
-/// The directory a `--model` value names: `model` itself when it is a path (or does not read as a Hub id),
-/// else the snapshot of that Hub id at `revision` in [`cache_dir`], its config.json checked present.
-pub fn model_dir(model: &Path, revision: &str) -> Result<PathBuf> {
-    match model.to_str().filter(|id| is_hub_id(id)) {
-        Some(id) => snapshot(&cache_dir(), id, revision, &["config.json"]),
-        None => Ok(model.to_path_buf()),
-    }
 }
 
 #[cfg(test)]

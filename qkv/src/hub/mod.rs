@@ -6,6 +6,7 @@
 
 pub mod bert;
 pub mod cache;
+pub mod download;
 pub mod gpt2;
 pub mod header;
 pub mod pytorch;

@@ -34,6 +34,9 @@ pub struct Series {
     pub name: String,
     pub points: Vec<Point>,
     pub dashed: bool,
+    /// Markers without a line between them (a scatter: trials of a search, say).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub points_only: bool,
 }
 
 /// `[x, y]` or `[x, y, spread]`: the error bar goes from y − spread to y + spread.
@@ -180,12 +183,18 @@ impl Chart {
             let style = colour.stroke_width(2);
             let shift = (i as f64 - centre) * spread;
             let points: Vec<(f64, f64)> = series.points.iter().map(|p| (p.x + shift, p.y)).collect();
-            let drawn = if series.dashed {
+            let drawn = if series.points_only {
+                chart.draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())?
+            } else if series.dashed {
                 chart.draw_series(std::iter::once(DashedPathElement::new(points.clone(), 8, 5, style)))?
             } else {
                 chart.draw_series(LineSeries::new(points.clone(), style))?
             };
-            drawn.label(series.name.as_str()).legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], style));
+            if series.points_only {
+                drawn.label(series.name.as_str()).legend(move |(x, y)| Circle::new((x + 12, y), 4, colour.filled()));
+            } else {
+                drawn.label(series.name.as_str()).legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], style));
+            }
             chart.draw_series(points.iter().map(|&(x, y)| Circle::new((x, y), 4, colour.filled())))?;
             let bars = series.points.iter().filter_map(|p| p.spread.map(|s| (p.x + shift, p.y - s, p.y + s)));
             chart.draw_series(bars.map(|(x, lo, hi)| PathElement::new([(x, lo), (x, hi)], colour.stroke_width(2))))?;
@@ -239,13 +248,16 @@ mod tests {
             name: name.into(),
             points: (1..5).map(|i| Point { x: i as f64, y: (i * i) as f64, spread: Some(0.5) }).collect(),
             dashed,
+            points_only: false,
         };
         let numeric =
             Chart { title: "t".into(), series: vec![series("a", false), series("b", true)], ..Chart::default() };
         let categorical =
             Chart { x_categories: ["0", "1", "2", "3", "4"].map(String::from).to_vec(), ..numeric.clone() };
         let log = Chart { log_x: true, note: "a note".into(), ..numeric.clone() };
-        for (name, chart) in [("numeric", numeric), ("categorical", categorical), ("log", log)] {
+        let mut scatter = log.clone();
+        scatter.series[0].points_only = true;
+        for (name, chart) in [("numeric", numeric), ("categorical", categorical), ("log", log), ("scatter", scatter)] {
             let path = dir.join(format!("{name}.png"));
             chart.draw(&path).unwrap();
             let bytes = std::fs::read(&path).unwrap();

@@ -172,6 +172,7 @@ fn figure(study: &Study, variants: &[Variant]) -> Result<()> {
             })
             .collect(),
         dashed: score == Score::Dot,
+        points_only: false,
     };
     let all = |y: &dyn Fn(&Variant) -> (f64, Option<f64>)| SCORES.iter().map(|&(s, n)| series(s, n, y)).collect();
     Chart {

@@ -392,6 +392,7 @@ fn figure(study: &Study, minilm: &[f64], pretrained: &[Vec<Pretrained>]) -> Resu
         name: "all-MiniLM-L6-v2".into(),
         points: minilm.iter().enumerate().map(|(i, &y)| Point { x: i as f64, y, spread: None }).collect(),
         dashed: false,
+        points_only: false,
     }];
     for runs in pretrained {
         series.push(Series {
@@ -404,6 +405,7 @@ fn figure(study: &Study, minilm: &[f64], pretrained: &[Vec<Pretrained>]) -> Resu
                 })
                 .collect(),
             dashed: runs[0].causal,
+            points_only: false,
         });
     }
     Chart {

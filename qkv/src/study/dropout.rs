@@ -121,6 +121,7 @@ fn figure(study: &Study, trained: &[(&str, Vec<RunResult>)]) -> Result<()> {
                 })
                 .collect(),
             dashed: false,
+            points_only: false,
         }],
         ..Chart::default()
     }

@@ -298,7 +298,12 @@ fn figures(study: &Study, scaled: &[(Scaling, Vec<RunResult>)], shared: &[(Shari
         y_label: "training loss".into(),
         series: scaled
             .iter()
-            .map(|(s, runs)| Series { name: s.name.into(), points: mean_loss_curve(runs), dashed: !s.scaled })
+            .map(|(s, runs)| Series {
+                name: s.name.into(),
+                points: mean_loss_curve(runs),
+                dashed: !s.scaled,
+                points_only: false,
+            })
             .collect(),
         ..Chart::default()
     }
@@ -320,6 +325,7 @@ fn figures(study: &Study, scaled: &[(Scaling, Vec<RunResult>)], shared: &[(Shari
                 })
                 .collect(),
             dashed: false,
+            points_only: false,
         }],
         ..Chart::default()
     }

@@ -134,6 +134,7 @@ fn figure(study: &Study, variants: &[Variant]) -> Result<()> {
             })
             .collect(),
         dashed: !split,
+        points_only: false,
     };
     Chart {
         title: "Reversal task: exact match against heads".into(),

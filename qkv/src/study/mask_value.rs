@@ -211,6 +211,7 @@ fn figure(study: &Study, measured: &[Measurement]) -> Result<()> {
                 })
                 .collect(),
             dashed: false,
+            points_only: false,
         })
         .collect();
     Chart {

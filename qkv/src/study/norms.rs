@@ -282,6 +282,7 @@ fn batch_norm_figure(study: &Study, compared: &[NormRuns]) -> Result<()> {
             .filter(|p| p.y.is_finite())
             .collect(),
         dashed: fixed_length,
+        points_only: false,
     };
     Chart {
         title: "LayerNorm against BatchNorm by batch size".into(),
@@ -430,6 +431,7 @@ fn figures(study: &Study, trained: &[Trained], gradients: &[LayerGradients]) -> 
             })
             .collect(),
         dashed: !ramp,
+        points_only: false,
     };
     Chart {
         title: "Final training loss by arrangement".into(),
@@ -472,6 +474,7 @@ fn figures(study: &Study, trained: &[Trained], gradients: &[LayerGradients]) -> 
                     })
                     .collect(),
                 dashed: *norm == NormPosition::Pre,
+                points_only: false,
             })
             .collect(),
         ..Chart::default()

@@ -158,6 +158,7 @@ fn figure(study: &Study, t: &Timings) -> Result<()> {
         name: name.into(),
         points: v.iter().enumerate().map(|(i, &ms)| Point { x: (i + 1) as f64, y: ms, spread: None }).collect(),
         dashed,
+        points_only: false,
     };
     Chart {
         title: "Decoding one token at a time".into(),

@@ -284,6 +284,7 @@ fn figures(
         name: name.into(),
         points: trained.iter().enumerate().map(|(i, t)| point(i, f(&t.1))).collect(),
         dashed,
+        points_only: false,
     };
     Chart {
         title: "Reversal by position encoding".into(),
@@ -306,7 +307,12 @@ fn figures(
             y_label: "score".into(),
             series: [0, 10, 30]
                 .iter()
-                .map(|&pos| Series { name: format!("pos = {pos}"), points: scores.along(pos, 30), dashed: pos > 0 })
+                .map(|&pos| Series {
+                    name: format!("pos = {pos}"),
+                    points: scores.along(pos, 30),
+                    dashed: pos > 0,
+                    points_only: false,
+                })
                 .collect(),
             ..Chart::default()
         }

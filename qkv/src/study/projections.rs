@@ -104,6 +104,7 @@ fn figure(study: &Study, trained: &[(&str, Vec<RunResult>)]) -> Result<()> {
             name: "own-position weight".into(),
             points: trained.iter().enumerate().map(|(i, t)| point(i, own(&t.1))).collect(),
             dashed: false,
+            points_only: false,
         }],
         ..Chart::default()
     }

@@ -158,6 +158,7 @@ fn figures(study: &Study, trained: &[Trained]) -> Result<()> {
                 })
                 .collect(),
             dashed: t.name.contains("without"),
+            points_only: false,
         })
         .collect();
     Chart {
@@ -181,6 +182,7 @@ fn figures(study: &Study, trained: &[Trained]) -> Result<()> {
                 name: t.name.into(),
                 points: mean_loss_curve(&t.runs),
                 dashed: t.name.contains("without"),
+                points_only: false,
             })
             .collect(),
         ..Chart::default()

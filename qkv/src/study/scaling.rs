@@ -218,6 +218,7 @@ fn figure_numeric(study: &Study, numeric: &[Numeric]) -> Result<()> {
         name: name.into(),
         points: numeric.iter().map(|n| Point { x: n.d as f64, y: f(n), spread: None }).collect(),
         dashed: false,
+        points_only: false,
     };
     Chart {
         title: "Softmax of q·k over 50 keys: largest gradient".into(),
@@ -236,7 +237,12 @@ fn figure_trained(study: &Study, trained: &[Trained]) -> Result<()> {
     let series = trained
         .iter()
         .filter(|t| t.0 == wide)
-        .map(|(_, _, name, runs)| Series { name: name.to_string(), points: mean_curve(runs), dashed: false })
+        .map(|(_, _, name, runs)| Series {
+            name: name.to_string(),
+            points: mean_curve(runs),
+            dashed: false,
+            points_only: false,
+        })
         .collect();
     Chart {
         title: format!("Reversal task, d_k = {wide}: training loss"),

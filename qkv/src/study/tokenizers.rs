@@ -490,6 +490,7 @@ fn vocabulary_figure(study: &Study, measured: &[VocabularyStats]) -> Result<()> 
                 .map(|s| Point { x: s.vocab_size as f64, y: s.mean_tokens(), spread: None })
                 .collect(),
             dashed: model == SubwordModel::Word,
+            points_only: false,
         })
         .collect();
     Chart {
@@ -526,6 +527,7 @@ fn bleu_figure(study: &Study, trained: &[(SubwordModel, Vec<TranslationRun>)]) -
                 })
                 .collect(),
             dashed: false,
+            points_only: false,
         }],
         ..Chart::default()
     }

@@ -1,7 +1,7 @@
 //! Training: the one loop every objective runs on ([`trainer`]) and its settings ([`options`]), the objectives
 //! (translation, language modelling, masked-LM pre-training, classification fine-tuning, a synthetic task),
 //! losses, AdamW, learning-rate schedules and data-parallel micro-batches; translation's training on its own
-//! predictions ([`scheduled_sampling`], [`sentence_oracle`]) and the schedules of p ([`sampling_schedule`]).
+//! predictions ([`scheduled_sampling`], [`sentence_oracle`]) and the schedules of p ([`sampling_schedule`]); hyper-parameter search over any of them ([`search`]).
 
 pub mod classification;
 pub mod data_parallel;
@@ -14,6 +14,7 @@ pub mod options;
 pub mod sampling_schedule;
 pub mod schedule;
 pub mod scheduled_sampling;
+pub mod search;
 pub mod sentence_oracle;
 pub mod synthetic;
 pub mod trainer;
