@@ -37,12 +37,59 @@ impl FromStr for Placement {
 }
 
 /// Starts the global pool of `threads` workers that matrix products and qkv's kernels run on, before the first
-/// tensor operation would start one itself. A count past [`crate::limits::MAX_THREADS`], or more threads than
-/// the system lets this process start, is an error naming the option (rayon's own start would panic).
+/// tensor operation would start one itself, with subnormal numbers flushed to zero on every worker and on the
+/// calling thread ([`flush_subnormals`]). A count past [`crate::limits::MAX_THREADS`], or more threads than the
+/// system lets this process start, is an error naming the option (rayon's own start would panic).
 pub fn start_thread_pool(threads: usize) -> Result<()> {
     crate::limits::at_most("threads", threads, crate::limits::MAX_THREADS)?;
+    flush_subnormals();
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
+        .start_handler(|_| flush_subnormals())
         .build_global()
         .map_err(|e| Error::config("threads", threads, format!("a number of threads this system can start ({e})")))
+}
+
+/// Sets this thread's floating-point unit to flush subnormal results to zero (FTZ) and to read subnormal operands
+/// as zero (DAZ). On x86 each subnormal operand or result takes a microcode assist of about a hundred cycles: a
+/// deep stack whose activations and gradients fade towards zero (no residual path) trained 3.5× slower on the
+/// Intel host than the same stack with residuals, for numbers below 1.2e-38 that change no result a model
+/// can show. PyTorch offers the same switch (`torch.set_flush_denormal(True)`); TensorFlow sets it by default.
+/// Elsewhere than x86-64 this does nothing.
+pub fn flush_subnormals() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        const FTZ: u32 = 1 << 15;
+        const DAZ: u32 = 1 << 6;
+        let mut csr: u32 = 0;
+        // SAFETY: stmxcsr/ldmxcsr read and write this thread's MXCSR register through a local variable; the
+        // bits set only change how subnormal numbers are rounded, not any exception mask.
+        unsafe {
+            std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack, preserves_flags));
+            csr |= FTZ | DAZ;
+            std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack, preserves_flags));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hint::black_box;
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn subnormals_flush_to_zero_on_a_flushed_thread_only() {
+        let tiny = f32::MIN_POSITIVE; // the smallest normal number
+        let halved = |x: f32| black_box(black_box(x) * black_box(0.5));
+        let subnormal = f32::from_bits(1); // the smallest subnormal, read as an operand
+        let before = std::thread::spawn(move || (halved(tiny), black_box(subnormal) * black_box(2.0))).join().unwrap();
+        assert!(before.0 > 0.0 && before.1 > 0.0, "without the flags subnormals stay: {before:?}");
+        let after = std::thread::spawn(move || {
+            super::flush_subnormals();
+            (halved(tiny), black_box(subnormal) * black_box(2.0), halved(1.0))
+        })
+        .join()
+        .unwrap();
+        assert_eq!(after, (0.0, 0.0, 0.5), "FTZ flushes the result, DAZ the operand; normal numbers are untouched");
+    }
 }

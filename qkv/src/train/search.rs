@@ -47,7 +47,9 @@ pub type Params = BTreeMap<String, Value>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Sampler {
+    /// Each trial's values drawn independently from the ranges.
     Random,
+    /// Every combination of the `choice` entries, in name order.
     Grid,
 }
 
@@ -59,10 +61,16 @@ pub enum Pruner {
     None,
     /// Optuna's median rule: once `startup_trials` trials have finished, stop a trial whose best value so far
     /// is below the median of the earlier trials' values at the same epoch.
-    Median { startup_trials: usize },
+    Median {
+        /// Trials that must finish before any is pruned.
+        startup_trials: usize,
+    },
     /// Successive halving (ASHA's rule, run one trial at a time): at epochs 1, η, η², … a trial goes on only if
     /// its value is among the best ⌈n/η⌉ of the n trials that reached that epoch, itself included.
-    Halving { reduction: usize },
+    Halving {
+        /// η: the share kept at each rung is 1/η (at least 2).
+        reduction: usize,
+    },
 }
 
 impl Pruner {
@@ -116,7 +124,9 @@ fn median(values: &mut [f64]) -> f64 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TrialStatus {
+    /// Ran all its epochs (or stopped early on its own patience).
     Complete,
+    /// Stopped by the pruner after an epoch's evaluation.
     Pruned,
     /// The trial's options could not run (a diverged loss, an invalid combination); the message says why.
     Failed,
@@ -125,13 +135,18 @@ pub enum TrialStatus {
 /// One finished trial, a line of `trials.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrialRecord {
+    /// The trial's index in the plan (0-based).
     pub trial: usize,
+    /// The options this trial set.
     pub params: Params,
     /// The metric after each epoch.
     pub values: Vec<f64>,
+    /// How it ended.
     pub status: TrialStatus,
+    /// Why a failed trial failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Training seconds, over all sessions of the trial.
     pub seconds: f64,
 }
 
@@ -242,6 +257,7 @@ pub fn apply<T: Serialize + DeserializeOwned>(base: &T, params: &Params, space_p
 /// `trials.jsonl`: one line per finished trial, appended and flushed to disk as each ends.
 pub struct Ledger {
     path: PathBuf,
+    /// The finished trials, in the order they ended.
     pub trials: Vec<TrialRecord>,
 }
 
@@ -271,6 +287,7 @@ impl Ledger {
         Ok(Ledger { path: path.to_path_buf(), trials })
     }
 
+    /// Whether trial `trial` has a record.
     pub fn done(&self, trial: usize) -> bool {
         self.trials.iter().any(|t| t.trial == trial)
     }
@@ -293,6 +310,7 @@ impl Ledger {
         self.trials.iter().filter(|t| t.best().is_finite()).max_by(|a, b| a.best().total_cmp(&b.best()))
     }
 
+    /// Training seconds of all recorded trials (what the search's time budget counts).
     pub fn seconds(&self) -> f64 {
         self.trials.iter().map(|t| t.seconds).sum()
     }
