@@ -42,14 +42,13 @@ impl Arrangement {
     }
 }
 
-/// Every norm × ramp combination at depth 6 with three rates and at depth 2 with the two higher ones.
+/// Every norm × ramp combination at depth 6 with rates 0.3× and 1× (where post-LN's need of the ramp shows) and
+/// at depth 2 with 1× and 3×. At 3× every arrangement fails at depth 2, as it did at depth 6 (12 runs of 12 on
+/// the Intel host, 2026-12-07), so depth 6 is not trained at 3×: it cost a third of the question's time.
 pub fn arrangements() -> Vec<Arrangement> {
     let mut all = Vec::new();
-    for layers in [6, 2] {
-        for lr_factor in [0.3, 1.0, 3.0] {
-            if layers == 2 && lr_factor == 0.3 {
-                continue;
-            }
+    for (layers, rates) in [(6, [0.3, 1.0]), (2, [1.0, 3.0])] {
+        for lr_factor in rates {
             for norm in [NormPosition::Post, NormPosition::Pre] {
                 for ramp in [true, false] {
                     all.push(Arrangement { norm, ramp, layers, lr_factor });
