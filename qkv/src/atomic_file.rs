@@ -219,6 +219,7 @@ pub fn fault_point(what: &str) {
     }
 }
 
+/// The crash tests' fault point in a build without the `fault-injection` feature: it does nothing and compiles away.
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn fault_point(_what: &str) {}

@@ -10,14 +10,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+/// Where a model's tensors live and compute: `cpu` on the command line and in saved options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Placement {
+    /// The CPU, with matrix products on the rayon thread pool.
     #[default]
     Cpu,
 }
 
 impl Placement {
+    /// The candle device for this placement.
     pub fn device(self) -> Result<Device> {
         match self {
             Placement::Cpu => Ok(Device::Cpu),

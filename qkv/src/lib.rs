@@ -21,6 +21,8 @@
 //! Shapes use the same letters everywhere: B batch, T target/query length, S source/key length,
 //! C model width, H heads, Dh head width, V vocabulary.
 
+#![warn(missing_docs)]
+
 pub mod atomic_file;
 pub mod decode;
 pub mod device;

@@ -17,16 +17,22 @@ use crate::{Error, Result};
 /// One optimizer step, as written to log.jsonl (`"kind": "train"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
+    /// The optimizer step (the first is 1).
     pub step: usize,
+    /// The epoch the step belongs to, counting from 1.
     pub epoch: usize,
     /// The task's training loss (label-smoothed where it smooths) per token.
     #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
+    /// The learning rate the step was taken with.
     #[serde(deserialize_with = "nan_if_null")]
     pub lr: f64,
+    /// Global L2 norm of the gradients, before clipping.
     #[serde(deserialize_with = "nan_if_null")]
     pub grad_norm: f64,
+    /// Tokens (or examples) the step's loss averaged over.
     pub tokens: usize,
+    /// Training throughput: `tokens` over the step's wall-clock time, backward pass and update included.
     #[serde(deserialize_with = "nan_if_null")]
     pub tokens_per_s: f64,
     /// The probability of feeding the decoder the gold token at this step (translation with scheduled
@@ -38,13 +44,17 @@ pub struct StepRecord {
 /// One evaluation, as written to log.jsonl (`"kind": "eval"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalRecord {
+    /// Optimizer steps taken when the evaluation ran.
     pub step: usize,
+    /// Epochs completed when the evaluation ran.
     pub epoch: usize,
     /// Cross-entropy per predicted token without smoothing (ln of the perplexity).
     #[serde(deserialize_with = "nan_if_null")]
     pub val_loss: f64,
+    /// The task's other scores by name (`val_bleu`, `accuracy` …), flattened into the record's JSON object.
     #[serde(flatten, deserialize_with = "numeric_fields")]
     pub metrics: BTreeMap<String, f64>,
+    /// Wall-clock seconds the evaluation took.
     #[serde(deserialize_with = "nan_if_null")]
     pub seconds: f64,
 }
@@ -60,7 +70,9 @@ impl EvalRecord {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum LogRecord {
+    /// A logged optimizer step.
     Train(StepRecord),
+    /// A validation pass.
     Eval(EvalRecord),
     /// A kind this version does not know, so that logs from newer trainers still load.
     #[serde(other)]
@@ -98,6 +110,7 @@ pub struct LogFile {
 }
 
 impl LogFile {
+    /// Opens `path` for appending, creating it if it does not exist.
     pub fn open(path: &Path) -> Result<Self> {
         let file = fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();

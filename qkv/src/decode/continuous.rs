@@ -53,12 +53,16 @@ pub struct ContinuousBatch {
 /// A sequence that left the batch, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Finished {
+    /// The caller's name for the sequence, as given when it joined.
     pub id: SequenceId,
+    /// Why it stopped.
     pub stop: StopReason,
+    /// Tokens generated for it, the stopping EOS included.
     pub generated: usize,
 }
 
 impl ContinuousBatch {
+    /// An empty batch for `model`, with one key/value cache per block.
     pub fn new(model: &Gpt2) -> Self {
         Self { rows: Vec::new(), cache: model.new_cache(), device: model.device().clone() }
     }
@@ -68,6 +72,7 @@ impl ContinuousBatch {
         self.rows.len()
     }
 
+    /// Whether no sequence is live.
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }

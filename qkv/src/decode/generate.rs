@@ -14,15 +14,21 @@ use crate::{Error, Result};
 /// How to pick each next token.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateOptions {
+    /// Most tokens to generate after the prompt (default 50).
     pub max_new_tokens: usize,
     /// Pick the most likely token (transformers' do_sample=False); otherwise sample.
     pub greedy: bool,
+    /// Divides the logits before sampling, > 0: below 1 sharpens the distribution, above 1 flattens it (default 1).
     pub temperature: f64,
+    /// Sample only among the k most likely tokens (ties with the k-th kept); `None` for no limit.
     pub top_k: Option<usize>,
+    /// Nucleus sampling: only the most likely tokens whose probabilities sum to at least p, in (0, 1]; `None`
+    /// for no limit.
     pub top_p: Option<f64>,
     /// Values above 1 discourage tokens already in the text (CTRL, Keskar et al. 2019): a positive logit is
     /// divided by it, a negative one multiplied.
     pub repetition_penalty: f64,
+    /// Seeds the sampling generator: the same prompt, options and seed give the same tokens.
     pub seed: u64,
     /// Generation stops after this token (it is kept in the output).
     pub eos_token_id: Option<u32>,
@@ -55,6 +61,8 @@ impl Default for GenerateOptions {
 }
 
 impl GenerateOptions {
+    /// Errors naming the option for a non-positive temperature or repetition penalty, `top_k` = 0, `top_p`
+    /// outside (0, 1] or too many new tokens.
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             return Err(Error::config("temperature", self.temperature, "a positive number"));
@@ -78,7 +86,9 @@ impl GenerateOptions {
 /// Why generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
+    /// `max_new_tokens` tokens were generated.
     MaxNewTokens,
+    /// The end-of-text token (`eos_token_id`) was generated; it is kept in the output.
     Eos,
     /// The model's position table (n_positions) is full.
     ContextFull,
@@ -102,7 +112,10 @@ impl StopReason {
 /// [`GenerateOptions::logprobs`] asks for them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenChoice {
+    /// The chosen token's id.
     pub token: u32,
+    /// Its log-probability under the model (before penalty, temperature and truncation); `None` unless
+    /// [`GenerateOptions::logprobs`] asks for it.
     pub logprob: Option<f64>,
     /// (token, log-probability), most likely first.
     pub top: Vec<(u32, f64)>,
@@ -111,7 +124,9 @@ pub struct TokenChoice {
 /// One prompt's continuation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Generated {
+    /// The new tokens, without the prompt.
     pub tokens: Vec<u32>,
+    /// Why generation ended.
     pub stop: StopReason,
 }
 

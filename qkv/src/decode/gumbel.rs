@@ -11,6 +11,7 @@ use crate::rng::Rng;
 
 /// The noise a search adds: independent Gumbel draws from `rng`, at temperature `tau`.
 pub struct GumbelNoise<'a> {
+    /// The generator the Gumbel draws come from.
     pub rng: &'a mut Rng,
     /// τ > 0: below 1 sharpens the model's distribution, above 1 flattens it.
     pub tau: f64,

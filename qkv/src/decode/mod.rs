@@ -31,6 +31,7 @@ pub struct DecodeOptions {
     /// At most `max_len_a · |source| + max_len_b` tokens per output (EOS not counted), and never more than
     /// [`crate::limits::MAX_OUTPUT_TOKENS`].
     pub max_len_a: f64,
+    /// The constant term of that length limit, in tokens (default 10).
     pub max_len_b: usize,
     /// Reuse earlier steps' keys and values (the default). Off recomputes the whole prefix at every step: the
     /// reference the cache is tested against.
@@ -56,6 +57,8 @@ impl DecodeOptions {
         asked.min(limits::MAX_OUTPUT_TOKENS as f64) as usize
     }
 
+    /// Errors naming the option for a zero or too large beam, a negative or infinite `max_len_a`, or an infinite
+    /// length penalty.
     pub fn validate(&self) -> Result<()> {
         if self.beam == 0 {
             return Err(Error::config("beam", 0, "at least 1"));

@@ -113,9 +113,11 @@ pub struct LoadOptions {
 
 /// A BERT model loaded from a directory, with its trainable parameters.
 pub struct LoadedBert {
+    /// The model, with its weights set from the checkpoint.
     pub model: Bert,
     /// qkv parameter names and their variables (for fine-tuning and saving).
     pub vars: Vec<(String, Var)>,
+    /// What loading left over ([`LoadReport`]): parameters initialised fresh, checkpoint tensors unused.
     pub report: LoadReport,
 }
 

@@ -30,8 +30,11 @@ const TOP: [&str; 3] = ["wte", "wpe", "ln_f"];
 
 /// A GPT-2 loaded from a directory, with its trainable parameters.
 pub struct LoadedGpt2 {
+    /// The model, with its weights set from the checkpoint.
     pub model: Gpt2,
+    /// qkv parameter names and their variables (for training and saving).
     pub vars: Vec<(String, Var)>,
+    /// What loading left over ([`LoadReport`]): parameters initialised fresh, checkpoint tensors unused.
     pub report: LoadReport,
 }
 

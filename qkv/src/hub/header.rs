@@ -19,7 +19,9 @@ const MAX_HEADER_BYTES: u64 = 100_000_000;
 /// One tensor as a header declares it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorEntry {
+    /// The element type the header declares (F32, F16, BF16 …).
     pub dtype: Dtype,
+    /// The dimensions, outermost first.
     pub shape: Vec<usize>,
     /// The file that holds it (a shard, for sharded weights).
     pub file: PathBuf,
@@ -89,10 +91,12 @@ impl WeightHeader {
         Ok(Self { tensors })
     }
 
+    /// The entry of the tensor named `name` (a checkpoint name), if the header has one.
     pub fn get(&self, name: &str) -> Option<&TensorEntry> {
         self.tensors.get(name)
     }
 
+    /// Every tensor with its entry, in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &TensorEntry)> {
         self.tensors.iter()
     }
@@ -159,17 +163,36 @@ impl WeightHeader {
 pub enum Agreement {
     /// `field` = `value` is the size of `axis` of the first of `tensors` present (names differ between
     /// checkpoint flavours, e.g. with and without the `bert.` prefix).
-    Axis { field: &'static str, value: usize, tensors: Vec<String>, axis: usize },
+    Axis {
+        /// The config.json field, e.g. `vocab_size`.
+        field: &'static str,
+        /// Its value in the config.
+        value: usize,
+        /// The names the tensor may have in a checkpoint (with and without a prefix); the first present is checked.
+        tensors: Vec<String>,
+        /// The dimension (0-based) whose size must equal `value`.
+        axis: usize,
+    },
     /// `field` = `value` layers must be stored under `prefix{i}.` (fewer is an error; more are reported as
     /// unused by loading).
-    Layers { field: &'static str, value: usize, prefix: String },
+    Layers {
+        /// The config.json field, e.g. `num_hidden_layers`.
+        field: &'static str,
+        /// Its value in the config.
+        value: usize,
+        /// The checkpoint name prefix of every layer, before its index (e.g. `encoder.layer.`).
+        prefix: String,
+    },
 }
 
 impl Agreement {
+    /// An [`Agreement::Axis`]: `field` = `value` must be the size of dimension `axis` of the first of `tensors`
+    /// present.
     pub fn axis(field: &'static str, value: usize, tensors: &[&str], axis: usize) -> Self {
         Self::Axis { field, value, tensors: tensors.iter().map(|t| t.to_string()).collect(), axis }
     }
 
+    /// An [`Agreement::Layers`]: `field` = `value` layers must be stored under `prefix{i}.`.
     pub fn layers(field: &'static str, value: usize, prefix: &str) -> Self {
         Self::Layers { field, value, prefix: prefix.to_string() }
     }

@@ -12,8 +12,11 @@ use crate::{Error, Result};
 /// How token vectors become one sentence vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pooling {
+    /// The average of the real tokens' vectors (padding left out).
     Mean,
+    /// The first token's (\[CLS\]) vector.
     Cls,
+    /// The maximum over the real tokens, dimension by dimension.
     Max,
     /// Sum over the real tokens divided by √(their count).
     MeanSqrtLen,
@@ -53,6 +56,7 @@ struct SentenceBertConfig {
 /// What a sentence-transformers directory says about turning token vectors into a sentence vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SentenceConfig {
+    /// Which pooling `1_Pooling/config.json` selects (mean for a plain BERT directory).
     pub pooling: Pooling,
     /// An L2 normalisation module follows the pooling.
     pub normalize: bool,

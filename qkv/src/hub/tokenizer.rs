@@ -59,8 +59,11 @@ pub enum Truncation {
 /// A padded batch: each field (B, S) with S the longest sequence of the batch.
 #[derive(Debug, Clone)]
 pub struct Encoded {
+    /// Token ids, \[CLS\] and \[SEP\] included, padded with the pad id.
     pub input_ids: Vec<Vec<u32>>,
+    /// Segment of each token: 0 for the first text, 1 for the second of a pair (0 at padding).
     pub token_type_ids: Vec<Vec<u32>>,
+    /// 1 for real tokens, 0 for padding.
     pub attention_mask: Vec<Vec<u32>>,
 }
 
@@ -132,14 +135,17 @@ impl PretrainedTokenizer {
         Ok(Self { inner, truncating: Mutex::new(None) })
     }
 
+    /// The id of `token` in the vocabulary, if it is there.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
 
+    /// The token string of `id`, if the vocabulary has it.
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }
 
+    /// V: the vocabulary's size, added (special) tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
@@ -218,6 +224,7 @@ impl PretrainedTokenizer {
 /// pipeline builds them, with what is needed to map tokens back to the context's characters.
 #[derive(Debug, Clone)]
 pub struct QuestionWindows {
+    /// The model inputs, in order along the context.
     pub windows: Vec<QuestionWindow>,
     /// Character offsets of each context token in the context.
     pub context_offsets: Vec<(usize, usize)>,
@@ -229,8 +236,13 @@ pub struct QuestionWindows {
 /// question tokens and \[SEP\]).
 #[derive(Debug, Clone)]
 pub struct QuestionWindow {
+    /// \[CLS\] question \[SEP\] context piece \[SEP\], as ids.
     pub input_ids: Vec<u32>,
+    /// Segment of each position: 0 for \[CLS\], the question and its \[SEP\]; 1 for the context piece and the
+    /// last \[SEP\].
     pub token_type_ids: Vec<u32>,
+    /// For each position, the index of the context token it holds (into the context's tokens and
+    /// [`QuestionWindows::context_offsets`]).
     pub context_tokens: Vec<Option<usize>>,
 }
 
@@ -351,6 +363,7 @@ impl PretrainedTokenizer {
         ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].into_iter().filter_map(|t| self.inner.token_to_id(t)).collect()
     }
 
+    /// The id of the classification token (\[CLS\], or `<s>` in RoBERTa-style vocabularies), if there is one.
     pub fn cls_id(&self) -> Option<u32> {
         ["[CLS]", "<s>"].into_iter().find_map(|t| self.inner.token_to_id(t))
     }

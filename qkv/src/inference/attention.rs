@@ -28,6 +28,7 @@ pub struct AttentionGrid {
 }
 
 impl AttentionGrid {
+    /// A grid from its parts (see the fields).
     pub fn new(
         name: &'static str,
         source_tokens: Vec<String>,
@@ -47,7 +48,9 @@ impl AttentionGrid {
 /// target it reads after it (else its own greedy translation).
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionText<'a> {
+    /// The text (for the translator, the source sentence).
     pub text: &'a str,
+    /// The translator's target sentence; `None` reads its own greedy translation. Only for translation models.
     pub target: Option<&'a str>,
 }
 

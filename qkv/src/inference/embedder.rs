@@ -22,6 +22,7 @@ pub struct Embedder {
     normalize: bool,
     max_length: usize,
     device: Device,
+    /// What loading left over: checkpoint tensors the body does not use (a pooler, a task head).
     pub report: LoadReport,
 }
 
@@ -56,10 +57,12 @@ impl Embedder {
         self
     }
 
+    /// The embedding's width: the model's `hidden_size`.
     pub fn dimension(&self) -> usize {
         self.model.config().hidden_size
     }
 
+    /// Whether embeddings are L2-normalised (unit length), as the directory's Normalize module asks.
     pub fn normalizes(&self) -> bool {
         self.normalize
     }

@@ -25,16 +25,20 @@ pub struct Generator {
 /// One prompt's continuation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
+    /// The prompt's token ids.
     pub prompt_ids: Vec<u32>,
+    /// The token ids generated after the prompt.
     pub generated_ids: Vec<u32>,
     /// The continuation's text without any stop string (`None` without a tokenizer).
     pub text: Option<String>,
+    /// Why generation ended ([`StopReason::Caller`] when a stop string appeared).
     pub stop: StopReason,
     /// Each generated token's log-probability and alternatives, when the options asked for them.
     pub logprobs: Vec<TokenChoice>,
 }
 
 impl Generator {
+    /// Reads the GPT-2 directory `dir` (config.json, weights and, if present, its tokenizer) onto `device`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         Self::load_as(dir, device, WeightDtype::F32)
     }
@@ -49,10 +53,12 @@ impl Generator {
         Ok(Self { model, tokenizer })
     }
 
+    /// The model.
     pub fn model(&self) -> &Gpt2 {
         &self.model
     }
 
+    /// The directory's tokenizer; `None` for a model trained on ids without one.
     pub fn tokenizer(&self) -> Option<&PretrainedTokenizer> {
         self.tokenizer.as_ref()
     }

@@ -26,8 +26,11 @@ pub struct Pipeline {
 /// One candidate for a masked position.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct MaskPrediction {
+    /// The token's probability at the masked position (softmax over the vocabulary).
     pub score: f64,
+    /// The token's id.
     pub token: u32,
+    /// The token as text, decoded alone (special tokens kept).
     pub token_str: String,
     /// The input with this token in place of the mask: special tokens removed when there is one mask, kept
     /// (other masks included) when there are several, as transformers writes it.
@@ -37,7 +40,9 @@ pub struct MaskPrediction {
 /// A label and its probability.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct LabelScore {
+    /// The class name, from config.json's `id2label` (`LABEL_i` when it has none).
     pub label: String,
+    /// Its probability: the softmax of the logits over all labels.
     pub score: f64,
 }
 
@@ -48,13 +53,16 @@ pub struct Answer {
     pub score: f64,
     /// Character offsets of the answer in the context: `context[start..end]` in characters.
     pub start: usize,
+    /// Character offset one past the answer's end in the context.
     pub end: usize,
+    /// The answer's text: the context's characters `start..end`.
     pub answer: String,
 }
 
 /// Question-answering options, with transformers' defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QaOptions {
+    /// How many answers to return, best first (transformers' default: 1).
     pub top_k: usize,
     /// Tokens per window (question, context and specials); transformers uses min(model limit, 384).
     pub max_seq_len: usize,
@@ -83,6 +91,7 @@ impl Pipeline {
         Ok(Self { model, tokenizer: PretrainedTokenizer::from_dir(dir)?, device: device.clone() })
     }
 
+    /// The loaded BERT, with its task head.
     pub fn model(&self) -> &Bert {
         &self.model
     }

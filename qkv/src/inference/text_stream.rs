@@ -62,6 +62,7 @@ impl<'a> TextStream<'a> {
         &self.text
     }
 
+    /// The token ids pushed so far.
     pub fn ids(&self) -> &[u32] {
         &self.ids
     }

@@ -19,8 +19,11 @@ use crate::{limits, Error, Result};
 /// tokenizer.json): a run's `best/`, one of its checkpoints, or an averaged model. Built once, used from any
 /// number of threads (`&self`).
 pub struct Translator {
+    /// The encoder-decoder model.
     pub model: Transformer,
+    /// The joint source-target subword tokenizer from tokenizer.json.
     pub tokenizer: Tokenizer,
+    /// The model's config.json.
     pub config: TransformerConfig,
     /// Checkpoint tensors the model did not use.
     pub report: LoadReport,

@@ -35,8 +35,10 @@ pub enum WeightDtype {
 }
 
 impl WeightDtype {
+    /// The three names, as the error for an unknown one lists them (aliases such as `bfloat16` parse too).
     pub const NAMES: &'static str = "f32, bf16 or int8";
 
+    /// The name on the command line and in JSON: `f32`, `bf16` or `int8`.
     pub fn name(self) -> &'static str {
         match self {
             WeightDtype::F32 => "f32",
@@ -130,10 +132,12 @@ impl PackedMatrix {
         Self::pack(&values, (rows, cols), dtype, name)
     }
 
+    /// (rows, cols): (out, in) for a Linear weight, (V, C) for an embedding table.
     pub fn dims(&self) -> (usize, usize) {
         (self.rows, self.cols)
     }
 
+    /// The storage format: bf16 or int8 (a packed matrix is never f32).
     pub fn dtype(&self) -> WeightDtype {
         match self.values {
             Values::Bf16(_) => WeightDtype::Bf16,
@@ -373,6 +377,7 @@ pub struct PackedLinear {
 const NAME: &str = "qkv-packed-linear";
 
 impl PackedLinear {
+    /// A layer of `weight` (out, in) and an optional `bias` (out); a bias of another length is an error.
     pub fn new(weight: PackedMatrix, bias: Option<Vec<f32>>) -> Result<Self> {
         if let Some(b) = &bias {
             if b.len() != weight.rows {
@@ -382,6 +387,7 @@ impl PackedLinear {
         Ok(Self { weight, bias })
     }
 
+    /// The packed weight (out, in).
     pub fn weight(&self) -> &PackedMatrix {
         &self.weight
     }

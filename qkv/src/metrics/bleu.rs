@@ -115,9 +115,11 @@ impl Smoothing {
 /// How BLEU is computed. `Default` is sacreBLEU's default: 13a tokens, case-sensitive, exponential smoothing.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct BleuOptions {
+    /// How sentences are split into words: 13a (default) or whitespace only.
     pub tokenize: Tokenize,
     /// Lowercase hypotheses and references first (case-insensitive BLEU).
     pub lowercase: bool,
+    /// How orders without matches are smoothed (default: exponential, sacreBLEU's `exp`).
     pub smooth: Smoothing,
 }
 
@@ -341,6 +343,7 @@ impl Arithmetic {
 }
 
 impl BleuStats {
+    /// Adds `other`'s lengths and n-gram counts to these: the statistics of both sets of sentences together.
     pub fn add(&mut self, other: &BleuStats) {
         self.hyp_len += other.hyp_len;
         self.ref_len += other.ref_len;

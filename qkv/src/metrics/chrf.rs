@@ -72,8 +72,11 @@ impl ChrfOptions {
 pub struct ChrfScore {
     /// chrF in 0..=100.
     pub score: f64,
+    /// Longest character n-gram counted (sacreBLEU: 6).
     pub char_order: usize,
+    /// Longest word n-gram counted: 0 for chrF, 2 for chrF++.
     pub word_order: usize,
+    /// β of the F-score: recall weighs β times as much as precision (sacreBLEU: 2).
     pub beta: f64,
 }
 

@@ -22,7 +22,9 @@ use crate::{Error, Result};
 /// How many resamples, from which seed. `Default` is sacreBLEU's: 1000 samples, `SACREBLEU_SEED=12345`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PairedBootstrap {
+    /// Resamples of the test set (sacreBLEU: 1000).
     pub samples: usize,
+    /// Seed of the resampling generator (sacreBLEU's `SACREBLEU_SEED`: 12345).
     pub seed: u64,
 }
 

@@ -22,39 +22,57 @@ use crate::{limits, Error, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BertConfig {
+    /// V: rows of the word-piece embedding table (bert-base-uncased: 30522).
     pub vocab_size: usize,
+    /// Model width C: the size of every token's vector between sub-layers (bert-base: 768).
     pub hidden_size: usize,
+    /// Number of encoder layers (bert-base: 12).
     pub num_hidden_layers: usize,
+    /// H: attention heads per layer; `hidden_size` must divide by it (bert-base: 12).
     pub num_attention_heads: usize,
+    /// Inner width of each layer's feed-forward network (bert-base: 3072, four times C).
     pub intermediate_size: usize,
+    /// The feed-forward activation, and that of the masked-LM head's transform (`gelu` in BERT).
     pub hidden_act: Activation,
+    /// Dropout on the embeddings and on each sub-layer's output before the residual sum, in [0, 1).
     pub hidden_dropout_prob: f64,
+    /// Dropout on the attention probabilities, in [0, 1).
     pub attention_probs_dropout_prob: f64,
+    /// Rows of the learned position table: the longest input in tokens (bert-base: 512).
     pub max_position_embeddings: usize,
+    /// Rows of the segment (token-type) embedding (bert-base: 2, sentence A and sentence B).
     pub type_vocab_size: usize,
+    /// Standard deviation σ of the N(0, σ²) weight initialisation (bert-base: 0.02).
     pub initializer_range: f64,
+    /// ε added to the variance in every LayerNorm (BERT: 1e-12).
     pub layer_norm_eps: f64,
+    /// Id of the padding token (\[PAD\], 0 in bert-base-uncased).
     pub pad_token_id: u32,
     /// Only "absolute" (learned positions) is supported.
     pub position_embedding_type: String,
     /// Dropout before the classifier of the classification heads; `None` means `hidden_dropout_prob`.
     pub classifier_dropout: Option<f64>,
+    /// Hugging Face class names the checkpoint was saved as, e.g. `["BertForMaskedLM"]`; the first picks the head.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub architectures: Option<Vec<String>>,
+    /// The model family; "bert" for every config this loader reads.
     pub model_type: String,
     /// Class names by index, as strings ("0" → "LABEL_0"); its size is the number of labels.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id2label: Option<BTreeMap<String, String>>,
+    /// The inverse of `id2label`: class name → index.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label2id: Option<BTreeMap<String, i64>>,
     /// Read when a config gives it without `id2label`; never written (Hugging Face derives it).
     #[serde(skip_serializing)]
     pub num_labels: Option<usize>,
+    /// Whether the masked-LM decoder shares the word embedding matrix; qkv supports only `true` (the default).
     pub tie_word_embeddings: bool,
     /// Hugging Face's switch for a causal self-attention mask: each token sees itself and the tokens before it
     /// only, as in a decoder. BERT is bidirectional (false); `qkv study bert` trains both to show why.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub is_decoder: bool,
+    /// Keys of config.json that qkv does not read, kept so that saving writes them back unchanged.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
@@ -177,15 +195,22 @@ impl BertConfig {
 /// The Hugging Face classes a BERT checkpoint can be, by their `architectures` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BertArchitecture {
+    /// `BertModel`: the encoder and pooler, no task head.
     Base,
+    /// `BertForSequenceClassification`: a classifier over the pooled \[CLS\] vector.
     SequenceClassification,
+    /// `BertForTokenClassification`: a classifier over every token's vector (tagging, NER).
     TokenClassification,
+    /// `BertForQuestionAnswering`: start and end logits of the answer span at every token.
     QuestionAnswering,
+    /// `BertForMaskedLM`: vocabulary logits at every token, through the tied word embedding.
     MaskedLm,
+    /// `BertForPreTraining`: the masked-LM head plus next-sentence prediction over the pooled \[CLS\] vector.
     PreTraining,
 }
 
 impl BertArchitecture {
+    /// Every architecture, in the order listed above.
     pub const ALL: [Self; 6] = [
         Self::Base,
         Self::SequenceClassification,
@@ -195,6 +220,7 @@ impl BertArchitecture {
         Self::PreTraining,
     ];
 
+    /// The Hugging Face class name, as config.json's `architectures` writes it (e.g. `BertForMaskedLM`).
     pub fn name(self) -> &'static str {
         match self {
             Self::Base => "BertModel",
@@ -338,6 +364,8 @@ pub struct Bert {
 }
 
 impl Bert {
+    /// A freshly built model of `config` with `architecture`'s head, parameters under `vb` (see the type's
+    /// names); errors when the config does not validate.
     pub fn new(config: &BertConfig, architecture: BertArchitecture, vb: VarBuilder) -> Result<Self> {
         Self::build(config, architecture, architecture.has_pooler(), vb)
     }
@@ -379,10 +407,12 @@ impl Bert {
         })
     }
 
+    /// The configuration the model was built from.
     pub fn config(&self) -> &BertConfig {
         &self.config
     }
 
+    /// Which Hugging Face class (task head) this model is.
     pub fn architecture(&self) -> BertArchitecture {
         self.architecture
     }

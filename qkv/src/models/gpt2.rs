@@ -14,30 +14,47 @@ use crate::nn::{
 };
 use crate::{limits, Error, Result};
 
+/// Hugging Face's `GPT2Config`. Unknown keys of a config.json are kept in `extra` and written back on save.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Gpt2Config {
+    /// V: rows of the token embedding table and width of the logits (GPT-2: 50257 byte-level BPE tokens).
     pub vocab_size: usize,
     /// Longest sequence: rows of the position table.
     pub n_positions: usize,
+    /// Model width C: the size of every token's vector between blocks (GPT-2 small: 768).
     pub n_embd: usize,
+    /// Number of transformer blocks (GPT-2 small: 12).
     pub n_layer: usize,
+    /// H: attention heads per block; `n_embd` must divide by it (GPT-2 small: 12).
     pub n_head: usize,
     /// Feed-forward width; `None` means 4 · n_embd.
     pub n_inner: Option<usize>,
+    /// The feed-forward activation (`gelu_new`, GELU's tanh approximation, in GPT-2).
     pub activation_function: Activation,
+    /// Dropout on each block's attention and feed-forward output before the residual sum, in [0, 1).
     pub resid_pdrop: f64,
+    /// Dropout on the sum of token and position embeddings, in [0, 1).
     pub embd_pdrop: f64,
+    /// Dropout on the attention probabilities, in [0, 1).
     pub attn_pdrop: f64,
+    /// ε added to the variance in every LayerNorm (GPT-2: 1e-5).
     pub layer_norm_epsilon: f64,
+    /// Standard deviation σ of the N(0, σ²) weight initialisation (GPT-2: 0.02).
     pub initializer_range: f64,
+    /// Whether the LM head is the token embedding matrix `wte` (GPT-2: true) or a separate `lm_head`.
     pub tie_word_embeddings: bool,
     /// Biases on the attention and feed-forward projections. Hugging Face's GPT-2 always has them; nanoGPT
     /// can drop them (`bias = False`).
     pub bias: bool,
+    /// Id of the beginning-of-text token (GPT-2: 50256, `<|endoftext|>`, the same as `eos_token_id`).
     pub bos_token_id: u32,
+    /// Id of the end-of-text token generation stops at (GPT-2: 50256); models trained without one carry an id
+    /// past the vocabulary.
     pub eos_token_id: u32,
+    /// The model family; "gpt2" for every config this loader reads.
     pub model_type: String,
+    /// Hugging Face class names the checkpoint was saved as, e.g. `["GPT2LMHeadModel"]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub architectures: Option<Vec<String>>,
     /// Keys of a config.json that qkv does not use, kept so that saving writes them back.
@@ -111,6 +128,8 @@ impl Gpt2Config {
     }
 }
 
+/// GPT-2 with its LM head (`GPT2LMHeadModel`): token ids (B, T) → next-token logits (B, T, V), with a
+/// key/value cache for incremental generation.
 #[derive(Debug, Clone)]
 pub struct Gpt2 {
     config: Gpt2Config,
@@ -155,6 +174,7 @@ impl Gpt2 {
         })
     }
 
+    /// The configuration the model was built from.
     pub fn config(&self) -> &Gpt2Config {
         &self.config
     }

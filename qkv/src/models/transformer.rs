@@ -36,17 +36,28 @@ pub enum PositionEncoding {
     None,
 }
 
+/// The encoder-decoder's configuration, in the names of Hugging Face's BART / Marian configs; `default()` is
+/// the paper's base model. Options the paper does not have exist for the `qkv study` experiments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TransformerConfig {
+    /// V: rows of each token embedding table and width of the logits (one joint source-target vocabulary).
     pub vocab_size: usize,
+    /// Model width C: the size of every token's vector between sub-layers (the paper's base: 512).
     pub d_model: usize,
+    /// Number of encoder layers N (the paper: 6).
     pub encoder_layers: usize,
+    /// Number of decoder layers N (the paper: 6).
     pub decoder_layers: usize,
+    /// H: attention heads in each encoder layer (the paper: 8).
     pub encoder_attention_heads: usize,
+    /// H: attention heads in each decoder layer's self- and cross-attention (the paper: 8).
     pub decoder_attention_heads: usize,
+    /// Inner width d_ff of each encoder layer's feed-forward network (the paper: 2048).
     pub encoder_ffn_dim: usize,
+    /// Inner width d_ff of each decoder layer's feed-forward network (the paper: 2048).
     pub decoder_ffn_dim: usize,
+    /// The feed-forward activation (the paper: `relu`).
     pub activation_function: Activation,
     /// Residual and embedding dropout (the paper's P_drop).
     pub dropout: f64,
@@ -55,13 +66,18 @@ pub struct TransformerConfig {
     /// When dropout's 1 − p is made up for: `inverted` (in training; every framework's choice) or `classic`
     /// (at evaluation, as Srivastava et al.); `classic_unscaled` forgets it, to show what that does.
     pub dropout_scaling: DropoutScaling,
+    /// Dropout on the attention probabilities, in [0, 1) (default 0.1).
     pub attention_dropout: f64,
+    /// Dropout inside the feed-forward networks, after the activation, in [0, 1).
     pub activation_dropout: f64,
+    /// ε added to the variance in every norm (default 1e-5).
     pub layer_norm_eps: f64,
+    /// `post` (the paper: LayerNorm after each residual sum) or `pre` (before each sub-layer, plus a final norm).
     pub norm_position: NormPosition,
     /// `layer_norm` (the paper) or `batch_norm` (statistics over each batch's non-padding positions, running
     /// statistics in evaluation; `qkv study norms` compares them). Absent in configs written before it: LayerNorm.
     pub normalization: Normalization,
+    /// How positions enter the model: `sinusoidal` (the paper), `learned`, `relative`, `rotary`, `complex` or `none`.
     pub position_encoding: PositionEncoding,
     /// Length of the learned position tables (only for `position_encoding = learned`).
     pub max_position_embeddings: usize,
@@ -77,9 +93,14 @@ pub struct TransformerConfig {
     pub share_encoder_decoder_embeddings: bool,
     /// The pre-softmax projection is the target embedding matrix (§3.4, Press & Wolf 2017).
     pub tie_word_embeddings: bool,
+    /// Id of the padding token: batches pad sources and targets with it, and BatchNorm statistics leave it out.
     pub pad_token_id: u32,
+    /// Id of the beginning-of-sequence token the decoder's input starts with (targets shifted right behind it).
     pub bos_token_id: u32,
+    /// Id of the end-of-sequence token appended to every source and target; decoding stops at it.
     pub eos_token_id: u32,
+    /// How the attention and feed-forward matrices (and learned positions) are initialised (default: Xavier
+    /// uniform, the usual choice for the original Transformer).
     pub init: WeightInit,
     /// The query-key score of every attention block (the paper: `scaled_dot`; `qkv study scaling` and
     /// `additive` compare the others).
@@ -225,10 +246,12 @@ impl TransformerConfig {
         })
     }
 
+    /// The configuration of every encoder layer.
     pub fn encoder_layer(&self) -> LayerConfig {
         self.layer(self.encoder_attention_heads, self.encoder_ffn_dim)
     }
 
+    /// The configuration of every decoder layer.
     pub fn decoder_layer(&self) -> LayerConfig {
         self.layer(self.decoder_attention_heads, self.decoder_ffn_dim)
     }
@@ -292,6 +315,8 @@ enum Words {
     Complex { source: Box<ComplexEmbedding>, target: Box<ComplexEmbedding> },
 }
 
+/// The encoder-decoder Transformer: source ids (B, S) are encoded to a memory (B, S, C) that the decoder
+/// attends to while it predicts target logits (B, T, V).
 #[derive(Debug, Clone)]
 pub struct Transformer {
     config: TransformerConfig,
@@ -365,6 +390,7 @@ impl Transformer {
         })
     }
 
+    /// The configuration the model was built from.
     pub fn config(&self) -> &TransformerConfig {
         &self.config
     }

@@ -244,7 +244,9 @@ pub(crate) fn requested<T>(weights: Option<T>) -> Result<T> {
 /// Shape of a multi-head attention block.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttentionConfig {
+    /// Model width C: the size of the query, key and value inputs and of the output.
     pub d_model: usize,
+    /// H: heads the attention is split into; C must divide by H unless `head_dim` is set.
     pub num_heads: usize,
     /// Biases on the four projections (PyTorch and BERT: yes).
     pub bias: bool,
@@ -270,6 +272,8 @@ pub struct AttentionConfig {
 }
 
 impl AttentionConfig {
+    /// The paper's block of width `d_model` with `num_heads` heads: biased separate W_Q, W_K, W_V, scaled
+    /// dot-product scores, no dropout and no relative or rotary positions.
     pub fn new(d_model: usize, num_heads: usize) -> Self {
         Self {
             d_model,
@@ -505,6 +509,7 @@ impl MultiHeadAttention {
         Ok((output, weights))
     }
 
+    /// H, the number of heads.
     pub fn num_heads(&self) -> usize {
         self.num_heads
     }

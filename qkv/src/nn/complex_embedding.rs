@@ -15,6 +15,8 @@ use candle_nn::{Init, VarBuilder};
 use super::{embedding::Embedding, params::WeightInit};
 use crate::{Error, Result};
 
+/// Complex word embeddings: per token and dimension a learned amplitude, frequency and phase, giving
+/// position-dependent vectors (B, L, C) with no separate position encoding.
 #[derive(Debug, Clone)]
 pub struct ComplexEmbedding {
     amplitude: Embedding,

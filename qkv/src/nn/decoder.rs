@@ -25,6 +25,8 @@ pub struct DecoderWeights {
     pub cross_attn: Tensor,
 }
 
+/// One decoder layer: masked self-attention, cross-attention over the encoder memory and a feed-forward
+/// network, each a residual sub-layer with its norm.
 #[derive(Debug, Clone)]
 pub struct DecoderLayer {
     self_attn: MultiHeadAttention,
@@ -208,6 +210,7 @@ impl Decoder {
         Ok((x, weights))
     }
 
+    /// The N layers, in order from the embeddings up.
     pub fn layers(&self) -> &[DecoderLayer] {
         &self.layers
     }

@@ -44,6 +44,7 @@ impl Dropout {
         Self { scaling, ..self }
     }
 
+    /// The drop probability p, in [0, 1).
     pub fn p(&self) -> f64 {
         self.p
     }
@@ -53,6 +54,8 @@ impl Dropout {
         self.p == 0.0 || (!mode.is_train() && self.scaling != DropoutScaling::Classic)
     }
 
+    /// x → x with each element zeroed with probability p while training, scaled as [`DropoutScaling`] says; in
+    /// evaluation the identity, or ×(1 − p) for [`DropoutScaling::Classic`].
     pub fn forward(&self, x: &Tensor, mode: &mut Mode) -> Result<Tensor> {
         if self.is_identity(mode) {
             return Ok(x.clone());

@@ -10,6 +10,8 @@ use super::params::WeightInit;
 use crate::kernels::reduced::{PackedLinear, PackedMatrix, WeightDtype};
 use crate::{Error, Result};
 
+/// An id → vector lookup table (V, C), for tokens or segments, optionally scaled by √C and optionally
+/// packed in reduced precision for inference.
 #[derive(Debug, Clone)]
 pub struct Embedding {
     table: Tensor,

@@ -16,6 +16,7 @@ use super::{
 use crate::kernels::reduced::WeightDtype;
 use crate::Result;
 
+/// One encoder layer: self-attention and a feed-forward network, each a residual sub-layer with its norm.
 #[derive(Debug, Clone)]
 pub struct EncoderLayer {
     self_attn: MultiHeadAttention,
@@ -167,6 +168,7 @@ impl Encoder {
         }
     }
 
+    /// The N layers, in order from the embeddings up.
     pub fn layers(&self) -> &[EncoderLayer] {
         &self.layers
     }

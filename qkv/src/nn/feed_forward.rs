@@ -26,6 +26,7 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The activation applied elementwise to x, any shape.
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Activation::Relu => x.relu()?,

@@ -19,6 +19,7 @@ pub struct KvCache {
 const INITIAL_CAPACITY: usize = 64;
 
 impl KvCache {
+    /// An empty cache; buffers are allocated at the first step.
     pub fn new() -> Self {
         Self::default()
     }
@@ -28,6 +29,7 @@ impl KvCache {
         self.len
     }
 
+    /// Whether nothing has been cached yet (before the first step).
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -139,7 +141,9 @@ impl KvCache {
 /// cross-attention's keys and values of the encoder memory, projected once at the first step.
 #[derive(Debug, Clone, Default)]
 pub struct DecoderLayerCache {
+    /// The self-attention's keys and values of the positions decoded so far.
     pub self_attn: KvCache,
+    /// The cross-attention's keys and values of the encoder memory, (B, H, S, Dh) each; `None` until the first step.
     pub cross_attn: Option<(Tensor, Tensor)>,
 }
 
@@ -151,6 +155,7 @@ pub struct DecoderCache {
 }
 
 impl DecoderCache {
+    /// An empty cache for a stack of `num_layers` decoder layers.
     pub fn new(num_layers: usize) -> Self {
         Self { layers: vec![DecoderLayerCache::default(); num_layers] }
     }
@@ -160,6 +165,7 @@ impl DecoderCache {
         self.layers.first().map_or(0, |layer| layer.self_attn.len())
     }
 
+    /// Whether no target position has been decoded yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -17,17 +17,24 @@ use crate::{Error, Result};
 /// dropout 0.1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerConfig {
+    /// Model width C: the size of every token's vector between sub-layers (the paper's base model: 512).
     pub d_model: usize,
+    /// H: attention heads per layer; C must divide by H unless `head_dim` is set.
     pub num_heads: usize,
+    /// Inner width of the position-wise feed-forward network (the paper: 2048, four times C).
     pub d_ff: usize,
+    /// The feed-forward network's non-linearity (the paper: ReLU; BERT and GPT-2: GELU).
     pub activation: Activation,
+    /// Whether each norm follows the residual sum (post-LN, the paper) or precedes the sub-layer (pre-LN).
     pub norm_position: NormPosition,
     /// LayerNorm (the paper) or BatchNorm in every residual sub-layer and the final norm.
     #[serde(default)]
     pub normalization: Normalization,
+    /// ε added to the variance inside every norm, for numerical stability (the paper's defaults: 1e-5; BERT: 1e-12).
     pub layer_norm_eps: f64,
     /// Biases on the attention and feed-forward projections.
     pub bias: bool,
+    /// Dropout rates at the embeddings, attention probabilities, sub-layer outputs and feed-forward activation.
     pub dropout: DropoutRates,
     /// The query-key score (the paper: q·k / √Dh).
     pub score: Score,
@@ -43,6 +50,7 @@ pub struct LayerConfig {
     /// Residual connections around every sub-layer (§3.1); `false` only to see what they are for.
     #[serde(default = "yes")]
     pub residual: bool,
+    /// How weight matrices are initialised (the paper's defaults: Xavier uniform; BERT and GPT-2: normal, std 0.02).
     pub init: WeightInit,
 }
 
@@ -84,6 +92,8 @@ impl LayerConfig {
         Ok(())
     }
 
+    /// The self-attention block this layer configures: its width, heads, biases, attention dropout, score,
+    /// projections and relative or rotary positions.
     pub fn self_attention(&self) -> AttentionConfig {
         AttentionConfig {
             d_model: self.d_model,

@@ -51,6 +51,7 @@ impl Linear {
         Ok(())
     }
 
+    /// The bias (out), if the layer has one; `None` too once [`pack`](Self::pack) has moved it into the packed layer.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 pub use crate::kernels::{masked_value, MASKED};
 use crate::{Error, Result};
 
+/// Which keys each query may attend to, kept both as 0/1 visibility and as the additive bias on the scores.
 #[derive(Debug, Clone)]
 pub struct AttentionMask {
     /// (B|1, 1, T|1, S) u8, 1 = may attend.

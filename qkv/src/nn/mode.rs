@@ -8,7 +8,9 @@ pub use crate::rng::Rng;
 /// (dropout is the identity, results are deterministic).
 #[derive(Debug, Clone)]
 pub enum Mode {
+    /// Evaluation: dropout is the identity and the pass is deterministic.
     Eval,
+    /// Training: dropout draws its masks from this generator.
     Train(Rng),
 }
 
@@ -18,6 +20,7 @@ impl Mode {
         Mode::Train(Rng::seed_from_u64(seed))
     }
 
+    /// Whether this is a training pass.
     pub fn is_train(&self) -> bool {
         matches!(self, Mode::Train(_))
     }

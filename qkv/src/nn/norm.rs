@@ -174,7 +174,9 @@ fn masked_statistics(x: &Tensor, valid: Option<&Tensor>) -> Result<Statistics> {
 /// A residual sub-layer's normalisation: LayerNorm or BatchNorm.
 #[derive(Debug, Clone)]
 pub enum Norm {
+    /// LayerNorm over each position's C features (the paper).
     Layer(LayerNorm),
+    /// BatchNorm over each feature across the batch's real positions, with running statistics for evaluation.
     Batch(BatchNorm),
 }
 

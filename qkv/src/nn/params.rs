@@ -23,7 +23,10 @@ pub enum WeightInit {
     /// Transformer.
     XavierUniform,
     /// N(0, std²), as BERT and GPT-2 use with std = `initializer_range` = 0.02.
-    Normal { std: f64 },
+    Normal {
+        /// Standard deviation of the normal distribution.
+        std: f64,
+    },
 }
 
 impl WeightInit {

@@ -19,6 +19,7 @@ pub struct SinusoidalPosition {
 }
 
 impl SinusoidalPosition {
+    /// The fixed sin/cos encodings of width `d_model` (positive): no parameters, no maximum length.
     pub fn new(d_model: usize) -> Result<Self> {
         if d_model == 0 {
             return Err(Error::config("d_model", 0, "a positive width"));
@@ -54,6 +55,7 @@ impl LearnedPosition {
         Ok(Self { table })
     }
 
+    /// The longest sequence the table covers: its number of rows.
     pub fn max_len(&self) -> usize {
         self.table.dims()[0]
     }
@@ -106,7 +108,9 @@ pub struct RelativePosition {
 /// The relative representations gathered for one attention call: a^K and a^V, each (T, S, Dh).
 #[derive(Debug, Clone)]
 pub struct RelativeTerms {
+    /// a^K: added to the keys in the query-key scores, (T, S, Dh).
     pub keys: Tensor,
+    /// a^V: added to the values in the weighted sum, (T, S, Dh).
     pub values: Tensor,
 }
 
@@ -122,6 +126,7 @@ impl RelativePosition {
         Ok(Self { keys, values, max_distance })
     }
 
+    /// The clipping distance k: relative distances beyond ±k share the outermost representation.
     pub fn max_distance(&self) -> usize {
         self.max_distance
     }

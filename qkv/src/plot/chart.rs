@@ -16,14 +16,19 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Chart {
+    /// The figure's title, above the plot.
     pub title: String,
     /// A line under the title (setup, seeds, what the bars are).
     pub note: String,
+    /// The x axis's caption.
     pub x_label: String,
+    /// The y axis's caption.
     pub y_label: String,
     /// Names of the x positions 0, 1, 2 …: a categorical axis (points' x are indices). Empty: numeric x.
     pub x_categories: Vec<String>,
+    /// A logarithmic x axis (every x must then be positive).
     pub log_x: bool,
+    /// The lines, each in its own colour and named in the legend.
     pub series: Vec<Series>,
 }
 
@@ -31,8 +36,11 @@ pub struct Chart {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Series {
+    /// The series' name in the legend.
     pub name: String,
+    /// Its points, drawn in order.
     pub points: Vec<Point>,
+    /// A dashed line instead of a solid one.
     pub dashed: bool,
     /// Markers without a line between them (a scatter: trials of a search, say).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -43,8 +51,11 @@ pub struct Series {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(from = "Vec<f64>", into = "Vec<f64>")]
 pub struct Point {
+    /// Position on the x axis (a category's index on a categorical axis).
     pub x: f64,
+    /// The measured value.
     pub y: f64,
+    /// Half the error bar's height (e.g. one standard deviation), ≥ 0; `None` for no bar.
     pub spread: Option<f64>,
 }
 

@@ -43,6 +43,8 @@ struct Cost {
     score_mb: f64,
 }
 
+/// Answers "dot-product or additive attention?": the timings, memory and trained runs as d_k grows, as the
+/// report's section.
 pub fn run(study: &mut Study) -> Result<Section> {
     let mut variants = Vec::new();
     for &d_k in &WIDTHS {

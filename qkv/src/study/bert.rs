@@ -55,38 +55,50 @@ const VOCABULARY: usize = 2000;
 /// The pre-training of one small BERT: its text, options and model shape (the key its result is kept under).
 #[derive(Debug, Clone, Serialize)]
 pub struct Pretraining {
+    /// A causal self-attention mask (Hugging Face's `is_decoder`) instead of BERT's bidirectional one.
     pub causal: bool,
+    /// The masked-LM training options: text, vocabulary, steps, learning rate, seed.
     pub training: MlmTraining,
+    /// The small BERT's shape.
     pub config: BertConfig,
 }
 
 /// What one pre-training gave.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Pretrained {
+    /// The seed of the pre-training.
     pub seed: u64,
+    /// Whether the model was trained with the causal mask.
     pub causal: bool,
     /// Masked-LM cross-entropy per predicted token on the held-out lines (same masks for both masks).
     pub val_loss: f64,
     /// STS-B dev Spearman × 100 per pooling, in [`POOLINGS`] order.
     pub spearman: Vec<f64>,
+    /// Optimizer steps taken.
     pub steps: usize,
+    /// Wall-clock seconds of the pre-training.
     pub train_seconds: f64,
 }
 
 /// The embedding identity on the checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Identity {
+    /// Tokens of the sentence pair, \[CLS\] and \[SEP\] included.
     pub tokens: usize,
     /// V + max_len + types: the width of the concatenated one-hot rows.
     pub one_hot_width: usize,
+    /// C: the checkpoint's `hidden_size`, the width of every embedding.
     pub hidden_size: usize,
     /// max |one-hot · tables − sum of lookups| in f32, and in f64.
     pub max_error_f32: f64,
+    /// The same difference with tables and lookups in f64: rounding alone, the identity itself exact.
     pub max_error_f64: f64,
     /// max |sum of lookups|, for scale.
     pub max_value: f64,
 }
 
+/// Answers the three BERT questions (embedding sum as one linear layer, \[CLS\] against pooling, bidirectional
+/// against causal mask) as the report's section.
 pub fn run(study: &mut Study) -> Result<Section> {
     let data = study.data().clone();
     check_exists(&data.minilm.join("config.json"), "the all-MiniLM-L6-v2 directory (tools/models/fetch_minilm.sh)")?;

@@ -35,6 +35,7 @@ pub fn variants() -> Vec<(&'static str, DropoutRates)> {
     ]
 }
 
+/// Answers "where does dropout go, and what must evaluation do about it?" as the report's section.
 pub fn run(study: &mut Study) -> Result<Section> {
     let task = study.task();
     let mut trained = Vec::new();
@@ -45,6 +46,7 @@ pub fn run(study: &mut Study) -> Result<Section> {
     Ok(section(study, &trained))
 }
 
+/// The study's task with dropout `rates` and the fixed pool of [`TRAIN_SIZE`] training strings.
 pub fn variant(task: &SyntheticConfig, rates: DropoutRates) -> SyntheticConfig {
     SyntheticConfig { dropout_rates: Some(rates), train_size: Some(TRAIN_SIZE), ..task.clone() }
 }

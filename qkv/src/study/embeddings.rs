@@ -27,6 +27,7 @@ const LEARNED_LOSS: f64 = 0.1;
 /// One way of drawing and scaling the embedding.
 #[derive(Debug, Clone, Copy)]
 pub struct Scaling {
+    /// The variant's name in the report.
     pub name: &'static str,
     /// × √d_model.
     pub scaled: bool,
@@ -46,8 +47,11 @@ pub const SCALINGS: [Scaling; 5] = [
 /// One sharing arrangement: one matrix for source and target, and the output projection tied to the target's.
 #[derive(Debug, Clone, Copy)]
 pub struct Sharing {
+    /// The arrangement's name in the report.
     pub name: &'static str,
+    /// One embedding matrix for source and target.
     pub shared: bool,
+    /// The output projection is the target embedding matrix.
     pub tied: bool,
 }
 
@@ -62,7 +66,9 @@ pub const SHARINGS: [Sharing; 4] = [
 /// The spread at initialisation of one scaling, for one model shape.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Spread {
+    /// V: rows of the table.
     pub vocab_size: usize,
+    /// C: the model width, and the table's columns.
     pub d_model: usize,
     /// Standard deviation of the (scaled) embedding's components.
     pub embedding_std: f64,
@@ -70,6 +76,7 @@ pub struct Spread {
     pub variance_ratio: f64,
 }
 
+/// Answers "why multiply the embeddings by √d_model, and why share and tie them?" as the report's section.
 pub fn run(study: &mut Study) -> Result<Section> {
     let task = study.task();
     let mut scaled = Vec::new();
@@ -92,10 +99,12 @@ pub fn run(study: &mut Study) -> Result<Section> {
     Ok(section(study, &scaled, &shared, &spreads))
 }
 
+/// The study's task with `scaling`'s factor and initialisation.
 pub fn scaling_variant(task: &SyntheticConfig, scaling: Scaling) -> SyntheticConfig {
     SyntheticConfig { scale_embedding: scaling.scaled, embedding_init: scaling.init, ..task.clone() }
 }
 
+/// The study's task with `sharing`'s shared and tied embeddings.
 pub fn sharing_variant(task: &SyntheticConfig, sharing: Sharing) -> SyntheticConfig {
     SyntheticConfig {
         share_encoder_decoder_embeddings: sharing.shared,

@@ -22,6 +22,7 @@ struct Variant {
     runs: Vec<RunResult>,
 }
 
+/// Answers "why several heads, and why of width d_model/h?" as the report's section.
 pub fn run(study: &mut Study) -> Result<Section> {
     let d_model = study.task().d_model;
     let mut variants = Vec::new();

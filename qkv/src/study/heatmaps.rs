@@ -12,6 +12,8 @@ use crate::nn::Projections;
 use crate::plot::attention_grid;
 use crate::Result;
 
+/// Draws every head's attention of the tied-qk question's three variants on one held-out string, as the
+/// report's section.
 pub fn run(study: &mut Study) -> Result<Section> {
     let task = study.task();
     let seed = study.seeds()[0];

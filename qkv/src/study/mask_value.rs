@@ -57,6 +57,8 @@ struct Measurement {
     fully_masked: String,
 }
 
+/// Answers "which value should a padding mask add?" (−∞, −1e9, −1e4 or nothing, in f32, f16 and bf16) as the
+/// report's section.
 pub fn run(study: &mut Study) -> Result<Section> {
     study.say("mask-value: one attention operation, 4 mask values × 3 dtypes");
     let inputs = Inputs::draw(0x3a5c);

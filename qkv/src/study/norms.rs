@@ -25,9 +25,13 @@ pub const FAILED_LOSS: f64 = 0.5;
 /// (× the paper's schedule, whose peak is d_model^−0.5 · warmup^−0.5).
 #[derive(Debug, Clone, Copy)]
 pub struct Arrangement {
+    /// Post-LN (the paper) or pre-LN.
     pub norm: NormPosition,
+    /// Whether the learning rate ramps up over the warm-up steps (otherwise the peak from the first step).
     pub ramp: bool,
+    /// Layers in the encoder and, as many, in the decoder.
     pub layers: usize,
+    /// Multiplies the paper's learning-rate schedule.
     pub lr_factor: f64,
 }
 
@@ -62,8 +66,11 @@ pub fn arrangements() -> Vec<Arrangement> {
 /// Per seed, each layer's gradient norm at initialisation, for one LayerNorm placement.
 pub type LayerGradients = (NormPosition, Vec<Vec<(String, f64)>>);
 
+/// One arrangement's runs over the study's seeds.
 pub struct Trained {
+    /// The arrangement trained.
     pub arrangement: Arrangement,
+    /// One run per seed.
     pub runs: Vec<RunResult>,
 }
 
@@ -79,8 +86,11 @@ pub const FIXED_LENGTH_BATCH: usize = 16;
 /// (no padding anywhere) instead of lengths from min_len to max_len.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NormChoice {
+    /// LayerNorm or BatchNorm, in every residual sub-layer.
     pub normalization: Normalization,
+    /// Strings per batch: the examples BatchNorm's statistics are taken over.
     pub batch_size: usize,
+    /// Every string of the task's longest length (no padding) instead of lengths from min_len to max_len.
     pub fixed_length: bool,
 }
 
@@ -120,11 +130,16 @@ pub fn norm_variant(task: &SyntheticConfig, choice: NormChoice) -> SyntheticConf
     config
 }
 
+/// One LayerNorm-or-BatchNorm setting's runs over the study's seeds.
 pub struct NormRuns {
+    /// The setting trained.
     pub choice: NormChoice,
+    /// One run per seed.
     pub runs: Vec<RunResult>,
 }
 
+/// Answers "where should LayerNorm go, and why the warm-up?" and compares LayerNorm with BatchNorm, as the
+/// report's section.
 pub fn run(study: &mut Study) -> Result<Section> {
     let task = study.task();
     let mut trained = Vec::new();
@@ -149,6 +164,7 @@ pub fn run(study: &mut Study) -> Result<Section> {
     Ok(section)
 }
 
+/// The study's task in arrangement `a`: its norm position, ramp, depth and learning-rate factor.
 pub fn variant(task: &SyntheticConfig, a: Arrangement) -> SyntheticConfig {
     SyntheticConfig {
         layers: a.layers,

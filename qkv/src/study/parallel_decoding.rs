@@ -46,6 +46,8 @@ fn model_config() -> TransformerConfig {
     }
 }
 
+/// Answers "why is training parallel and inference not?" and whether the key/value cache changes the
+/// logits, as the report's section.
 pub fn run(study: &mut Study) -> Result<Section> {
     let target_len = if study.quick() { 8 } else { 128 };
     let config = model_config();

@@ -20,6 +20,7 @@ pub const VARIANTS: [(Projections, &str); 3] = [
     (Projections::None, "no projections (q = k = v = x)"),
 ];
 
+/// Answers "why separate W_Q and W_K?" (separate, Q = K, no projections) as the report's section.
 pub fn run(study: &mut Study) -> Result<Section> {
     let task = study.task();
     let mut trained = Vec::new();

@@ -20,7 +20,9 @@ pub struct Section {
     pub answer: String,
     /// Task, model, seeds, what is averaged.
     pub setup: String,
+    /// The section's tables, in order.
     pub tables: Vec<Table>,
+    /// The section's figures, in order (PNGs beside the report).
     pub figures: Vec<Figure>,
     /// Every measured number, for scripts.
     pub results: serde_json::Value,
@@ -29,16 +31,21 @@ pub struct Section {
 /// A markdown table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Table {
+    /// The line above the table: what it shows and how it was measured.
     pub caption: String,
+    /// The column titles.
     pub header: Vec<String>,
+    /// The rows, one string per cell.
     pub rows: Vec<Vec<String>>,
 }
 
 impl Table {
+    /// An empty table with its caption and column titles.
     pub fn new(caption: impl Into<String>, header: &[&str]) -> Self {
         Self { caption: caption.into(), header: header.iter().map(|h| h.to_string()).collect(), rows: vec![] }
     }
 
+    /// Appends a row (as many cells as the header has).
     pub fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
@@ -59,6 +66,7 @@ impl Table {
 pub struct Figure {
     /// File name inside the report directory.
     pub file: String,
+    /// The figure's caption, under it in the report (also its alt text).
     pub caption: String,
 }
 

@@ -25,11 +25,15 @@ pub const VARIANTS: [(NormPosition, bool, &str); 4] = [
 
 /// One variant's trained runs and, per seed, each layer's gradient norm at initialisation.
 pub struct Trained {
+    /// The variant's name in the report.
     pub name: &'static str,
+    /// One run per seed.
     pub runs: Vec<RunResult>,
+    /// Per seed, (layer name, gradient norm) at initialisation.
     pub gradients: Vec<Vec<(String, f64)>>,
 }
 
+/// Answers "what are the residual connections for?" as the report's section.
 pub fn run(study: &mut Study) -> Result<Section> {
     let task = study.task();
     let mut trained = Vec::new();

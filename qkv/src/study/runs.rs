@@ -77,6 +77,7 @@ impl Study {
         Ok(Self { options, dir: dir.to_path_buf(), progress: Box::new(progress) })
     }
 
+    /// Whether this is a quick smoke run (first seed only, few steps and draws; its numbers mean nothing).
     pub fn quick(&self) -> bool {
         self.options.quick
     }
@@ -196,18 +197,24 @@ struct Kept<T> {
 /// One trained variant with one seed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunResult {
+    /// The seed of the run.
     pub seed: u64,
     /// Held-out sequences reversed exactly right (greedy decoding), as a fraction.
     pub exact_match: f64,
     /// The same for strings longer than any trained on, when the config asked for them.
     #[serde(default)]
     pub longer_exact_match: Option<f64>,
+    /// Training loss of the last step.
     pub final_loss: f64,
     /// (step, training loss) every ten steps.
     pub losses: Vec<(usize, f64)>,
+    /// Optimizer steps taken.
     pub steps: usize,
+    /// Wall-clock seconds of training.
     pub train_seconds: f64,
+    /// Trainable parameters (scalars) of the model.
     pub parameters: usize,
+    /// How the trained model attends, averaged over held-out sequences.
     pub attention: AttentionStats,
     /// Every attention map of the trained model on the first held-out sequence, for the heatmaps.
     #[serde(default)]
@@ -330,8 +337,11 @@ pub struct AttentionExample {
     pub read_tokens: Vec<String>,
     /// What each decoder position predicts: the target, then EOS (queries of the decoder's attentions).
     pub predicted_tokens: Vec<String>,
+    /// Encoder self-attention maps, `[layer][head][query][key]` over the source.
     pub encoder: Vec<Vec<Vec<Vec<f32>>>>,
+    /// Decoder self-attention maps, `[layer][head][query][key]` over what the decoder reads.
     pub decoder_self: Vec<Vec<Vec<Vec<f32>>>>,
+    /// Cross-attention maps, `[layer][head][query][key]`: decoder queries over source keys.
     pub cross: Vec<Vec<Vec<Vec<f32>>>>,
 }
 

@@ -29,6 +29,8 @@ const LEARNED_LOSS: f64 = 0.1;
 /// Below this mean held-out exact match (%) a variant is said to fail the task.
 const FAILED_PERCENT: f64 = 50.0;
 
+/// Answers "why divide by √d_k?" (random draws, trained head widths, T5's and QK-norm's alternatives) as the
+/// report's section.
 pub fn run(study: &mut Study) -> Result<Section> {
     let draws = if study.quick() { 50 } else { 4000 };
     study.say(&format!("scaling: {draws} random draws of q and {KEYS} keys at d = {WIDTHS:?}"));

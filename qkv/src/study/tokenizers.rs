@@ -35,6 +35,7 @@ pub const MAX_TOKENS: usize = 1024;
 pub const STEPS: usize = 1000;
 /// Warm-up steps of the paper's schedule, and its factor: a peak rate of 3e-3 at d_model 64.
 pub const WARMUP: usize = 100;
+/// The factor of the paper's learning-rate schedule (see [`WARMUP`]): with it the peak is 3e-3 at d_model 64.
 pub const LR_FACTOR: f64 = 0.25;
 
 /// The four files of Multi30k the question reads, German and English.
@@ -43,6 +44,7 @@ const FILES: [&str; 4] = ["train.de", "train.en", "test_2016_flickr.de", "test_2
 const QUICK_TRAIN: usize = 400;
 const QUICK_TEST: usize = 40;
 
+/// Answers "which vocabulary: BPE, WordPiece, characters or words?" on Multi30k as the report's section.
 pub fn run(study: &mut Study) -> Result<Section> {
     let corpus = Corpus::locate(study)?;
     let train = read_parallel(&corpus.train.0, &corpus.train.1)?;
@@ -122,6 +124,7 @@ fn settings(quick: bool) -> Vec<(SubwordModel, usize)> {
 /// One vocabulary on the test set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VocabularyStats {
+    /// BPE, WordPiece, characters or words.
     pub model: SubwordModel,
     /// The size asked for.
     pub asked: usize,
@@ -169,14 +172,18 @@ impl VocabularyStats {
 /// One translator trained with one seed, scored on the test set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TranslationRun {
+    /// The seed of the run.
     pub seed: u64,
     /// sacreBLEU-compatible corpus BLEU (13a) of greedy translations of the test set against its raw
     /// references.
     pub bleu: f64,
+    /// sacreBLEU-compatible corpus chrF2 of the same translations.
     pub chrf: f64,
     /// The vocabulary trained (specials included).
     pub vocab_size: usize,
+    /// Trainable parameters (scalars) of the model: the embedding grows with the vocabulary.
     pub parameters: usize,
+    /// Optimizer steps taken.
     pub steps: usize,
     /// Target tokens trained on, over all steps.
     pub target_tokens: usize,
@@ -184,6 +191,7 @@ pub struct TranslationRun {
     pub final_loss: f64,
     /// Building the task (training the tokenizer, encoding the corpus, building the model).
     pub prepare_seconds: f64,
+    /// Wall-clock seconds of the training loop, without scoring the test set.
     pub train_seconds: f64,
     /// Translating and scoring the test set.
     pub eval_seconds: f64,

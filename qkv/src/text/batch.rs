@@ -14,7 +14,9 @@ use crate::{Error, Result};
 /// A tokenized sentence pair, ids without special tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Example {
+    /// The source sentence's subword ids.
     pub source: Vec<u32>,
+    /// The target sentence's subword ids.
     pub target: Vec<u32>,
 }
 

@@ -9,7 +9,9 @@ use crate::{Error, Result};
 /// One training example of a parallel corpus: a sentence and its translation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentencePair {
+    /// The sentence in the source language.
     pub source: String,
+    /// Its translation in the target language.
     pub target: String,
 }
 

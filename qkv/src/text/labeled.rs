@@ -9,8 +9,11 @@ use crate::{Error, Result};
 /// Two sentences and a gold similarity score.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoredPair {
+    /// The first sentence (`sentence1`).
     pub first: String,
+    /// The second sentence (`sentence2`).
     pub second: String,
+    /// Their gold similarity (STS-B: 0 to 5).
     pub score: f64,
 }
 
@@ -56,8 +59,11 @@ pub fn read_scored_pairs(path: &Path) -> Result<Vec<ScoredPair>> {
 /// A text (or text pair) and its class label, as written in the file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabeledText {
+    /// The text, or the first text of a pair.
     pub text: String,
+    /// The second text of a pair (`text_b`); `None` for a single text.
     pub text_b: Option<String>,
+    /// The class label, as written in the file.
     pub label: String,
 }
 

@@ -22,8 +22,11 @@ pub type SentenceAt = (usize, usize);
 /// Sentence A, sentence B and the label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NspPair {
+    /// Sentence A.
     pub a: SentenceAt,
+    /// Sentence B: A's successor, or a sentence of another document.
     pub b: SentenceAt,
+    /// [`IS_NEXT`] (0) or [`NOT_NEXT`] (1).
     pub label: u32,
 }
 

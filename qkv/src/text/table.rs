@@ -33,6 +33,7 @@ pub enum TableFormat {
 }
 
 impl TableFormat {
+    /// The format a file's extension implies (CSV for any extension not listed).
     pub fn of(path: &Path) -> Self {
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
         match ext.as_str() {
@@ -53,8 +54,13 @@ impl TableFormat {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Columns {
+    /// The column holding the text (`--text-column`); `None` tries `text`, `sentence1`, `premise`, `question`,
+    /// `sentence`.
     pub text_column: Option<String>,
+    /// The column holding a pair's second text (`--text-pair-column`); `None` tries `text_pair`, `sentence2`,
+    /// `hypothesis`, `sentence`, where the table has one.
     pub text_pair_column: Option<String>,
+    /// The column holding the label (`--label-column`); `None` tries `label`, `labels`.
     pub label_column: Option<String>,
 }
 

@@ -199,18 +199,22 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The id of `<pad>`: 0.
     pub fn pad_id(&self) -> u32 {
         0
     }
 
+    /// The id of `<s>`, the beginning of a target sentence: 1.
     pub fn bos_id(&self) -> u32 {
         1
     }
 
+    /// The id of `</s>`, the end of every sentence: 2.
     pub fn eos_id(&self) -> u32 {
         2
     }
 
+    /// The id of `<unk>`, for what the vocabulary cannot cover: 3.
     pub fn unk_id(&self) -> u32 {
         3
     }

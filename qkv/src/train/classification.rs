@@ -35,8 +35,10 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
+    /// Share of dev examples whose predicted class is the gold one.
     #[default]
     Accuracy,
+    /// F1: of class 1 with two classes (scikit-learn's binary average), the macro average otherwise.
     F1,
     /// Matthews correlation (CoLA's metric).
     Mcc,
@@ -59,21 +61,28 @@ impl Metric {
 pub struct ClassifierTraining {
     /// The pre-trained directory the run started from (set by [`Trainer::create`]).
     pub model_name_or_path: PathBuf,
+    /// Training examples: CSV, TSV, JSON lines or Parquet with texts (and text pairs) and labels.
     pub train_file: PathBuf,
+    /// Dev examples, in the same form, evaluated after every epoch.
     pub dev_file: PathBuf,
     /// The data files start with a header row (CSV/TSV read by position).
     pub header: bool,
     /// The columns of JSON-lines and Parquet files (and of CSV/TSV with a header row, when one is named).
     #[serde(flatten)]
     pub columns: Columns,
+    /// Peak learning rate, reached after warm-up and decayed linearly to 0 (default 5e-5).
     pub learning_rate: f64,
+    /// Examples per training batch (default 32).
     pub per_device_train_batch_size: usize,
+    /// Examples per evaluation batch (default 64); it changes speed and memory, not the scores.
     pub per_device_eval_batch_size: usize,
     /// Warm-up as a share of all updates.
     pub warmup_ratio: f64,
     /// Longer inputs are cut (longest text first), as the tokenizer's `truncation=True` does.
     pub max_length: usize,
+    /// The dev metric that picks the best epoch, whose model is kept (default: accuracy).
     pub metric_for_best_model: Metric,
+    /// Epochs, AdamW, clipping, seed, checkpoints and early stopping, flattened into the same options.
     #[serde(flatten)]
     pub run: LoopSettings,
 }
@@ -223,6 +232,7 @@ impl ClassificationTask {
         (self.train.len(), self.dev.len())
     }
 
+    /// The BERT being fine-tuned, with its sequence-classification head.
     pub fn model(&self) -> &Bert {
         &self.model
     }
@@ -326,7 +336,9 @@ pub struct FineTuned {
     pub best: EvalRecord,
     /// Every evaluation of this session, in order.
     pub evaluations: Vec<EvalRecord>,
+    /// How the run ended.
     pub finish: Finish,
+    /// Wall-clock seconds the call took, loading and evaluation included.
     pub seconds: f64,
 }
 

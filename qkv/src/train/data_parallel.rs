@@ -48,6 +48,7 @@ impl Gradients {
         self.losses.iter().map(|&(loss, n)| loss * n as f64 / tokens).sum()
     }
 
+    /// The tokens (or examples) all micro-batches' losses average over.
     pub fn tokens(&self) -> usize {
         self.losses.iter().map(|&(_, n)| n).sum()
     }

@@ -13,8 +13,11 @@ use crate::{Error, Result};
 /// One data file of a run: the option that names it, its path as given, its size and hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataFile {
+    /// The option that names the file (`train_file`, `text` …).
     pub option: String,
+    /// The file's path as it was given.
     pub path: PathBuf,
+    /// The file's size in bytes.
     pub bytes: u64,
     /// FNV-1a (64 bit) of the contents, as 16 hex digits.
     pub fnv1a: String,

@@ -30,7 +30,9 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LmTraining {
+    /// The text file the model learns from (UTF-8); its tail is held out for validation.
     pub text: PathBuf,
+    /// Characters or byte-level BPE (default: characters).
     pub vocabulary: LmVocabulary,
     /// Byte-level BPE's vocabulary size (characters take what the text has).
     pub vocab_size: usize,
@@ -44,11 +46,15 @@ pub struct LmTraining {
     pub eval_interval: usize,
     /// Validation windows = eval_batches × batch_size, spread evenly over the held-out text.
     pub eval_batches: usize,
+    /// Peak learning rate, reached after `warmup` steps (default 1e-3).
     pub learning_rate: f64,
+    /// Learning rate the cosine decays to and stays at after `lr_decay_steps` (default 1e-4).
     pub min_lr: f64,
+    /// Optimizer steps of linear warm-up from 0 to `learning_rate` (default 100).
     pub warmup: usize,
     /// The cosine reaches `min_lr` here; `None` means `max_steps`.
     pub lr_decay_steps: Option<usize>,
+    /// Steps, AdamW, clipping, seed, checkpoints and time limit, flattened into the same options.
     #[serde(flatten)]
     pub run: LoopSettings,
 }
@@ -180,10 +186,12 @@ impl LmTask {
         Ok(Self { training, tokenizer, model, vars, train, valid, device })
     }
 
+    /// The GPT-2 being trained.
     pub fn model(&self) -> &Gpt2 {
         &self.model
     }
 
+    /// The tokenizer the text was encoded with, saved as tokenizer.json beside the model.
     pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
         &self.tokenizer
     }

@@ -33,19 +33,27 @@ const IGNORE: u32 = u32::MAX;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MlmTraining {
+    /// The text to pre-train on: one sequence per line, or with `nsp` documents separated by blank lines.
     pub text_file: PathBuf,
+    /// Size of the WordPiece vocabulary trained on the text, specials included (default 8000).
     pub vocab_size: usize,
+    /// Lowercase the text in BERT's normaliser (an uncased model, as bert-base-uncased; default true).
     pub lowercase: bool,
     /// Tokens per sequence, \[CLS\] and \[SEP\] included; longer lines are cut.
     pub max_length: usize,
+    /// Share of tokens chosen for prediction, in (0, 1) (BERT: 0.15).
     pub mlm_probability: f64,
+    /// Sequences per batch (default 32).
     pub batch_size: usize,
+    /// Peak learning rate, reached after warm-up and decayed linearly to 0 by the end of the run (default 5e-4).
     pub learning_rate: f64,
+    /// Warm-up as a share of all optimizer steps (default 0.06).
     pub warmup_ratio: f64,
     /// Share of the lines held out for the validation loss.
     pub validation_fraction: f64,
     /// Next-sentence prediction besides masked LM: `text_file` holds documents separated by blank lines.
     pub nsp: bool,
+    /// Epochs, AdamW, clipping, seed, checkpoints and time limit, flattened into the same options.
     #[serde(flatten)]
     pub run: LoopSettings,
 }
@@ -300,6 +308,7 @@ impl MlmTask {
         Ok(Self { training, tokenizer, model, vars, train, valid, masking, total_steps, warmup })
     }
 
+    /// The BERT being pre-trained, with its masked-LM (and, with `nsp`, next-sentence) head.
     pub fn model(&self) -> &Bert {
         &self.model
     }

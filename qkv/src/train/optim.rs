@@ -16,10 +16,13 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AdamWConfig {
+    /// β₁: decay rate of the first-moment (mean) estimate (default 0.9).
     #[serde(rename = "adam_beta1")]
     pub beta1: f64,
+    /// β₂: decay rate of the second-moment (uncentred variance) estimate (default 0.999).
     #[serde(rename = "adam_beta2")]
     pub beta2: f64,
+    /// ε added to the square root of the second moment, against division by zero (default 1e-8).
     #[serde(rename = "adam_epsilon")]
     pub eps: f64,
     /// Decoupled weight decay, applied only to parameters in the decay group.
@@ -27,6 +30,7 @@ pub struct AdamWConfig {
 }
 
 impl AdamWConfig {
+    /// Errors naming the option for β outside [0, 1), a non-positive ε or a negative weight decay.
     pub fn validate(&self) -> Result<()> {
         for (option, value) in [("adam_beta1", self.beta1), ("adam_beta2", self.beta2)] {
             if !(0.0..1.0).contains(&value) {
@@ -71,6 +75,7 @@ pub struct StepStats {
     pub grad_norm: f64,
 }
 
+/// AdamW over a fixed list of named parameters, its moments kept per parameter, updated in place.
 pub struct AdamW {
     config: AdamWConfig,
     params: Vec<Param>,
@@ -95,10 +100,12 @@ impl AdamW {
         Ok(Self { config, params, step: 0 })
     }
 
+    /// The usual decay rule: parameters of rank ≥ 2 (matrices) decay; biases, norm gains and other vectors do not.
     pub fn decay_matrices(_name: &str, var: &Var) -> bool {
         var.rank() >= 2
     }
 
+    /// Optimizer steps taken so far (the bias corrections' t).
     pub fn steps_taken(&self) -> usize {
         self.step
     }

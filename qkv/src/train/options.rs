@@ -84,6 +84,8 @@ impl LoopSettings {
         Ok(())
     }
 
+    /// Errors naming the option for settings that cannot work (a zero count, no way for the run to end, a bad
+    /// time limit or clipping norm, bad AdamW settings).
     pub fn validate(&self) -> Result<()> {
         for (option, value) in [
             ("gradient_accumulation_steps", self.gradient_accumulation_steps),
@@ -129,7 +131,9 @@ impl LoopSettings {
 
 /// A task's training options: stored as `training.json` in the run and in every checkpoint.
 pub trait TrainingOptions: Serialize + DeserializeOwned + Default + Clone {
+    /// The loop settings every task shares.
     fn loop_settings(&self) -> &LoopSettings;
+    /// The loop settings, to change (a resumed run may be given more steps or time).
     fn loop_settings_mut(&mut self) -> &mut LoopSettings;
     /// Checks the task's own options (the loop's are checked by the trainer).
     fn validate(&self) -> Result<()>;

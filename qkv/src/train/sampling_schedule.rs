@@ -21,10 +21,14 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", try_from = "String")]
 pub enum Decay {
+    /// max(floor, k − c·i): p falls by c per unit of i.
     #[default]
     Linear,
+    /// max(floor, kⁱ), k in (0, 1].
     Exponential,
+    /// max(floor, k / (k + exp(i / k))): k/(k + 1) at i = 0, then a sigmoid's fall.
     InverseSigmoid,
+    /// Zhang et al.'s μ / (μ + exp(e / μ)), μ = k: the inverse sigmoid under the name of the oracle paper.
     Zhang,
 }
 
@@ -35,6 +39,7 @@ pub enum ScheduleUnit {
     /// Optimizer steps.
     #[default]
     Step,
+    /// Epochs completed.
     Epoch,
 }
 
@@ -42,6 +47,7 @@ pub enum ScheduleUnit {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct GoldSchedule {
+    /// The decay's shape: `linear` (default), `exponential`, `inverse_sigmoid` or `zhang`.
     #[serde(rename = "sampling_schedule")]
     pub decay: Decay,
     /// k (μ for `zhang`): linear's and exponential's starting p, in (0, 1]; the inverse sigmoid's and Zhang's
@@ -54,6 +60,7 @@ pub struct GoldSchedule {
     /// p never falls below this, in [0, 1].
     #[serde(rename = "sampling_floor")]
     pub floor: f64,
+    /// Whether i counts optimizer steps (default) or epochs.
     #[serde(rename = "sampling_unit")]
     pub unit: ScheduleUnit,
 }

@@ -67,16 +67,19 @@ pub enum Mix {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SamplingOptions {
+    /// What the decoder trains on: gold prefixes (default), scheduled sampling or one of Zhang et al.'s oracles.
     #[serde(rename = "sampling")]
     pub mode: SamplingMode,
     /// p, the probability of the gold token, over training.
     #[serde(flatten)]
     pub schedule: GoldSchedule,
+    /// How scheduled sampling turns pass 1's scores into inputs: argmax (default), softmax, top-k or a sample.
     #[serde(rename = "sampling_mix")]
     pub mix: Mix,
     /// Divides the scores before `softmax`, `top_k` and `sample`; > 0.
     #[serde(rename = "sampling_temperature")]
     pub temperature: f64,
+    /// How many best tokens the `top_k` mix averages over, ≥ 1 (default 5).
     #[serde(rename = "sampling_top_k")]
     pub top_k: usize,
     /// Back-propagate through pass 1 too (the weighted mixes only: a chosen token has no gradient).

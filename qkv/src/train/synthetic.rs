@@ -43,10 +43,13 @@ pub fn symbol_label(id: u32) -> String {
     }
 }
 
+/// What the target is of a random source string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Task {
+    /// The target is the source unchanged.
     Copy,
+    /// The target is the source reversed (the default): each output position attends to its mirror image.
     Reverse,
 }
 
@@ -54,26 +57,37 @@ pub enum Task {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SyntheticConfig {
+    /// Copy or reverse (default: reverse).
     pub task: Task,
     /// Distinct symbols in the sequences.
     pub symbols: u32,
+    /// Shortest string, in symbols (default 3).
     pub min_len: usize,
+    /// Longest string trained and evaluated on, in symbols (default 8).
     pub max_len: usize,
+    /// Model width C (default 64).
     pub d_model: usize,
+    /// H: attention heads per layer (default 4).
     pub heads: usize,
+    /// Inner width of each feed-forward network (default 256).
     pub ffn_dim: usize,
+    /// Layers in the encoder and, as many, in the decoder (default 1).
     pub layers: usize,
+    /// Dropout at every place the paper puts it, in [0, 1) (default 0); `dropout_rates` sets each place apart.
     pub dropout: f64,
     /// Sequences per batch, drawn afresh for every batch from the task's generator.
     pub batch_size: usize,
+    /// Steps of the paper's linear learning-rate warm-up before its inverse-square-root decay (default 100).
     pub warmup: usize,
     /// Multiplies the paper's learning-rate schedule.
     pub lr_factor: f64,
+    /// Label smoothing ε of the cross-entropy (default 0; the paper: 0.1).
     pub label_smoothing: f64,
     /// Held-out sequences scored by exact match after training.
     pub eval_size: usize,
     /// The attention variant of every block (`qkv study` compares them; the paper's by default).
     pub attention_score: Score,
+    /// Which of W_Q, W_K, W_V every attention block has (default: all three, separate).
     pub attention_projections: Projections,
     /// Width of each head; absent for d_model / heads.
     pub head_dim: Option<usize>,
@@ -276,12 +290,17 @@ impl TrainingOptions for SyntheticConfig {
 /// Outcome of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct SyntheticReport {
+    /// Optimizer steps taken.
     pub steps: usize,
+    /// Trainable parameters (scalars) of the model.
     pub parameters: usize,
+    /// Training loss of the last step (NaN if no step was taken).
     pub final_loss: f64,
+    /// Wall-clock seconds of the training loop, its evaluations included.
     pub train_seconds: f64,
     /// Held-out sequences decoded exactly right, greedily.
     pub exact_match: usize,
+    /// Held-out sequences decoded (`eval_size`).
     pub evaluated: usize,
     /// A few held-out (source, expected, decoded) triples.
     pub examples: Vec<(Vec<u32>, Vec<u32>, Vec<u32>)>,
@@ -291,6 +310,7 @@ pub struct SyntheticReport {
 }
 
 impl SyntheticReport {
+    /// The share of held-out sequences decoded exactly right, in [0, 1].
     pub fn exact_match_rate(&self) -> f64 {
         self.exact_match as f64 / self.evaluated as f64
     }

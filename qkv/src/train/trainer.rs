@@ -103,13 +103,16 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// The lowest validation loss is best: the default of [`Task::selection`].
     pub const LOWEST_LOSS: Selection = Selection { metric: None, ties_by_loss: true };
 }
 
 /// How a run directory is laid out (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
+    /// qkv's own: `checkpoints/step-NNNNNNNN/`, `best/`, `log.jsonl`, `training.json` and `data.json`.
     Run,
+    /// The Hugging Face Trainer's: `checkpoint-N/` beside the log, the best model's files in the run directory.
     HuggingFace,
 }
 
@@ -121,6 +124,7 @@ pub trait Task: Objective + Sized {
     type Start;
     /// Mixed into the seed of the dropout generator.
     const DROPOUT_SALT: u64 = 0xd50f;
+    /// The run directory's layout (default: [`Layout::Run`]).
     const LAYOUT: Layout = Layout::Run;
 
     /// Builds the task for a new run: reads the data, trains a vocabulary, builds the model.
@@ -132,13 +136,16 @@ pub trait Task: Objective + Sized {
     /// Rebuilds the task of a run from one of its checkpoints (model config and tokenizer come from there;
     /// the trainer loads the weights).
     fn reopen(checkpoint: &Path, training: Self::Training) -> Result<Self>;
+    /// The options the task was created or reopened with.
     fn training(&self) -> &Self::Training;
     /// The batches of epoch `epoch` (0-based). Must depend on the seed and the epoch alone, so that a resumed
     /// run sees the same batches.
     fn epoch_batches(&self, epoch: usize) -> Result<Vec<Vec<usize>>>;
     /// Learning rate of optimizer step `step` (counting from 1).
     fn learning_rate(&self, step: usize) -> f64;
+    /// Validates the current model (after every epoch): validation loss and the task's metrics.
     fn evaluate(&self) -> Result<Evaluation>;
+    /// Which evaluation counts as best (default: [`Selection::LOWEST_LOSS`]; translation maximises BLEU).
     fn selection(&self) -> Selection {
         Selection::LOWEST_LOSS
     }
@@ -171,6 +178,7 @@ pub struct TrainState {
     /// Validation loss of the best checkpoint.
     #[serde(default)]
     pub best_val_loss: Option<f64>,
+    /// Optimizer step of the best checkpoint; `None` before the first evaluation.
     pub best_step: Option<usize>,
     /// Evaluations in a row without a new best (for early stopping).
     #[serde(default)]
@@ -212,15 +220,35 @@ impl TrainState {
 /// What the training loop reports as it goes.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Ready { parameters: usize, steps_per_epoch: usize, planned_steps: Option<usize> },
+    /// The run is about to take its first step of this session.
+    Ready {
+        /// Trainable parameters (scalars) of the model.
+        parameters: usize,
+        /// Optimizer steps in an epoch (batches ÷ `gradient_accumulation_steps`, rounded up).
+        steps_per_epoch: usize,
+        /// The steps the whole run plans, as in [`StepContext::planned_steps`]; `None` when only a time limit
+        /// ends it.
+        planned_steps: Option<usize>,
+    },
+    /// An optimizer step was taken.
     Step(StepRecord),
+    /// An evaluation finished (after every epoch).
     Eval(EvalRecord),
-    Checkpoint { path: PathBuf, step: usize, best: bool },
+    /// A checkpoint was written.
+    Checkpoint {
+        /// Its directory: a step checkpoint, or where the best model went.
+        path: PathBuf,
+        /// The optimizer step it holds the model of.
+        step: usize,
+        /// Whether this is the best model's copy rather than a step checkpoint.
+        best: bool,
+    },
 }
 
 /// How the loop ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finish {
+    /// The planned epochs or `max_steps` were done, or the time limit was reached.
     Completed,
     /// `early_stopping_patience` evaluations in a row brought no new best.
     EarlyStopped,
@@ -233,13 +261,16 @@ pub enum Finish {
 pub struct StepPosition {
     /// The step about to be taken (the first is 1).
     pub step: usize,
+    /// The epoch it belongs to (the first is 0).
     pub epoch: usize,
+    /// The steps the run plans in all, as in [`StepContext::planned_steps`]; `None` when only a time limit ends it.
     pub planned_steps: Option<usize>,
 }
 
 /// An optimizer step's record and where its time went.
 #[derive(Debug, Clone)]
 pub struct StepOutcome {
+    /// The step's log record: loss, learning rate, gradient norm, tokens and throughput.
     pub record: StepRecord,
     /// Forward and backward passes of all micro-batches.
     pub passes: Duration,
@@ -374,10 +405,12 @@ impl<T: Task> Trainer<T> {
         self.task
     }
 
+    /// The task being trained (its model, tokenizer …).
     pub fn task(&self) -> &T {
         &self.task
     }
 
+    /// Where the run stands: steps, epochs, the best evaluation, generators and time spent.
     pub fn state(&self) -> &TrainState {
         &self.state
     }

@@ -39,17 +39,26 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TranslationTraining {
+    /// Training sentences of the source language, one per line.
     pub train_source: PathBuf,
+    /// Their translations, line for line.
     pub train_target: PathBuf,
+    /// Validation sentences of the source language, one per line (loss, BLEU and chrF after every epoch).
     pub valid_source: PathBuf,
+    /// Their reference translations, line for line.
     pub valid_target: PathBuf,
+    /// The joint vocabulary's kind, trained on both sides of the training data: BPE (default), WordPiece,
+    /// characters or words.
     pub subword: SubwordModel,
+    /// Size of the joint vocabulary, specials included (an upper bound for characters and words; default 8000).
     pub vocab_size: usize,
     /// Tokens per batch (sentences × longest side, padding included).
     pub max_tokens: usize,
     /// lr = lr_factor · d_model^−0.5 · min(step^−0.5, step · warmup^−1.5), eq. (3).
     pub lr_factor: f64,
+    /// Steps of linear warm-up in eq. (3) before the inverse-square-root decay (the paper: 4000).
     pub warmup: usize,
+    /// Label smoothing ε of the training cross-entropy (the paper: 0.1); validation loss is unsmoothed.
     pub label_smoothing: f64,
     /// Training pairs with more subword tokens than this on either side are skipped (and counted).
     pub max_len: usize,
@@ -66,6 +75,8 @@ pub struct TranslationTraining {
     /// meaning its `best/`) instead of a fresh model and vocabulary: fine-tuning. The model config a new run is
     /// given is then not used.
     pub init_from: Option<PathBuf>,
+    /// Epochs, Adam (the paper's β₂ = 0.98, ε = 1e-9), clipping, seed and checkpoints, flattened into the same
+    /// options.
     #[serde(flatten)]
     pub run: LoopSettings,
 }
@@ -157,10 +168,12 @@ pub struct TranslationTask {
 pub type TranslationTrainer = Trainer<TranslationTask>;
 
 impl Trainer<TranslationTask> {
+    /// The Transformer being trained.
     pub fn model(&self) -> &Transformer {
         &self.task().model
     }
 
+    /// The joint source-target tokenizer, saved beside the model.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.task().tokenizer
     }
