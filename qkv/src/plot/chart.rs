@@ -125,10 +125,22 @@ impl Chart {
         }
         if !self.x_categories.is_empty() {
             (x0, x1) = (-0.5, self.x_categories.len() as f64 - 0.5);
+        } else if x0 == x1 && self.log_x && x0 > 0.0 {
+            (x0, x1) = (x0 / 2.0, x1 * 2.0); // one point on a log axis: a range that stays positive
         } else if x0 == x1 {
             (x0, x1) = (x0 - 0.5, x1 + 0.5);
         }
         let pad = ((y1 - y0) * 0.05).max(1e-9);
+        // A scatter's extreme points would sit on the frame: widen x by 5% too (in log space on a log axis).
+        if self.series.iter().any(|s| s.points_only) && self.x_categories.is_empty() {
+            if self.log_x && x0 > 0.0 {
+                let widen = (x1 / x0).powf(0.05).max(1.0 + 1e-9);
+                (x0, x1) = (x0 / widen, x1 * widen);
+            } else {
+                let pad = ((x1 - x0) * 0.05).max(1e-9);
+                (x0, x1) = (x0 - pad, x1 + pad);
+            }
+        }
         (x0..x1, y0 - pad..y1 + pad)
     }
 
@@ -268,7 +280,17 @@ mod tests {
         let log = Chart { log_x: true, note: "a note".into(), ..numeric.clone() };
         let mut scatter = log.clone();
         scatter.series[0].points_only = true;
-        for (name, chart) in [("numeric", numeric), ("categorical", categorical), ("log", log), ("scatter", scatter)] {
+        let mut one_point = scatter.clone();
+        one_point.series =
+            vec![Series { points: vec![Point { x: 3e-5, y: 0.2, spread: None }], ..scatter.series[0].clone() }];
+        let charts = [
+            ("numeric", numeric),
+            ("categorical", categorical),
+            ("log", log),
+            ("scatter", scatter),
+            ("one", one_point),
+        ];
+        for (name, chart) in charts {
             let path = dir.join(format!("{name}.png"));
             chart.draw(&path).unwrap();
             let bytes = std::fs::read(&path).unwrap();
