@@ -134,6 +134,36 @@ def measure(sess, tokenizer, sentences, args, suffix):
     ]
 
 
+def read_pairs(path):
+    """Every (sentence1, sentence2, score) row of an STS-B CSV."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    return [(r[0], r[1], float(r[2])) for r in rows]
+
+
+def ranks(values):
+    """Ranks from 1, ties sharing their mean rank (as scipy.stats.rankdata)."""
+    order = np.argsort(values, kind="stable")
+    ranked = np.empty(len(values))
+    sorted_values = np.asarray(values)[order]
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and sorted_values[j + 1] == sorted_values[i]:
+            j += 1
+        ranked[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranked
+
+
+def sts_spearman(sess, tokenizer, pairs, batch_size):
+    """STS-B Spearman (x 100) of the embeddings' cosine against the gold scores, over every pair."""
+    a = embed(sess, tokenizer, [p[0] for p in pairs], batch_size)
+    b = embed(sess, tokenizer, [p[1] for p in pairs], batch_size)
+    predicted, gold = (a * b).sum(axis=1), np.array([p[2] for p in pairs])
+    return 100 * float(np.corrcoef(ranks(predicted), ranks(gold))[0, 1])
+
+
 def check_against_sentence_transformers(model_dir, sentences, fp32_embeddings):
     """Prints the fp32 export's max |diff| from sentence-transformers: a wrong export would make the timing moot."""
     from sentence_transformers import SentenceTransformer
@@ -158,9 +188,13 @@ def main():
     fp32, int8 = session(fp32_path, args.threads), session(int8_path, args.threads)
     results = measure(fp32, tokenizer, sentences, args, "") + measure(int8, tokenizer, sentences, args, " (int8)")
     want, got = embed(fp32, tokenizer, sentences, args.batch_size), embed(int8, tokenizer, sentences, args.batch_size)
-    cosine = float((want * got).sum(axis=1).min())
-    results.append({"name": "int8 min cosine vs fp32", "unit": "cosine", "median": cosine, "best": cosine,
-                    "higher_is_better": True})
+    cosines = (want * got).sum(axis=1)
+    readings = [("int8 min cosine vs fp32", "cosine", float(cosines.min())),
+                ("int8 mean 1 - cosine vs fp32", "1 - cosine", float((1 - cosines).mean()))]
+    pairs = read_pairs(args.pairs)
+    for name, sess in [("int8", int8), ("fp32", fp32)]:
+        readings.append((f"STS-B Spearman x100 ({name})", "x100", sts_spearman(sess, tokenizer, pairs, args.batch_size)))
+    results += [{"name": n, "unit": u, "median": v, "best": v, "higher_is_better": False} for n, u, v in readings]
     check_against_sentence_transformers(args.model, sentences, want)
     report("embed", results, threads=args.threads)
 

@@ -5,8 +5,8 @@
 #   tools/bench/run.sh [WORKLOAD ...]      workloads: gemm train-small train-large translation embed generate
 #                                          (default: all)
 #                                          optional, not in the default: ort-embed (embed against ONNX Runtime,
-#                                          fp32 and dynamic int8), llamacpp-generate (generate against llama.cpp,
-#                                          GGUF f32 and q8_0)
+#                                          fp32 and dynamic int8; qkv in f32, int8 and bf16), llamacpp-generate (generate against llama.cpp,
+#                                          GGUF f32 and q8_0; qkv in f32, int8 and bf16)
 #
 # Threads: both sides use THREADS (default: all cores). PyTorch comes from the fixtures venv (created if missing);
 # the optional workloads' references from tools/fixtures/.venv-anchors (requirements-anchors.txt), llama.cpp built
@@ -33,6 +33,8 @@ tools/bench/host.sh "$qkv" "$threads"
 for workload in "${workloads[@]}"; do
     ref_venv="$venv"
     label=PyTorch
+    qkv_dtypes=()   # reduced-precision runs of qkv joined to the same table (their rows carry the dtype)
+    alias=""        # qkv's 8-bit rows paired with the reference's (table.py's OURS=THEIRS)
     case "$workload" in
         gemm) qkv_args=(gemm); py_args=(gemm.py) ;;
         train-small) qkv_args=(train --config small); py_args=(train_gpt.py --config small) ;;
@@ -52,6 +54,7 @@ for workload in "${workloads[@]}"; do
             ref_venv="$(anchors)"
             label="ONNX Runtime"
             qkv_args=(embed --model "$minilm" --pairs "$root/../shared/data/stsb/dev.csv")
+            qkv_dtypes=(int8 bf16)
             py_args=(ort_embed.py --model "$minilm" --pairs "$root/../shared/data/stsb/dev.csv" --threads "$threads")
             echo "# onnxruntime $("$ref_venv/bin/python" -c 'import onnxruntime; print(onnxruntime.__version__)')" ;;
         llamacpp-generate)
@@ -61,11 +64,20 @@ for workload in "${workloads[@]}"; do
             label=llama.cpp
             llama_cpp="$(tools/bench/llamacpp.sh "$ref_venv")"
             qkv_args=(generate --model "$gpt2")
+            qkv_dtypes=(int8 bf16)
+            alias="int8=q8_0"
             py_args=(llamacpp_generate.py --model "$gpt2" --llama-cpp "$llama_cpp" --threads "$threads")
             echo "# llama-cpp-python $("$ref_venv/bin/python" -c 'import llama_cpp; print(llama_cpp.__version__)') (llama.cpp built from its sdist)" ;;
         *) echo "unknown workload $workload" >&2; exit 2 ;;
     esac
     "$qkv" --threads "$threads" bench "${qkv_args[@]}" > "$out/qkv.json"
+    for dtype in "${qkv_dtypes[@]}"; do
+        "$qkv" --threads "$threads" bench "${qkv_args[@]}" --dtype "$dtype" > "$out/qkv-$dtype.json"
+        "$venv/bin/python" -c 'import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+a["results"] += b["results"]
+json.dump(a, open(sys.argv[1], "w"))' "$out/qkv.json" "$out/qkv-$dtype.json"
+    done
     (cd tools/bench && OMP_NUM_THREADS="$threads" "$ref_venv/bin/python" "${py_args[@]}" > "$out/ref.json")
-    "$venv/bin/python" tools/bench/table.py "$out/qkv.json" "$out/ref.json" "$label"
+    "$venv/bin/python" tools/bench/table.py "$out/qkv.json" "$out/ref.json" "$label" $alias
 done

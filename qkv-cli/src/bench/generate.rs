@@ -12,6 +12,8 @@ use qkv::decode::generate::{generate, GenerateOptions};
 use qkv::hub::gpt2;
 use qkv::nn::Mode;
 
+use qkv::WeightDtype;
+
 use super::{median, time, Measurement};
 
 #[derive(Parser)]
@@ -65,11 +67,17 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
     })?;
     // Per generated token after the prompt: the cached run less its prompt pass.
     let decode_ms = (median(&cached).as_secs_f64() - median(&prefill).as_secs_f64()) * 1e3 / (n - 1).max(1) as f64;
+    // Reduced-precision rows carry the dtype (", int8" inside the parentheses, " (int8)" after), as
+    // llama.cpp's q8_0 rows carry theirs, so that tools/bench/table.py can pair them.
+    let (tag, paren) = match args.precision.dtype {
+        WeightDtype::F32 => (String::new(), String::new()),
+        dtype => (format!(", {dtype}"), format!(" ({dtype})")),
+    };
     let mut results = vec![
-        Measurement::rate(format!("generate tokens/s cached ({n} new)"), "tokens/s", n as f64, &cached),
-        Measurement::rate(format!("generate tokens/s uncached ({n} new)"), "tokens/s", n as f64, &uncached),
-        Measurement::milliseconds(format!("prompt forward ({} tokens)", args.prompt_tokens), &prefill),
-        Measurement::reading("decode step cached, mean over the run".into(), "ms", decode_ms),
+        Measurement::rate(format!("generate tokens/s cached ({n} new{tag})"), "tokens/s", n as f64, &cached),
+        Measurement::rate(format!("generate tokens/s uncached ({n} new{tag})"), "tokens/s", n as f64, &uncached),
+        Measurement::milliseconds(format!("prompt forward ({} tokens{tag})", args.prompt_tokens), &prefill),
+        Measurement::reading(format!("decode step cached, mean over the run{paren}"), "ms", decode_ms),
     ];
     for &position in &args.positions {
         // Fill the cache untimed; each timed step then adds one more position (reps ≪ position).
@@ -81,8 +89,8 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
             model.forward_step(&next, &mut cache, &mut Mode::Eval)?;
             Ok(())
         })?;
-        results.push(Measurement::milliseconds(format!("decode step at position {position}"), &steps));
+        results.push(Measurement::milliseconds(format!("decode step at position {position}{paren}"), &steps));
     }
-    results.push(super::peak_memory("generate")?);
+    results.push(super::peak_memory(&format!("generate{paren}"))?);
     Ok(results)
 }

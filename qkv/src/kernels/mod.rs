@@ -7,11 +7,13 @@
 
 pub mod attention;
 pub mod cross_entropy;
+pub mod dynamic_int8;
 pub mod embedding;
 pub mod gelu;
 pub mod layer_norm;
 pub mod linear;
 mod matmul;
+mod panels;
 pub mod reduced;
 pub mod softmax;
 

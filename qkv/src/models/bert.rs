@@ -11,7 +11,7 @@ use candle_core::{DType, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::kernels::reduced::WeightDtype;
+use crate::kernels::reduced::{Packing, WeightDtype};
 use crate::nn::{
     Activation, AttentionMask, Dropout, DropoutRates, DropoutScaling, Embedding, Encoder, LayerConfig, LayerNorm,
     LearnedPosition, Linear, Mode, NormPosition, WeightInit,
@@ -417,11 +417,11 @@ impl Bert {
         self.architecture
     }
 
-    /// Stores the encoder layers' matrices in `dtype` for inference (see [`crate::kernels::reduced`]). The
-    /// embeddings, LayerNorms, pooler and task heads stay f32: they hold a few percent of the weights and the
+    /// Stores the encoder layers' matrices in `dtype` for inference (see [`crate::kernels::reduced`]); in int8
+    /// their inputs are quantized per token too ([`crate::kernels::dynamic_int8`]). The embeddings, LayerNorms, pooler and task heads stay f32: they hold a few percent of the weights and the
     /// most error per byte (the embeddings feed every layer; a head's error goes straight to the scores).
     pub fn pack_weights(&mut self, dtype: WeightDtype) -> Result<()> {
-        self.encoder.pack_weights(dtype, "encoder")
+        self.encoder.pack_weights(Packing::encoder(dtype), "encoder")
     }
 
     /// The encoder's output (B, S, C) and, with a pooler, tanh(W·h_\[CLS\] + b) (B, C).

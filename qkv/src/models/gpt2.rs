@@ -184,7 +184,7 @@ impl Gpt2 {
     /// table and the LayerNorms stay f32: they are small and read once a step.
     pub fn pack_weights(&mut self, dtype: WeightDtype) -> Result<()> {
         for (i, block) in self.blocks.iter_mut().enumerate() {
-            block.pack_weights(dtype, &format!("h.{i}"))?;
+            block.pack_weights(dtype.into(), &format!("h.{i}"))?;
         }
         if let Some(head) = &mut self.lm_head {
             head.pack(dtype, "lm_head.weight")?;

@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::kernels::reduced::WeightDtype;
+use crate::kernels::reduced::{Packing, WeightDtype};
 use crate::nn::{
     decoder::DecoderWeights, Activation, AttentionMask, ComplexEmbedding, Decoder, DecoderCache, Dropout, DropoutRates,
     DropoutScaling, Embedding, Encoder, LayerConfig, LearnedPosition, Linear, Mode, NormPosition, Normalization,
@@ -395,12 +395,14 @@ impl Transformer {
         &self.config
     }
 
-    /// Stores the encoder's and decoder's matrices in `dtype` for inference (see [`crate::kernels::reduced`]).
+    /// Stores the encoder's and decoder's matrices in `dtype` for inference (see [`crate::kernels::reduced`]):
+    /// in int8 the encoder quantizes its activations per token too (many rows a sentence), while the decoder,
+    /// one row a step, keeps them f32.
     /// The embeddings (shared with the output projection when tied) and the LayerNorms stay f32: the
     /// translation models qkv trains have small vocabularies, and the embeddings carry the most error per byte.
     pub fn pack_weights(&mut self, dtype: WeightDtype) -> Result<()> {
-        self.encoder.pack_weights(dtype, "encoder")?;
-        self.decoder.pack_weights(dtype, "decoder")
+        self.encoder.pack_weights(Packing::encoder(dtype), "encoder")?;
+        self.decoder.pack_weights(Packing::weights_only(dtype), "decoder")
     }
 
     /// Mask over source keys from `src_valid` (B, S), 1 for real tokens.

@@ -16,7 +16,7 @@ use super::{
     params::{scaled, WeightInit},
     position::{RelativePosition, RelativeTerms, RotaryPosition},
 };
-use crate::kernels::reduced::WeightDtype;
+use crate::kernels::reduced::Packing;
 use crate::kernels::{self, softmax::masked_softmax};
 use crate::{Error, Result};
 
@@ -313,7 +313,7 @@ impl AttentionConfig {
             }
             return Ok(dh);
         }
-        if self.d_model % self.num_heads != 0 {
+        if !self.d_model.is_multiple_of(self.num_heads) {
             return Err(Error::config(
                 "num_heads",
                 self.num_heads,
@@ -413,14 +413,14 @@ impl MultiHeadAttention {
     }
 
     /// Stores the projections in `dtype` for inference (parameters named under `prefix`).
-    pub fn pack_weights(&mut self, dtype: WeightDtype, prefix: &str) -> Result<()> {
+    pub fn pack_weights(&mut self, packing: Packing, prefix: &str) -> Result<()> {
         let projections = [("q_proj", &mut self.q_proj), ("k_proj", &mut self.k_proj), ("v_proj", &mut self.v_proj)];
         for (name, projection) in projections {
             if let Some(linear) = projection {
-                linear.pack(dtype, &format!("{prefix}.{name}.weight"))?;
+                linear.pack(packing, &format!("{prefix}.{name}.weight"))?;
             }
         }
-        self.out_proj.pack(dtype, &format!("{prefix}.out_proj.weight"))
+        self.out_proj.pack(packing, &format!("{prefix}.out_proj.weight"))
     }
 
     /// query (B, T, C) attends over memory (B, S, C) — the same tensor for self-attention → (B, T, C).

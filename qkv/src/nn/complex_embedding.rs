@@ -31,7 +31,7 @@ impl ComplexEmbedding {
     /// Amplitudes start as a token table would (`init`), frequencies uniform in [0, 1) radians per position and
     /// phases uniform in [0, 2π).
     pub fn new(vb: VarBuilder, vocab_size: usize, d_model: usize, scaled: bool, init: WeightInit) -> Result<Self> {
-        if d_model == 0 || d_model % 2 != 0 {
+        if d_model == 0 || !d_model.is_multiple_of(2) {
             let expected = "an even width with position_encoding = complex (real and imaginary halves)";
             return Err(Error::config("d_model", d_model, expected));
         }

@@ -13,7 +13,7 @@ use super::{
     mode::Mode,
     norm::{Norm, Residual},
 };
-use crate::kernels::reduced::WeightDtype;
+use crate::kernels::reduced::Packing;
 use crate::Result;
 
 /// Attention weights of one decoder layer, for visualisation.
@@ -53,10 +53,10 @@ impl DecoderLayer {
     }
 
     /// Stores the attention and feed-forward matrices in `dtype` for inference; LayerNorms stay f32.
-    pub fn pack_weights(&mut self, dtype: WeightDtype, prefix: &str) -> Result<()> {
-        self.self_attn.pack_weights(dtype, &format!("{prefix}.self_attn"))?;
-        self.cross_attn.pack_weights(dtype, &format!("{prefix}.cross_attn"))?;
-        self.feed_forward.pack_weights(dtype, &format!("{prefix}.feed_forward"))
+    pub fn pack_weights(&mut self, packing: Packing, prefix: &str) -> Result<()> {
+        self.self_attn.pack_weights(packing, &format!("{prefix}.self_attn"))?;
+        self.cross_attn.pack_weights(packing, &format!("{prefix}.cross_attn"))?;
+        self.feed_forward.pack_weights(packing, &format!("{prefix}.feed_forward"))
     }
 
     /// x (B, T, C) attends to itself under `self_mask` (causal, usually) and to memory (B, S, C) under
@@ -132,9 +132,9 @@ impl Decoder {
     }
 
     /// Stores every layer's matrices in `dtype` for inference.
-    pub fn pack_weights(&mut self, dtype: WeightDtype, prefix: &str) -> Result<()> {
+    pub fn pack_weights(&mut self, packing: Packing, prefix: &str) -> Result<()> {
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            layer.pack_weights(dtype, &format!("{prefix}.layers.{i}"))?;
+            layer.pack_weights(packing, &format!("{prefix}.layers.{i}"))?;
         }
         Ok(())
     }

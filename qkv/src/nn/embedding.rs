@@ -77,7 +77,7 @@ impl Embedding {
         if dtype == WeightDtype::F32 || self.packed.is_some() {
             return Ok(());
         }
-        let matrix = PackedMatrix::pack_tensor(&self.table, dtype, name)?;
+        let matrix = PackedMatrix::pack_tensor(&self.table, dtype.into(), name)?;
         self.packed = Some(Arc::new(PackedLinear::new(matrix, None)?));
         self.table = Tensor::zeros(0, DType::F32, self.table.device())?;
         Ok(())

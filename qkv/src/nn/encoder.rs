@@ -13,7 +13,7 @@ use super::{
     mode::Mode,
     norm::{Norm, NormPosition, Residual},
 };
-use crate::kernels::reduced::WeightDtype;
+use crate::kernels::reduced::Packing;
 use crate::Result;
 
 /// One encoder layer: self-attention and a feed-forward network, each a residual sub-layer with its norm.
@@ -38,9 +38,9 @@ impl EncoderLayer {
     }
 
     /// Stores the attention and feed-forward matrices in `dtype` for inference; LayerNorms stay f32.
-    pub fn pack_weights(&mut self, dtype: WeightDtype, prefix: &str) -> Result<()> {
-        self.self_attn.pack_weights(dtype, &format!("{prefix}.self_attn"))?;
-        self.feed_forward.pack_weights(dtype, &format!("{prefix}.feed_forward"))
+    pub fn pack_weights(&mut self, packing: Packing, prefix: &str) -> Result<()> {
+        self.self_attn.pack_weights(packing, &format!("{prefix}.self_attn"))?;
+        self.feed_forward.pack_weights(packing, &format!("{prefix}.feed_forward"))
     }
 
     /// x (B, S, C) with a mask over its keys (usually padding) and `valid` (B, S), the real positions a
@@ -115,9 +115,9 @@ impl Encoder {
     }
 
     /// Stores every layer's matrices in `dtype` for inference.
-    pub fn pack_weights(&mut self, dtype: WeightDtype, prefix: &str) -> Result<()> {
+    pub fn pack_weights(&mut self, packing: Packing, prefix: &str) -> Result<()> {
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            layer.pack_weights(dtype, &format!("{prefix}.layers.{i}"))?;
+            layer.pack_weights(packing, &format!("{prefix}.layers.{i}"))?;
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{dropout::Dropout, linear::Linear, mode::Mode, params::WeightInit};
 use crate::kernels::gelu;
-use crate::kernels::reduced::WeightDtype;
+use crate::kernels::reduced::Packing;
 use crate::Result;
 
 /// The non-linearity between the two projections. Names follow Hugging Face's `hidden_act` /
@@ -65,9 +65,9 @@ impl FeedForward {
     }
 
     /// Stores fc1 and fc2 in `dtype` for inference (parameters named under `prefix`).
-    pub fn pack_weights(&mut self, dtype: WeightDtype, prefix: &str) -> Result<()> {
-        self.fc1.pack(dtype, &format!("{prefix}.fc1.weight"))?;
-        self.fc2.pack(dtype, &format!("{prefix}.fc2.weight"))
+    pub fn pack_weights(&mut self, packing: Packing, prefix: &str) -> Result<()> {
+        self.fc1.pack(packing, &format!("{prefix}.fc1.weight"))?;
+        self.fc2.pack(packing, &format!("{prefix}.fc2.weight"))
     }
 
     /// (…, C) → (…, C)

@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 
 use super::params::WeightInit;
-use crate::kernels::reduced::{PackedLinear, PackedMatrix, WeightDtype};
+use crate::kernels::reduced::{PackedLinear, PackedMatrix, Packing, WeightDtype};
 use crate::Result;
 
 /// Weight stored (out, in) as in PyTorch. Leading dimensions are flattened so the product is one large
@@ -38,13 +38,14 @@ impl Linear {
         self.packed.is_none().then_some(&self.weight)
     }
 
-    /// Stores the weight in `dtype` for inference (f32 leaves it as it is); `name` is the parameter's, for
-    /// errors. No gradient flows through a packed layer.
-    pub fn pack(&mut self, dtype: WeightDtype, name: &str) -> Result<()> {
-        if dtype == WeightDtype::F32 || self.packed.is_some() {
+    /// Stores the weight as `packing` says for inference (f32 leaves it as it is); `name` is the parameter's,
+    /// for errors. No gradient flows through a packed layer.
+    pub fn pack(&mut self, packing: impl Into<Packing>, name: &str) -> Result<()> {
+        let packing = packing.into();
+        if packing.dtype == WeightDtype::F32 || self.packed.is_some() {
             return Ok(());
         }
-        let matrix = PackedMatrix::pack_tensor(&self.weight, dtype, name)?;
+        let matrix = PackedMatrix::pack_tensor(&self.weight, packing, name)?;
         let bias = self.bias.take().map(|b| b.to_vec1::<f32>()).transpose()?;
         self.packed = Some(Arc::new(PackedLinear::new(matrix, bias)?));
         self.weight = Tensor::zeros(0, candle_core::DType::F32, self.weight.device())?;

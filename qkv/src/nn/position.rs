@@ -184,7 +184,7 @@ impl RotaryPosition {
 
     /// Rotations of heads `head_dim` wide, which must be even (the rotation turns pairs of dimensions).
     pub fn new(head_dim: usize) -> Result<Self> {
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(Error::config(
                 "head_dim",
                 head_dim,

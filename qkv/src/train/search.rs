@@ -104,7 +104,7 @@ impl Pruner {
 }
 
 fn is_power_of(mut n: usize, base: usize) -> bool {
-    while n > 1 && n % base == 0 {
+    while n > 1 && n.is_multiple_of(base) {
         n /= base;
     }
     n == 1

@@ -462,7 +462,7 @@ impl<T: Task> Trainer<T> {
                     log.write("train", &record)?;
                 }
                 on_event(&Event::Step(record));
-                if self.settings.save_steps.is_some_and(|n| self.state.step % n == 0) {
+                if self.settings.save_steps.is_some_and(|n| self.state.step.is_multiple_of(n)) {
                     self.save_checkpoint(false, log.as_mut(), &mut on_event)?;
                 }
             }
