@@ -153,6 +153,9 @@ impl Decoding {
                 let job = waiting.pop_front().expect("a front job");
                 self.join(generator, &mut batch, &mut live, job, &mut next_id);
             }
+            // Before the early `continue`: when drop_abandoned empties the batch no step follows, and the gauge
+            // would keep the abandoned rows.
+            self.metrics.live_sequences.store(batch.len(), Ordering::Relaxed);
             if batch.is_empty() {
                 continue;
             }
