@@ -198,8 +198,8 @@ struct Epilogue {
     bias: [f32; PAIR],
 }
 
-/// Activations quantized per row to unsigned bytes with a zero point, and padded: rows to a multiple of [`MR`],
-/// inputs to a multiple of 4 (the padding meets zero weights).
+/// Activations quantized per row to unsigned bytes with a zero point, and padded: rows to whole tasks (48
+/// rows), inputs to the panels' depth (the padding meets zero weights).
 pub struct QuantizedRows {
     /// (padded rows, `width`) bytes: x ≈ scale · (q − zero).
     pub q: Vec<u8>,
