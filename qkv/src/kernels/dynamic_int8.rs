@@ -116,23 +116,53 @@ impl Int8Panels {
         out: &mut [f32],
         width: usize,
     ) {
+        let k4 = 4 * self.groups;
+        let tiles = Tiles { a, rows, pairs, bias, width };
         #[cfg(target_arch = "x86_64")]
         if kernel == Kernel::Amx {
-            return self.amx_block(a, rows, pairs, bias, out, width);
+            // 32 rows × 2 panels at a time (4 accumulator tiles of 16 × 16 sums), 64 inputs per step, the sums
+            // then rescaled with AVX-512.
+            let mut sums = [[0i32; PAIR]; 2 * amx::ROWS];
+            // SAFETY: Kernel::Amx is chosen only once Linux has granted this process the tile state.
+            unsafe { amx::configure() };
+            self.each_tile(&tiles, 2 * amx::ROWS, out, |r0, w, epilogue, x_rows, y, cols| {
+                let tall = x_rows.0.len() > amx::ROWS;
+                let x = &a.q[r0 * k4..][..if tall { 2 } else { 1 } * amx::ROWS * k4];
+                assert!(y.len() >= (x_rows.0.len() - 1) * width + cols);
+                // SAFETY: the tiles are configured; x holds the rows the tiles read, w one pair of panels; AMX
+                // implies AVX-512, and y's length is asserted above.
+                unsafe {
+                    amx::sums(x, k4, w, self.groups, tall, &mut sums);
+                    rescale_avx512(&sums[..x_rows.0.len()], epilogue, x_rows, y, width, cols);
+                }
+            });
+            // SAFETY: as configure().
+            return unsafe { amx::release() };
         }
-        let k4 = 4 * self.groups;
-        let pair_bytes = PAIR * k4;
-        let first_col = pairs.start * PAIR;
-        for pair in pairs {
+        self.each_tile(&tiles, MR, out, |r0, w, epilogue, x_rows, y, cols| {
+            kernel.run(&a.q[r0 * k4..][..MR * k4], w, self.groups, epilogue, x_rows, (y, width, cols))
+        });
+    }
+
+    /// Calls `tile(first row, pair of panels, its epilogue, (x scales, x zeros), out from that row and
+    /// channel, real channels)` for each pair of panels and each `step` rows of `t`.
+    fn each_tile(
+        &self,
+        t: &Tiles,
+        step: usize,
+        out: &mut [f32],
+        mut tile: impl FnMut(usize, &[i8], &Epilogue, (&[f32], &[i32]), &mut [f32], usize),
+    ) {
+        let pair_bytes = PAIR * 4 * self.groups;
+        let first_col = t.pairs.start * PAIR;
+        for pair in t.pairs.clone() {
             let w = &self.panels[pair * pair_bytes..][..pair_bytes];
-            let c0 = pair * PAIR;
-            let (epilogue, cols) = self.epilogue(pair, bias);
-            for r0 in rows.clone().step_by(MR) {
-                let x = &a.q[r0 * k4..][..MR * k4];
-                let valid = (rows.end - r0).min(MR);
-                let y = &mut out[(r0 - rows.start) * width + (c0 - first_col)..];
-                let x_rows = (&a.scales[r0..r0 + valid], &a.zeros[r0..r0 + valid]);
-                kernel.run(x, w, self.groups, &epilogue, x_rows, (y, width, cols.len()));
+            let (epilogue, cols) = self.epilogue(pair, t.bias);
+            for r0 in t.rows.clone().step_by(step) {
+                let valid = (t.rows.end - r0).min(step);
+                let x_rows = (&t.a.scales[r0..r0 + valid], &t.a.zeros[r0..r0 + valid]);
+                let y = &mut out[(r0 - t.rows.start) * t.width + (cols.start - first_col)..];
+                tile(r0, w, &epilogue, x_rows, y, cols.len());
             }
         }
     }
@@ -149,45 +179,15 @@ impl Int8Panels {
         }
         (epilogue, cols)
     }
+}
 
-    /// [`block`](Self::block) with AMX tiles: 32 rows × 2 panels at a time (4 accumulator tiles of 16 × 16
-    /// sums), 64 inputs per step, the sums then rescaled with AVX-512.
-    #[cfg(target_arch = "x86_64")]
-    fn amx_block(
-        &self,
-        a: &QuantizedRows,
-        rows: std::ops::Range<usize>,
-        pairs: std::ops::Range<usize>,
-        bias: Option<&[f32]>,
-        out: &mut [f32],
-        width: usize,
-    ) {
-        let k4 = 4 * self.groups;
-        let pair_bytes = PAIR * k4;
-        let first_col = pairs.start * PAIR;
-        let mut sums = [[0i32; PAIR]; 2 * amx::ROWS];
-        // SAFETY: Kernel::Amx is chosen only once Linux has granted this process the tile state.
-        unsafe { amx::configure() };
-        for pair in pairs {
-            let w = &self.panels[pair * pair_bytes..][..pair_bytes];
-            let c0 = pair * PAIR;
-            let (epilogue, cols) = self.epilogue(pair, bias);
-            for r0 in rows.clone().step_by(2 * amx::ROWS) {
-                let valid = (rows.end - r0).min(2 * amx::ROWS);
-                let tall = valid > amx::ROWS;
-                let x = &a.q[r0 * k4..][..if tall { 2 } else { 1 } * amx::ROWS * k4];
-                // SAFETY: the tiles are configured; x holds the rows the tiles read, w one pair of panels.
-                unsafe { amx::sums(x, k4, w, self.groups, tall, &mut sums) };
-                let y = &mut out[(r0 - rows.start) * width + (c0 - first_col)..];
-                let x_rows = (&a.scales[r0..r0 + valid], &a.zeros[r0..r0 + valid]);
-                assert!(y.len() >= (valid - 1) * width + cols.len());
-                // SAFETY: AMX implies AVX-512; the lengths are asserted above.
-                unsafe { rescale_avx512(&sums[..valid], &epilogue, x_rows, y, width, cols.len()) };
-            }
-        }
-        // SAFETY: as configure().
-        unsafe { amx::release() };
-    }
+/// One task's share of a product: its rows and pairs of panels, and the row stride of its output.
+struct Tiles<'a> {
+    a: &'a QuantizedRows,
+    rows: std::ops::Range<usize>,
+    pairs: std::ops::Range<usize>,
+    bias: Option<&'a [f32]>,
+    width: usize,
 }
 
 /// What turns a pair of panels' exact sums back into f32: y = (Σ − x's zero point · Σ_c w[j][c]) · (x's scale ·
