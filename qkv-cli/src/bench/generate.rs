@@ -44,6 +44,7 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
     let mut model = gpt2::load_frozen(&model, &Device::Cpu)?.0;
     model.pack_weights(args.precision.dtype)?;
     let model = &model;
+    let loaded = super::resident_memory(&format!("generate{}", paren_of(args.precision.dtype)))?;
     let prompt = prompt(args.prompt_tokens, model.config().vocab_size);
     let n = args.new_tokens;
     let options = |use_cache| GenerateOptions {
@@ -71,7 +72,7 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
     // llama.cpp's q8_0 rows carry theirs, so that tools/bench/table.py can pair them.
     let (tag, paren) = match args.precision.dtype {
         WeightDtype::F32 => (String::new(), String::new()),
-        dtype => (format!(", {dtype}"), format!(" ({dtype})")),
+        dtype => (format!(", {dtype}"), paren_of(dtype)),
     };
     let mut results = vec![
         Measurement::rate(format!("generate tokens/s cached ({n} new{tag})"), "tokens/s", n as f64, &cached),
@@ -92,5 +93,15 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
         results.push(Measurement::milliseconds(format!("decode step at position {position}{paren}"), &steps));
     }
     results.push(super::peak_memory(&format!("generate{paren}"))?);
+    results.push(loaded);
     Ok(results)
+}
+
+/// " (int8)" after a reduced-precision row's name; nothing for f32.
+fn paren_of(dtype: WeightDtype) -> String {
+    if dtype == WeightDtype::F32 {
+        String::new()
+    } else {
+        format!(" ({dtype})")
+    }
 }

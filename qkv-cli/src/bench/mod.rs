@@ -116,6 +116,12 @@ pub fn peak_memory(label: &str) -> Result<Measurement> {
 }
 
 /// A memory figure from /proc/self/status (VmRSS: resident now, VmHWM: peak), in MiB.
+/// Resident memory now, once a model is loaded (and packed): what it holds while it serves, where the peak
+/// also counts the load's transient f32 copies.
+pub fn resident_memory(label: &str) -> Result<Measurement> {
+    Ok(Measurement::reading(format!("RSS after load {label}"), "MiB", memory_mib("VmRSS")?))
+}
+
 pub fn memory_mib(key: &str) -> Result<f64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let kib: f64 = status
