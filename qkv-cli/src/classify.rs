@@ -31,12 +31,10 @@ pub fn run(args: Args) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let pipeline = Pipeline::load_as(
-        &model,
-        BertArchitecture::SequenceClassification,
-        &crate::device::device(),
-        args.precision.dtype,
-    )
+    let architecture = BertArchitecture::SequenceClassification;
+    let pipeline = crate::load_releasing(|| {
+        Pipeline::load_as(&model, architecture, &crate::device::device(), args.precision.dtype)
+    })
     .with_context(|| format!("loading {}", model.display()))?;
     for chunk in lines.chunks(args.batch_size) {
         let inputs: Vec<(&str, Option<&str>)> = chunk

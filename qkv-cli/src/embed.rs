@@ -78,7 +78,7 @@ fn sentences(args: &Args) -> Result<Vec<String>> {
 
 /// Loads the encoder and warns about checkpoint tensors it does not use.
 pub fn load(dir: &Path, dtype: qkv::WeightDtype) -> Result<Embedder> {
-    let encoder = Embedder::load_as(dir, &crate::device::device(), dtype)
+    let encoder = crate::load_releasing(|| Embedder::load_as(dir, &crate::device::device(), dtype))
         .with_context(|| format!("loading {}", dir.display()))?;
     if !encoder.report.unused.is_empty() {
         eprintln!(

@@ -26,9 +26,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let model = crate::model_dir::resolve(&args.model)?;
-    let pipeline =
+    let pipeline = crate::load_releasing(|| {
         Pipeline::load_as(&model, BertArchitecture::MaskedLm, &crate::device::device(), args.precision.dtype)
-            .with_context(|| format!("loading {}", model.display()))?;
+    })
+    .with_context(|| format!("loading {}", model.display()))?;
     let masks = pipeline.fill_mask(&args.text, args.top_k)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&masks)?);

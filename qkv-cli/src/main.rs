@@ -80,6 +80,18 @@ pub fn release_freed_memory(release: bool) {
 #[cfg(not(feature = "mimalloc"))]
 pub fn release_freed_memory(_release: bool) {}
 
+/// Runs a model's load (and its packing to `--dtype`) with freed memory going back to the OS at once: the
+/// load's temporaries and the f32 copies a bf16 or int8 model no longer needs. Kept mapped
+/// ([`keep_freed_memory`]; mimalloc never purges what was freed under that setting, even when asked later),
+/// they would stay resident for as long as the command or server runs: GPT-2 small in int8 held 626 MiB after
+/// its load with them and 145 MiB without.
+pub fn load_releasing<T>(load: impl FnOnce() -> T) -> T {
+    release_freed_memory(true);
+    let loaded = load();
+    release_freed_memory(false);
+    loaded
+}
+
 #[derive(Parser)]
 #[command(name = "qkv", version, about = "Train, run and study Transformer models (encoder-decoder, BERT, GPT-2)")]
 struct Cli {

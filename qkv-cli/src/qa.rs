@@ -45,9 +45,10 @@ pub fn run(args: Args) -> Result<()> {
         (None, Some(path)) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
         (None, None) => anyhow::bail!("give the context with --context or --context-file"),
     };
-    let pipeline =
+    let pipeline = crate::load_releasing(|| {
         Pipeline::load_as(&model, BertArchitecture::QuestionAnswering, &crate::device::device(), args.precision.dtype)
-            .with_context(|| format!("loading {}", model.display()))?;
+    })
+    .with_context(|| format!("loading {}", model.display()))?;
     let options = QaOptions {
         top_k: args.top_k,
         max_seq_len: args.max_seq_len,

@@ -95,6 +95,7 @@ pub fn run(args: Args) -> Result<()> {
         max_sequences: args.max_sequences,
         request_timeout: seconds("--request-timeout", args.request_timeout)?,
         grace_period: seconds("--grace-period", args.grace_period)?,
+        release_memory: Some(crate::release_freed_memory),
     };
     let address = config.address;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;

@@ -41,7 +41,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let model = crate::model_dir::resolve(&args.model)?;
-    let model = Translator::load_as(&model, &crate::device::device(), args.precision.dtype)
+    let model = crate::load_releasing(|| Translator::load_as(&model, &crate::device::device(), args.precision.dtype))
         .with_context(|| format!("loading {}", model.display()))?;
     if !model.report.unused.is_empty() {
         eprintln!(

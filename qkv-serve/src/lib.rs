@@ -77,6 +77,10 @@ pub struct ServeConfig {
     pub request_timeout: std::time::Duration,
     /// After shutdown is asked for, requests in flight get this long to finish.
     pub grace_period: std::time::Duration,
+    /// Called with true before the models load and false after, on the thread that loads them: the CLI's
+    /// allocator then hands what the load frees (f32 copies of packed weights) back to the OS instead of
+    /// keeping it mapped.
+    pub release_memory: Option<fn(bool)>,
 }
 
 impl Default for ServeConfig {
@@ -97,6 +101,7 @@ impl Default for ServeConfig {
             max_sequences: 16,
             request_timeout: std::time::Duration::from_secs(600),
             grace_period: std::time::Duration::from_secs(30),
+            release_memory: None,
         }
     }
 }
@@ -207,11 +212,14 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// Loads the models, binds the address and serves until `shutdown` resolves; requests in flight then finish.
 pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
-    let (models, dtype) = (config.models.clone(), config.dtype);
-    let registry = tokio::task::spawn_blocking(move || Registry::load(&models, dtype))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let (models, dtype, release) = (config.models.clone(), config.dtype, config.release_memory);
+    let load = move || {
+        release.inspect(|release| release(true));
+        let registry = Registry::load(&models, dtype);
+        release.inspect(|release| release(false));
+        registry
+    };
+    let registry = tokio::task::spawn_blocking(load).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     let listener =
         tokio::net::TcpListener::bind(config.address).await.map_err(|e| format!("binding {}: {e}", config.address))?;
     serve_on(listener, AppState::new(registry, config), shutdown).await

@@ -34,7 +34,7 @@ pub struct Args {
 
 pub fn run(args: &Args) -> Result<Vec<Measurement>> {
     let model = crate::model_dir::resolve(&args.model)?;
-    let encoder = Embedder::load_as(&model, &Device::Cpu, args.precision.dtype)?;
+    let encoder = crate::load_releasing(|| Embedder::load_as(&model, &Device::Cpu, args.precision.dtype))?;
     let dtype = args.precision.dtype;
     let suffix = if dtype == WeightDtype::F32 { String::new() } else { format!(" ({dtype})") };
     let loaded = super::resident_memory(&format!("embed{suffix}"))?;

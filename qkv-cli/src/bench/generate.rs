@@ -41,8 +41,11 @@ pub fn prompt(len: usize, vocab: usize) -> Vec<u32> {
 
 pub fn run(args: &Args) -> Result<Vec<Measurement>> {
     let model = crate::model_dir::resolve(&args.model)?;
-    let mut model = gpt2::load_frozen(&model, &Device::Cpu)?.0;
-    model.pack_weights(args.precision.dtype)?;
+    let model = crate::load_releasing(|| -> Result<_> {
+        let mut model = gpt2::load_frozen(&model, &Device::Cpu)?.0;
+        model.pack_weights(args.precision.dtype)?;
+        Ok(model)
+    })?;
     let model = &model;
     let loaded = super::resident_memory(&format!("generate{}", paren_of(args.precision.dtype)))?;
     let prompt = prompt(args.prompt_tokens, model.config().vocab_size);
