@@ -14,7 +14,7 @@ use super::weight_files::WeightFiles;
 use crate::{Error, Result};
 
 /// safetensors' own bound on the header (the crate refuses larger ones).
-const MAX_HEADER_BYTES: u64 = 100_000_000;
+pub(super) const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// One tensor as a header declares it.
 #[derive(Debug, Clone, PartialEq)]
