@@ -214,9 +214,13 @@ pub fn router(state: Arc<AppState>) -> Router {
 pub async fn serve(config: ServeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
     let (models, dtype, release) = (config.models.clone(), config.dtype, config.release_memory);
     let load = move || {
-        release.inspect(|release| release(true));
+        if let Some(release) = release {
+            release(true);
+        }
         let registry = Registry::load(&models, dtype);
-        release.inspect(|release| release(false));
+        if let Some(release) = release {
+            release(false);
+        }
         registry
     };
     let registry = tokio::task::spawn_blocking(load).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;

@@ -5,8 +5,9 @@
 #   tools/bench/run.sh [WORKLOAD ...]      workloads: gemm train-small train-large translation embed generate
 #                                          (default: all)
 #                                          optional, not in the default: ort-embed (embed against ONNX Runtime,
-#                                          fp32 and dynamic int8; qkv in f32, int8 and bf16), llamacpp-generate (generate against llama.cpp,
-#                                          GGUF f32 and q8_0; qkv in f32, int8 and bf16)
+#                                          fp32 and dynamic int8; qkv in f32, int8 and bf16), llamacpp-generate
+#                                          (generate against llama.cpp, GGUF f32 and q8_0; qkv in f32, int8 and
+#                                          bf16)
 #
 # Threads: both sides use THREADS (default: all cores). PyTorch comes from the fixtures venv (created if missing);
 # the optional workloads' references from tools/fixtures/.venv-anchors (requirements-anchors.txt), llama.cpp built

@@ -36,7 +36,7 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
     let model = crate::model_dir::resolve(&args.model)?;
     let encoder = crate::load_releasing(|| Embedder::load_as(&model, &Device::Cpu, args.precision.dtype))?;
     let dtype = args.precision.dtype;
-    let suffix = if dtype == WeightDtype::F32 { String::new() } else { format!(" ({dtype})") };
+    let suffix = super::dtype_suffix(dtype);
     let loaded = super::resident_memory(&format!("embed{suffix}"))?;
     let pairs = read_scored_pairs(&args.pairs)?;
     let sentences: Vec<&str> =
@@ -51,15 +51,13 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
         encoder.embed(&sentences[..1], 1)?;
         Ok(())
     })?;
-    // Reduced-precision rows carry the dtype, as ONNX Runtime's int8 rows do, so that tools/bench/table.py
-    // joins them.
     let mut results = vec![
         Measurement::rate(format!("embed sentences/s batch {}{suffix}", args.batch_size), "sentences/s", n, &batched),
         Measurement::milliseconds(format!("embed one sentence{suffix}"), &single),
         super::peak_memory(&format!("embed{suffix}"))?,
         loaded,
     ];
-    if args.precision.dtype != WeightDtype::F32 {
+    if dtype != WeightDtype::F32 {
         results.extend(accuracy(dtype, &encoder, &model, &pairs, &sentences, args.batch_size)?);
     }
     Ok(results)

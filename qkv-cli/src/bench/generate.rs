@@ -47,7 +47,8 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
         Ok(model)
     })?;
     let model = &model;
-    let loaded = super::resident_memory(&format!("generate{}", paren_of(args.precision.dtype)))?;
+    let paren = super::dtype_suffix(args.precision.dtype);
+    let loaded = super::resident_memory(&format!("generate{paren}"))?;
     let prompt = prompt(args.prompt_tokens, model.config().vocab_size);
     let n = args.new_tokens;
     let options = |use_cache| GenerateOptions {
@@ -71,11 +72,10 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
     })?;
     // Per generated token after the prompt: the cached run less its prompt pass.
     let decode_ms = (median(&cached).as_secs_f64() - median(&prefill).as_secs_f64()) * 1e3 / (n - 1).max(1) as f64;
-    // Reduced-precision rows carry the dtype (", int8" inside the parentheses, " (int8)" after), as
-    // llama.cpp's q8_0 rows carry theirs, so that tools/bench/table.py can pair them.
-    let (tag, paren) = match args.precision.dtype {
-        WeightDtype::F32 => (String::new(), String::new()),
-        dtype => (format!(", {dtype}"), paren_of(dtype)),
+    // The dtype inside a row's parentheses too (", int8"), where llama.cpp's rows carry ", q8_0".
+    let tag = match args.precision.dtype {
+        WeightDtype::F32 => String::new(),
+        dtype => format!(", {dtype}"),
     };
     let mut results = vec![
         Measurement::rate(format!("generate tokens/s cached ({n} new{tag})"), "tokens/s", n as f64, &cached),
@@ -98,13 +98,4 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
     results.push(super::peak_memory(&format!("generate{paren}"))?);
     results.push(loaded);
     Ok(results)
-}
-
-/// " (int8)" after a reduced-precision row's name; nothing for f32.
-fn paren_of(dtype: WeightDtype) -> String {
-    if dtype == WeightDtype::F32 {
-        String::new()
-    } else {
-        format!(" ({dtype})")
-    }
 }

@@ -115,13 +115,23 @@ pub fn peak_memory(label: &str) -> Result<Measurement> {
     Ok(Measurement::reading(format!("peak RSS {label}"), "MiB", memory_mib("VmHWM")?))
 }
 
-/// A memory figure from /proc/self/status (VmRSS: resident now, VmHWM: peak), in MiB.
 /// Resident memory now, once a model is loaded (and packed): what it holds while it serves, where the peak
 /// also counts the load's transient f32 copies.
 pub fn resident_memory(label: &str) -> Result<Measurement> {
     Ok(Measurement::reading(format!("RSS after load {label}"), "MiB", memory_mib("VmRSS")?))
 }
 
+/// " (int8)" after the name of a reduced-precision row, nothing for f32: the rows of each dtype carry it, as
+/// ONNX Runtime's int8 and llama.cpp's q8_0 rows carry theirs, so that tools/bench/table.py can join them.
+pub fn dtype_suffix(dtype: qkv::WeightDtype) -> String {
+    if dtype == qkv::WeightDtype::F32 {
+        String::new()
+    } else {
+        format!(" ({dtype})")
+    }
+}
+
+/// A memory figure from /proc/self/status (VmRSS: resident now, VmHWM: peak), in MiB.
 pub fn memory_mib(key: &str) -> Result<f64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let kib: f64 = status

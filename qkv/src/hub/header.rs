@@ -14,7 +14,7 @@ use super::weight_files::WeightFiles;
 use crate::{Error, Result};
 
 /// safetensors' own bound on the header (the crate refuses larger ones).
-pub(super) const MAX_HEADER_BYTES: u64 = 100_000_000;
+const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// One tensor as a header declares it.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +25,9 @@ pub struct TensorEntry {
     pub shape: Vec<usize>,
     /// The file that holds it (a shard, for sharded weights).
     pub file: PathBuf,
+    /// Where its bytes lie in that file, checked against its dtype, shape and the file's length (`None` for a
+    /// PyTorch checkpoint, whose data candle's pickle reader finds).
+    pub bytes: Option<std::ops::Range<u64>>,
 }
 
 /// The tensors of one safetensors file, or of every shard of a model directory.
@@ -37,7 +40,7 @@ impl WeightHeader {
     /// The header of the safetensors file at `path`, checked: every entry well-formed, byte ranges contiguous
     /// from the start of the data, each as long as its dtype and shape require, and ending at the file's end.
     pub fn read_file(path: &Path) -> Result<Self> {
-        let (header, data_len) = read_raw_header(path)?;
+        let (header, data_start, data_len) = read_raw_header(path)?;
         let mut entries: Vec<(String, TensorInfo)> = Vec::with_capacity(header.len());
         for (name, value) in header {
             if name == "__metadata__" {
@@ -50,7 +53,11 @@ impl WeightHeader {
         check_offsets(path, &mut entries, data_len)?;
         let tensors = entries
             .into_iter()
-            .map(|(name, info)| (name, TensorEntry { dtype: info.dtype, shape: info.shape, file: path.to_path_buf() }))
+            .map(|(name, info)| {
+                let (start, stop) = info.data_offsets;
+                let bytes = Some(data_start + start as u64..data_start + stop as u64);
+                (name, TensorEntry { dtype: info.dtype, shape: info.shape, file: path.to_path_buf(), bytes })
+            })
             .collect();
         Ok(Self { tensors })
     }
@@ -85,7 +92,8 @@ impl WeightHeader {
                 candle_core::DType::U8 => Dtype::U8,
                 _ => Dtype::F32,
             };
-            let entry = TensorEntry { dtype, shape: info.layout.dims().to_vec(), file: path.to_path_buf() };
+            let entry =
+                TensorEntry { dtype, shape: info.layout.dims().to_vec(), file: path.to_path_buf(), bytes: None };
             tensors.insert(info.name, entry);
         }
         Ok(Self { tensors })
@@ -199,7 +207,7 @@ impl Agreement {
 }
 
 /// The header's JSON object and the number of data bytes after it.
-fn read_raw_header(path: &Path) -> Result<(BTreeMap<String, serde_json::Value>, u64)> {
+fn read_raw_header(path: &Path) -> Result<(BTreeMap<String, serde_json::Value>, u64, u64)> {
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut length = [0u8; 8];
@@ -217,7 +225,7 @@ fn read_raw_header(path: &Path) -> Result<(BTreeMap<String, serde_json::Value>, 
     let header = serde_json::from_slice(&bytes).map_err(|e| {
         Error::input(path, None, format!("not a safetensors file: the header is not a JSON object: {e}"))
     })?;
-    Ok((header, file_len - 8 - n))
+    Ok((header, 8 + n, file_len - 8 - n))
 }
 
 /// Entries sorted by offset; each must start where the previous one ends and span exactly its dtype × shape,

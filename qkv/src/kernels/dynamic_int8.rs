@@ -10,8 +10,9 @@
 //! channel's weight sum: Σ (q_x − z)·q_w = Σ q_x·q_w − z·Σ q_w. Per-token ranges (rather than ONNX Runtime's one
 //! range per tensor) keep a token with large activations from flattening every other token of the batch.
 //!
-//! The weights are stored in panels of 16 output channels × 4 inputs, the order in which `vpdpbusd` takes them.
-//! Without VNNI a portable kernel computes the same integer sums (and so bit for bit the same outputs).
+//! The weights are stored in panels of 16 output channels × 4 inputs, the order in which `vpdpbusd` takes them
+//! and, 16 groups at a time, one AMX tile of weights. AMX tiles (`tdpbusd`), VNNI and a portable kernel compute
+//! the same integer sums, and so bit for bit the same outputs.
 //!
 //! The composed twin is the f32 product of the dequantised activations ([`quantize_rows`]) with the
 //! dequantised weights ([`Int8Panels::dequantize`]).
@@ -20,13 +21,14 @@ use rayon::prelude::*;
 
 use super::panels::{by_tasks, MR, PAIR, PANEL, PANELS, ROW_BLOCK};
 
-/// An int8 weight matrix (rows = output channels, cols = inputs) in panels, with its scales and the sums the
-/// unsigned shift needs. Rows are padded to whole pairs of panels and inputs to groups of 4, with zero weights.
+/// An int8 weight matrix (rows = output channels, cols = inputs) in panels, with its scales and the weight sums
+/// the activations' zero points need. Rows are padded to whole pairs of panels and inputs to 64 (an AMX tile's
+/// depth), with zero weights.
 #[derive(Debug, Clone)]
 pub struct Int8Panels {
     rows: usize,
     cols: usize,
-    /// ⌈cols / 4⌉
+    /// Groups of 4 inputs: 16 · ⌈cols / 64⌉.
     groups: usize,
     /// Panel p, group g: 64 bytes, byte 4j + t = w[16p + j][4g + t].
     panels: Vec<i8>,
@@ -41,7 +43,6 @@ impl Int8Panels {
     pub fn pack(q: &[i8], scales: &[f32], (rows, cols): (usize, usize)) -> Self {
         debug_assert_eq!(q.len(), rows * cols);
         debug_assert_eq!(scales.len(), rows);
-        // Inputs padded to 64 (16 groups): one AMX tile's depth.
         let groups = cols.div_ceil(64) * 16;
         let padded = rows.div_ceil(PAIR) * PAIR;
         let mut panels = vec![0i8; padded * groups * 4];
@@ -58,11 +59,6 @@ impl Int8Panels {
         let mut scales = scales.to_vec();
         scales.resize(padded, 0.0);
         Self { rows, cols, groups, panels, weight_sums, scales }
-    }
-
-    /// (rows, cols)
-    pub fn dims(&self) -> (usize, usize) {
-        (self.rows, self.cols)
     }
 
     /// Weight (r, c) as int8.
@@ -205,7 +201,7 @@ pub struct QuantizedRows {
     pub q: Vec<u8>,
     /// Bytes a row: the inputs padded to the panels' depth.
     pub width: usize,
-    /// One scale per real row: (max − min) / 255 over the row and 0 (0 for an all-zero row).
+    /// One scale per real row: (max − min) / 255 over the row and 0 (0 for an all-zero row, whose bytes are 0).
     pub scales: Vec<f32>,
     /// One zero point per real row: the byte that stands for 0.
     pub zeros: Vec<i32>,
@@ -263,10 +259,7 @@ pub fn dequantize_rows(a: &QuantizedRows, n: usize, cols: usize) -> Vec<f32> {
         .collect()
 }
 
-/// (min(x, 0), max(x, 0)) of a row, 16 lanes at a time.
-///
-/// # Safety
-/// The CPU must have AVX-512 F.
+/// Whether the CPU has the AVX-512 subsets the VNNI kernel (and the AVX-512 quantization) use.
 #[cfg(target_arch = "x86_64")]
 fn has_vnni() -> bool {
     is_x86_feature_detected!("avx512f")
@@ -274,6 +267,10 @@ fn has_vnni() -> bool {
         && is_x86_feature_detected!("avx512vnni")
 }
 
+/// (min(x, 0), max(x, 0)) of a row, 16 lanes at a time.
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn range_avx512(row: &[f32]) -> (f32, f32) {
@@ -350,7 +347,7 @@ impl Kernel {
         kernels
     }
 
-    /// For the x_scales.len() ≤ MR rows of shifted bytes x (MR × 4·groups) and one pair of panels w (2 × groups
+    /// For the x_scales.len() ≤ MR rows of quantized bytes x (MR × 4·groups) and one pair of panels w (2 × groups
     /// × 64 bytes): the exact sums Σ_c x[r][c] · w[j][c], rescaled by `e`, into the first `cols` entries of row r
     /// of `out` (rows `stride` apart).
     fn run(

@@ -179,11 +179,6 @@ impl PackedMatrix {
         Self { values, ..self }
     }
 
-    /// Whether products quantize their activations too ([`with_reduced_activations`](Self::with_reduced_activations)).
-    pub fn reduces_activations(&self) -> bool {
-        matches!(self.values, Values::Int8Dynamic(_))
-    }
-
     /// (rows, cols): (out, in) for a Linear weight, (V, C) for an embedding table.
     pub fn dims(&self) -> (usize, usize) {
         (self.rows, self.cols)
