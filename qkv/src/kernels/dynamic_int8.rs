@@ -19,6 +19,8 @@
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::amx;
 use super::panels::{by_tasks, MR, PAIR, PANEL, PANELS, ROW_BLOCK};
 
 /// An int8 weight matrix (rows = output channels, cols = inputs) in panels, with its scales and the weight sums
@@ -128,7 +130,7 @@ impl Int8Panels {
                 // SAFETY: the tiles are configured; x holds the rows the tiles read, w one pair of panels; AMX
                 // implies AVX-512, and y's length is asserted above.
                 unsafe {
-                    amx::sums(x, k4, w, self.groups, tall, &mut sums);
+                    amx::int8_sums(x, k4, w, self.groups, tall, &mut sums);
                     rescale_avx512(&sums[..x_rows.0.len()], epilogue, x_rows, y, width, cols);
                 }
             });
@@ -324,7 +326,7 @@ impl Kernel {
         *KERNEL.get_or_init(|| {
             #[cfg(target_arch = "x86_64")]
             if std::env::var_os("QKV_NO_VNNI").is_none() && has_vnni() {
-                if std::env::var_os("QKV_NO_AMX").is_none() && amx::usable() {
+                if amx::usable(amx::Product::Int8) {
                     return Kernel::Amx;
                 }
                 return Kernel::Vnni;
@@ -340,7 +342,7 @@ impl Kernel {
         #[cfg(target_arch = "x86_64")]
         if has_vnni() {
             kernels.push(Kernel::Vnni);
-            if amx::usable() {
+            if amx::usable(amx::Product::Int8) {
                 kernels.push(Kernel::Amx);
             }
         }
@@ -472,129 +474,6 @@ unsafe fn rescale_avx512(
             let y = _mm512_fmadd_ps(v, s, _mm512_loadu_ps(e.bias.as_ptr().add(p * PANEL)));
             _mm512_mask_storeu_ps(out.as_mut_ptr().add(r * stride + p * PANEL), mask, y);
         }
-    }
-}
-
-/// Intel AMX: eight tile registers of up to 16 rows × 64 bytes, and `tdpbusd`, which adds the product of a
-/// 16 × 64 tile of unsigned bytes and a 64 × 16 tile of signed bytes (stored as 16 rows of 16 × 4 bytes,
-/// exactly one panel's 16 groups) into a 16 × 16 tile of i32 sums: 16 384 multiply-adds an instruction. Rust
-/// has no stable AMX intrinsics, so the instructions are written as inline assembly.
-#[cfg(target_arch = "x86_64")]
-mod amx {
-    use std::arch::asm;
-
-    use super::{PAIR, PANEL};
-
-    /// Rows of a tile.
-    pub const ROWS: usize = 16;
-
-    /// Tiles 0–3 hold sums (rows 0–15 and 16–31 × panels 0 and 1), 4–5 activations, 6–7 weights: all 16
-    /// rows of 64 bytes.
-    #[repr(C, align(64))]
-    struct TileConfig([u8; 64]);
-
-    const CONFIG: TileConfig = {
-        let mut bytes = [0u8; 64];
-        bytes[0] = 1; // palette 1
-        let mut t = 0;
-        while t < 8 {
-            bytes[16 + 2 * t] = 64; // bytes a row, little-endian u16
-            bytes[48 + t] = ROWS as u8;
-            t += 1;
-        }
-        TileConfig(bytes)
-    };
-
-    /// Whether the CPU has AMX-TILE and AMX-INT8 and Linux lets this process use the tile state (it must be
-    /// asked for once: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)). Asked once, for every thread.
-    pub fn usable() -> bool {
-        static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *USABLE.get_or_init(|| {
-            #[allow(unused_unsafe)]
-            // SAFETY: cpuid leaf 7 exists on every CPU with AVX-512, which the caller has checked.
-            let leaf = unsafe { std::arch::x86_64::__cpuid_count(7, 0) };
-            let (tile, int8) = ((leaf.edx >> 24) & 1 == 1, (leaf.edx >> 25) & 1 == 1);
-            tile && int8 && request_tile_state()
-        })
-    }
-
-    #[cfg(target_os = "linux")]
-    fn request_tile_state() -> bool {
-        const ARCH_PRCTL: i64 = 158;
-        const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
-        const XFEATURE_XTILEDATA: i64 = 18;
-        let status: i64;
-        // SAFETY: the arch_prctl system call with these arguments only changes this process's permissions;
-        // syscall clobbers rcx and r11.
-        unsafe {
-            asm!("syscall", inlateout("rax") ARCH_PRCTL => status, in("rdi") ARCH_REQ_XCOMP_PERM,
-                 in("rsi") XFEATURE_XTILEDATA, lateout("rcx") _, lateout("r11") _, options(nostack));
-        }
-        status == 0
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn request_tile_state() -> bool {
-        false
-    }
-
-    /// Loads the tile configuration on this thread.
-    ///
-    /// # Safety
-    /// [`usable`] must have returned true.
-    pub unsafe fn configure() {
-        asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
-    }
-
-    /// Gives the tile state back (so that the thread's context switches stay small).
-    ///
-    /// # Safety
-    /// As [`configure`].
-    pub unsafe fn release() {
-        asm!("tilerelease", options(nostack, nomem));
-    }
-
-    /// sums[r][j] for 16 rows (32 when `tall`) of x (rows `k4` bytes apart) against one pair of panels w.
-    ///
-    /// # Safety
-    /// The tiles are configured; x holds the rows read, w two panels of `groups` (a multiple of 16) groups.
-    pub unsafe fn sums(x: &[u8], k4: usize, w: &[i8], groups: usize, tall: bool, sums: &mut [[i32; PAIR]; 2 * ROWS]) {
-        debug_assert!(groups.is_multiple_of(16) && x.len() >= (1 + usize::from(tall)) * ROWS * k4);
-        asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
-        let (x, w0) = (x.as_ptr(), w.as_ptr());
-        let w1 = w0.add(groups * 64);
-        for step in 0..groups / 16 {
-            let (a, b0, b1) = (x.add(64 * step), w0.add(1024 * step), w1.add(1024 * step));
-            asm!(
-                "tileloadd tmm4, [{a} + {k4} * 1]",
-                "tileloadd tmm6, [{b0} + {row} * 1]",
-                "tileloadd tmm7, [{b1} + {row} * 1]",
-                "tdpbusd tmm0, tmm4, tmm6",
-                "tdpbusd tmm1, tmm4, tmm7",
-                a = in(reg) a, b0 = in(reg) b0, b1 = in(reg) b1, k4 = in(reg) k4, row = in(reg) 64usize,
-                options(nostack, readonly),
-            );
-            if tall {
-                asm!(
-                    "tileloadd tmm5, [{a} + {k4} * 1]",
-                    "tdpbusd tmm2, tmm5, tmm6",
-                    "tdpbusd tmm3, tmm5, tmm7",
-                    a = in(reg) a.add(ROWS * k4), k4 = in(reg) k4,
-                    options(nostack, readonly),
-                );
-            }
-        }
-        let stride = PAIR * 4;
-        let out = sums.as_mut_ptr().cast::<i32>();
-        asm!(
-            "tilestored [{c0} + {s} * 1], tmm0",
-            "tilestored [{c1} + {s} * 1], tmm1",
-            "tilestored [{c2} + {s} * 1], tmm2",
-            "tilestored [{c3} + {s} * 1], tmm3",
-            c0 = in(reg) out, c1 = in(reg) out.add(PANEL), c2 = in(reg) out.add(ROWS * PAIR),
-            c3 = in(reg) out.add(ROWS * PAIR + PANEL), s = in(reg) stride,
-            options(nostack),
-        );
     }
 }
 

@@ -5,7 +5,10 @@
 //! forward and about fifteen backward); a kernel does the same work in one or two passes. Each public function
 //! here dispatches: the kernel for contiguous f32 tensors on the CPU, the composed twin everywhere else.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 pub mod attention;
+pub mod bf16_matmul;
 pub mod cross_entropy;
 pub mod dynamic_int8;
 pub mod embedding;

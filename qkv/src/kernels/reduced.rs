@@ -18,6 +18,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::as_f32;
+use super::bf16_matmul::{self, Bf16Panels};
 use super::dynamic_int8::Int8Panels;
 use super::linear::{affine_forward, dots_by_pairs, few_rows_by_task, lane_sum, FEW_ROWS, LANES};
 use crate::{Error, Result};
@@ -68,29 +69,30 @@ impl FromStr for WeightDtype {
     }
 }
 
-/// How a layer's weights are packed: their dtype, and whether int8 weights meet int8 activations.
+/// How a layer's weights are packed: their dtype, and whether the activations they meet are reduced too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Packing {
     /// The weights' storage.
     pub dtype: WeightDtype,
-    /// With int8 weights, quantize each row of activations (each token) to int8 too and multiply in int8
-    /// ([`super::dynamic_int8`]). Encoders want it: their products have many rows and are bound by arithmetic.
-    /// Decoding wants weight-only int8: one row a step, bound by reading the weights, activations kept f32.
-    /// (bf16 activations would gain nothing on these CPUs: AVX512-BF16's `vdpbf16ps` does 32 multiply-adds a
-    /// cycle, as many as two f32 FMAs, and MiniLM ran at 445 sentences/s with it against f32's 570.)
-    pub quantize_activations: bool,
+    /// Reduce each row of activations (each token) to the weights' precision and multiply in it: int8 ×
+    /// int8 ([`super::dynamic_int8`]), or bf16 × bf16 on AMX tiles ([`super::bf16_matmul`]; where the CPU has
+    /// none, bf16 weights stay weight-only: AVX512-BF16's `vdpbf16ps` does 32 multiply-adds a cycle, as many
+    /// as two f32 FMAs, and MiniLM ran at 445 sentences/s with it against f32's 570). Encoders want it: their
+    /// products have many rows and are bound by arithmetic. Decoding wants weight-only: one row a step, bound
+    /// by reading the weights, activations kept f32.
+    pub reduce_activations: bool,
 }
 
 impl Packing {
     /// Weight-only: the weights in `dtype`, activations f32 (decoders).
     pub fn weights_only(dtype: WeightDtype) -> Self {
-        Self { dtype, quantize_activations: false }
+        Self { dtype, reduce_activations: false }
     }
 
-    /// For an encoder: int8 weights meet per-token int8 activations; bf16 and f32 are as in
-    /// [`weights_only`](Self::weights_only).
+    /// For an encoder: int8 weights meet per-token int8 activations, bf16 weights bf16 activations (on AMX
+    /// tiles, where the CPU has them).
     pub fn encoder(dtype: WeightDtype) -> Self {
-        Self { dtype, quantize_activations: dtype == WeightDtype::Int8 }
+        Self { dtype, reduce_activations: dtype != WeightDtype::F32 }
     }
 }
 
@@ -116,6 +118,8 @@ enum Values {
     Int8 { q: Vec<i8>, scales: Vec<f32> },
     /// The same int8 weights in the panels of the int8 × int8 product: activations quantized per token.
     Int8Dynamic(Int8Panels),
+    /// The same bf16 weights in the panels of the bf16 × bf16 product on AMX tiles: activations rounded to bf16.
+    Bf16Tiles(Bf16Panels),
 }
 
 impl fmt::Debug for PackedMatrix {
@@ -133,7 +137,7 @@ pub fn bf16_bits(x: f32) -> u16 {
 }
 
 #[inline(always)]
-fn bf16_value(bits: u16) -> f32 {
+pub(super) fn bf16_value(bits: u16) -> f32 {
     f32::from_bits(u32::from(bits) << 16)
 }
 
@@ -165,15 +169,17 @@ impl PackedMatrix {
         let (rows, cols) = weight.dims2()?;
         let values = weight.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let packed = Self::pack(&values, (rows, cols), packing.dtype, name)?;
-        Ok(if packing.quantize_activations { packed.with_reduced_activations() } else { packed })
+        Ok(if packing.reduce_activations { packed.with_reduced_activations() } else { packed })
     }
 
     /// Int8 weights rearranged for the int8 × int8 product with activations quantized per token (the same
-    /// weights and scales); bf16 is left as it is.
+    /// weights and scales); bf16 weights for the bf16 × bf16 product on AMX tiles where the CPU has them, else
+    /// left as they are.
     pub fn with_reduced_activations(self) -> Self {
         let dims = (self.rows, self.cols);
         let values = match self.values {
             Values::Int8 { q, scales } => Values::Int8Dynamic(Int8Panels::pack(&q, &scales, dims)),
+            Values::Bf16(bits) if bf16_matmul::available() => Values::Bf16Tiles(Bf16Panels::pack(&bits, dims)),
             values => values,
         };
         Self { values, ..self }
@@ -187,7 +193,7 @@ impl PackedMatrix {
     /// The storage format: bf16 or int8 (a packed matrix is never f32).
     pub fn dtype(&self) -> WeightDtype {
         match self.values {
-            Values::Bf16(_) => WeightDtype::Bf16,
+            Values::Bf16(_) | Values::Bf16Tiles(_) => WeightDtype::Bf16,
             Values::Int8 { .. } | Values::Int8Dynamic(_) => WeightDtype::Int8,
         }
     }
@@ -209,6 +215,7 @@ impl PackedMatrix {
                 )
             }
             Values::Int8Dynamic(panels) => panels.dequantize_rows_into(first, out),
+            Values::Bf16Tiles(panels) => panels.dequantize_rows_into(first, out),
             Values::Int8 { q, scales } => {
                 for (r, row) in out.chunks_mut(cols.max(1)).enumerate() {
                     let (q, s) = (&q[start + r * cols..][..row.len()], scales[first + r]);
@@ -253,8 +260,10 @@ impl PackedMatrix {
     pub fn product(&self, x: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
         let (m, k) = (self.rows, self.cols);
         debug_assert_eq!(x.len(), n * k);
-        if let Values::Int8Dynamic(panels) = &self.values {
-            return panels.product(x, n, bias);
+        match &self.values {
+            Values::Int8Dynamic(panels) => return panels.product(x, n, bias),
+            Values::Bf16Tiles(panels) => return panels.product(x, n, bias),
+            _ => {}
         }
         if (1..=FEW_ROWS).contains(&n) {
             return self.few_rows(x, n, bias);
