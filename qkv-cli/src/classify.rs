@@ -27,15 +27,14 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let model = crate::model_dir::resolve(&args.model)?;
+    let dtype = args.precision.dtype_for(&model)?;
     let lines = crate::progress::input_lines(args.input.as_deref())?;
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
     let architecture = BertArchitecture::SequenceClassification;
-    let pipeline = crate::load_releasing(|| {
-        Pipeline::load_as(&model, architecture, &crate::device::device(), args.precision.dtype)
-    })
-    .with_context(|| format!("loading {}", model.display()))?;
+    let pipeline = crate::load_releasing(|| Pipeline::load_as(&model, architecture, &crate::device::device(), dtype))
+        .with_context(|| format!("loading {}", model.display()))?;
     for chunk in lines.chunks(args.batch_size) {
         let inputs: Vec<(&str, Option<&str>)> = chunk
             .iter()

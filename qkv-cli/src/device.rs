@@ -31,7 +31,15 @@ pub fn device() -> Device {
 #[derive(clap::Args)]
 pub struct Precision {
     /// Weights of the matrix products at inference: f32, bf16 (half the bytes) or int8 (a quarter; one scale
-    /// per output channel). Converted at load
-    #[arg(long, default_value = "f32")]
-    pub dtype: qkv::WeightDtype,
+    /// per output channel). Converted at load; without it, the dtype the directory was saved in (`qkv convert
+    /// --dtype`), else f32
+    #[arg(long)]
+    pub dtype: Option<qkv::WeightDtype>,
+}
+
+impl Precision {
+    /// `--dtype`, else the dtype model directory `dir` was saved in.
+    pub fn dtype_for(&self, dir: &std::path::Path) -> qkv::Result<qkv::WeightDtype> {
+        self.dtype.map_or_else(|| qkv::hub::reduced::stored_dtype(dir), Ok)
+    }
 }

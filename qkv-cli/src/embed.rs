@@ -36,8 +36,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let model = crate::model_dir::resolve(&args.model)?;
+    let dtype = args.precision.dtype_for(&model)?;
     let sentences = sentences(&args)?;
-    let encoder = load(&model, args.precision.dtype)?;
+    let encoder = load(&model, dtype)?;
     let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let started = Instant::now();
     let embeddings = encoder.embed(&refs, args.batch_size)?;

@@ -26,8 +26,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let model = crate::model_dir::resolve(&args.model)?;
+    let dtype = args.precision.dtype_for(&model)?;
     let pipeline = crate::load_releasing(|| {
-        Pipeline::load_as(&model, BertArchitecture::MaskedLm, &crate::device::device(), args.precision.dtype)
+        Pipeline::load_as(&model, BertArchitecture::MaskedLm, &crate::device::device(), dtype)
     })
     .with_context(|| format!("loading {}", model.display()))?;
     let masks = pipeline.fill_mask(&args.text, args.top_k)?;

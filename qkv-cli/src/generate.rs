@@ -64,9 +64,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let model = crate::model_dir::resolve(&args.model)?;
-    let generator =
-        crate::load_releasing(|| Generator::load_as(&model, &crate::device::device(), args.precision.dtype))
-            .with_context(|| format!("loading {}", model.display()))?;
+    let dtype = args.precision.dtype_for(&model)?;
+    let generator = crate::load_releasing(|| Generator::load_as(&model, &crate::device::device(), dtype))
+        .with_context(|| format!("loading {}", model.display()))?;
     if let Some(input) = &args.input {
         return batched(&args, input, &generator);
     }

@@ -40,13 +40,14 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let model = crate::model_dir::resolve(&args.model)?;
+    let dtype = args.precision.dtype_for(&model)?;
     let context = match (&args.context, &args.context_file) {
         (Some(text), _) => text.clone(),
         (None, Some(path)) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
         (None, None) => anyhow::bail!("give the context with --context or --context-file"),
     };
     let pipeline = crate::load_releasing(|| {
-        Pipeline::load_as(&model, BertArchitecture::QuestionAnswering, &crate::device::device(), args.precision.dtype)
+        Pipeline::load_as(&model, BertArchitecture::QuestionAnswering, &crate::device::device(), dtype)
     })
     .with_context(|| format!("loading {}", model.display()))?;
     let options = QaOptions {

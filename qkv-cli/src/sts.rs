@@ -28,8 +28,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let model = crate::model_dir::resolve(&args.model)?;
+    let dtype = args.precision.dtype_for(&model)?;
     let pairs = read_scored_pairs(&args.pairs)?;
-    let encoder = crate::embed::load(&model, args.precision.dtype)?;
+    let encoder = crate::embed::load(&model, dtype)?;
     let started = Instant::now();
     let firsts: Vec<&str> = pairs.iter().map(|p| p.first.as_str()).collect();
     let seconds: Vec<&str> = pairs.iter().map(|p| p.second.as_str()).collect();

@@ -41,7 +41,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let model = crate::model_dir::resolve(&args.model)?;
-    let model = crate::load_releasing(|| Translator::load_as(&model, &crate::device::device(), args.precision.dtype))
+    let dtype = args.precision.dtype_for(&model)?;
+    let model = crate::load_releasing(|| Translator::load_as(&model, &crate::device::device(), dtype))
         .with_context(|| format!("loading {}", model.display()))?;
     if !model.report.unused.is_empty() {
         eprintln!(

@@ -93,3 +93,42 @@ fn embed_reads_a_bin_sentence_transformers_directory() {
         assert!(err <= 1e-5, "embedding error {err:e}");
     }
 }
+
+/// `qkv convert --dtype int8 DIR --out NEW` on a .bin sentence-transformers directory: `qkv embed` on the new
+/// directory (no --dtype: it loads as saved) prints what `--dtype int8` on the original prints, value for value
+/// (the same int8 weights, scales within one ulp: equal to 1e-6). --dtype without --out, and an --out that
+/// exists, are errors naming the option.
+#[test]
+fn convert_dtype_saves_a_directory_that_embeds_as_load_time_conversion() {
+    let scratch = std::env::temp_dir().join(format!("qkv-convert-dtype-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let (dir, out) = (fixture("sentence-transformers"), scratch.join("int8"));
+    let (dir_arg, out_arg) = (dir.display().to_string(), out.display().to_string());
+    let run = qkv(&["convert", "--dtype", "int8", &dir_arg, "--out", &out_arg]);
+    assert!(String::from_utf8_lossy(&run.stdout).contains("model.safetensors"));
+    assert!(out.join("modules.json").exists() && !out.join("pytorch_model.bin").exists());
+    let sentences = dir.join("sentences.txt").display().to_string();
+    let embeddings = |args: &[&str]| -> Vec<f64> {
+        let run = qkv(&[&["embed", "--input", &sentences][..], args].concat());
+        let text = String::from_utf8(run.stdout).unwrap();
+        text.lines()
+            .flat_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let at_load = embeddings(&["--model", &dir_arg, "--dtype", "int8"]);
+    let saved = embeddings(&["--model", &out_arg]);
+    assert_eq!(at_load.len(), saved.len());
+    let err = at_load.iter().zip(&saved).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
+    assert!(err <= 1e-6, "embeddings differ by {err:e}");
+    let refused = |args: &[&str]| {
+        let run = Command::new(env!("CARGO_BIN_EXE_qkv")).arg("convert").args(args).output().unwrap();
+        assert!(!run.status.success(), "{args:?}");
+        String::from_utf8_lossy(&run.stderr).to_string()
+    };
+    assert!(refused(&["--dtype", "int8", &dir_arg]).contains("--out"));
+    assert!(refused(&["--dtype", "int8", &dir_arg, "--out", &out_arg]).contains("already exists"));
+    assert!(refused(&["--dtype", "fp8", &dir_arg, "--out", &out_arg]).contains("bf16"));
+}

@@ -49,8 +49,9 @@ use scheduler::{SchedulePolicy, Scheduler};
 pub struct ServeConfig {
     /// (name, model directory); the kind of each is detected from its files.
     pub models: Vec<(String, PathBuf)>,
-    /// How every model's weight matrices are stored ([`qkv::WeightDtype`]).
-    pub dtype: qkv::WeightDtype,
+    /// How every model's weight matrices are stored ([`qkv::WeightDtype`]); `None`: each in the dtype its
+    /// directory was saved in (f32 unless `qkv convert --dtype`).
+    pub dtype: Option<qkv::WeightDtype>,
     pub address: SocketAddr,
     /// Requests to /v1/* must carry `Authorization: Bearer KEY`.
     pub api_key: Option<String>,
@@ -87,7 +88,7 @@ impl Default for ServeConfig {
     fn default() -> Self {
         Self {
             models: Vec::new(),
-            dtype: qkv::WeightDtype::F32,
+            dtype: None,
             address: SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_key: None,
             max_body_bytes: 2 << 20,

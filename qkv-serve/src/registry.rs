@@ -33,12 +33,13 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Loads every (name, directory), weights stored in `dtype`; a directory of a kind the server has no
-    /// endpoint for is an error.
-    pub fn load(models: &[(String, PathBuf)], dtype: WeightDtype) -> qkv::Result<Self> {
+    /// Loads every (name, directory), weights stored in `dtype` (`None`: the dtype each was saved in); a
+    /// directory of a kind the server has no endpoint for is an error.
+    pub fn load(models: &[(String, PathBuf)], dtype: Option<WeightDtype>) -> qkv::Result<Self> {
         let device = Device::Cpu;
         let mut loaded = BTreeMap::new();
         for (name, dir) in models {
+            let dtype = dtype.map_or_else(|| qkv::hub::reduced::stored_dtype(dir), Ok)?;
             let served = match ModelKind::detect(dir)? {
                 ModelKind::Embedder => Served::Embedder(Box::new(Embedder::load_as(dir, &device, dtype)?)),
                 ModelKind::Generator => Served::Generator(Box::new(Generator::load_as(dir, &device, dtype)?)),

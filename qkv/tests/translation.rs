@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor};
 use qkv::decode::DecodeOptions;
 use qkv::models::TransformerConfig;
 use qkv::nn::Mode;
+use qkv::WeightDtype;
 mod support;
 
 use qkv::inference::attention::{attention_grids, AttentionText};
@@ -104,6 +105,23 @@ fn overfits_a_handful_of_pairs_then_translates_them_exactly() {
     let best = trainer.state().best_metric.unwrap();
     assert!(best > 99.0, "validation BLEU on the training pairs: {best}");
     attention_grids_cover_the_three_attentions(&dir.join("run"), &model, PAIRS[0]);
+    converted_runs_translate_as_load_time_conversion(&dir, &sources);
+}
+
+/// `qkv convert --dtype` on a run (its `best/`): the saved directory loads in its dtype and translates exactly
+/// as the run converted at load does (the same packed weights: bf16 bits equal, int8 values equal and scales
+/// within one ulp).
+fn converted_runs_translate_as_load_time_conversion(dir: &Path, sources: &[String]) {
+    for dtype in [WeightDtype::Bf16, WeightDtype::Int8] {
+        let out = dir.join(format!("converted-{dtype}"));
+        qkv::inference::convert::convert(&dir.join("run"), dtype, &out).unwrap();
+        assert_eq!(qkv::hub::reduced::stored_dtype(&out).unwrap(), dtype);
+        let options = DecodeOptions { beam: 4, ..DecodeOptions::default() };
+        let at_load = Translator::load_as(&dir.join("run"), &Device::Cpu, dtype).unwrap();
+        let saved = Translator::load(&out, &Device::Cpu).unwrap();
+        let want = at_load.translate(sources, &options, 64).unwrap();
+        assert_eq!(saved.translate(sources, &options, 64).unwrap(), want, "{dtype}");
+    }
 }
 
 /// `qkv attention` on a translation run: the encoder's, the decoder's and the cross-attention, each layer and

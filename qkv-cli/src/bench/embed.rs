@@ -34,8 +34,8 @@ pub struct Args {
 
 pub fn run(args: &Args) -> Result<Vec<Measurement>> {
     let model = crate::model_dir::resolve(&args.model)?;
-    let encoder = crate::load_releasing(|| Embedder::load_as(&model, &Device::Cpu, args.precision.dtype))?;
-    let dtype = args.precision.dtype;
+    let dtype = args.precision.dtype_for(&model)?;
+    let encoder = crate::load_releasing(|| Embedder::load_as(&model, &Device::Cpu, dtype))?;
     let suffix = super::dtype_suffix(dtype);
     let loaded = super::resident_memory(&format!("embed{suffix}"))?;
     let pairs = read_scored_pairs(&args.pairs)?;

@@ -41,13 +41,14 @@ pub fn prompt(len: usize, vocab: usize) -> Vec<u32> {
 
 pub fn run(args: &Args) -> Result<Vec<Measurement>> {
     let model = crate::model_dir::resolve(&args.model)?;
+    let dtype = args.precision.dtype_for(&model)?;
     let model = crate::load_releasing(|| -> Result<_> {
         let mut model = gpt2::load_frozen(&model, &Device::Cpu)?.0;
-        model.pack_weights(args.precision.dtype)?;
+        model.pack_weights(dtype)?;
         Ok(model)
     })?;
     let model = &model;
-    let paren = super::dtype_suffix(args.precision.dtype);
+    let paren = super::dtype_suffix(dtype);
     let loaded = super::resident_memory(&format!("generate{paren}"))?;
     let prompt = prompt(args.prompt_tokens, model.config().vocab_size);
     let n = args.new_tokens;
@@ -73,7 +74,7 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
     // Per generated token after the prompt: the cached run less its prompt pass.
     let decode_ms = (median(&cached).as_secs_f64() - median(&prefill).as_secs_f64()) * 1e3 / (n - 1).max(1) as f64;
     // The dtype inside a row's parentheses too (", int8"), where llama.cpp's rows carry ", q8_0".
-    let tag = match args.precision.dtype {
+    let tag = match dtype {
         WeightDtype::F32 => String::new(),
         dtype => format!(", {dtype}"),
     };

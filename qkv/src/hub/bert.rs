@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 
 use super::header::{Agreement, WeightHeader};
+use super::reduced::OutputAxis;
 use super::{assign, load_weights, read_config, save_safetensors, write_json, LoadReport, WeightSource};
 use crate::models::bert::{Bert, BertArchitecture, BertConfig};
 use crate::nn::{params::named_vars, seeded_var_builder};
@@ -43,6 +44,12 @@ const HEADS: [(&str, &str); 6] = [
     ("mlm.bias", "cls.predictions.bias"),
     ("next_sentence", "cls.seq_relationship"),
 ];
+
+/// How `qkv convert --dtype` stores a checkpoint tensor ([`super::reduced`]): reduced are the encoder layers'
+/// matrices, which [`Bert::pack_weights`] packs; the embeddings, LayerNorms, pooler and heads stay f32.
+pub fn packed_axis(name: &str, shape: &[usize]) -> Option<OutputAxis> {
+    (shape.len() == 2 && name.contains("encoder.layer.") && name.ends_with(".weight")).then_some(OutputAxis::Rows)
+}
 
 /// The checkpoint name of qkv parameter `name` in a checkpoint of `architecture` (task classes keep the body
 /// under `bert.`, `BertModel` at the top).

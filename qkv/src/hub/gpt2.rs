@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 
 use super::header::{Agreement, WeightHeader};
+use super::reduced::OutputAxis;
 use super::{assign, load_weights, read_config, save_safetensors, write_json, LoadReport, WeightSource};
 use crate::models::{Gpt2, Gpt2Config};
 use crate::nn::{params::named_vars, seeded_var_builder};
@@ -27,6 +28,19 @@ const BLOCK: [(&str, &str, bool); 5] = [
 
 /// Top-level tensors with the same meaning on both sides.
 const TOP: [&str; 3] = ["wte", "wpe", "ln_f"];
+
+/// How `qkv convert --dtype` stores a checkpoint tensor ([`super::reduced`]): reduced are the matrices
+/// [`Gpt2::pack_weights`] packs — each block's projections (Conv1D, output channels along axis 1), the token
+/// embedding and an untied LM head (rows); the position table and LayerNorms stay f32.
+pub fn packed_axis(name: &str, shape: &[usize]) -> Option<OutputAxis> {
+    let name = name.strip_prefix("transformer.").unwrap_or(name);
+    match name {
+        _ if shape.len() != 2 => None,
+        "wte.weight" | "lm_head.weight" => Some(OutputAxis::Rows),
+        _ if name.starts_with("h.") && name.ends_with(".weight") => Some(OutputAxis::Columns),
+        _ => None,
+    }
+}
 
 /// A GPT-2 loaded from a directory, with its trainable parameters.
 pub struct LoadedGpt2 {

@@ -10,6 +10,7 @@ pub mod download;
 pub mod gpt2;
 pub mod header;
 pub mod pytorch;
+pub mod reduced;
 pub mod sentence_transformers;
 mod shard_index;
 pub mod tokenizer;

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use super::header::{Agreement, WeightHeader};
+use super::reduced::OutputAxis;
 use super::{read_config, WEIGHTS};
 use crate::models::{PositionEncoding, TransformerConfig};
 use crate::Result;
@@ -56,4 +57,11 @@ fn agreements(config: &TransformerConfig) -> Vec<Agreement> {
         }
     }
     agreements
+}
+
+/// How `qkv convert --dtype` stores a tensor ([`super::reduced`]): reduced are the encoder's and decoder's
+/// layer matrices, which [`crate::models::Transformer::pack_weights`] packs; embeddings and LayerNorms stay f32.
+pub fn packed_axis(name: &str, shape: &[usize]) -> Option<OutputAxis> {
+    let in_layers = name.starts_with("encoder.layers.") || name.starts_with("decoder.layers.");
+    (shape.len() == 2 && in_layers && name.ends_with(".weight")).then_some(OutputAxis::Rows)
 }

@@ -52,7 +52,7 @@ pub fn load_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, 
     let header = WeightHeader::read_file(path)?;
     if let Some((name, entry)) = header.iter().find(|(_, e)| !readable_dtype(e.dtype)) {
         let message = format!(
-            "tensor `{name}` is {:?}; qkv reads F32, F16, BF16 or F64 weights (and integer buffers)",
+            "tensor `{name}` is {:?}; qkv reads F32, F16, BF16 or F64 weights, I8 as `qkv convert` writes them (and integer buffers)",
             entry.dtype
         );
         return Err(Error::input(path, None, message));
@@ -80,8 +80,10 @@ fn read_each(path: &Path, header: &WeightHeader, device: &Device) -> Result<Opti
     let io = |e: std::io::Error| Error::io(path, e);
     let mut file = std::fs::File::open(path).map_err(io)?;
     let mut tensors = HashMap::new();
+    let mut int8 = Vec::new();
     for (name, entry) in header.iter() {
         let dtype = match entry.dtype {
+            Dtype::I8 => DType::F32,
             Dtype::F32 => DType::F32,
             Dtype::F16 => DType::F16,
             Dtype::BF16 => DType::BF16,
@@ -96,17 +98,24 @@ fn read_each(path: &Path, header: &WeightHeader, device: &Device) -> Result<Opti
         let mut bytes = vec![0u8; (range.end - range.start) as usize];
         file.seek(SeekFrom::Start(range.start)).map_err(io)?;
         file.read_exact(&mut bytes).map_err(io)?;
+        if entry.dtype == Dtype::I8 {
+            let values: Vec<f32> = bytes.iter().map(|&b| f32::from(b as i8)).collect();
+            tensors.insert(name.clone(), Tensor::from_vec(values, entry.shape.as_slice(), device)?);
+            int8.push(name.clone());
+            continue;
+        }
         let tensor = Tensor::from_raw_buffer(&bytes, dtype, &entry.shape, device)
             .map_err(|e| Error::input(path, None, format!("tensor `{name}`: {e}")))?;
         tensors.insert(name.clone(), tensor.to_dtype(DType::F32)?);
     }
+    super::reduced::widen_int8(path, &mut tensors, &int8)?;
     Ok(Some(tensors))
 }
 
 /// Dtypes candle converts to f32 exactly enough to compute with.
 fn readable_dtype(dtype: safetensors::Dtype) -> bool {
     use safetensors::Dtype::*;
-    matches!(dtype, F32 | F16 | BF16 | F64 | U8 | U16 | U32 | I16 | I32 | I64)
+    matches!(dtype, F32 | F16 | BF16 | F64 | I8 | U8 | U16 | U32 | I16 | I32 | I64)
 }
 
 /// The tensors of the shards `index` lists, each shard read by `load`; every tensor the index names must be in

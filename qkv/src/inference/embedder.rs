@@ -28,9 +28,10 @@ pub struct Embedder {
 
 impl Embedder {
     /// Reads `dir` (see [`read_sentence_config`]). Inputs are truncated to `sentence_bert_config.json`'s
-    /// `max_seq_length` (as sentence-transformers does), else to `max_position_embeddings`.
+    /// `max_seq_length` (as sentence-transformers does), else to `max_position_embeddings`. The matrices are in
+    /// the dtype the directory was saved in ([`crate::hub::reduced::stored_dtype`]: f32 unless `qkv convert`).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        Self::load_as(dir, device, WeightDtype::F32)
+        Self::load_as(dir, device, crate::hub::reduced::stored_dtype(dir)?)
     }
 
     /// As [`load`](Self::load), the encoder's matrices stored in `dtype` ([`Bert::pack_weights`]).

@@ -39,8 +39,9 @@ pub struct Completion {
 
 impl Generator {
     /// Reads the GPT-2 directory `dir` (config.json, weights and, if present, its tokenizer) onto `device`.
+    /// The matrices are in the dtype the directory was saved in ([`crate::hub::reduced::stored_dtype`]).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        Self::load_as(dir, device, WeightDtype::F32)
+        Self::load_as(dir, device, crate::hub::reduced::stored_dtype(dir)?)
     }
 
     /// As [`load`](Self::load), the weight matrices stored in `dtype` ([`Gpt2::pack_weights`]).

@@ -7,11 +7,13 @@
 //! - [`Pipeline`]: BERT task heads as transformers' pipelines — fill-mask, text classification, question
 //!   answering;
 //! - [`attention_grids`]: every layer's and head's attention weights over a text, for heatmaps;
-//! - [`forward::checkpoint_outputs`]: any supported checkpoint's raw outputs on given ids.
+//! - [`forward::checkpoint_outputs`]: any supported checkpoint's raw outputs on given ids;
+//! - [`convert::convert`]: a model directory saved with its matrices in bf16 or int8.
 //!
 //! [`ModelKind::detect`] tells from a directory's files which of them it is.
 
 pub mod attention;
+pub mod convert;
 pub mod embedder;
 pub mod forward;
 pub mod generator;

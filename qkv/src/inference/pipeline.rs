@@ -80,8 +80,9 @@ impl Default for QaOptions {
 
 impl Pipeline {
     /// Loads `dir` as `architecture` (its checkpoint must have that head) onto `device`.
+    /// The matrices are in the dtype the directory was saved in ([`crate::hub::reduced::stored_dtype`]).
     pub fn load(dir: &Path, architecture: BertArchitecture, device: &Device) -> Result<Self> {
-        Self::load_as(dir, architecture, device, WeightDtype::F32)
+        Self::load_as(dir, architecture, device, crate::hub::reduced::stored_dtype(dir)?)
     }
 
     /// As [`load`](Self::load), the encoder's matrices stored in `dtype` ([`Bert::pack_weights`]).

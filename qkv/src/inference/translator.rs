@@ -32,8 +32,9 @@ pub struct Translator {
 
 impl Translator {
     /// Loads `dir` onto `device`; a run directory is accepted too and means its `best/`.
+    /// The matrices are in the dtype the directory was saved in ([`crate::hub::reduced::stored_dtype`]).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        Self::load_as(dir, device, WeightDtype::F32)
+        Self::load_as(dir, device, crate::hub::reduced::stored_dtype(dir)?)
     }
 
     /// As [`load`](Self::load), the encoder's and decoder's matrices stored in `dtype`

@@ -320,7 +320,7 @@ impl PackedMatrix {
 
 /// One row's int8 values and scale: max |w| / 127, so that the largest weight is ±127 exactly (an all-zero row
 /// gets scale 0 and zeros).
-pub(super) fn quantize_row(row: &[f32]) -> (Vec<i8>, f32) {
+pub(crate) fn quantize_row(row: &[f32]) -> (Vec<i8>, f32) {
     let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
     if max == 0.0 {
         return (vec![0; row.len()], 0.0);
