@@ -4,6 +4,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use super::linear::sum_by_lanes;
 use super::{as_f32, fused, storage_f32, Saved, PARALLEL_MIN_ELEMENTS};
 use crate::Result;
 
@@ -39,12 +40,16 @@ struct LayerNormOp {
 const NAME: &str = "qkv-layer-norm";
 
 /// Mean and 1/√(var + ε) of one row, two-pass so a large common offset does not cost precision.
+/// Each sum in 16 lanes ([`sum_by_lanes`]): one running f32 sum is a chain of dependent adds the compiler may not reorder, and made
+/// LayerNorm 9% of MiniLM's int8 encoding time.
+#[inline(always)]
 fn statistics(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = sum_by_lanes(row, |v| v) / n;
+    let var = sum_by_lanes(row, |v| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
+
 
 impl CustomOp3 for LayerNormOp {
     fn name(&self) -> &'static str {
@@ -70,11 +75,16 @@ impl CustomOp3 for LayerNormOp {
         let mut stats = vec![(0f32, 0f32); rows];
         let eps = self.eps;
         let norm_row = |(xr, yr): (&[f32], &mut [f32]), stat: &mut (f32, f32)| {
-            let (mean, rstd) = statistics(xr, eps);
-            for j in 0..c {
-                yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
-            }
-            *stat = (mean, rstd);
+            super::vectorized(
+                #[inline(always)]
+                || {
+                    let (mean, rstd) = statistics(xr, eps);
+                    for j in 0..c {
+                        yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
+                    }
+                    *stat = (mean, rstd);
+                },
+            )
         };
         if x.len() >= PARALLEL_MIN_ELEMENTS {
             x.par_chunks(c).zip(y.par_chunks_mut(c)).zip(stats.par_iter_mut()).for_each(|(rows, s)| norm_row(rows, s));

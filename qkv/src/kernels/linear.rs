@@ -242,6 +242,21 @@ pub(super) fn lane_sum(mut a: [f32; LANES]) -> f32 {
     a[0]
 }
 
+/// Σ f(v) over `row`, in [`LANES`] independent sums (an auto-vectorised loop; one running f32 sum is a chain of
+/// dependent adds the compiler may not reorder).
+#[inline(always)]
+pub(super) fn sum_by_lanes(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for chunk in chunks {
+        for l in 0..LANES {
+            lanes[l] += f(chunk[l]);
+        }
+    }
+    lane_sum(lanes) + tail
+}
+
 /// Adds `b` to every row of `y`. (Starting gemm from the bias rows instead, with read_dst, made MiniLM's
 /// batch-32 encoding 15% slower.)
 fn add_rows(y: &mut [f32], b: &[f32]) {

@@ -4,6 +4,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use super::linear::sum_by_lanes;
 use super::{as_f32, exp, fused, row_offset, row_width, storage_f32, vectorized, PARALLEL_MIN_ELEMENTS};
 use crate::Result;
 
@@ -101,11 +102,10 @@ pub(crate) fn softmax_row(z: &mut [f32], bias: Option<&[f32]>, scale: f32) -> f3
             for &v in z.iter() {
                 max = max.max(v);
             }
-            let mut sum = 0f32;
             for v in z.iter_mut() {
                 *v = exp(*v - max);
-                sum += *v;
             }
+            let sum = sum_by_lanes(z, |v| v);
             let inv = 1.0 / sum;
             for v in z.iter_mut() {
                 *v *= inv;
