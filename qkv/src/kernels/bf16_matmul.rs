@@ -217,13 +217,7 @@ impl Kernel {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn random(len: usize, seed: u64, scale: f32) -> Vec<f32> {
-        use rand_distr::Distribution;
-        let mut rng = crate::rng::seeded(seed, 0);
-        let normal = rand_distr::StandardNormal;
-        (0..len).map(|_| Distribution::<f32>::sample(&normal, &mut rng) * scale).collect()
-    }
+    use crate::kernels::twin::normal_values as random;
 
     /// Every kernel this CPU has computes the f32 product of the bf16-rounded activations and the bf16 weights
     /// (relative 1e-5 of the largest output: each product of two bf16 is exact in f32, so only the order of

@@ -481,13 +481,7 @@ unsafe fn rescale_avx512(
 mod tests {
     use super::*;
     use crate::kernels::reduced::quantize_row;
-
-    fn random(len: usize, seed: u64, scale: f32) -> Vec<f32> {
-        use rand_distr::Distribution;
-        let mut rng = crate::rng::seeded(seed, 0);
-        let normal = rand_distr::StandardNormal;
-        (0..len).map(|_| Distribution::<f32>::sample(&normal, &mut rng) * scale).collect()
-    }
+    use crate::kernels::twin::normal_values as random;
 
     fn panels_of(w: &[f32], (rows, cols): (usize, usize)) -> Int8Panels {
         let (q, scales): (Vec<Vec<i8>>, Vec<f32>) = w.chunks(cols).map(quantize_row).unzip();

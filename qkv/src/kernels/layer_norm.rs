@@ -50,7 +50,6 @@ fn statistics(row: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-
 impl CustomOp3 for LayerNormOp {
     fn name(&self) -> &'static str {
         NAME

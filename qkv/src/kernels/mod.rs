@@ -220,6 +220,13 @@ pub(crate) mod twin {
         a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
     }
 
+    /// `len` normal values × `scale`, seeded: the operands of the panel products' tests.
+    pub fn normal_values(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+        use rand_distr::Distribution;
+        let mut rng = crate::rng::seeded(seed, 0);
+        (0..len).map(|_| Distribution::<f32>::sample(&rand_distr::StandardNormal, &mut rng) * scale).collect()
+    }
+
     /// A variable of normal values with a seeded generator (candle's CPU generator cannot be seeded).
     pub fn randn(shape: &[usize], seed: u64, scale: f32) -> Var {
         use rand::SeedableRng;
