@@ -19,7 +19,19 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use super::amx;
 use super::panels::{by_tasks, PAIR, PANEL, ROW_BLOCK};
-use super::reduced::{bf16_bits, bf16_value};
+
+/// f32 → bf16, rounded to nearest even (what torch's `.to(torch.bfloat16)` does).
+#[inline(always)]
+pub fn bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1));
+    (rounded >> 16) as u16
+}
+
+#[inline(always)]
+pub(super) fn bf16_value(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
 
 /// Whether this CPU runs the tile kernel (AMX-BF16, granted by Linux; not with `QKV_NO_AMX=1`): only then is it
 /// faster than converting the weights to f32.

@@ -18,7 +18,8 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::as_f32;
-use super::bf16_matmul::{self, Bf16Panels};
+pub use super::bf16_matmul::bf16_bits;
+use super::bf16_matmul::{self, bf16_value, Bf16Panels};
 use super::dynamic_int8::Int8Panels;
 use super::linear::{affine_forward, dots_by_pairs, few_rows_by_task, lane_sum, FEW_ROWS, LANES};
 use crate::{Error, Result};
@@ -126,19 +127,6 @@ impl fmt::Debug for PackedMatrix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "PackedMatrix({}, {}, {})", self.rows, self.cols, self.dtype())
     }
-}
-
-/// f32 → bf16, rounded to nearest even (what torch's `.to(torch.bfloat16)` does).
-#[inline(always)]
-pub fn bf16_bits(x: f32) -> u16 {
-    let bits = x.to_bits();
-    let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1));
-    (rounded >> 16) as u16
-}
-
-#[inline(always)]
-pub(super) fn bf16_value(bits: u16) -> f32 {
-    f32::from_bits(u32::from(bits) << 16)
 }
 
 impl PackedMatrix {
