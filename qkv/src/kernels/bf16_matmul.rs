@@ -18,7 +18,8 @@ use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::amx;
-use super::panels::{by_tasks, PAIR, PANEL, ROW_BLOCK};
+use super::panels::{by_tasks, then, PAIR, PANEL, ROW_BLOCK};
+use super::reduced::RowActivation;
 
 /// f32 → bf16, rounded to nearest even (what torch's `.to(torch.bfloat16)` does).
 #[inline(always)]
@@ -84,14 +85,25 @@ impl Bf16Panels {
     }
 
     /// y (n, rows) = bf16(x) (n, cols) · wᵀ, summed in f32 (+ bias in every row).
-    pub fn product(&self, x: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    /// `after` (an activation), if any, runs over each task's rows of y while they are in cache.
+    pub fn product(&self, x: &[f32], n: usize, bias: Option<&[f32]>, after: Option<RowActivation>) -> Vec<f32> {
         debug_assert_eq!(x.len(), n * self.cols);
-        self.product_with(Kernel::detect(), x, n, bias)
+        self.product_with(Kernel::detect(), x, n, bias, after)
     }
 
-    fn product_with(&self, kernel: Kernel, x: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    fn product_with(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        n: usize,
+        bias: Option<&[f32]>,
+        after: Option<RowActivation>,
+    ) -> Vec<f32> {
         let a = round_rows(x, n, self.cols, 2 * self.groups);
-        by_tasks(n, self.rows, |rows, pairs, out, width| self.block(kernel, &a, rows, pairs, bias, out, width))
+        by_tasks(n, self.rows, |rows, pairs, out, width| {
+            self.block(kernel, &a, rows, pairs, bias, out, width);
+            then(after, out, width)
+        })
     }
 
     /// Rows `rows` of y against the panel pairs `pairs`, into `out` (rows.len() × `width`, starting at the
@@ -253,7 +265,7 @@ mod tests {
                 .collect();
             let scale = twin.iter().fold(0f32, |a, v| a.max(v.abs()));
             for kernel in Kernel::available() {
-                let y = packed.product_with(kernel, &x, n, Some(&b));
+                let y = packed.product_with(kernel, &x, n, Some(&b), None);
                 let err = y.iter().zip(&twin).fold(0f32, |a, (p, q)| a.max((p - q).abs())) / scale;
                 assert!(err <= 1e-5, "{kernel:?} ({n}, {k}) · ({m}, {k})ᵀ: {err:e}");
             }

@@ -21,7 +21,8 @@ use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::amx;
-use super::panels::{by_tasks, MR, PAIR, PANEL, PANELS, ROW_BLOCK};
+use super::panels::{by_tasks, then, MR, PAIR, PANEL, PANELS, ROW_BLOCK};
+use super::reduced::RowActivation;
 
 /// An int8 weight matrix (rows = output channels, cols = inputs) in panels, with its scales and the weight sums
 /// the activations' zero points need. Rows are padded to whole pairs of panels and inputs to 64 (an AMX tile's
@@ -88,16 +89,25 @@ impl Int8Panels {
     }
 
     /// y (n, rows) = quantize(x) (n, cols) · wᵀ, scaled back to f32 (+ bias in every row).
-    pub fn product(&self, x: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    /// `after` (an activation), if any, runs over each task's rows of y while they are in cache.
+    pub fn product(&self, x: &[f32], n: usize, bias: Option<&[f32]>, after: Option<RowActivation>) -> Vec<f32> {
         debug_assert_eq!(x.len(), n * self.cols);
-        self.product_with(Kernel::detect(), x, n, bias)
+        self.product_with(Kernel::detect(), x, n, bias, after)
     }
 
     /// [`product`](Self::product) with the given kernel.
-    fn product_with(&self, kernel: Kernel, x: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    fn product_with(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        n: usize,
+        bias: Option<&[f32]>,
+        after: Option<RowActivation>,
+    ) -> Vec<f32> {
         let activations = quantize_rows(x, n, self.cols, 4 * self.groups);
         by_tasks(n, self.rows, |rows, pairs, out, width| {
-            self.block(kernel, &activations, rows, pairs, bias, out, width)
+            self.block(kernel, &activations, rows, pairs, bias, out, width);
+            then(after, out, width)
         })
     }
 
@@ -499,7 +509,7 @@ mod tests {
             let seed = 7 * case as u64;
             let (x, w, b) = (random(n * k, seed, 1.0), random(m * k, seed + 1, 0.3), random(m, seed + 2, 0.5));
             let packed = panels_of(&w, (m, k));
-            let y = packed.product(&x, n, Some(&b));
+            let y = packed.product(&x, n, Some(&b), None);
             let xd = dequantize_rows(&quantize_rows(&x, n, k, 4 * packed.groups), n, k);
             let wd = packed.dequantize();
             let twin: Vec<f32> = (0..n)
@@ -571,9 +581,9 @@ mod tests {
             let seed = 100 + 3 * case as u64;
             let (x, w, b) = (random(n * k, seed, 1.0), random(m * k, seed + 1, 0.3), random(m, seed + 2, 0.5));
             let packed = panels_of(&w, (m, k));
-            let reference = packed.product_with(Kernel::Portable, &x, n, Some(&b));
+            let reference = packed.product_with(Kernel::Portable, &x, n, Some(&b), None);
             for kernel in Kernel::available() {
-                let y = packed.product_with(kernel, &x, n, Some(&b));
+                let y = packed.product_with(kernel, &x, n, Some(&b), None);
                 assert!(
                     y.iter().zip(&reference).all(|(p, q)| p.to_bits() == q.to_bits()),
                     "{kernel:?} ({n}, {k}, {m})"
@@ -598,6 +608,6 @@ mod tests {
         let positive = quantize_rows(&[1.0, 3.0], 1, 2, 4);
         assert_eq!((positive.zeros[0], positive.q[1]), (0, 255));
         let packed = panels_of(&[1.0, 2.0, 3.0, 4.0], (1, 4));
-        assert_eq!(packed.product(&x[4..], 1, Some(&[0.25])), vec![0.25]);
+        assert_eq!(packed.product(&x[4..], 1, Some(&[0.25]), None), vec![0.25]);
     }
 }

@@ -63,6 +63,27 @@ pub fn gelu_tanh_approx(x: &Tensor) -> Result<Tensor> {
     apply(x, Gelu::Tanh)
 }
 
+/// GELU (exact) over `y` in place, vectorised: what [`gelu`] computes, bit for bit, for a product's epilogue.
+pub fn gelu_in_place(y: &mut [f32]) {
+    in_place(y, gelu_erf)
+}
+
+/// GELU (tanh approximation) over `y` in place: what [`gelu_tanh_approx`] computes, bit for bit.
+pub fn gelu_tanh_in_place(y: &mut [f32]) {
+    in_place(y, gelu_tanh)
+}
+
+fn in_place(y: &mut [f32], f: impl Fn(f32) -> f32) {
+    super::vectorized(
+        #[inline(always)]
+        || {
+            for v in y.iter_mut() {
+                *v = f(*v);
+            }
+        },
+    )
+}
+
 fn apply(x: &Tensor, op: Gelu) -> Result<Tensor> {
     if fused(x) {
         Ok(x.contiguous()?.apply_op1(op)?)

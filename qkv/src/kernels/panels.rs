@@ -61,3 +61,10 @@ pub(super) fn by_tasks(
     }
     y
 }
+
+/// `after` over each row (`width` wide) of a task's output, if given.
+pub(super) fn then(after: Option<fn(&mut [f32])>, out: &mut [f32], width: usize) {
+    if let Some(after) = after {
+        out.chunks_mut(width.max(1)).for_each(after);
+    }
+}

@@ -103,6 +103,9 @@ impl From<WeightDtype> for Packing {
     }
 }
 
+/// An element-wise function applied in place to rows of a product's output (GELU after fc1).
+pub type RowActivation = fn(&mut [f32]);
+
 /// A (rows, cols) weight matrix, row-major, in bf16 or int8.
 #[derive(Clone)]
 pub struct PackedMatrix {
@@ -246,13 +249,28 @@ impl PackedMatrix {
 
     /// y (N, M) = x (N, K) · wᵀ (+ bias in every row) for this w (M, K).
     pub fn product(&self, x: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
+        self.product_then(x, n, bias, None)
+    }
+
+    /// [`product`](Self::product), then `after` over each row of y in place (an activation). The panel products
+    /// apply it to each task's rows while they are still in cache; the others, to the whole output.
+    pub fn product_then(&self, x: &[f32], n: usize, bias: Option<&[f32]>, after: Option<RowActivation>) -> Vec<f32> {
+        match &self.values {
+            Values::Int8Dynamic(panels) => panels.product(x, n, bias, after),
+            Values::Bf16Tiles(panels) => panels.product(x, n, bias, after),
+            _ => {
+                let mut y = self.weight_only_product(x, n, bias);
+                if let Some(after) = after {
+                    y.par_chunks_mut(self.rows.max(1)).for_each(after);
+                }
+                y
+            }
+        }
+    }
+
+    fn weight_only_product(&self, x: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
         let (m, k) = (self.rows, self.cols);
         debug_assert_eq!(x.len(), n * k);
-        match &self.values {
-            Values::Int8Dynamic(panels) => return panels.product(x, n, bias),
-            Values::Bf16Tiles(panels) => return panels.product(x, n, bias),
-            _ => {}
-        }
         if (1..=FEW_ROWS).contains(&n) {
             return self.few_rows(x, n, bias);
         }
@@ -442,6 +460,12 @@ impl PackedLinear {
 
     /// (…, in) → (…, out), for f32 inputs on the CPU.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_then(x, None)
+    }
+
+    /// [`forward`](Self::forward), then `after` over the output in place (fused into the product's tasks where
+    /// the weights are in panels).
+    pub fn forward_then(&self, x: &Tensor, after: Option<RowActivation>) -> Result<Tensor> {
         let in_dim = self.weight.cols;
         if x.dims().last() != Some(&in_dim) {
             return Err(Error::shape("linear input", format!("(…, {in_dim})"), x.dims()));
@@ -450,22 +474,28 @@ impl PackedLinear {
             let found = format!("{:?} on {:?}", x.dtype(), x.device().location());
             return Err(Error::config("dtype", found, format!("f32 inputs on the CPU for {}", self.weight.dtype())));
         }
-        Ok(x.contiguous()?.apply_op1_no_bwd(self)?)
+        Ok(x.contiguous()?.apply_op1_no_bwd(&Product { layer: self, after })?)
     }
 }
 
-impl CustomOp1 for PackedLinear {
+/// One call of a packed layer, as a candle op.
+struct Product<'a> {
+    layer: &'a PackedLinear,
+    after: Option<RowActivation>,
+}
+
+impl CustomOp1 for Product<'_> {
     fn name(&self) -> &'static str {
         NAME
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = as_f32(storage, layout, NAME)?;
-        let (m, k) = self.weight.dims();
+        let (m, k) = self.layer.weight.dims();
         let n = x.len() / k.max(1);
         let mut dims = layout.dims().to_vec();
         *dims.last_mut().ok_or_else(|| candle_core::Error::Msg(format!("{NAME}: scalar input")))? = m;
-        let y = self.weight.product(x, n, self.bias.as_deref());
+        let y = self.layer.weight.product_then(x, n, self.layer.bias.as_deref(), self.after);
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 }
@@ -499,6 +529,30 @@ mod tests {
                 let twin = crate::kernels::linear::linear_composed(x.as_tensor(), &twin_w, Some(&twin_b)).unwrap();
                 let err = relative_error(&y, &twin);
                 assert!(err <= 1e-5, "{dtype} ({n}, {k}) · ({m}, {k})ᵀ: {err:e}");
+            }
+        }
+    }
+
+    /// An activation fused into the product (applied to each task's rows) gives the bits of the product
+    /// followed by the activation as its own op, for every packing: weight-only, per-token int8 and bf16 tiles
+    /// (where the CPU has them), with one row (channel-split tasks) and many.
+    #[test]
+    fn fused_activations_equal_the_separate_op() {
+        for (n, k, m) in [(1, 40, 200), (100, 64, 96)] {
+            let x = randn(&[n, k], 5, 1.0);
+            let w = values(&randn(&[m, k], 6, 0.3));
+            let b = values(&randn(&[m], 7, 0.5));
+            for dtype in [WeightDtype::Bf16, WeightDtype::Int8] {
+                for packing in [Packing::weights_only(dtype), Packing::encoder(dtype)] {
+                    let wt = Tensor::from_vec(w.clone(), (m, k), &Device::Cpu).unwrap();
+                    let matrix = PackedMatrix::pack_tensor(&wt, packing, "w").unwrap();
+                    let layer = PackedLinear::new(matrix, Some(b.clone())).unwrap();
+                    let fused = layer.forward_then(x.as_tensor(), Some(super::super::gelu::gelu_in_place)).unwrap();
+                    let separate = super::super::gelu::gelu(&layer.forward(x.as_tensor()).unwrap()).unwrap();
+                    let (f, g) = (fused.flatten_all().unwrap(), separate.flatten_all().unwrap());
+                    let (f, g) = (f.to_vec1::<f32>().unwrap(), g.to_vec1::<f32>().unwrap());
+                    assert!(f.iter().zip(&g).all(|(a, b)| a.to_bits() == b.to_bits()), "{packing:?} ({n}, {k}, {m})");
+                }
             }
         }
     }

@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 
 use super::params::WeightInit;
-use crate::kernels::reduced::{PackedLinear, PackedMatrix, Packing, WeightDtype};
+use crate::kernels::reduced::{PackedLinear, PackedMatrix, Packing, RowActivation, WeightDtype};
 use crate::Result;
 
 /// Weight stored (out, in) as in PyTorch. Leading dimensions are flattened so the product is one large
@@ -55,6 +55,13 @@ impl Linear {
     /// The bias (out), if the layer has one; `None` too once [`pack`](Self::pack) has moved it into the packed layer.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
+    }
+
+    /// A packed layer's (…, in) → (…, out) with `after` applied to the output in place inside the product;
+    /// `None` for an unpacked layer (which takes [`forward`](Self::forward) and the activation as an op, so
+    /// that gradients flow).
+    pub fn forward_then(&self, x: &Tensor, after: RowActivation) -> Result<Option<Tensor>> {
+        self.packed.as_ref().map(|packed| packed.forward_then(x, Some(after))).transpose()
     }
 
     /// (…, in) → (…, out)
