@@ -40,6 +40,6 @@ pub struct Precision {
 impl Precision {
     /// `--dtype`, else the dtype model directory `dir` was saved in.
     pub fn dtype_for(&self, dir: &std::path::Path) -> qkv::Result<qkv::WeightDtype> {
-        self.dtype.map_or_else(|| qkv::hub::reduced::stored_dtype(dir), Ok)
+        qkv::hub::reduced::dtype_or_stored(self.dtype, dir)
     }
 }

@@ -39,7 +39,7 @@ impl Registry {
         let device = Device::Cpu;
         let mut loaded = BTreeMap::new();
         for (name, dir) in models {
-            let dtype = dtype.map_or_else(|| qkv::hub::reduced::stored_dtype(dir), Ok)?;
+            let dtype = qkv::hub::reduced::dtype_or_stored(dtype, dir)?;
             let served = match ModelKind::detect(dir)? {
                 ModelKind::Embedder => Served::Embedder(Box::new(Embedder::load_as(dir, &device, dtype)?)),
                 ModelKind::Generator => Served::Generator(Box::new(Generator::load_as(dir, &device, dtype)?)),

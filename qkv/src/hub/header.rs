@@ -206,7 +206,6 @@ impl Agreement {
     }
 }
 
-/// The header's JSON object and the number of data bytes after it.
 /// The `__metadata__` of the safetensors file at `path` (empty when it has none); a value that is not a string
 /// is an error.
 pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
@@ -216,6 +215,7 @@ pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
         .map_err(|e| Error::input(path, None, format!("__metadata__ must map names to strings: {e}")))
 }
 
+/// The header's JSON object and the number of data bytes after it.
 fn read_raw_header(path: &Path) -> Result<(BTreeMap<String, serde_json::Value>, u64, u64)> {
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();

@@ -20,8 +20,8 @@ pub mod weights;
 
 pub(crate) use weights::assign;
 pub use weights::{
-    average_model_dirs, average_parameters, convert_to_safetensors, load_parameters, load_safetensors, load_weights,
-    save_parameters, save_safetensors, LoadReport, WeightSource,
+    average_model_dirs, average_parameters, convert_to_safetensors, copy_without_weights, load_parameters,
+    load_safetensors, load_weights, save_parameters, save_safetensors, LoadReport, WeightSource,
 };
 
 use std::collections::HashMap;

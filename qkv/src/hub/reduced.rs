@@ -11,20 +11,19 @@
 //! The file's metadata says which (`"qkv_dtype": "bf16"`), so the inference commands load it in that dtype
 //! unless `--dtype` says otherwise. transformers reads a bf16 directory as it is; an int8 one is qkv's own.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Tensor};
 
 use super::header::read_metadata;
+pub use super::weights::SCALE_SUFFIX;
+use super::weights::{write_raw, RawTensor};
 use super::WEIGHTS;
 use crate::kernels::reduced::{bf16_bits, quantize_row, WeightDtype};
 use crate::{Error, Result};
 
 /// The metadata key that names the dtype of a converted file.
 pub const DTYPE_KEY: &str = "qkv_dtype";
-/// What an int8 matrix's scales are called: its name and this.
-pub const SCALE_SUFFIX: &str = ".qkv_scale";
 
 /// The axis of a stored matrix that runs over output channels (each has its own int8 scale).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +37,7 @@ pub enum OutputAxis {
 /// The dtype `dir`'s weights were saved in by `qkv convert --dtype` (a translation run directory: its
 /// `best/`), f32 for any other directory.
 pub fn stored_dtype(dir: &Path) -> Result<WeightDtype> {
+    // As [`super::transformer::model_dir`] resolves a run directory, without importing the name table.
     let file = [dir.join(WEIGHTS), dir.join("best").join(WEIGHTS)].into_iter().find(|p| p.is_file());
     let Some(file) = file else { return Ok(WeightDtype::F32) };
     match read_metadata(&file)?.get(DTYPE_KEY) {
@@ -48,6 +48,11 @@ pub fn stored_dtype(dir: &Path) -> Result<WeightDtype> {
     }
 }
 
+/// `dtype` when one is given (`--dtype`), else the dtype `dir` was saved in.
+pub fn dtype_or_stored(dtype: Option<WeightDtype>, dir: &Path) -> Result<WeightDtype> {
+    dtype.map_or_else(|| stored_dtype(dir), Ok)
+}
+
 /// Writes `tensors` (f32) to `path` in `dtype`: those `packed` gives an axis for reduced, the rest f32;
 /// through a temporary file, fsync and rename.
 pub fn save(
@@ -56,13 +61,14 @@ pub fn save(
     dtype: WeightDtype,
     path: &Path,
 ) -> Result<()> {
-    let mut data: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut data = Vec::new();
+    let raw = |name: String, dtype, shape, bytes| RawTensor { name, dtype, shape, bytes };
     for (name, t) in tensors {
         let shape = t.dims().to_vec();
         let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let axis = packed(name, &shape).filter(|_| shape.len() == 2 && dtype != WeightDtype::F32);
         let Some(axis) = axis else {
-            data.push((name.clone(), safetensors::Dtype::F32, shape, le_bytes(&values, f32::to_le_bytes)));
+            data.push(raw(name.clone(), safetensors::Dtype::F32, shape, le_bytes(&values, f32::to_le_bytes)));
             continue;
         };
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
@@ -73,28 +79,17 @@ pub fn save(
         match dtype {
             WeightDtype::Bf16 => {
                 let bits: Vec<u16> = values.iter().map(|&v| bf16_bits(v)).collect();
-                data.push((name.clone(), safetensors::Dtype::BF16, shape, le_bytes(&bits, u16::to_le_bytes)));
+                data.push(raw(name.clone(), safetensors::Dtype::BF16, shape, le_bytes(&bits, u16::to_le_bytes)));
             }
             _ => {
                 let (q, scales, scale_shape) = quantize(&values, (shape[0], shape[1]), axis);
-                data.push((name.clone(), safetensors::Dtype::I8, shape, q.iter().map(|&v| v as u8).collect()));
+                data.push(raw(name.clone(), safetensors::Dtype::I8, shape, q.iter().map(|&v| v as u8).collect()));
                 let scale_name = format!("{name}{SCALE_SUFFIX}");
-                data.push((scale_name, safetensors::Dtype::F32, scale_shape, le_bytes(&scales, f32::to_le_bytes)));
+                data.push(raw(scale_name, safetensors::Dtype::F32, scale_shape, le_bytes(&scales, f32::to_le_bytes)));
             }
         }
     }
-    let views = data
-        .iter()
-        .map(|(name, dtype, shape, bytes)| {
-            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
-                .map_err(|e| Error::input(path, None, format!("tensor `{name}`: {e}")))?;
-            Ok((name.as_str(), view))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let metadata =
-        HashMap::from([("format".to_string(), "pt".to_string()), (DTYPE_KEY.to_string(), dtype.name().to_string())]);
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::input(path, None, e))?;
-    crate::atomic_file::write_atomically(path, &bytes)
+    write_raw(&data, &[(DTYPE_KEY, dtype.name())], path)
 }
 
 fn le_bytes<T: Copy, const N: usize>(values: &[T], to_bytes: fn(T) -> [u8; N]) -> Vec<u8> {
@@ -116,39 +111,6 @@ fn quantize(values: &[f32], (rows, cols): (usize, usize), axis: OutputAxis) -> (
             (q, scales, vec![1, cols])
         }
     }
-}
-
-/// The int8 matrices of a file read by the loader (their values as f32), widened with their scales: every
-/// `{name}.qkv_scale` is taken out of `tensors` and multiplies `name`. An int8 matrix without its scales, or
-/// scales without their matrix or of the wrong shape, is an error naming the tensor.
-pub(super) fn widen_int8(path: &Path, tensors: &mut HashMap<String, Tensor>, int8: &[String]) -> Result<()> {
-    let scale_names: Vec<String> = tensors.keys().filter(|n| n.ends_with(SCALE_SUFFIX)).cloned().collect();
-    for scale_name in &scale_names {
-        let name = &scale_name[..scale_name.len() - SCALE_SUFFIX.len()];
-        if !int8.iter().any(|n| n == name) {
-            let message = format!("tensor `{scale_name}` has no I8 matrix `{name}` to scale");
-            return Err(Error::input(path, None, message));
-        }
-    }
-    for name in int8 {
-        let scale_name = format!("{name}{SCALE_SUFFIX}");
-        let Some(scales) = tensors.remove(&scale_name) else {
-            let message = format!("tensor `{name}` is I8 without `{scale_name}`: qkv reads int8 matrices as `qkv convert --dtype int8` writes them");
-            return Err(Error::input(path, None, message));
-        };
-        let q = &tensors[name];
-        let (rows, cols) = q.dims2().map_err(|_| {
-            Error::input(path, None, format!("tensor `{name}`: an I8 tensor must be a matrix, found {:?}", q.dims()))
-        })?;
-        if scales.dims() != [rows, 1] && scales.dims() != [1, cols] {
-            let message =
-                format!("tensor `{scale_name}` has shape {:?}; expected [{rows}, 1] or [1, {cols}]", scales.dims());
-            return Err(Error::input(path, None, message));
-        }
-        let widened = q.broadcast_mul(&scales)?;
-        tensors.insert(name.clone(), widened);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

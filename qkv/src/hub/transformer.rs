@@ -2,13 +2,23 @@
 //! averaged model): config.json with [`TransformerConfig`]'s fields and model.safetensors under qkv's own
 //! parameter names. The checks that config and weights agree live here, beside BERT's and GPT-2's.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::header::{Agreement, WeightHeader};
 use super::reduced::OutputAxis;
 use super::{read_config, WEIGHTS};
 use crate::models::{PositionEncoding, TransformerConfig};
 use crate::Result;
+
+/// The directory a translation model loads from: `dir`, or a run directory's `best/` when `dir` has no weights
+/// of its own.
+pub fn model_dir(dir: &Path) -> PathBuf {
+    if !dir.join(WEIGHTS).exists() && dir.join("best").is_dir() {
+        dir.join("best")
+    } else {
+        dir.to_path_buf()
+    }
+}
 
 /// `dir/config.json`, checked against the header of `dir/model.safetensors` before any model is built.
 pub fn read_checked_config(dir: &Path) -> Result<TransformerConfig> {

@@ -44,6 +44,14 @@ impl WeightFiles {
         }
     }
 
+    /// Whether a file named `name` holds weights in one of the layouts: a single file, an index, or a shard
+    /// (transformers names them `model-00001-of-00002.safetensors`, `pytorch_model-00001-of-00002.bin`).
+    pub(crate) fn is_weight_file(name: &str) -> bool {
+        [WEIGHTS, WEIGHTS_INDEX, PYTORCH_WEIGHTS, PYTORCH_WEIGHTS_INDEX].contains(&name)
+            || name.starts_with("model-0")
+            || name.starts_with("pytorch_model-")
+    }
+
     pub(crate) fn is_pytorch(&self) -> bool {
         matches!(self, Self::Pytorch(_) | Self::PytorchShards(_))
     }

@@ -83,14 +83,14 @@ fn read_each(path: &Path, header: &WeightHeader, device: &Device) -> Result<Opti
     let mut int8 = Vec::new();
     for (name, entry) in header.iter() {
         let dtype = match entry.dtype {
-            Dtype::I8 => DType::F32,
-            Dtype::F32 => DType::F32,
-            Dtype::F16 => DType::F16,
-            Dtype::BF16 => DType::BF16,
-            Dtype::F64 => DType::F64,
-            Dtype::U8 => DType::U8,
-            Dtype::U32 => DType::U32,
-            Dtype::I64 => DType::I64,
+            Dtype::I8 => None,
+            Dtype::F32 => Some(DType::F32),
+            Dtype::F16 => Some(DType::F16),
+            Dtype::BF16 => Some(DType::BF16),
+            Dtype::F64 => Some(DType::F64),
+            Dtype::U8 => Some(DType::U8),
+            Dtype::U32 => Some(DType::U32),
+            Dtype::I64 => Some(DType::I64),
             _ => return Ok(None),
         };
         let Some(range) = entry.bytes.clone() else { return Ok(None) };
@@ -98,18 +98,58 @@ fn read_each(path: &Path, header: &WeightHeader, device: &Device) -> Result<Opti
         let mut bytes = vec![0u8; (range.end - range.start) as usize];
         file.seek(SeekFrom::Start(range.start)).map_err(io)?;
         file.read_exact(&mut bytes).map_err(io)?;
-        if entry.dtype == Dtype::I8 {
-            let values: Vec<f32> = bytes.iter().map(|&b| f32::from(b as i8)).collect();
-            tensors.insert(name.clone(), Tensor::from_vec(values, entry.shape.as_slice(), device)?);
-            int8.push(name.clone());
-            continue;
-        }
-        let tensor = Tensor::from_raw_buffer(&bytes, dtype, &entry.shape, device)
-            .map_err(|e| Error::input(path, None, format!("tensor `{name}`: {e}")))?;
-        tensors.insert(name.clone(), tensor.to_dtype(DType::F32)?);
+        let tensor = match dtype {
+            Some(dtype) => Tensor::from_raw_buffer(&bytes, dtype, &entry.shape, device)
+                .map_err(|e| Error::input(path, None, format!("tensor `{name}`: {e}")))?
+                .to_dtype(DType::F32)?,
+            // An int8 matrix of `qkv convert`, widened with its scales once every tensor is read.
+            None => {
+                int8.push(name.clone());
+                let values: Vec<f32> = bytes.iter().map(|&b| f32::from(b as i8)).collect();
+                Tensor::from_vec(values, entry.shape.as_slice(), device)?
+            }
+        };
+        tensors.insert(name.clone(), tensor);
     }
-    super::reduced::widen_int8(path, &mut tensors, &int8)?;
+    widen_int8(path, &mut tensors, &int8)?;
     Ok(Some(tensors))
+}
+
+/// What an int8 matrix's scales are called in a file `qkv convert --dtype int8` writes ([`super::reduced`]): its
+/// name and this.
+pub const SCALE_SUFFIX: &str = ".qkv_scale";
+
+/// The int8 matrices of a file read by the loader (their values as f32), widened with their scales: every
+/// `{name}.qkv_scale` is taken out of `tensors` and multiplies `name`. An int8 matrix without its scales, or
+/// scales without their matrix or of the wrong shape, is an error naming the tensor.
+fn widen_int8(path: &Path, tensors: &mut HashMap<String, Tensor>, int8: &[String]) -> Result<()> {
+    let scale_names: Vec<String> = tensors.keys().filter(|n| n.ends_with(SCALE_SUFFIX)).cloned().collect();
+    for scale_name in &scale_names {
+        let name = &scale_name[..scale_name.len() - SCALE_SUFFIX.len()];
+        if !int8.iter().any(|n| n == name) {
+            let message = format!("tensor `{scale_name}` has no I8 matrix `{name}` to scale");
+            return Err(Error::input(path, None, message));
+        }
+    }
+    for name in int8 {
+        let scale_name = format!("{name}{SCALE_SUFFIX}");
+        let Some(scales) = tensors.remove(&scale_name) else {
+            let message = format!("tensor `{name}` is I8 without `{scale_name}`: qkv reads int8 matrices as `qkv convert --dtype int8` writes them");
+            return Err(Error::input(path, None, message));
+        };
+        let q = &tensors[name];
+        let (rows, cols) = q.dims2().map_err(|_| {
+            Error::input(path, None, format!("tensor `{name}`: an I8 tensor must be a matrix, found {:?}", q.dims()))
+        })?;
+        if scales.dims() != [rows, 1] && scales.dims() != [1, cols] {
+            let message =
+                format!("tensor `{scale_name}` has shape {:?}; expected [{rows}, 1] or [1, {cols}]", scales.dims());
+            return Err(Error::input(path, None, message));
+        }
+        let widened = q.broadcast_mul(&scales)?;
+        tensors.insert(name.clone(), widened);
+    }
+    Ok(())
 }
 
 /// Dtypes candle converts to f32 exactly enough to compute with.
@@ -189,19 +229,54 @@ pub fn save_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()>
     for (name, t) in tensors {
         let t = t.to_dtype(DType::F32)?.contiguous()?;
         let bytes: Vec<u8> = t.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect();
-        data.push((name.clone(), t.dims().to_vec(), bytes));
+        data.push(RawTensor { name: name.clone(), dtype: safetensors::Dtype::F32, shape: t.dims().to_vec(), bytes });
     }
-    let views = data
+    write_raw(&data, &[], path)
+}
+
+/// One tensor as safetensors stores it: little-endian bytes of `dtype`.
+pub(super) struct RawTensor {
+    pub name: String,
+    pub dtype: safetensors::Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+/// Writes `tensors` as a safetensors file with transformers' `{"format": "pt"}` and `metadata` besides, through
+/// a temporary file and a rename.
+pub(super) fn write_raw(tensors: &[RawTensor], metadata: &[(&str, &str)], path: &Path) -> Result<()> {
+    let views = tensors
         .iter()
-        .map(|(name, shape, bytes)| {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                .map_err(|e| Error::input(path, None, format!("tensor `{name}`: {e}")))?;
-            Ok((name.as_str(), view))
+        .map(|t| {
+            let view = safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
+                .map_err(|e| Error::input(path, None, format!("tensor `{}`: {e}", t.name)))?;
+            Ok((t.name.as_str(), view))
         })
         .collect::<Result<Vec<_>>>()?;
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::input(path, None, e))?;
+    let mut all = HashMap::from([("format".to_string(), "pt".to_string())]);
+    all.extend(metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let bytes = safetensors::serialize(views, Some(all)).map_err(|e| Error::input(path, None, e))?;
     crate::atomic_file::write_atomically(path, &bytes)
+}
+
+/// Copies model directory `from` to the new directory `to`, every file but the weights (of any layout: a single
+/// file, an index and its shards), which the caller writes.
+pub fn copy_without_weights(from: &Path, to: &Path) -> Result<()> {
+    copy_tree(from, to, true)
+}
+
+fn copy_tree(from: &Path, to: &Path, top: bool) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| Error::io(to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| Error::io(from, e))? {
+        let entry = entry.map_err(|e| Error::io(from, e))?;
+        let (path, name) = (entry.path(), entry.file_name());
+        if path.is_dir() {
+            copy_tree(&path, &to.join(&name), false)?;
+        } else if !(top && WeightFiles::is_weight_file(&name.to_string_lossy())) {
+            std::fs::copy(&path, to.join(&name)).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Tensors a model is built over directly (no fresh initialisation, no variables: nothing records gradients),

@@ -40,11 +40,7 @@ impl Translator {
     /// As [`load`](Self::load), the encoder's and decoder's matrices stored in `dtype`
     /// ([`Transformer::pack_weights`]).
     pub fn load_as(dir: &Path, device: &Device, dtype: WeightDtype) -> Result<Self> {
-        let dir = if !dir.join("model.safetensors").exists() && dir.join("best").is_dir() {
-            dir.join("best")
-        } else {
-            dir.to_path_buf()
-        };
+        let dir = crate::hub::transformer::model_dir(dir);
         let config = crate::hub::transformer::read_checked_config(&dir)?;
         let tokenizer = Tokenizer::load(&dir.join("tokenizer.json"))?;
         let weights = WeightSource::from_file(&dir.join(WEIGHTS), device)?;

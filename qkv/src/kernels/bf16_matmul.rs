@@ -18,8 +18,7 @@ use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::amx;
-use super::panels::{by_tasks, then, PAIR, PANEL, ROW_BLOCK};
-use super::reduced::RowActivation;
+use super::panels::{by_tasks, RowActivation, PAIR, PANEL, ROW_BLOCK};
 
 /// f32 → bf16, rounded to nearest even (what torch's `.to(torch.bfloat16)` does).
 #[inline(always)]
@@ -100,10 +99,7 @@ impl Bf16Panels {
         after: Option<RowActivation>,
     ) -> Vec<f32> {
         let a = round_rows(x, n, self.cols, 2 * self.groups);
-        by_tasks(n, self.rows, |rows, pairs, out, width| {
-            self.block(kernel, &a, rows, pairs, bias, out, width);
-            then(after, out, width)
-        })
+        by_tasks(n, self.rows, after, |rows, pairs, out, width| self.block(kernel, &a, rows, pairs, bias, out, width))
     }
 
     /// Rows `rows` of y against the panel pairs `pairs`, into `out` (rows.len() × `width`, starting at the

@@ -21,8 +21,7 @@ use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::amx;
-use super::panels::{by_tasks, then, MR, PAIR, PANEL, PANELS, ROW_BLOCK};
-use super::reduced::RowActivation;
+use super::panels::{by_tasks, RowActivation, MR, PAIR, PANEL, PANELS, ROW_BLOCK};
 
 /// An int8 weight matrix (rows = output channels, cols = inputs) in panels, with its scales and the weight sums
 /// the activations' zero points need. Rows are padded to whole pairs of panels and inputs to 64 (an AMX tile's
@@ -105,9 +104,8 @@ impl Int8Panels {
         after: Option<RowActivation>,
     ) -> Vec<f32> {
         let activations = quantize_rows(x, n, self.cols, 4 * self.groups);
-        by_tasks(n, self.rows, |rows, pairs, out, width| {
-            self.block(kernel, &activations, rows, pairs, bias, out, width);
-            then(after, out, width)
+        by_tasks(n, self.rows, after, |rows, pairs, out, width| {
+            self.block(kernel, &activations, rows, pairs, bias, out, width)
         })
     }
 

@@ -17,15 +17,26 @@ pub(super) const MR: usize = 12;
 /// Rows a task takes when tasks split the rows: 4 micro-kernel calls reuse each pair of panels from L1.
 pub(super) const ROW_BLOCK: usize = 4 * MR;
 
+/// An element-wise function applied in place to rows of a product's output (GELU after fc1).
+pub type RowActivation = fn(&mut [f32]);
+
 /// y (n, m) from tasks on rayon's pool, each `block(rows, pairs, out, width)` writing its rows × the real
-/// channels of its pairs of panels into `out` (rows `width` apart). Many rows: a task takes a block of rows
+/// channels of its pairs of panels into `out` (rows `width` apart), then `after` over each of those rows while
+/// they are in cache. Many rows: a task takes a block of rows
 /// across every channel, written in place. Few rows (one sentence): tasks split the channels too, or one core
 /// would do all the work.
 pub(super) fn by_tasks(
     n: usize,
     m: usize,
+    after: Option<RowActivation>,
     block: impl Fn(Range<usize>, Range<usize>, &mut [f32], usize) + Sync,
 ) -> Vec<f32> {
+    let block = |rows: Range<usize>, pairs: Range<usize>, out: &mut [f32], width: usize| {
+        block(rows, pairs, out, width);
+        if let Some(after) = after {
+            out.chunks_mut(width.max(1)).for_each(after);
+        }
+    };
     let mut y = vec![0f32; n * m];
     if n == 0 || m == 0 {
         return y;
@@ -60,11 +71,4 @@ pub(super) fn by_tasks(
         }
     }
     y
-}
-
-/// `after` over each row (`width` wide) of a task's output, if given.
-pub(super) fn then(after: Option<fn(&mut [f32])>, out: &mut [f32], width: usize) {
-    if let Some(after) = after {
-        out.chunks_mut(width.max(1)).for_each(after);
-    }
 }

@@ -22,6 +22,7 @@ pub use super::bf16_matmul::bf16_bits;
 use super::bf16_matmul::{self, bf16_value, Bf16Panels};
 use super::dynamic_int8::Int8Panels;
 use super::linear::{affine_forward, dots_by_pairs, few_rows_by_task, lane_sum, FEW_ROWS, LANES};
+pub use super::panels::RowActivation;
 use crate::{Error, Result};
 
 /// How a model's weight matrices are stored for inference (`--dtype`).
@@ -102,9 +103,6 @@ impl From<WeightDtype> for Packing {
         Self::weights_only(dtype)
     }
 }
-
-/// An element-wise function applied in place to rows of a product's output (GELU after fc1).
-pub type RowActivation = fn(&mut [f32]);
 
 /// A (rows, cols) weight matrix, row-major, in bf16 or int8.
 #[derive(Clone)]
