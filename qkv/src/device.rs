@@ -39,6 +39,18 @@ impl FromStr for Placement {
     }
 }
 
+/// Runs `work` on one of the global pool's workers while the calling thread waits (directly, when the caller is
+/// a worker already), and returns what it returns. Every parallel kernel called from outside the pool hands its
+/// tasks to the workers and sleeps until they are done: a GPT-2 decoding step makes some sixty such calls, and
+/// each hand-off (a futex wake of a worker, then of the caller) cost more than a small matrix-vector product.
+/// From a worker, a kernel splits its tasks with the other workers directly. Measured on the Intel host with 2
+/// threads: a GPT-2 small decoding step 14.2 → 12.0 ms with bf16 weights and 21.1 → 19.9 ms in f32. The
+/// inference layer wraps each model pass in it; `work` must not block on other work for the pool (it holds
+/// one of the workers while it runs).
+pub fn on_workers<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| work())
+}
+
 /// Starts the global pool of `threads` workers that matrix products and qkv's kernels run on, before the first
 /// tensor operation would start one itself, with subnormal numbers flushed to zero on every worker and on the
 /// calling thread ([`flush_subnormals`]). A count past [`crate::limits::MAX_THREADS`], or more threads than the
@@ -78,6 +90,23 @@ pub fn flush_subnormals() {
 #[cfg(test)]
 mod tests {
     use std::hint::black_box;
+
+    use rayon::prelude::*;
+
+    /// The work runs on a worker of the global pool, hands back its result, and a call from inside (a nested
+    /// model pass) runs in place; the kernels' parallel loops inside it still compute the same sums.
+    #[test]
+    fn work_runs_on_a_pool_worker() {
+        assert_eq!(rayon::current_thread_index(), None, "the test harness thread is not a worker");
+        let (outer, inner, sum) = super::on_workers(|| {
+            let outer = rayon::current_thread_index();
+            let inner = super::on_workers(rayon::current_thread_index);
+            (outer, inner, (0..1000u64).into_par_iter().sum::<u64>())
+        });
+        assert!(outer.is_some(), "on_workers ran its work on the calling thread");
+        assert_eq!(inner, outer, "a nested call moved to another worker");
+        assert_eq!(sum, 499_500);
+    }
 
     #[cfg(target_arch = "x86_64")]
     #[test]

@@ -9,6 +9,7 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use clap::Parser;
 use qkv::decode::generate::{generate, GenerateOptions};
+use qkv::device::on_workers;
 use qkv::hub::gpt2;
 use qkv::nn::Mode;
 
@@ -67,8 +68,9 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
     let cached = time(1, args.reps, || run(true))?;
     let uncached = time(1, args.reps, || run(false))?;
     let ids = Tensor::new(vec![prompt.clone()], &Device::Cpu)?;
+    // The timed passes run on a pool worker, as generation's own do (qkv::device::on_workers).
     let prefill = time(2, args.reps.max(5), || {
-        model.forward_step(&ids, &mut model.new_cache(), &mut Mode::Eval)?;
+        on_workers(|| model.forward_step(&ids, &mut model.new_cache(), &mut Mode::Eval))?;
         Ok(())
     })?;
     // Per generated token after the prompt: the cached run less its prompt pass.
@@ -91,7 +93,7 @@ pub fn run(args: &Args) -> Result<Vec<Measurement>> {
         model.forward_step(&context, &mut cache, &mut Mode::Eval)?;
         let next = Tensor::new(&[[1u32]], &Device::Cpu)?;
         let steps = time(2, 10, || {
-            model.forward_step(&next, &mut cache, &mut Mode::Eval)?;
+            on_workers(|| model.forward_step(&next, &mut cache, &mut Mode::Eval))?;
             Ok(())
         })?;
         results.push(Measurement::milliseconds(format!("decode step at position {position}{paren}"), &steps));

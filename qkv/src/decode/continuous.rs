@@ -14,6 +14,7 @@ use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 
 use super::generate::{last_logits, pick, GenerateOptions, StopReason, TokenChoice};
+use crate::device::on_workers;
 use crate::models::Gpt2;
 use crate::nn::mode::Rng;
 use crate::nn::{KvCache, Mode};
@@ -209,7 +210,8 @@ impl ContinuousBatch {
         let ids = Tensor::from_vec(next.to_vec(), (b, 1), device)?;
         let positions = Tensor::from_vec(positions, (b, 1), device)?;
         let key_valid = Tensor::from_vec(valid, (b, width), device)?;
-        let hidden = model.hidden_step_padded(&ids, &positions, &key_valid, &mut self.cache, &mut Mode::Eval)?;
+        let cache = &mut self.cache;
+        let hidden = on_workers(|| model.hidden_step_padded(&ids, &positions, &key_valid, cache, &mut Mode::Eval))?;
         for (row, logits) in self.rows.iter_mut().zip(last_logits(model, &hidden)?) {
             row.logits = logits;
         }
@@ -223,7 +225,7 @@ fn prefill(model: &Gpt2, prompt: &[u32]) -> Result<(Vec<f64>, Vec<KvCache>)> {
     let ids = Tensor::from_vec(prompt.to_vec(), (1, t), device)?;
     let positions = Tensor::arange(0u32, t as u32, device)?.reshape((1, t))?;
     let valid = Tensor::ones((1, t), candle_core::DType::U32, device)?;
-    let hidden = model.hidden_step_padded(&ids, &positions, &valid, &mut cache, &mut Mode::Eval)?;
+    let hidden = on_workers(|| model.hidden_step_padded(&ids, &positions, &valid, &mut cache, &mut Mode::Eval))?;
     let logits = last_logits(model, &hidden)?.remove(0);
     Ok((logits, cache))
 }

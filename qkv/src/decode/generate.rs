@@ -6,6 +6,7 @@ use candle_core::{Device, Tensor};
 use rand::{Rng as _, SeedableRng};
 
 use super::incremental::argmax;
+use crate::device::on_workers;
 use crate::models::Gpt2;
 use crate::nn::mode::Rng;
 use crate::nn::Mode;
@@ -289,14 +290,16 @@ impl PaddedRows {
     /// `from` = 0, a fresh cache).
     fn forward(&self, model: &Gpt2, cache: &mut [crate::nn::KvCache], from: usize) -> Result<Tensor> {
         let (ids, positions) = (self.matrix(&self.ids, from)?, self.matrix(&self.positions, from)?);
-        model.hidden_step_padded(&ids, &positions, &self.matrix(&self.valid, 0)?, cache, &mut Mode::Eval)
+        let valid = self.matrix(&self.valid, 0)?;
+        on_workers(|| model.hidden_step_padded(&ids, &positions, &valid, cache, &mut Mode::Eval))
     }
 }
 
 /// Each row's next-token logits, from the hidden states (B, T, C) of its last position, as f64: B × V.
 pub(super) fn last_logits(model: &Gpt2, hidden: &Tensor) -> Result<Vec<Vec<f64>>> {
     let t = hidden.dim(1)?;
-    let logits = model.logits(&hidden.narrow(1, t - 1, 1)?.contiguous()?)?; // (B, 1, V)
+    let last = hidden.narrow(1, t - 1, 1)?.contiguous()?;
+    let logits = on_workers(|| model.logits(&last))?; // (B, 1, V)
     let last = logits.squeeze(1)?.to_vec2::<f32>()?;
     Ok(last.into_iter().map(|row| row.into_iter().map(f64::from).collect()).collect())
 }

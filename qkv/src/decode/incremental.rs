@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Tensor};
 
+use crate::device::on_workers;
 use crate::models::Transformer;
 use crate::nn::{AttentionMask, DecoderCache, Mode};
 use crate::Result;
@@ -25,7 +26,7 @@ impl<'a> Incremental<'a> {
     /// Encodes `src` (B, S) once; every row starts as BOS.
     pub fn new(model: &'a Transformer, src: &Tensor, src_valid: &Tensor, use_cache: bool) -> Result<Self> {
         let src_mask = Transformer::source_mask(src_valid)?;
-        let memory = model.encode(src, &src_mask, &mut Mode::Eval)?;
+        let memory = on_workers(|| model.encode(src, &src_mask, &mut Mode::Eval))?;
         let rows = src.dim(0)?;
         Ok(Self {
             model,
@@ -50,7 +51,8 @@ impl<'a> Incremental<'a> {
                 let fresh: Vec<u32> = self.prefixes.iter().flat_map(|p| p[cache.len()..].iter().copied()).collect();
                 let t = fresh.len() / self.prefixes.len().max(1);
                 let tgt = Tensor::from_vec(fresh, (self.prefixes.len(), t), &device)?;
-                let hidden = self.model.decode_step(&tgt, &self.memory, &self.src_mask, cache)?;
+                let (model, memory, src_mask) = (self.model, &self.memory, &self.src_mask);
+                let hidden = on_workers(|| model.decode_step(&tgt, memory, src_mask, cache))?;
                 hidden.narrow(1, t - 1, 1)?
             }
             None => {
@@ -61,7 +63,8 @@ impl<'a> Incremental<'a> {
                 hidden.narrow(1, len - 1, 1)?
             }
         };
-        Ok(self.model.project(&hidden)?.squeeze(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+        let model = self.model;
+        Ok(on_workers(|| model.project(&hidden))?.squeeze(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
     }
 
     /// Row i continues row `parents[i]` with `tokens[i]`; rows not named are dropped.

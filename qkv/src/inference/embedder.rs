@@ -5,6 +5,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::device::on_workers;
 use crate::hub::bert;
 use crate::hub::sentence_transformers::{read_sentence_config, Pooling};
 use crate::hub::tokenizer::{PretrainedTokenizer, Truncation};
@@ -126,7 +127,7 @@ impl Embedder {
     fn pooled(&self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Result<Tensor> {
         let input =
             BertInput { input_ids, attention_mask: Some(attention_mask.clone()), token_type_ids: Some(token_type_ids) };
-        let (hidden, _) = self.model.encode(&input, &mut Mode::Eval)?;
+        let (hidden, _) = on_workers(|| self.model.encode(&input, &mut Mode::Eval))?;
         let pooled = match self.pooling {
             Pooling::Mean => mean_pool(&hidden, &attention_mask)?,
             Pooling::Cls => cls_pool(&hidden)?,

@@ -9,6 +9,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use candle_nn::ops::softmax_last_dim;
 
+use crate::device::on_workers;
 use crate::hub::bert;
 use crate::hub::tokenizer::{PretrainedTokenizer, QuestionWindow, Truncation};
 use crate::kernels::reduced::WeightDtype;
@@ -102,7 +103,7 @@ impl Pipeline {
         let encoded = self.tokenizer.encode(inputs, limit, Truncation::Error)?;
         let (input_ids, attention_mask, token_type_ids) = encoded.tensors(&self.device)?;
         let input = BertInput { input_ids, attention_mask: Some(attention_mask), token_type_ids: Some(token_type_ids) };
-        let mut outputs = self.model.forward(&input, &mut Mode::Eval)?;
+        let mut outputs = on_workers(|| self.model.forward(&input, &mut Mode::Eval))?;
         let logits = outputs.remove("logits").ok_or_else(|| Error::config("pipeline", "no logits", "a task head"))?;
         Ok((encoded.input_ids, logits))
     }
@@ -227,7 +228,7 @@ impl Pipeline {
             attention_mask: None,
             token_type_ids: Some(row(&window.token_type_ids)?),
         };
-        let outputs = self.model.forward(&input, &mut Mode::Eval)?;
+        let outputs = on_workers(|| self.model.forward(&input, &mut Mode::Eval))?;
         let get = |name: &str| -> Result<Vec<f64>> {
             let t = outputs.get(name).ok_or_else(|| Error::config("pipeline", "no span logits", "a QA head"))?;
             Ok(t.get(0)?.to_vec1::<f32>()?.into_iter().map(f64::from).collect())
