@@ -7,7 +7,8 @@
 #
 # Environment: MULTI30K (data directory, default ../shared/data/multi30k), MINUTES (training time limit,
 # default 85 so that everything fits in 90), QKV (binary, default target/release/qkv), QKV_THREADS, LR_FACTOR
-# (default 1.25; the 2026-11-22 BLEU runs used 2.5, see below).
+# (default 1.25; the 2026-11-22 BLEU runs used 2.5, see below), SEED (default 1), MAX_STEPS and DECAY_STEPS
+# (a budget of steps whose last DECAY_STEPS fade the learning rate linearly to 0; unset: eq. (3) to the end).
 set -euo pipefail
 view=${1:?usage: run.sh tok|raw [OUT]}
 out=${2:-runs/multi30k-$view}
@@ -15,6 +16,9 @@ data=${MULTI30K:-../shared/data/multi30k}
 qkv=${QKV:-target/release/qkv}
 minutes=${MINUTES:-85}
 lr_factor=${LR_FACTOR:-1.25}
+seed=${SEED:-1}
+budget=()
+if [ -n "${MAX_STEPS:-}" ]; then budget=(--max-steps "$MAX_STEPS" --num-decay-steps "${DECAY_STEPS:-0}"); fi
 here=$(dirname "$0")
 case $view in
   tok) dir=$data/tok; suffix=.lc.norm.tok; tokenize=none ;;
@@ -32,7 +36,7 @@ start=$(date +%s)
   --train-src "$dir/train$suffix.en" --train-tgt "$dir/train$suffix.de" \
   --valid-src "$dir/val$suffix.en" --valid-tgt "$dir/val$suffix.de" \
   --model-config "$here/tiny.json" --vocab-size 8000 --max-tokens 4096 \
-  --lr-factor "$lr_factor" --warmup 2000 --epochs 1000 --time-limit "$minutes" --keep-last 10 --seed 1
+  --lr-factor "$lr_factor" --warmup 2000 --epochs 1000 --time-limit "$minutes" --keep-last 10 --seed "$seed" "${budget[@]}"
 "$qkv" average --run "$out/run" --last 10 --out "$out/averaged"
 trained=$(date +%s)
 

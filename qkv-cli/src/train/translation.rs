@@ -111,6 +111,9 @@ pub struct TranslationArgs {
     lr_factor: Option<f64>,
     #[arg(long)]
     warmup: Option<usize>,
+    /// Fade the learning rate linearly to 0 over the last N steps before --max-steps (warmup-stable-decay's decay)
+    #[arg(long)]
+    num_decay_steps: Option<usize>,
     #[arg(long)]
     label_smoothing: Option<f64>,
     /// Skip training pairs longer than this many subword tokens (counted and reported)
@@ -258,6 +261,7 @@ fn training_options(args: &TranslationArgs) -> Result<TranslationTraining> {
         max_tokens = args.max_tokens,
         lr_factor = args.lr_factor,
         warmup = args.warmup,
+        num_decay_steps = args.num_decay_steps,
         label_smoothing = args.label_smoothing,
         max_len = args.max_len,
     );

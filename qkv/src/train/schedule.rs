@@ -8,6 +8,19 @@ pub fn inverse_sqrt(step: usize, d_model: usize, warmup: usize, factor: f64) -> 
     factor * (d_model as f64).powf(-0.5) * step.powf(-0.5).min(step * warmup.powf(-1.5))
 }
 
+/// `lr` of update `step` (counting from 1) faded linearly to zero over the last `decay` updates before `total`:
+/// × 1 until update total − decay, then × (total + 1 − step) / decay, so the last update takes lr / decay. This is
+/// the decay phase of Hu et al.'s (2024) warmup-stable-decay schedule (transformers' `num_decay_steps`): a run
+/// stopped by a budget ends annealed, as a cosine schedule over that budget would, while the schedule before the
+/// decay stays what it was. `decay` = 0 leaves `lr` as it is.
+pub fn linear_cooldown(lr: f64, step: usize, total: usize, decay: usize) -> f64 {
+    let start = total.saturating_sub(decay);
+    if decay == 0 || step <= start {
+        return lr;
+    }
+    lr * (total + 1).saturating_sub(step) as f64 / decay as f64
+}
+
 /// Hugging Face's `get_linear_schedule_with_warmup`: the learning rate of update `step` (counting from 1)
 /// rises linearly from 0 over `warmup` updates, then falls linearly to 0 at update `total` + 1. Like the
 /// Trainer, update k uses the multiplier of scheduler step k − 1, so with warm-up the first update has lr 0.
@@ -37,6 +50,15 @@ pub fn warmup_cosine(step: usize, warmup: usize, decay_steps: usize, peak: f64, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cooldown_fades_the_last_updates_to_zero() {
+        // total 10, decay 4: updates 1-6 unchanged, then 4/4, 3/4, 2/4, 1/4 of lr; past the end 0.
+        let lrs: Vec<f64> = (1..=11).map(|k| linear_cooldown(2.0, k, 10, 4)).collect();
+        assert_eq!(lrs, vec![2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 1.5, 1.0, 0.5, 0.0]);
+        assert_eq!(linear_cooldown(2.0, 9, 10, 0), 2.0, "no decay steps: unchanged");
+        assert_eq!(linear_cooldown(2.0, 1, 10, 10), 2.0, "a decay as long as the run starts at full lr");
+    }
 
     #[test]
     fn linear_schedule_matches_transformers() {

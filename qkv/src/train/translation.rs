@@ -58,6 +58,10 @@ pub struct TranslationTraining {
     pub lr_factor: f64,
     /// Steps of linear warm-up in eq. (3) before the inverse-square-root decay (the paper: 4000).
     pub warmup: usize,
+    /// The last `num_decay_steps` updates before `max_steps` fade eq. (3)'s rate linearly to zero (the decay
+    /// of warmup-stable-decay, transformers' name); 0, the default, keeps eq. (3) to the end. A run with a
+    /// fixed budget of steps then ends annealed, where eq. (3) stops mid-descent.
+    pub num_decay_steps: usize,
     /// Label smoothing ε of the training cross-entropy (the paper: 0.1); validation loss is unsmoothed.
     pub label_smoothing: f64,
     /// Training pairs with more subword tokens than this on either side are skipped (and counted).
@@ -93,6 +97,7 @@ impl Default for TranslationTraining {
             max_tokens: 4096,
             lr_factor: 1.0,
             warmup: 4000,
+            num_decay_steps: 0,
             label_smoothing: 0.1,
             max_len: 256,
             eval_decode: DecodeOptions::greedy(),
@@ -142,6 +147,19 @@ impl TrainingOptions for TranslationTraining {
         }
         if !(self.lr_factor > 0.0 && self.lr_factor.is_finite()) {
             return Err(Error::config("lr_factor", self.lr_factor, "a positive number"));
+        }
+        if self.num_decay_steps > 0 {
+            match self.run.max_steps {
+                Some(total) if self.num_decay_steps <= total => {}
+                Some(total) => {
+                    let expected = format!("at most max_steps = {total} (the decay ends at max_steps)");
+                    return Err(Error::config("num_decay_steps", self.num_decay_steps, expected));
+                }
+                None => {
+                    let expected = "max_steps as well (the decay ends at max_steps), or 0";
+                    return Err(Error::config("num_decay_steps", self.num_decay_steps, expected));
+                }
+            }
         }
         crate::limits::at_most("vocab_size", self.vocab_size, crate::limits::MAX_VOCAB)?;
         self.sampling.validate(self.init_from.is_some())?;
@@ -319,7 +337,9 @@ impl Task for TranslationTask {
     }
 
     fn learning_rate(&self, step: usize) -> f64 {
-        schedule::inverse_sqrt(step, self.model_config.d_model, self.training.warmup, self.training.lr_factor)
+        let t = &self.training;
+        let lr = schedule::inverse_sqrt(step, self.model_config.d_model, t.warmup, t.lr_factor);
+        schedule::linear_cooldown(lr, step, t.run.max_steps.unwrap_or(usize::MAX), t.num_decay_steps)
     }
 
     /// Validation loss (unsmoothed), and corpus BLEU and chrF2 of the decoded validation sources against the
@@ -539,6 +559,19 @@ mod tests {
     /// with teacher forcing named, and one with scheduled sampling at a constant p = 1 train to the same losses
     /// and parameters bit for bit (dropout on), none draws from the task's generator, and options written
     /// before the sampling fields existed read as teacher forcing.
+    /// A decay needs the step it ends at: without max_steps, or longer than it, the options are refused by name.
+    #[test]
+    fn decay_steps_need_max_steps() {
+        let mut t = TranslationTraining { num_decay_steps: 100, ..TranslationTraining::default() };
+        let err = t.validate().unwrap_err().to_string();
+        assert!(err.contains("num_decay_steps") && err.contains("max_steps"), "{err}");
+        t.run.max_steps = Some(50);
+        let err = t.validate().unwrap_err().to_string();
+        assert!(err.contains("num_decay_steps") && err.contains("at most max_steps = 50"), "{err}");
+        t.run.max_steps = Some(100);
+        t.validate().unwrap();
+    }
+
     #[test]
     fn teacher_forcing_is_the_default_and_draws_nothing() {
         let dir = Scratch::new("default");
