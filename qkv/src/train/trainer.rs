@@ -281,8 +281,22 @@ pub struct StepOutcome {
 /// One optimizer step over `group` (batches): each batch dealt into `settings.shards` micro-batches that run
 /// in parallel ([`data_parallel`]), their gradients those of the mean loss over all of the group's tokens, then
 /// clipping and AdamW at learning rate `lr`. A non-finite loss is an error and changes no parameter. The
-/// [`Trainer`] takes every step through here; the benchmark times it.
+/// [`Trainer`] takes every step through here; the benchmark times it. The step runs on a pool worker
+/// ([`crate::device::on_workers`]), so that the update's many small parallel ops do not each hand over from the
+/// calling thread.
 pub fn optimizer_step(
+    objective: &impl Objective,
+    optimizer: &mut AdamW,
+    settings: &LoopSettings,
+    group: &[Vec<usize>],
+    position: StepPosition,
+    lr: f64,
+    streams: Option<Streams>,
+) -> Result<StepOutcome> {
+    crate::device::on_workers(|| step_on_this_thread(objective, optimizer, settings, group, position, lr, streams))
+}
+
+fn step_on_this_thread(
     objective: &impl Objective,
     optimizer: &mut AdamW,
     settings: &LoopSettings,
