@@ -45,8 +45,8 @@ impl FromStr for Placement {
 /// each hand-off (a futex wake of a worker, then of the caller) cost more than a small matrix-vector product.
 /// From a worker, a kernel splits its tasks with the other workers directly. Measured on the Intel host with 2
 /// threads: a GPT-2 small decoding step 14.2 → 12.0 ms with bf16 weights and 21.1 → 19.9 ms in f32. The
-/// inference layer wraps each model pass in it; `work` must not block on other work for the pool (it holds
-/// one of the workers while it runs).
+/// inference layer wraps each model pass in it, and training each optimizer step; `work` must not block on other
+/// work for the pool (it holds one of the workers while it runs).
 pub fn on_workers<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| work())
 }
