@@ -293,49 +293,41 @@ pub fn optimizer_step(
     lr: f64,
     streams: Option<Streams>,
 ) -> Result<StepOutcome> {
-    crate::device::on_workers(|| step_on_this_thread(objective, optimizer, settings, group, position, lr, streams))
-}
-
-fn step_on_this_thread(
-    objective: &impl Objective,
-    optimizer: &mut AdamW,
-    settings: &LoopSettings,
-    group: &[Vec<usize>],
-    position: StepPosition,
-    lr: f64,
-    streams: Option<Streams>,
-) -> Result<StepOutcome> {
-    let started = Instant::now();
-    let micro_batches: Vec<Vec<usize>> =
-        group.iter().flat_map(|batch| data_parallel::split(batch, settings.shards)).collect();
-    let vars: Vec<Var> = objective.vars().iter().map(|(_, v)| v.clone()).collect();
-    let result = data_parallel::gradients(&vars, micro_batches.len(), settings.shards, streams, |i, mode, rng| {
-        let mut context =
-            StepContext { step: position.step, epoch: position.epoch, planned_steps: position.planned_steps, rng };
-        objective.loss(&micro_batches[i], &mut context, mode)
-    })?;
-    for &(value, _) in &result.losses {
-        if !value.is_finite() {
-            let expected =
-                format!("a finite number at step {}; lower the learning rate or lengthen the warm-up", position.step);
-            return Err(Error::config("training loss", value, expected));
+    crate::device::on_workers(|| {
+        let started = Instant::now();
+        let micro_batches: Vec<Vec<usize>> =
+            group.iter().flat_map(|batch| data_parallel::split(batch, settings.shards)).collect();
+        let vars: Vec<Var> = objective.vars().iter().map(|(_, v)| v.clone()).collect();
+        let result = data_parallel::gradients(&vars, micro_batches.len(), settings.shards, streams, |i, mode, rng| {
+            let mut context =
+                StepContext { step: position.step, epoch: position.epoch, planned_steps: position.planned_steps, rng };
+            objective.loss(&micro_batches[i], &mut context, mode)
+        })?;
+        for &(value, _) in &result.losses {
+            if !value.is_finite() {
+                let expected = format!(
+                    "a finite number at step {}; lower the learning rate or lengthen the warm-up",
+                    position.step
+                );
+                return Err(Error::config("training loss", value, expected));
+            }
         }
-    }
-    let passes = started.elapsed();
-    let stats = optimizer.step(&result.grads, lr, settings.clip())?;
-    let seconds = started.elapsed();
-    let tokens = result.tokens();
-    let record = StepRecord {
-        step: position.step,
-        epoch: position.epoch + 1,
-        loss: result.mean_loss(),
-        lr,
-        grad_norm: stats.grad_norm,
-        tokens,
-        tokens_per_s: tokens as f64 / seconds.as_secs_f64().max(1e-9),
-        gold_probability: objective.gold_probability(&position),
-    };
-    Ok(StepOutcome { record, passes, update: seconds - passes })
+        let passes = started.elapsed();
+        let stats = optimizer.step(&result.grads, lr, settings.clip())?;
+        let seconds = started.elapsed();
+        let tokens = result.tokens();
+        let record = StepRecord {
+            step: position.step,
+            epoch: position.epoch + 1,
+            loss: result.mean_loss(),
+            lr,
+            grad_norm: stats.grad_norm,
+            tokens,
+            tokens_per_s: tokens as f64 / seconds.as_secs_f64().max(1e-9),
+            gold_probability: objective.gold_probability(&position),
+        };
+        Ok(StepOutcome { record, passes, update: seconds - passes })
+    })
 }
 
 /// A task being trained, with its optimizer and position in the run.
