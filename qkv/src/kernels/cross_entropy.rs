@@ -4,8 +4,9 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use super::linear::{sum_by_lanes, LANES};
 use super::softmax::log_softmax;
-use super::{as_f32, exp, row_width, storage_f32, Saved, PARALLEL_MIN_ELEMENTS};
+use super::{as_f32, exp, row_width, storage_f32, vectorized, Saved, PARALLEL_MIN_ELEMENTS};
 use crate::Result;
 
 /// Mean over kept rows of (1 − ε)·(−log p_target) + ε·(−mean_v log p_v). logits (N, V) f32, targets (N) u32
@@ -45,10 +46,46 @@ impl CrossEntropyOp {
     }
 }
 
-/// log Σ exp(x), max-shifted.
-fn log_sum_exp(row: &[f32]) -> f32 {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    max + row.iter().map(|&v| exp(v - max)).sum::<f32>().ln()
+/// log Σ exp(x), max-shifted, and Σ x (the label-smoothing term), vectorised: in lanes, because one running
+/// f32 sum or max is a chain the compiler may not reorder.
+pub(super) fn row_statistics(row: &[f32]) -> (f32, f32) {
+    vectorized(
+        #[inline(always)]
+        || {
+            let mut lanes = [f32::NEG_INFINITY; LANES];
+            let chunks = row.chunks_exact(LANES);
+            let mut max = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            for chunk in chunks {
+                for l in 0..LANES {
+                    lanes[l] = lanes[l].max(chunk[l]);
+                }
+            }
+            for lane in lanes {
+                max = max.max(lane);
+            }
+            let lse = max + sum_by_lanes(row, |v| exp(v - max)).ln();
+            (lse, sum_by_lanes(row, |v| v))
+        },
+    )
+}
+
+/// One row's loss (1 − ε)·(lse − x_t) + ε·(lse − mean x) from [`row_statistics`].
+pub(super) fn row_loss(row: &[f32], target: u32, (lse, sum): (f32, f32), eps: f32) -> f32 {
+    (1.0 - eps) * (lse - row[target as usize]) + eps * (lse - sum / row.len() as f32)
+}
+
+/// A row's logits x → the loss's gradient `scale`·(softmax(x) − (1 − ε)·[j = t] − ε/V), in place.
+pub(super) fn row_gradient(row: &mut [f32], target: u32, lse: f32, eps: f32, scale: f32) {
+    let uniform = eps / row.len() as f32;
+    vectorized(
+        #[inline(always)]
+        || {
+            for x in row.iter_mut() {
+                *x = scale * (exp(*x - lse) - uniform);
+            }
+        },
+    );
+    row[target as usize] -= scale * (1.0 - eps);
 }
 
 impl CustomOp2 for CrossEntropyOp {
@@ -71,13 +108,9 @@ impl CustomOp2 for CrossEntropyOp {
         let eps = self.smoothing;
         // (loss of the row if kept else 0, lse)
         let row = |(x, &t): (&[f32], &u32)| {
-            let lse = log_sum_exp(x);
-            if !self.kept(t) {
-                return (0.0, lse);
-            }
-            let nll = lse - x[t as usize];
-            let smooth = lse - x.iter().sum::<f32>() / v as f32;
-            ((1.0 - eps) * nll + eps * smooth, lse)
+            let statistics = row_statistics(x);
+            let loss = if self.kept(t) { row_loss(x, t, statistics, eps) } else { 0.0 };
+            (loss, statistics.0)
         };
         let rows: Vec<(f32, f32)> = if logits.len() >= PARALLEL_MIN_ELEMENTS {
             logits.par_chunks(v).zip(targets.par_iter()).map(row).collect()
@@ -113,9 +146,8 @@ impl CustomOp2 for CrossEntropyOp {
                 if !self.kept(t) {
                     return; // stays zero
                 }
-                let (lse, uniform) = (lse[r], eps / v as f32);
-                dxr.iter_mut().zip(xr).for_each(|(d, &x)| *d = g * (exp(x - lse) - uniform));
-                dxr[t as usize] -= g * (1.0 - eps);
+                dxr.copy_from_slice(xr);
+                row_gradient(dxr, t, lse[r], eps, g);
             };
             if x.len() >= PARALLEL_MIN_ELEMENTS {
                 dx.par_chunks_mut(v).zip(x.par_chunks(v)).enumerate().for_each(row);

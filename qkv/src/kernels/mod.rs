@@ -15,6 +15,7 @@ pub mod embedding;
 pub mod gelu;
 pub mod layer_norm;
 pub mod linear;
+pub mod linear_cross_entropy;
 mod matmul;
 mod panels;
 pub mod reduced;
@@ -90,6 +91,12 @@ impl<T> Saved<T> {
     pub fn with<R>(&self, op: &'static str, f: impl FnOnce(&T) -> candle_core::Result<R>) -> candle_core::Result<R> {
         let guard = self.0.lock().map_err(|_| candle_core::Error::Msg(format!("{op}: lock poisoned")))?;
         f(guard.as_ref().ok_or_else(|| candle_core::Error::Msg(format!("{op}: backward before forward")))?)
+    }
+
+    /// Moves the saved value out (`None` if the forward pass stored none, or a backward pass took it), for ops
+    /// whose backward pass hands over what the forward pass computed.
+    pub fn take(&self) -> Option<T> {
+        self.0.lock().ok()?.take()
     }
 }
 

@@ -526,11 +526,26 @@ impl Transformer {
         }
     }
 
+    /// The output projection's (V, C) weight when [`project`](Self::project) is a plain f32 product with it and no
+    /// bias — the tied target table, or an untied `lm_head` — so that a loss can fuse the two
+    /// ([`crate::train::projected_cross_entropy`]). `None` once packed for inference.
+    pub fn output_weight(&self) -> Option<&Tensor> {
+        match &self.lm_head {
+            Some(head) => head.weight().filter(|_| head.bias().is_none()),
+            None => self.target_embedding().ok()?.unpacked_table(),
+        }
+    }
+
     /// Teacher forcing: src (B, S) with `src_valid` (B, S), target input (B, T) → logits (B, T, V).
     pub fn forward(&self, src: &Tensor, src_valid: &Tensor, tgt: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        self.project(&self.decoder_states(src, src_valid, tgt, mode)?)
+    }
+
+    /// [`forward`](Self::forward) up to the output projection: decoder states (B, T, C).
+    pub fn decoder_states(&self, src: &Tensor, src_valid: &Tensor, tgt: &Tensor, mode: &mut Mode) -> Result<Tensor> {
         let src_mask = Self::source_mask(src_valid)?;
         let memory = self.encode(src, &src_mask, mode)?;
-        self.project(&self.decode(tgt, &memory, &src_mask, mode)?)
+        self.decode(tgt, &memory, &src_mask, mode)
     }
 
     /// Token embeddings of `ids` (B, L) at positions offset .. offset + L, plus added positions and embedding

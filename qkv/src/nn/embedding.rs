@@ -72,6 +72,11 @@ impl Embedding {
         &self.table
     }
 
+    /// The (V, C) table while it is f32; `None` once [`pack`](Self::pack)ed.
+    pub fn unpacked_table(&self) -> Option<&Tensor> {
+        self.packed.is_none().then_some(&self.table)
+    }
+
     /// Stores the table in `dtype` for inference (f32 leaves it as it is); `name` is the parameter's.
     pub fn pack(&mut self, dtype: WeightDtype, name: &str) -> Result<()> {
         if dtype == WeightDtype::F32 || self.packed.is_some() {

@@ -20,5 +20,5 @@ pub mod synthetic;
 pub mod trainer;
 pub mod translation;
 
-pub use loss::cross_entropy;
+pub use loss::{cross_entropy, projected_cross_entropy};
 pub use optim::{AdamW, AdamWConfig};

@@ -21,7 +21,7 @@ use super::trainer::{
 pub use super::trainer::{
     latest_checkpoint, step_checkpoints, EvalRecord, Event, Finish, LoopSettings, StepRecord, TrainState,
 };
-use super::{cross_entropy, schedule, AdamWConfig};
+use super::{cross_entropy, projected_cross_entropy, schedule, AdamWConfig};
 use crate::decode::{beam_search, DecodeOptions};
 use crate::hub::write_json;
 use crate::hub::{load_parameters, save_parameters};
@@ -251,9 +251,15 @@ impl TranslationTask {
     }
 
     /// Mean cross-entropy per real target token of one batch, teacher-forced.
+    /// The projection and the loss are one kernel where the model allows ([`projected_cross_entropy`]).
     fn batch_loss(&self, batch: &Batch, mode: &mut Mode, smoothing: f64) -> Result<Tensor> {
-        let logits = self.model.forward(&batch.source, &batch.source_valid, &batch.decoder_input, mode)?;
-        self.logits_loss(&logits, batch, smoothing)
+        let hidden = self.model.decoder_states(&batch.source, &batch.source_valid, &batch.decoder_input, mode)?;
+        let Some(weight) = self.model.output_weight() else {
+            return self.logits_loss(&self.model.project(&hidden)?, batch, smoothing);
+        };
+        let (b, t, c) = hidden.dims3()?;
+        let (labels, pad) = (batch.labels.reshape(b * t)?, Some(self.tokenizer.pad_id()));
+        projected_cross_entropy(&hidden.reshape((b * t, c))?, weight, &labels, pad, smoothing, mode.is_train())
     }
 
     /// Mean cross-entropy per real target token of a batch's logits (B, T, V) against its gold labels.
