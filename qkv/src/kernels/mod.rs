@@ -10,6 +10,7 @@ mod amx;
 pub mod attention;
 pub mod bf16_matmul;
 pub mod cross_entropy;
+pub mod dropout;
 pub mod dynamic_int8;
 pub mod embedding;
 pub mod gelu;
@@ -19,6 +20,7 @@ pub mod linear_cross_entropy;
 mod matmul;
 mod panels;
 pub mod reduced;
+pub mod relu;
 pub mod softmax;
 
 pub use softmax::{masked_value, MASKED};

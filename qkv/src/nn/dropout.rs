@@ -68,6 +68,9 @@ impl Dropout {
             DropoutScaling::Classic | DropoutScaling::ClassicUnscaled => 1.0,
         };
         let p = self.p as f32;
+        if crate::kernels::fused(x) {
+            return crate::kernels::dropout::fused(x, p, keep, rand::RngCore::next_u64(rng));
+        }
         let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect();
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         Ok((x * mask)?)

@@ -6,8 +6,8 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use super::{dropout::Dropout, linear::Linear, mode::Mode, params::WeightInit};
-use crate::kernels::gelu;
 use crate::kernels::reduced::{Packing, RowActivation};
+use crate::kernels::{gelu, relu};
 use crate::Result;
 
 /// The non-linearity between the two projections. Names follow Hugging Face's `hidden_act` /
@@ -29,7 +29,7 @@ impl Activation {
     /// The same function in place on a row of f32 values, for a packed product's epilogue.
     fn in_place(self) -> RowActivation {
         match self {
-            Activation::Relu => |y| y.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Activation::Relu => |y| y.iter_mut().for_each(|v| *v = relu::relu_value(*v)),
             Activation::Gelu => gelu::gelu_in_place,
             Activation::GeluTanh => gelu::gelu_tanh_in_place,
         }
@@ -38,7 +38,7 @@ impl Activation {
     /// The activation applied elementwise to x, any shape.
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Activation::Relu => x.relu()?,
+            Activation::Relu => relu::relu(x)?,
             Activation::Gelu => gelu::gelu(x)?,
             Activation::GeluTanh => gelu::gelu_tanh_approx(x)?,
         })
