@@ -77,15 +77,10 @@ fn a_random_search_reports_its_trials_and_keeps_the_best_model() {
         assert!(!values.is_empty() && values.len() <= epochs, "one value per epoch run: {t}");
         assert!(["complete", "pruned"].contains(&t["status"].as_str().unwrap()), "{t}");
     }
-    let best = trials
-        .iter()
-        .max_by(|a, b| {
-            let best = |t: &Value| {
-                t["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).fold(f64::MIN, f64::max)
-            };
-            best(a).total_cmp(&best(b))
-        })
-        .unwrap();
+    // The first of the trials with the highest best epoch value: a later tie does not replace it.
+    let value =
+        |t: &Value| t["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).fold(f64::MIN, f64::max);
+    let best = trials.iter().reduce(|a, b| if value(b) > value(a) { b } else { a }).unwrap();
     let best_trial = best["trial"].as_u64().unwrap();
     assert!(stdout.contains(&format!("best: trial {best_trial} ")), "{stdout}");
 

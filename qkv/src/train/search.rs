@@ -305,9 +305,10 @@ impl Ledger {
         Ok(())
     }
 
-    /// The trial with the highest best value.
+    /// The trial with the highest best value; of trials that tie, the first (a later one that only equals it
+    /// does not replace the model a search keeps).
     pub fn best(&self) -> Option<&TrialRecord> {
-        self.trials.iter().filter(|t| t.best().is_finite()).max_by(|a, b| a.best().total_cmp(&b.best()))
+        self.trials.iter().filter(|t| t.best().is_finite()).reduce(|a, b| if b.best() > a.best() { b } else { a })
     }
 
     /// Training seconds of all recorded trials (what the search's time budget counts).
