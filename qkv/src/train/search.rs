@@ -508,6 +508,23 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A later trial that only ties the best value is not the best: the search keeps the first one's model.
+    #[test]
+    fn the_first_of_tied_trials_is_the_best() {
+        let dir = std::env::temp_dir().join(format!("qkv-search-ties-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("trials.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let mut ledger = Ledger::open(&path).unwrap();
+        for (k, values) in [(0, &[0.5, 0.75][..]), (1, &[0.75]), (2, &[0.25])] {
+            ledger.push(trial(k, values)).unwrap();
+        }
+        assert_eq!(ledger.best().unwrap().trial, 0);
+        ledger.push(trial(3, &[0.875])).unwrap();
+        assert_eq!(ledger.best().unwrap().trial, 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn spaces_that_cannot_be_drawn_are_refused_naming_the_option() {
         let dir = std::env::temp_dir().join(format!("qkv-search-space-{}", std::process::id()));
