@@ -161,23 +161,30 @@ impl CustomOp2 for CrossEntropyOp {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::kernels::twin::{randn, relative_error};
     use candle_core::Device;
+
+    /// n targets spread over v classes, the same with ignored rows pointed at class 0, and the (n) u8 mask of
+    /// kept rows: the inputs of [`fused`] and [`composed`].
+    pub(in crate::kernels) fn test_targets(n: usize, v: usize, ignore: Option<u32>) -> (Tensor, Tensor, Tensor) {
+        let targets: Vec<u32> = (0..n).map(|i| ((i * 7919) % v) as u32).collect();
+        let targets = Tensor::from_vec(targets, n, &Device::Cpu).unwrap();
+        let keep = match ignore {
+            Some(i) => targets.ne(i).unwrap(),
+            None => targets.ones_like().unwrap().to_dtype(DType::U8).unwrap(),
+        };
+        let safe = (&targets * keep.to_dtype(DType::U32).unwrap()).unwrap();
+        (targets, safe, keep)
+    }
 
     /// Kernel and composed twin agree on the loss and the logits' gradient ≤ 1e-5 relative.
     #[test]
     fn kernel_matches_composed_forward_and_backward() {
         for (n, v, ignore, eps) in [(10, 7, Some(0u32), 0.1), (96, 1000, None, 0.0), (64, 50, Some(3), 0.2)] {
             let logits = randn(&[n, v], 9, 4.0);
-            let targets: Vec<u32> = (0..n).map(|i| ((i * 7919) % v) as u32).collect();
-            let targets = Tensor::from_vec(targets, n, &Device::Cpu).unwrap();
-            let keep = match ignore {
-                Some(i) => targets.ne(i).unwrap(),
-                None => targets.ones_like().unwrap().to_dtype(DType::U8).unwrap(),
-            };
-            let safe = (&targets * keep.to_dtype(DType::U32).unwrap()).unwrap();
+            let (targets, safe, keep) = test_targets(n, v, ignore);
             let a = fused(&logits, &targets, ignore, eps).unwrap();
             let b = composed(&logits, &safe, &keep, eps).unwrap();
             let grad = |y: &Tensor| y.backward().unwrap().get(&logits).unwrap().clone();

@@ -1,9 +1,9 @@
 //! GELU (Hendrycks & Gimpel, 2016) as element-wise kernels with their derivatives, using an erf and exp that
 //! vectorise (candle's `gelu_erf` calls scalar libm `erff` per element).
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::Tensor;
 
-use super::{as_f32, exp, fused, map_elements, storage_f32, zip_elements};
+use super::{exp, fused, Elementwise};
 use crate::Result;
 
 const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
@@ -55,12 +55,12 @@ fn gelu_tanh_grad(x: f32) -> f32 {
 
 /// GELU with the exact normal CDF (BERT's `gelu`).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    apply(x, Gelu::Erf)
+    apply(x, false)
 }
 
 /// GELU with the tanh approximation (GPT-2's `gelu_new`).
 pub fn gelu_tanh_approx(x: &Tensor) -> Result<Tensor> {
-    apply(x, Gelu::Tanh)
+    apply(x, true)
 }
 
 /// GELU (exact) over `y` in place, vectorised: what [`gelu`] computes, bit for bit, for a product's epilogue.
@@ -84,12 +84,15 @@ fn in_place(y: &mut [f32], f: impl Fn(f32) -> f32) {
     )
 }
 
-fn apply(x: &Tensor, op: Gelu) -> Result<Tensor> {
-    if fused(x) {
-        Ok(x.contiguous()?.apply_op1(op)?)
-    } else {
-        gelu_composed(x, op == Gelu::Tanh)
+fn apply(x: &Tensor, tanh: bool) -> Result<Tensor> {
+    if !fused(x) {
+        return gelu_composed(x, tanh);
     }
+    let x = x.contiguous()?;
+    Ok(match tanh {
+        false => x.apply_op1(Elementwise { name: NAME, f: gelu_erf, df: gelu_erf_grad })?,
+        true => x.apply_op1(Elementwise { name: NAME, f: gelu_tanh, df: gelu_tanh_grad })?,
+    })
 }
 
 /// candle's own ops, the reference for the kernels.
@@ -97,41 +100,7 @@ pub fn gelu_composed(x: &Tensor, tanh: bool) -> Result<Tensor> {
     Ok(if tanh { x.gelu()? } else { x.gelu_erf()? })
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Gelu {
-    Erf,
-    Tanh,
-}
-
 const NAME: &str = "qkv-gelu";
-
-impl CustomOp1 for Gelu {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = as_f32(s, l, NAME)?;
-        let mut y = vec![0f32; x.len()];
-        match self {
-            Gelu::Erf => map_elements(x, &mut y, gelu_erf),
-            Gelu::Tanh => map_elements(x, &mut y, gelu_tanh),
-        }
-        Ok((CpuStorage::F32(y), l.shape().clone()))
-    }
-
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let (x, grad) = (x.contiguous()?, grad.contiguous()?);
-        let ((xs, xl), (gs, gl)) = (x.storage_and_layout(), grad.storage_and_layout());
-        let (xv, gv) = (storage_f32(&xs, xl, NAME)?, storage_f32(&gs, gl, NAME)?);
-        let mut dx = vec![0f32; xv.len()];
-        match self {
-            Gelu::Erf => zip_elements(xv, gv, &mut dx, |x, g| g * gelu_erf_grad(x)),
-            Gelu::Tanh => zip_elements(xv, gv, &mut dx, |x, g| g * gelu_tanh_grad(x)),
-        }
-        Ok(Some(Tensor::from_vec(dx, xl.shape(), x.device())?))
-    }
-}
 
 #[cfg(test)]
 mod tests {

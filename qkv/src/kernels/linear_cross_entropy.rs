@@ -194,9 +194,8 @@ impl CustomOp3 for LinearCrossEntropyOp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::cross_entropy;
+    use crate::kernels::cross_entropy::{self, tests::test_targets};
     use crate::kernels::twin::{randn, relative_error};
-    use candle_core::{DType, Device};
 
     /// Kernel and composed twin (linear, then the composed cross-entropy) agree on the loss and on ∂h and ∂W
     /// ≤ 1e-5 relative: several blocks per thread with a partial last one, ignored rows, smoothing on and off,
@@ -208,13 +207,7 @@ mod tests {
             [(10, 8, 7, Some(0u32), 0.1, true), (300, 24, 1000, None, 0.0, true), (197, 16, 50, Some(3), 0.2, false)]
         {
             let (h, w) = (randn(&[n, c], 5, 1.0), randn(&[v, c], 6, 1.0));
-            let targets: Vec<u32> = (0..n).map(|i| ((i * 7919) % v) as u32).collect();
-            let targets = Tensor::from_vec(targets, n, &Device::Cpu).unwrap();
-            let keep = match ignore {
-                Some(i) => targets.ne(i).unwrap(),
-                None => targets.ones_like().unwrap().to_dtype(DType::U8).unwrap(),
-            };
-            let safe = (&targets * keep.to_dtype(DType::U32).unwrap()).unwrap();
+            let (targets, safe, keep) = test_targets(n, v, ignore);
             let a = pool.install(|| fused(&h, &w, &targets, ignore, eps, gradients)).unwrap();
             let logits = h.matmul(&w.t().unwrap()).unwrap();
             let b = cross_entropy::composed(&logits, &safe, &keep, eps).unwrap();

@@ -137,6 +137,40 @@ pub(crate) fn map_elements(input: &[f32], output: &mut [f32], f: impl Fn(f32) ->
     }
 }
 
+/// An element-wise function f and its derivative f′ as a candle op: one pass forward, one pass backward
+/// (∂x = g·f′(x)). Pass fn items or closures, not fn pointers, so that both inline into the vectorised loops.
+pub(crate) struct Elementwise<F, D> {
+    pub name: &'static str,
+    pub f: F,
+    pub df: D,
+}
+
+impl<F, D> candle_core::CustomOp1 for Elementwise<F, D>
+where
+    F: Fn(f32) -> f32 + Send + Sync,
+    D: Fn(f32) -> f32 + Send + Sync,
+{
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, candle_core::Shape)> {
+        let x = as_f32(s, l, self.name)?;
+        let mut y = vec![0f32; x.len()];
+        map_elements(x, &mut y, &self.f);
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (x, grad) = (x.contiguous()?, grad.contiguous()?);
+        let ((xs, xl), (gs, gl)) = (x.storage_and_layout(), grad.storage_and_layout());
+        let (xv, gv) = (storage_f32(&xs, xl, self.name)?, storage_f32(&gs, gl, self.name)?);
+        let mut dx = vec![0f32; xv.len()];
+        zip_elements(xv, gv, &mut dx, |x, g| g * (self.df)(x));
+        Ok(Some(Tensor::from_vec(dx, xl.shape(), x.device())?))
+    }
+}
+
 /// Applies `f(x, g)` element-wise over two equally long inputs, in parallel blocks for large inputs.
 pub(crate) fn zip_elements(a: &[f32], b: &[f32], output: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync) {
     const BLOCK: usize = 4096;

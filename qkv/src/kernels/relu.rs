@@ -2,9 +2,9 @@
 //! derivative from a comparison against a zeros tensor, a dtype conversion and a product, four passes over
 //! the feed-forward layer's widest activations.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::Tensor;
 
-use super::{as_f32, fused, map_elements, storage_f32, zip_elements};
+use super::{fused, Elementwise};
 use crate::Result;
 
 const NAME: &str = "qkv-relu";
@@ -21,35 +21,11 @@ pub(crate) fn relu_value(x: f32) -> f32 {
 
 /// max(x, 0) element-wise; the gradient is 1 where x > 0 and 0 elsewhere (PyTorch's choice at 0).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if fused(x) {
-        Ok(x.contiguous()?.apply_op1(Relu)?)
-    } else {
-        Ok(x.relu()?)
+    if !fused(x) {
+        return Ok(x.relu()?);
     }
-}
-
-struct Relu;
-
-impl CustomOp1 for Relu {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = as_f32(s, l, NAME)?;
-        let mut y = vec![0f32; x.len()];
-        map_elements(x, &mut y, relu_value);
-        Ok((CpuStorage::F32(y), l.shape().clone()))
-    }
-
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let (x, grad) = (x.contiguous()?, grad.contiguous()?);
-        let ((xs, xl), (gs, gl)) = (x.storage_and_layout(), grad.storage_and_layout());
-        let (xv, gv) = (storage_f32(&xs, xl, NAME)?, storage_f32(&gs, gl, NAME)?);
-        let mut dx = vec![0f32; xv.len()];
-        zip_elements(xv, gv, &mut dx, |x, g| if x > 0.0 { g } else { 0.0 });
-        Ok(Some(Tensor::from_vec(dx, xl.shape(), x.device())?))
-    }
+    let op = Elementwise { name: NAME, f: relu_value, df: |x: f32| if x > 0.0 { 1.0 } else { 0.0 } };
+    Ok(x.contiguous()?.apply_op1(op)?)
 }
 
 #[cfg(test)]
