@@ -39,22 +39,13 @@ impl DropoutOp {
     fn block(&self, index: usize, x: &[f32], y: &mut [f32], mask: &mut [u8]) {
         let mut rng = crate::rng::Rng::seed_from_u64(self.seed.wrapping_add(index as u64));
         let factor = [0.0, self.keep];
-        let decide = |draw: u64, x: f32, y: &mut f32, m: &mut u8| {
-            let kept = draw >= self.threshold;
-            *m = kept as u8;
-            *y = x * factor[kept as usize];
-        };
-        let n = x.len();
-        for i in (0..n - n % 2).step_by(2) {
+        for ((x, y), m) in x.chunks(2).zip(y.chunks_mut(2)).zip(mask.chunks_mut(2)) {
             let draw = rng.next_u64();
-            let (y, m) = (&mut y[i..i + 2], &mut mask[i..i + 2]);
-            let [y0, y1] = y else { unreachable!() };
-            let [m0, m1] = m else { unreachable!() };
-            decide(draw & 0xffff_ffff, x[i], y0, m0);
-            decide(draw >> 32, x[i + 1], y1, m1);
-        }
-        if n % 2 == 1 {
-            decide(rng.next_u64() & 0xffff_ffff, x[n - 1], &mut y[n - 1], &mut mask[n - 1]);
+            for j in 0..x.len() {
+                let kept = ((draw >> (32 * j)) & 0xffff_ffff) >= self.threshold;
+                m[j] = kept as u8;
+                y[j] = x[j] * factor[kept as usize];
+            }
         }
     }
 }

@@ -45,9 +45,9 @@ struct LinearCrossEntropyOp {
     saved: Saved<(Vec<f32>, Vec<f32>)>,
 }
 
-/// The loss summed over kept rows, and ∂h, ∂W of the mean.
+/// The mean loss over kept rows, and its ∂h, ∂W.
 struct Pass {
-    total: f64,
+    loss: f32,
     gradients: Option<(Vec<f32>, Vec<f32>)>,
 }
 
@@ -70,9 +70,9 @@ impl LinearCrossEntropyOp {
                 self.rows(h, w, targets, rows, c, gradients.then_some(1.0 / count as f32))
             })
             .collect();
-        let total = parts.iter().map(|p| p.0).sum();
+        let loss = (parts.iter().map(|p| p.0).sum::<f64>() / count as f64) as f32;
         if !gradients {
-            return Pass { total, gradients: None };
+            return Pass { loss, gradients: None };
         }
         let mut dh = Vec::with_capacity(n * c);
         let mut dw: Option<Vec<f32>> = None;
@@ -83,7 +83,7 @@ impl LinearCrossEntropyOp {
                 Some(sum) => sum.iter_mut().zip(&dw_part).for_each(|(s, d)| *s += d),
             }
         }
-        Pass { total, gradients: Some((dh, dw.unwrap_or_default())) }
+        Pass { loss, gradients: Some((dh, dw.unwrap_or_default())) }
     }
 
     /// Rows `rows` of h: their summed loss and, with `scale` (1 / kept rows), their ∂h rows and ∂W share.
@@ -153,12 +153,11 @@ impl CustomOp3 for LinearCrossEntropyOp {
         if n != targets.len() || wl.shape().dims2()?.1 != c {
             candle_core::bail!("{NAME}: hidden {:?}, weight {:?}, targets {:?}", hl.dims(), wl.dims(), tl.dims());
         }
-        let count = targets.iter().filter(|&&t| self.kept(t)).count().max(1);
         let pass = self.pass(h, w, targets, c, self.gradients);
         if let Some(gradients) = pass.gradients {
             self.saved.put(NAME, gradients)?;
         }
-        Ok((CpuStorage::F32(vec![(pass.total / count as f64) as f32]), Shape::from(())))
+        Ok((CpuStorage::F32(vec![pass.loss]), Shape::from(())))
     }
 
     fn bwd(

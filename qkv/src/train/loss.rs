@@ -16,12 +16,8 @@ pub fn cross_entropy(
     label_smoothing: f64,
 ) -> Result<Tensor> {
     let (n, v) = logits.dims2()?;
-    let (safe_targets, keep) = checked_targets(targets, n, v, ignore_index, label_smoothing)?;
-    if crate::kernels::fused(logits) {
-        crate::kernels::cross_entropy::fused(logits, targets, ignore_index, label_smoothing)
-    } else {
-        crate::kernels::cross_entropy::composed(logits, &safe_targets, &keep, label_smoothing)
-    }
+    let checked = checked_targets(targets, n, v, ignore_index, label_smoothing)?;
+    logits_loss(logits, targets, &checked, ignore_index, label_smoothing)
 }
 
 /// [`cross_entropy`] of the logits h·Wᵀ, for hidden states h (N, C) and an output projection's weight W (V, C)
@@ -42,11 +38,26 @@ pub fn projected_cross_entropy(
     if weight_c != c {
         return Err(Error::shape("output projection weight", format!("(V, {c})"), weight.dims()));
     }
-    checked_targets(targets, n, v, ignore_index, label_smoothing)?;
+    let checked = checked_targets(targets, n, v, ignore_index, label_smoothing)?;
     if crate::kernels::fused(hidden) && crate::kernels::fused(weight) {
         crate::kernels::linear_cross_entropy::fused(hidden, weight, targets, ignore_index, label_smoothing, training)
     } else {
-        cross_entropy(&hidden.matmul(&weight.t()?)?, targets, ignore_index, label_smoothing)
+        logits_loss(&hidden.matmul(&weight.t()?)?, targets, &checked, ignore_index, label_smoothing)
+    }
+}
+
+/// [`cross_entropy`] of logits whose targets [`checked_targets`] has checked (`checked`: its result).
+fn logits_loss(
+    logits: &Tensor,
+    targets: &Tensor,
+    (safe_targets, keep): &(Tensor, Tensor),
+    ignore_index: Option<u32>,
+    label_smoothing: f64,
+) -> Result<Tensor> {
+    if crate::kernels::fused(logits) {
+        crate::kernels::cross_entropy::fused(logits, targets, ignore_index, label_smoothing)
+    } else {
+        crate::kernels::cross_entropy::composed(logits, safe_targets, keep, label_smoothing)
     }
 }
 
