@@ -237,7 +237,7 @@ impl Kernel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::twin::normal_values as random;
+    use crate::kernels::twin::product_operands;
 
     /// Every kernel this CPU has computes the f32 product of the bf16-rounded activations and the bf16 weights
     /// (relative 1e-5 of the largest output: each product of two bf16 is exact in f32, so only the order of
@@ -249,7 +249,7 @@ mod tests {
             [(1, 8, 32), (3, 37, 70), (16, 64, 32), (17, 40, 100), (33, 384, 384), (49, 33, 65), (200, 1536, 40)];
         for (case, &(n, k, m)) in cases.iter().enumerate() {
             let seed = 11 * case as u64;
-            let (x, w, b) = (random(n * k, seed, 1.0), random(m * k, seed + 1, 0.3), random(m, seed + 2, 0.5));
+            let (x, w, b) = product_operands((n, k, m), seed);
             let bits: Vec<u16> = w.iter().map(|&v| bf16_bits(v)).collect();
             let packed = Bf16Panels::pack(&bits, (m, k));
             let xr: Vec<f32> = x.iter().map(|&v| bf16_value(bf16_bits(v))).collect();

@@ -489,7 +489,7 @@ unsafe fn rescale_avx512(
 mod tests {
     use super::*;
     use crate::kernels::reduced::quantize_row;
-    use crate::kernels::twin::normal_values as random;
+    use crate::kernels::twin::product_operands;
 
     fn panels_of(w: &[f32], (rows, cols): (usize, usize)) -> Int8Panels {
         let (q, scales): (Vec<Vec<i8>>, Vec<f32>) = w.chunks(cols).map(quantize_row).unzip();
@@ -505,7 +505,7 @@ mod tests {
             [(1, 8, 32), (3, 37, 70), (12, 64, 32), (13, 40, 100), (49, 384, 384), (200, 33, 65), (97, 1536, 40)];
         for (case, &(n, k, m)) in cases.iter().enumerate() {
             let seed = 7 * case as u64;
-            let (x, w, b) = (random(n * k, seed, 1.0), random(m * k, seed + 1, 0.3), random(m, seed + 2, 0.5));
+            let (x, w, b) = product_operands((n, k, m), seed);
             let packed = panels_of(&w, (m, k));
             let y = packed.product(&x, n, Some(&b), None);
             let xd = dequantize_rows(&quantize_rows(&x, n, k, 4 * packed.groups), n, k);
@@ -577,7 +577,7 @@ mod tests {
             [(1, 64, 32), (7, 100, 70), (16, 384, 64), (33, 200, 96), (300, 128, 40)].iter().enumerate()
         {
             let seed = 100 + 3 * case as u64;
-            let (x, w, b) = (random(n * k, seed, 1.0), random(m * k, seed + 1, 0.3), random(m, seed + 2, 0.5));
+            let (x, w, b) = product_operands((n, k, m), seed);
             let packed = panels_of(&w, (m, k));
             let reference = packed.product_with(Kernel::Portable, &x, n, Some(&b), None);
             for kernel in Kernel::available() {

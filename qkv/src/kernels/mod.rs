@@ -13,6 +13,7 @@ pub mod cross_entropy;
 pub mod dropout;
 pub mod dynamic_int8;
 pub mod embedding;
+pub mod f32_panels;
 pub mod gelu;
 pub mod layer_norm;
 pub mod linear;
@@ -268,6 +269,12 @@ pub(crate) mod twin {
         use rand_distr::Distribution;
         let mut rng = crate::rng::seeded(seed, 0);
         (0..len).map(|_| Distribution::<f32>::sample(&rand_distr::StandardNormal, &mut rng) * scale).collect()
+    }
+
+    /// The operands of a matrix-product kernel's test case: x (n, k) of scale 1, w (m, k) of scale 0.3 and a bias
+    /// (m) of scale 0.5, from seeds `seed`, `seed + 1` and `seed + 2`.
+    pub fn product_operands((n, k, m): (usize, usize, usize), seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        (normal_values(n * k, seed, 1.0), normal_values(m * k, seed + 1, 0.3), normal_values(m, seed + 2, 0.5))
     }
 
     /// A variable of normal values with a seeded generator (candle's CPU generator cannot be seeded).

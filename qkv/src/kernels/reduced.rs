@@ -8,6 +8,9 @@
 //! conversion costs less than the load it saves. Many rows (a prompt, a batch of sentences) are bound by
 //! arithmetic instead: those convert blocks of weight rows to f32 and run the f32 matrix product on them.
 //!
+//! An encoder's f32 weights are packed too, into the panels of [`super::f32_panels`]: not narrower, only laid out
+//! once for the many-row product instead of on every call.
+//!
 //! The composed twin is the f32 product with the dequantised weights ([`PackedMatrix::dequantize`]): the
 //! kernels compute exactly that product, in another order of summation.
 
@@ -21,6 +24,7 @@ use super::as_f32;
 pub use super::bf16_matmul::bf16_bits;
 use super::bf16_matmul::{self, bf16_value, Bf16Panels};
 use super::dynamic_int8::Int8Panels;
+use super::f32_panels::{self, F32Panels};
 use super::linear::{affine_forward, dots_by_pairs, few_rows_by_task, lane_sum, FEW_ROWS, LANES};
 pub use super::panels::RowActivation;
 use crate::{Error, Result};
@@ -71,7 +75,7 @@ impl FromStr for WeightDtype {
     }
 }
 
-/// How a layer's weights are packed: their dtype, and whether the activations they meet are reduced too.
+/// How a layer's weights are packed: their dtype, and whether the activations they meet are in it too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Packing {
     /// The weights' storage.
@@ -81,7 +85,9 @@ pub struct Packing {
     /// none, bf16 weights stay weight-only: AVX512-BF16's `vdpbf16ps` does 32 multiply-adds a cycle, as many
     /// as two f32 FMAs, and MiniLM ran at 445 sentences/s with it against f32's 570). Encoders want it: their
     /// products have many rows and are bound by arithmetic. Decoding wants weight-only: one row a step, bound
-    /// by reading the weights, activations kept f32.
+    /// by reading the weights, activations kept f32. With f32 weights it means the panels of the f32 × f32
+    /// product ([`super::f32_panels`], where the CPU has AVX-512): nothing is rounded, the weights are only laid
+    /// out for many-row products; without it f32 layers stay as they are.
     pub reduce_activations: bool,
 }
 
@@ -92,9 +98,15 @@ impl Packing {
     }
 
     /// For an encoder: int8 weights meet per-token int8 activations, bf16 weights bf16 activations (on AMX
-    /// tiles, where the CPU has them).
+    /// tiles, where the CPU has them), f32 weights go into the panels of the f32 product.
     pub fn encoder(dtype: WeightDtype) -> Self {
-        Self { dtype, reduce_activations: dtype != WeightDtype::F32 }
+        Self { dtype, reduce_activations: true }
+    }
+
+    /// Whether a layer packed this way leaves its f32 weight as it is: f32 for decoding (the dot products of
+    /// [`super::linear`] read it at the bandwidth limit), or f32 panels on a CPU without AVX-512.
+    pub fn keeps_f32(self) -> bool {
+        self.dtype == WeightDtype::F32 && !(self.reduce_activations && f32_panels::available())
     }
 }
 
@@ -104,7 +116,7 @@ impl From<WeightDtype> for Packing {
     }
 }
 
-/// A (rows, cols) weight matrix, row-major, in bf16 or int8.
+/// A (rows, cols) weight matrix in bf16 or int8, or in f32 panels.
 #[derive(Clone)]
 pub struct PackedMatrix {
     rows: usize,
@@ -122,6 +134,8 @@ enum Values {
     Int8Dynamic(Int8Panels),
     /// The same bf16 weights in the panels of the bf16 × bf16 product on AMX tiles: activations rounded to bf16.
     Bf16Tiles(Bf16Panels),
+    /// f32 weights in the panels of the f32 × f32 product (encoders).
+    F32(F32Panels),
 }
 
 impl fmt::Debug for PackedMatrix {
@@ -148,12 +162,13 @@ impl PackedMatrix {
                 let (q, scales): (Vec<Vec<i8>>, Vec<f32>) = values.par_chunks(cols.max(1)).map(quantize_row).unzip();
                 Values::Int8 { q: q.concat(), scales }
             }
-            WeightDtype::F32 => return Err(Error::config("dtype", "f32", "bf16 or int8 for a packed matrix")),
+            WeightDtype::F32 => Values::F32(F32Panels::pack(values, (rows, cols))),
         };
         Ok(Self { rows, cols, values })
     }
 
-    /// Packs a (rows, cols) f32 tensor as `packing` says.
+    /// Packs a (rows, cols) f32 tensor as `packing` says (f32 always into panels: [`Packing::keeps_f32`] says
+    /// when not to pack at all).
     pub fn pack_tensor(weight: &Tensor, packing: Packing, name: &str) -> Result<Self> {
         let (rows, cols) = weight.dims2()?;
         let values = weight.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
@@ -179,9 +194,10 @@ impl PackedMatrix {
         (self.rows, self.cols)
     }
 
-    /// The storage format: bf16 or int8 (a packed matrix is never f32).
+    /// The storage format.
     pub fn dtype(&self) -> WeightDtype {
         match self.values {
+            Values::F32(_) => WeightDtype::F32,
             Values::Bf16(_) | Values::Bf16Tiles(_) => WeightDtype::Bf16,
             Values::Int8 { .. } | Values::Int8Dynamic(_) => WeightDtype::Int8,
         }
@@ -205,6 +221,7 @@ impl PackedMatrix {
             }
             Values::Int8Dynamic(panels) => panels.dequantize_rows_into(first, out),
             Values::Bf16Tiles(panels) => panels.dequantize_rows_into(first, out),
+            Values::F32(panels) => panels.dequantize_rows_into(first, out),
             Values::Int8 { q, scales } => {
                 for (r, row) in out.chunks_mut(cols.max(1)).enumerate() {
                     let (q, s) = (&q[start + r * cols..][..row.len()], scales[first + r]);
@@ -256,6 +273,7 @@ impl PackedMatrix {
         match &self.values {
             Values::Int8Dynamic(panels) => panels.product(x, n, bias, after),
             Values::Bf16Tiles(panels) => panels.product(x, n, bias, after),
+            Values::F32(panels) => panels.product(x, n, bias, after),
             _ => {
                 let mut y = self.weight_only_product(x, n, bias);
                 if let Some(after) = after {

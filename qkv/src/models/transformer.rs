@@ -400,8 +400,11 @@ impl Transformer {
     /// one row a step, keeps them f32.
     /// The embeddings (shared with the output projection when tied) and the LayerNorms stay f32: the
     /// translation models qkv trains have small vocabularies, and the embeddings carry the most error per byte.
+    /// f32 weights stay as trained, the encoder's too: a loaded model then computes the training run's logits
+    /// bit for bit, and the encoder is a small share of a beam search's time.
     pub fn pack_weights(&mut self, dtype: WeightDtype) -> Result<()> {
-        self.encoder.pack_weights(Packing::encoder(dtype), "encoder")?;
+        let encoder = if dtype == WeightDtype::F32 { Packing::weights_only(dtype) } else { Packing::encoder(dtype) };
+        self.encoder.pack_weights(encoder, "encoder")?;
         self.decoder.pack_weights(Packing::weights_only(dtype), "decoder")
     }
 

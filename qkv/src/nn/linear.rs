@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 
 use super::params::WeightInit;
-use crate::kernels::reduced::{PackedLinear, PackedMatrix, Packing, RowActivation, WeightDtype};
+use crate::kernels::reduced::{PackedLinear, PackedMatrix, Packing, RowActivation};
 use crate::Result;
 
 /// Weight stored (out, in) as in PyTorch. Leading dimensions are flattened so the product is one large
@@ -38,11 +38,11 @@ impl Linear {
         self.packed.is_none().then_some(&self.weight)
     }
 
-    /// Stores the weight as `packing` says for inference (f32 leaves it as it is); `name` is the parameter's,
-    /// for errors. No gradient flows through a packed layer.
+    /// Stores the weight as `packing` says for inference (f32 for decoding leaves it as it is, see
+    /// [`Packing::keeps_f32`]); `name` is the parameter's, for errors. No gradient flows through a packed layer.
     pub fn pack(&mut self, packing: impl Into<Packing>, name: &str) -> Result<()> {
         let packing = packing.into();
-        if packing.dtype == WeightDtype::F32 || self.packed.is_some() {
+        if packing.keeps_f32() || self.packed.is_some() {
             return Ok(());
         }
         let matrix = PackedMatrix::pack_tensor(&self.weight, packing, name)?;
