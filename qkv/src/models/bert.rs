@@ -419,8 +419,9 @@ impl Bert {
 
     /// Stores the encoder layers' matrices in `dtype` for inference (see [`crate::kernels::reduced`]); in int8
     /// their inputs are quantized per token too ([`crate::kernels::dynamic_int8`]), and f32 weights go into the
-    /// panels of [`crate::kernels::f32_panels`] where the CPU has AVX-512. The embeddings, LayerNorms, pooler and task heads stay f32: they hold a few percent of the weights and the
-    /// most error per byte (the embeddings feed every layer; a head's error goes straight to the scores).
+    /// panels of [`crate::kernels::f32_panels`] where the CPU has AVX-512. The embeddings, LayerNorms, pooler and
+    /// task heads stay f32: they hold a few percent of the weights and the most error per byte (the embeddings
+    /// feed every layer; a head's error goes straight to the scores).
     pub fn pack_weights(&mut self, dtype: WeightDtype) -> Result<()> {
         self.encoder.pack_weights(Packing::encoder(dtype), "encoder")
     }
