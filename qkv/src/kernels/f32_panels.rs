@@ -80,8 +80,15 @@ impl F32Panels {
         bias: Option<&[f32]>,
         after: Option<RowActivation>,
     ) -> Vec<f32> {
-        assert_eq!(x.len(), n * self.cols, "f32 panels: x is not ({n}, {})", self.cols);
-        by_tasks(n, self.rows, after, |rows, pairs, out, width| self.block(kernel, x, rows, pairs, bias, out, width))
+        let k = self.cols;
+        assert_eq!(x.len(), n * k, "f32 panels: x is not ({n}, {k})");
+        // The last rows short of MR, padded with zero rows once for every task, so that the micro-kernel always
+        // reads MR rows.
+        let tail_start = n - n % MR;
+        let mut tail = vec![0f32; if tail_start < n { MR * k } else { 0 }];
+        tail[..(n - tail_start) * k].copy_from_slice(&x[tail_start * k..]);
+        let a = Rows { x, tail: &tail, tail_start };
+        by_tasks(n, self.rows, after, |rows, pairs, out, width| self.block(kernel, &a, rows, pairs, bias, out, width))
     }
 
     /// Rows `rows` of y against the pairs `pairs`, into `out` (rows.len() × `width`, starting at the first real
@@ -90,7 +97,7 @@ impl F32Panels {
     fn block(
         &self,
         kernel: Kernel,
-        x: &[f32],
+        a: &Rows,
         rows: Range<usize>,
         pairs: Range<usize>,
         bias: Option<&[f32]>,
@@ -98,13 +105,6 @@ impl F32Panels {
         width: usize,
     ) {
         let k = self.cols;
-        // The last call's rows short of MR, padded with zero rows so that the micro-kernel always reads MR.
-        let tail_start = rows.end - rows.len() % MR;
-        let tail = (tail_start < rows.end).then(|| {
-            let mut padded = vec![0f32; MR * k];
-            padded[..(rows.end - tail_start) * k].copy_from_slice(&x[tail_start * k..rows.end * k]);
-            padded
-        });
         let first_col = pairs.start * PAIR;
         for pair in pairs {
             let w = &self.panels[pair * PAIR * k..][..PAIR * k];
@@ -116,15 +116,19 @@ impl F32Panels {
             }
             for r0 in rows.clone().step_by(MR) {
                 let valid = (rows.end - r0).min(MR);
-                let xs = match &tail {
-                    Some(padded) if r0 == tail_start => &padded[..],
-                    _ => &x[r0 * k..][..MR * k],
-                };
+                let xs = if r0 == a.tail_start { a.tail } else { &a.x[r0 * k..][..MR * k] };
                 let y = &mut out[(r0 - rows.start) * width + (c0 - first_col)..];
                 kernel.run(xs, w, k, &b, valid, (y, width, cols));
             }
         }
     }
+}
+
+/// A product's activations: whole groups of MR rows read in place, the last partial group from a padded copy.
+struct Rows<'a> {
+    x: &'a [f32],
+    tail: &'a [f32],
+    tail_start: usize,
 }
 
 /// The AVX-512 micro-kernel where the CPU has it, else portable code.
