@@ -195,36 +195,23 @@ fn dots(w0: &[f32], w1: &[f32], x: &[f32], y: &mut [f32], pair: usize) {
     }
 }
 
-/// y[i] = w_i · x for the rows w_i of `w` (y.len() of them) and one row x: four rows of w at a time against
-/// each load of x. Decoding one sequence is this product, and it is bound by reading w, so the loop only has to
-/// keep enough loads in flight; [`dots`] would multiply the one row four times over.
+/// y[i] = w_i · x for the rows w_i of `w` (y.len() of them) and one row x, one row of w after the other.
+/// Decoding one sequence is this product, and it is bound by reading w: one row at a time reads w as a single
+/// sequential stream, which the hardware prefetcher follows. Four rows at once (one load of x for four
+/// multiply-adds) are four streams a row apart, each only a few cache lines long: on an AMD EPYC (Zen 4) a GPT-2
+/// small decoding step's products drew 15 GB/s on one thread that way, 26 GB/s one row at a time.
 #[inline(always)]
 fn dots_one_row(w: &[f32], x: &[f32], y: &mut [f32]) {
     let k = x.len();
     let body = k - k % LANES;
-    for (g, out) in y.chunks_mut(4).enumerate() {
-        let rows = out.len();
-        let row = |r: usize| &w[(4 * g + r.min(rows - 1)) * k..][..k];
-        let (w0, w1, w2, w3) = (row(0), row(1), row(2), row(3));
-        let mut a = [[0f32; LANES]; 4];
-        let lanes = x[..body]
-            .chunks_exact(LANES)
-            .zip(w0.chunks_exact(LANES))
-            .zip(w1.chunks_exact(LANES))
-            .zip(w2.chunks_exact(LANES))
-            .zip(w3.chunks_exact(LANES));
-        for ((((c, u0), u1), u2), u3) in lanes {
+    for (wr, y) in w.chunks_exact(k.max(1)).zip(y.iter_mut()) {
+        let mut a = [0f32; LANES];
+        for (u, c) in wr[..body].chunks_exact(LANES).zip(x.chunks_exact(LANES)) {
             for l in 0..LANES {
-                a[0][l] = u0[l].mul_add(c[l], a[0][l]);
-                a[1][l] = u1[l].mul_add(c[l], a[1][l]);
-                a[2][l] = u2[l].mul_add(c[l], a[2][l]);
-                a[3][l] = u3[l].mul_add(c[l], a[3][l]);
+                a[l] = u[l].mul_add(c[l], a[l]);
             }
         }
-        for (r, y) in out.iter_mut().enumerate() {
-            let wr = row(r);
-            *y = lane_sum(a[r]) + (body..k).map(|t| wr[t] * x[t]).sum::<f32>();
-        }
+        *y = lane_sum(a) + (body..k).map(|t| wr[t] * x[t]).sum::<f32>();
     }
 }
 
