@@ -81,9 +81,10 @@ pub struct Packing {
     /// The weights' storage.
     pub dtype: WeightDtype,
     /// Reduce each row of activations (each token) to the weights' precision and multiply in it: int8 ×
-    /// int8 ([`super::dynamic_int8`]), or bf16 × bf16 on AMX tiles ([`super::bf16_matmul`]; where the CPU has
-    /// none, bf16 weights stay weight-only: AVX512-BF16's `vdpbf16ps` does 32 multiply-adds a cycle, as many
-    /// as two f32 FMAs, and MiniLM ran at 445 sentences/s with it against f32's 570). Encoders want it: their
+    /// int8 ([`super::dynamic_int8`]), or bf16 × bf16 on AMX tiles or with AMD's AVX512-BF16
+    /// ([`super::bf16_matmul`]; on an Intel CPU without the tiles, bf16 weights stay weight-only: there
+    /// `vdpbf16ps` does as many multiply-adds a cycle as two f32 FMAs, and MiniLM ran at 445 sentences/s with it
+    /// against f32's 570). Encoders want it: their
     /// products have many rows and are bound by arithmetic. Decoding wants weight-only: one row a step, bound
     /// by reading the weights, activations kept f32. With f32 weights it means the panels of the f32 × f32
     /// product ([`super::f32_panels`], where the CPU has AVX-512): nothing is rounded, the weights are only laid
@@ -97,8 +98,8 @@ impl Packing {
         Self { dtype, reduce_activations: false }
     }
 
-    /// For an encoder: int8 weights meet per-token int8 activations, bf16 weights bf16 activations (on AMX
-    /// tiles, where the CPU has them), f32 weights go into the panels of the f32 product.
+    /// For an encoder: int8 weights meet per-token int8 activations, bf16 weights bf16 activations (where
+    /// [`super::bf16_matmul`] has a kernel for the CPU), f32 weights go into the panels of the f32 product.
     pub fn encoder(dtype: WeightDtype) -> Self {
         Self { dtype, reduce_activations: true }
     }
@@ -132,8 +133,8 @@ enum Values {
     Int8 { q: Vec<i8>, scales: Vec<f32> },
     /// The same int8 weights in the panels of the int8 × int8 product: activations quantized per token.
     Int8Dynamic(Int8Panels),
-    /// The same bf16 weights in the panels of the bf16 × bf16 product on AMX tiles: activations rounded to bf16.
-    Bf16Tiles(Bf16Panels),
+    /// The same bf16 weights in the panels of the bf16 × bf16 product: activations rounded to bf16.
+    Bf16Panels(Bf16Panels),
     /// f32 weights in the panels of the f32 × f32 product (encoders).
     F32(F32Panels),
 }
@@ -177,13 +178,13 @@ impl PackedMatrix {
     }
 
     /// Int8 weights rearranged for the int8 × int8 product with activations quantized per token (the same
-    /// weights and scales); bf16 weights for the bf16 × bf16 product on AMX tiles where the CPU has them, else
-    /// left as they are.
+    /// weights and scales); bf16 weights for the bf16 × bf16 product where the CPU has a kernel for it
+    /// ([`bf16_matmul::available`]), else left as they are.
     pub fn with_reduced_activations(self) -> Self {
         let dims = (self.rows, self.cols);
         let values = match self.values {
             Values::Int8 { q, scales } => Values::Int8Dynamic(Int8Panels::pack(&q, &scales, dims)),
-            Values::Bf16(bits) if bf16_matmul::available() => Values::Bf16Tiles(Bf16Panels::pack(&bits, dims)),
+            Values::Bf16(bits) if bf16_matmul::available() => Values::Bf16Panels(Bf16Panels::pack(&bits, dims)),
             values => values,
         };
         Self { values, ..self }
@@ -198,7 +199,7 @@ impl PackedMatrix {
     pub fn dtype(&self) -> WeightDtype {
         match self.values {
             Values::F32(_) => WeightDtype::F32,
-            Values::Bf16(_) | Values::Bf16Tiles(_) => WeightDtype::Bf16,
+            Values::Bf16(_) | Values::Bf16Panels(_) => WeightDtype::Bf16,
             Values::Int8 { .. } | Values::Int8Dynamic(_) => WeightDtype::Int8,
         }
     }
@@ -220,7 +221,7 @@ impl PackedMatrix {
                 )
             }
             Values::Int8Dynamic(panels) => panels.dequantize_rows_into(first, out),
-            Values::Bf16Tiles(panels) => panels.dequantize_rows_into(first, out),
+            Values::Bf16Panels(panels) => panels.dequantize_rows_into(first, out),
             Values::F32(panels) => panels.dequantize_rows_into(first, out),
             Values::Int8 { q, scales } => {
                 for (r, row) in out.chunks_mut(cols.max(1)).enumerate() {
@@ -272,7 +273,7 @@ impl PackedMatrix {
     pub fn product_then(&self, x: &[f32], n: usize, bias: Option<&[f32]>, after: Option<RowActivation>) -> Vec<f32> {
         match &self.values {
             Values::Int8Dynamic(panels) => panels.product(x, n, bias, after),
-            Values::Bf16Tiles(panels) => panels.product(x, n, bias, after),
+            Values::Bf16Panels(panels) => panels.product(x, n, bias, after),
             Values::F32(panels) => panels.product(x, n, bias, after),
             _ => {
                 let mut y = self.weight_only_product(x, n, bias);
