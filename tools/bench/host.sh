@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Prints the host a benchmark ran on, as markdown lines: CPU vendor, model name, family and model, the vector and matrix extensions
-# that decide which kernels run (avx2, fma, avx512f, avx512_bf16, amx), cores, and the machine's measured limits
-# (`qkv bench machine`: read bandwidth and f32 FMA peak), so every figure can be read against its host.
+# Prints the host a benchmark ran on, as markdown lines: CPU vendor, model name, family and model, the vector
+# and matrix extensions that decide which kernels run (avx2, fma, avx512f, avx512_bf16, amx), cores, and the
+# machine's measured limits (`qkv bench machine`: read bandwidth and f32 FMA peak), so every figure can be read
+# against its host.
 #
 #   tools/bench/host.sh QKV_BINARY THREADS
 set -euo pipefail
@@ -10,7 +11,7 @@ threads=$2
 vendor=$(grep -m1 '^vendor_id' /proc/cpuinfo | cut -d: -f2 | xargs)
 model=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2 | xargs)
 # Family and model tell the generation where the model name does not ("AMD EPYC": family 25 model 17 is Zen 4,
-# whose 512-bit FMA issues once a cycle; family 26 is Zen 5, twice).
+# whose 512-bit FMA issues once a cycle; family 26 is Zen 5).
 family=$(grep -m1 '^cpu family' /proc/cpuinfo | cut -d: -f2 | xargs)
 number=$(grep -m1 '^model[[:space:]]*:' /proc/cpuinfo | cut -d: -f2 | xargs)
 flags=$(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2)

@@ -199,7 +199,7 @@ impl Kernel {
                 return Kernel::Amx;
             }
             #[cfg(target_arch = "x86_64")]
-            if std::env::var_os("QKV_NO_AVX512").is_none() && has_avx512_bf16() && is_amd() {
+            if super::avx512_allowed() && has_avx512_bf16() && is_amd() {
                 return Kernel::Avx512Bf16;
             }
             Kernel::Portable

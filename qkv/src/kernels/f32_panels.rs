@@ -144,7 +144,7 @@ impl Kernel {
         static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *KERNEL.get_or_init(|| {
             #[cfg(target_arch = "x86_64")]
-            if std::env::var_os("QKV_NO_AVX512").is_none() && is_x86_feature_detected!("avx512f") {
+            if super::avx512_allowed() && is_x86_feature_detected!("avx512f") {
                 return Kernel::Avx512;
             }
             Kernel::Portable

@@ -222,6 +222,13 @@ pub(crate) fn exp(x: f32) -> f32 {
 /// the baseline's 4-wide SSE).
 /// The CPU's features are detected once; kernels call this per row.
 #[inline(always)]
+/// Whether the kernels written with AVX-512 intrinsics may run: `QKV_NO_AVX512=1` turns all of them off at once
+/// (to measure or test the code beside them); each still checks the CPU's own features.
+pub(crate) fn avx512_allowed() -> bool {
+    static ALLOWED: OnceLock<bool> = OnceLock::new();
+    *ALLOWED.get_or_init(|| std::env::var_os("QKV_NO_AVX512").is_none())
+}
+
 pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     static ARCH: OnceLock<pulp::Arch> = OnceLock::new();
     ARCH.get_or_init(pulp::Arch::new).dispatch(f)

@@ -81,11 +81,9 @@ pub struct Packing {
     /// The weights' storage.
     pub dtype: WeightDtype,
     /// Reduce each row of activations (each token) to the weights' precision and multiply in it: int8 ×
-    /// int8 ([`super::dynamic_int8`]), or bf16 × bf16 on AMX tiles or with AMD's AVX512-BF16
-    /// ([`super::bf16_matmul`]; on an Intel CPU without the tiles, bf16 weights stay weight-only: there
-    /// `vdpbf16ps` does as many multiply-adds a cycle as two f32 FMAs, and MiniLM ran at 445 sentences/s with it
-    /// against f32's 570). Encoders want it: their
-    /// products have many rows and are bound by arithmetic. Decoding wants weight-only: one row a step, bound
+    /// int8 ([`super::dynamic_int8`]), or bf16 × bf16 where [`super::bf16_matmul`] has a kernel for the CPU
+    /// (elsewhere bf16 weights stay weight-only). Encoders want it: their products have many rows and are bound
+    /// by arithmetic. Decoding wants weight-only: one row a step, bound
     /// by reading the weights, activations kept f32. With f32 weights it means the panels of the f32 × f32
     /// product ([`super::f32_panels`], where the CPU has AVX-512): nothing is rounded, the weights are only laid
     /// out for many-row products; without it f32 layers stay as they are.
