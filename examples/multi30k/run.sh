@@ -8,7 +8,8 @@
 # Environment: MULTI30K (data directory, default ../shared/data/multi30k), MINUTES (training time limit,
 # default 85 so that everything fits in 90), QKV (binary, default target/release/qkv), QKV_THREADS, LR_FACTOR
 # (default 1.25; the 2026-11-22 BLEU runs used 2.5, see below), SEED (default 1), MAX_STEPS and DECAY_STEPS
-# (a budget of steps whose last DECAY_STEPS fade the learning rate linearly to 0; unset: eq. (3) to the end).
+# (a budget of steps whose last DECAY_STEPS fade the learning rate linearly to 0; unset: eq. (3) to the end),
+# DECAY_MINUTES (the same fade over the last DECAY_MINUTES of MINUTES instead: the budget holds on any host).
 set -euo pipefail
 view=${1:?usage: run.sh tok|raw [OUT]}
 out=${2:-runs/multi30k-$view}
@@ -19,6 +20,7 @@ lr_factor=${LR_FACTOR:-1.25}
 seed=${SEED:-1}
 budget=()
 if [ -n "${MAX_STEPS:-}" ]; then budget=(--max-steps "$MAX_STEPS" --num-decay-steps "${DECAY_STEPS:-0}"); fi
+if [ -n "${DECAY_MINUTES:-}" ]; then budget+=(--decay-minutes "$DECAY_MINUTES"); fi
 here=$(dirname "$0")
 case $view in
   tok) dir=$data/tok; suffix=.lc.norm.tok; tokenize=none ;;

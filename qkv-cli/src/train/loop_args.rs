@@ -19,6 +19,9 @@ pub struct LoopArgs {
     /// Stop after this many minutes of training in all, resumes included (evaluates and checkpoints first)
     #[arg(long, alias = "time-limit")]
     time_limit_minutes: Option<f64>,
+    /// Fade the learning rate linearly to 0 over the last this many minutes of --time-limit-minutes
+    #[arg(long)]
+    decay_minutes: Option<f64>,
     /// Batches per optimizer step (gradient accumulation)
     #[arg(long, alias = "accumulate")]
     gradient_accumulation_steps: Option<usize>,
@@ -87,13 +90,16 @@ impl LoopArgs {
         if self.time_limit_minutes.is_some() {
             s.time_limit_minutes = self.time_limit_minutes;
         }
+        if self.decay_minutes.is_some() {
+            s.decay_minutes = self.decay_minutes;
+        }
         if let Some(norm) = self.max_grad_norm {
             s.max_grad_norm = Some(norm);
         }
     }
 
     /// A resumed run keeps its options, except how long it goes on: `--num-train-epochs`, `--max-steps`,
-    /// `--time-limit-minutes` and `--early-stopping-patience` apply to it (and are saved with its next
+    /// `--time-limit-minutes`, `--decay-minutes` and `--early-stopping-patience` apply to it (and are saved with its next
     /// checkpoints); any other loop flag is an error, as it would make the run differ from an uninterrupted one.
     pub fn apply_to_resumed<T: Task>(&self, trainer: &mut Trainer<T>) -> Result<()> {
         let changes_the_run = self.gradient_accumulation_steps.is_some()
@@ -106,8 +112,8 @@ impl LoopArgs {
             || self.seed.is_some();
         if changes_the_run {
             bail!(
-                "with --resume only --num-train-epochs, --max-steps, --time-limit-minutes and \
-                 --early-stopping-patience may change (the other options come from the run)"
+                "with --resume only --num-train-epochs, --max-steps, --time-limit-minutes, --decay-minutes \
+                 and --early-stopping-patience may change (the other options come from the run)"
             );
         }
         let settings = trainer.settings_mut();
@@ -119,6 +125,9 @@ impl LoopArgs {
         }
         if self.time_limit_minutes.is_some() {
             settings.time_limit_minutes = self.time_limit_minutes;
+        }
+        if self.decay_minutes.is_some() {
+            settings.decay_minutes = self.decay_minutes;
         }
         if self.early_stopping_patience.is_some() {
             settings.early_stopping_patience = self.early_stopping_patience;

@@ -29,6 +29,9 @@ pub struct LoopSettings {
     pub max_steps: Option<usize>,
     /// Stop (evaluate, checkpoint) once training has run this many minutes in all, resumes included.
     pub time_limit_minutes: Option<f64>,
+    /// The last this many minutes of `time_limit_minutes` fade the learning rate linearly to 0, on top of the
+    /// task's schedule: a budget in time rather than steps, so the run ends annealed however fast the host is.
+    pub decay_minutes: Option<f64>,
     /// Batches whose gradients are summed before one optimizer step.
     pub gradient_accumulation_steps: usize,
     /// Micro-batches each batch is dealt into, run in parallel ([`data_parallel`]). Dropout draws depend on
@@ -59,6 +62,7 @@ impl Default for LoopSettings {
             num_train_epochs: Some(3),
             max_steps: None,
             time_limit_minutes: None,
+            decay_minutes: None,
             gradient_accumulation_steps: 1,
             shards: data_parallel::default_shards(),
             adam: AdamWConfig::default(),
@@ -111,6 +115,19 @@ impl LoopSettings {
                 return Err(Error::config("time_limit_minutes", minutes, "a positive number of minutes"));
             }
         }
+        if let Some(decay) = self.decay_minutes {
+            match self.time_limit_minutes {
+                Some(limit) if decay > 0.0 && decay <= limit => {}
+                Some(limit) => {
+                    let expected = format!("a positive number of minutes, at most time_limit_minutes = {limit}");
+                    return Err(Error::config("decay_minutes", decay, expected));
+                }
+                None => {
+                    let expected = "time_limit_minutes as well (the fade ends at the time limit)";
+                    return Err(Error::config("decay_minutes", decay, expected));
+                }
+            }
+        }
         if self.num_train_epochs.is_none() && self.max_steps.is_none() && self.time_limit_minutes.is_none() {
             let expected = "a number of epochs, or max_steps or time_limit_minutes to end the run";
             return Err(Error::config("num_train_epochs", "none", expected));
@@ -121,6 +138,15 @@ impl LoopSettings {
             }
         }
         self.adam.validate()
+    }
+
+    /// The factor `decay_minutes` puts on the learning rate after `elapsed` seconds of training: 1 until the
+    /// fade starts, then the fraction of the fade still to run.
+    pub fn time_fade(&self, elapsed: f64) -> f64 {
+        match (self.decay_minutes, self.time_limit_minutes) {
+            (Some(decay), Some(limit)) => super::schedule::linear_fade(elapsed, limit * 60.0, decay * 60.0),
+            _ => 1.0,
+        }
     }
 
     /// The clipping threshold, `None` when clipping is off.
@@ -254,5 +280,22 @@ mod tests {
         assert!(zero.validate().unwrap_err().to_string().contains("gradient_accumulation_steps"));
         let endless = LoopSettings { num_train_epochs: None, ..LoopSettings::default() };
         assert!(endless.validate().unwrap_err().to_string().contains("num_train_epochs"));
+    }
+
+    /// A time fade needs the time limit it ends at, and must fit in it; within it, it scales the rate from
+    /// 1 down to 0 at the limit.
+    #[test]
+    fn decay_minutes_fit_the_time_limit() {
+        let mut s = LoopSettings { decay_minutes: Some(15.0), ..LoopSettings::default() };
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("decay_minutes") && err.contains("time_limit_minutes as well"), "{err}");
+        s.time_limit_minutes = Some(10.0);
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("decay_minutes") && err.contains("at most time_limit_minutes = 10"), "{err}");
+        s.time_limit_minutes = Some(60.0);
+        s.validate().unwrap();
+        assert_eq!([s.time_fade(0.0), s.time_fade(52.5 * 60.0), s.time_fade(3600.0)], [1.0, 0.5, 0.0]);
+        s.decay_minutes = None;
+        assert_eq!(s.time_fade(3599.0), 1.0, "no fade without decay_minutes");
     }
 }

@@ -21,6 +21,16 @@ pub fn linear_cooldown(lr: f64, step: usize, total: usize, decay: usize) -> f64 
     lr * (total + 1).saturating_sub(step) as f64 / decay as f64
 }
 
+/// The multiplier at time `elapsed` of a linear fade to 0 over the last `decay` of `total` (any one unit): 1
+/// before total − decay, then the share of the fade left, 0 from `total` on. [`linear_cooldown`] over time
+/// instead of steps.
+pub fn linear_fade(elapsed: f64, total: f64, decay: f64) -> f64 {
+    if decay <= 0.0 {
+        return 1.0;
+    }
+    ((total - elapsed) / decay).clamp(0.0, 1.0)
+}
+
 /// Hugging Face's `get_linear_schedule_with_warmup`: the learning rate of update `step` (counting from 1)
 /// rises linearly from 0 over `warmup` updates, then falls linearly to 0 at update `total` + 1. Like the
 /// Trainer, update k uses the multiplier of scheduler step k − 1, so with warm-up the first update has lr 0.
@@ -58,6 +68,14 @@ mod tests {
         assert_eq!(lrs, vec![2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 1.5, 1.0, 0.5, 0.0]);
         assert_eq!(linear_cooldown(2.0, 9, 10, 0), 2.0, "no decay steps: unchanged");
         assert_eq!(linear_cooldown(2.0, 1, 10, 10), 2.0, "a decay as long as the run starts at full lr");
+    }
+
+    #[test]
+    fn time_fade_falls_linearly_over_the_last_minutes() {
+        // 60 minutes, the last 15 fading: full until minute 45, half at 52.5, zero at 60 and after.
+        let at = |minute: f64| linear_fade(minute * 60.0, 3600.0, 900.0);
+        assert_eq!([at(0.0), at(45.0), at(52.5), at(60.0), at(70.0)], [1.0, 1.0, 0.5, 0.0, 0.0]);
+        assert_eq!(linear_fade(10.0, 20.0, 0.0), 1.0, "no fade: unchanged");
     }
 
     #[test]

@@ -550,7 +550,7 @@ impl<T: Task> Trainer<T> {
 
     fn step(&mut self, group: &[Vec<usize>], planned_steps: Option<usize>) -> Result<StepRecord> {
         let position = StepPosition { step: self.state.step + 1, epoch: self.state.epoch, planned_steps };
-        let lr = self.task.learning_rate(position.step);
+        let lr = self.task.learning_rate(position.step) * self.settings.time_fade(self.elapsed_seconds());
         let streams = Streams { dropout: &mut self.state.dropout_rng, task: &mut self.state.task_rng };
         let outcome =
             optimizer_step(&self.task, &mut self.optimizer, &self.settings, group, position, lr, Some(streams))?;
@@ -834,5 +834,25 @@ mod tests {
         resumed.extend(second.task().seen.lock().unwrap().iter().cloned());
         assert_eq!(resumed, seen);
         fs::remove_dir_all(&dir).unwrap();
+    }
+    /// `decay_minutes` scales the task's rate by the share of the fade left: with the fade as long as the
+    /// limit, every step of a fast run takes a little less than the task's 0.1, and less each step.
+    #[test]
+    fn decay_minutes_fade_the_tasks_rate_with_the_clock() {
+        let mut training = toy_training();
+        training.run.time_limit_minutes = Some(1.0);
+        training.run.decay_minutes = Some(1.0);
+        let mut trainer = Trainer::<Toy>::in_memory(training, ()).unwrap();
+        let mut lrs = Vec::new();
+        trainer
+            .run(&AtomicBool::new(false), |event| {
+                if let Event::Step(r) = event {
+                    lrs.push(r.lr);
+                }
+            })
+            .unwrap();
+        assert_eq!(lrs.len(), 8);
+        assert!(lrs.iter().all(|&lr| lr < 0.1 && lr > 0.09), "{lrs:?}");
+        assert!(lrs.windows(2).all(|w| w[1] <= w[0]), "the fade only falls: {lrs:?}");
     }
 }
