@@ -56,6 +56,9 @@ pub struct LoopArgs {
     /// Stop after this many evaluations in a row without a new best
     #[arg(long, alias = "patience")]
     early_stopping_patience: Option<usize>,
+    /// Evaluate after every N epochs (and at the end); the others only checkpoint
+    #[arg(long)]
+    eval_epochs: Option<usize>,
 }
 
 impl LoopArgs {
@@ -67,6 +70,7 @@ impl LoopArgs {
             shards = self.shards,
             seed = self.seed,
             logging_steps = self.logging_steps,
+            eval_epochs = self.eval_epochs,
         );
         let adam = &mut s.adam;
         override_some!(
@@ -98,9 +102,10 @@ impl LoopArgs {
         }
     }
 
-    /// A resumed run keeps its options, except how long it goes on: `--num-train-epochs`, `--max-steps`,
-    /// `--time-limit-minutes`, `--decay-minutes` and `--early-stopping-patience` apply to it (and are saved with its next
-    /// checkpoints); any other loop flag is an error, as it would make the run differ from an uninterrupted one.
+    /// A resumed run keeps its options, except how long it goes on and how often it evaluates:
+    /// `--num-train-epochs`, `--max-steps`, `--time-limit-minutes`, `--decay-minutes`, `--eval-epochs` and
+    /// `--early-stopping-patience` apply to it (and are saved with its next checkpoints); any other loop flag is
+    /// an error, as it would make the run differ from an uninterrupted one.
     pub fn apply_to_resumed<T: Task>(&self, trainer: &mut Trainer<T>) -> Result<()> {
         let changes_the_run = self.gradient_accumulation_steps.is_some()
             || self.shards.is_some()
@@ -112,8 +117,8 @@ impl LoopArgs {
             || self.seed.is_some();
         if changes_the_run {
             bail!(
-                "with --resume only --num-train-epochs, --max-steps, --time-limit-minutes, --decay-minutes \
-                 and --early-stopping-patience may change (the other options come from the run)"
+                "with --resume only --num-train-epochs, --max-steps, --time-limit-minutes, --decay-minutes, \
+                 --eval-epochs and --early-stopping-patience may change (the other options come from the run)"
             );
         }
         let settings = trainer.settings_mut();
@@ -128,6 +133,9 @@ impl LoopArgs {
         }
         if self.decay_minutes.is_some() {
             settings.decay_minutes = self.decay_minutes;
+        }
+        if let Some(n) = self.eval_epochs {
+            settings.eval_epochs = n;
         }
         if self.early_stopping_patience.is_some() {
             settings.early_stopping_patience = self.early_stopping_patience;

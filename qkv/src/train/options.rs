@@ -52,6 +52,9 @@ pub struct LoopSettings {
     pub logging_steps: usize,
     /// Stop after this many evaluations in a row without a new best.
     pub early_stopping_patience: Option<usize>,
+    /// Evaluate after every this many epochs, and when the run ends; the epochs between only checkpoint.
+    /// Decoding the validation set each epoch is a tenth of a small translation model's training time.
+    pub eval_epochs: usize,
     /// Where the model is built and trained.
     pub device: Placement,
 }
@@ -72,6 +75,7 @@ impl Default for LoopSettings {
             save_steps: None,
             logging_steps: 10,
             early_stopping_patience: None,
+            eval_epochs: 1,
             device: Placement::Cpu,
         }
     }
@@ -95,6 +99,7 @@ impl LoopSettings {
             ("gradient_accumulation_steps", self.gradient_accumulation_steps),
             ("shards", self.shards),
             ("logging_steps", self.logging_steps),
+            ("eval_epochs", self.eval_epochs),
         ] {
             if value == 0 {
                 return Err(Error::config(option, 0, "at least 1"));

@@ -449,6 +449,8 @@ impl<T: Task> Trainer<T> {
         on_event(&Event::Ready { parameters, steps_per_epoch, planned_steps });
         let mut log = self.run_dir.as_ref().map(|dir| LogFile::open(&dir.join("log.jsonl"))).transpose()?;
         self.clock = Some((Instant::now(), self.state.seconds));
+        // The step of the last evaluation (a resumed run's checkpoint counts as one).
+        let mut evaluated = self.state.step;
         while self.settings.num_train_epochs.is_none_or(|n| self.state.epoch < n) && !self.steps_exhausted() {
             let batches = self.task.epoch_batches(self.state.epoch)?;
             while self.state.batches_done < batches.len() {
@@ -476,26 +478,46 @@ impl<T: Task> Trainer<T> {
                 self.state.epoch += 1;
                 self.state.batches_done = 0;
             }
-            let eval = self.evaluate()?;
-            if let Some(log) = log.as_mut() {
-                log.write("eval", &eval)?;
+            let ending =
+                self.steps_exhausted() || self.settings.num_train_epochs.is_some_and(|n| self.state.epoch >= n);
+            if !ending && !self.state.epoch.is_multiple_of(self.settings.eval_epochs) {
+                self.save_checkpoint(false, log.as_mut(), &mut on_event)?;
+                continue;
             }
-            on_event(&Event::Eval(eval.clone()));
-            let best = self.is_best(&eval);
-            if best {
-                self.state.best_metric = self.task.selection().metric.map(|name| eval.metric(name));
-                self.state.best_val_loss = Some(eval.val_loss);
-                self.state.best_step = Some(self.state.step);
-                self.state.evaluations_since_best = 0;
-            } else {
-                self.state.evaluations_since_best += 1;
-            }
-            self.save_checkpoint(best, log.as_mut(), &mut on_event)?;
-            if self.settings.early_stopping_patience.is_some_and(|p| self.state.evaluations_since_best >= p) {
+            evaluated = self.state.step;
+            if self.evaluate_and_checkpoint(log.as_mut(), &mut on_event)? {
                 return Ok(Finish::EarlyStopped);
             }
         }
+        // The clock can run out while an epoch that is not evaluated checkpoints: the run still ends evaluated.
+        if evaluated != self.state.step {
+            self.evaluate_and_checkpoint(log.as_mut(), &mut on_event)?;
+        }
         Ok(Finish::Completed)
+    }
+
+    /// Evaluates, keeps the best model, checkpoints; true when early stopping's patience has run out.
+    fn evaluate_and_checkpoint(
+        &mut self,
+        mut log: Option<&mut LogFile>,
+        on_event: &mut impl FnMut(&Event),
+    ) -> Result<bool> {
+        let eval = self.evaluate()?;
+        if let Some(log) = log.as_mut() {
+            log.write("eval", &eval)?;
+        }
+        on_event(&Event::Eval(eval.clone()));
+        let best = self.is_best(&eval);
+        if best {
+            self.state.best_metric = self.task.selection().metric.map(|name| eval.metric(name));
+            self.state.best_val_loss = Some(eval.val_loss);
+            self.state.best_step = Some(self.state.step);
+            self.state.evaluations_since_best = 0;
+        } else {
+            self.state.evaluations_since_best += 1;
+        }
+        self.save_checkpoint(best, log, on_event)?;
+        Ok(self.settings.early_stopping_patience.is_some_and(|p| self.state.evaluations_since_best >= p))
     }
 
     /// `num_train_epochs` × `steps_per_epoch`, or `max_steps` if fewer.
@@ -835,6 +857,24 @@ mod tests {
         assert_eq!(resumed, seen);
         fs::remove_dir_all(&dir).unwrap();
     }
+    /// With `eval_epochs` = 2 a 5-epoch run evaluates after epochs 2 and 4, and after the last one.
+    #[test]
+    fn eval_epochs_skip_evaluations_but_not_the_last() {
+        let mut training = toy_training();
+        training.run.num_train_epochs = Some(5);
+        training.run.eval_epochs = 2;
+        let mut trainer = Trainer::<Toy>::in_memory(training, ()).unwrap();
+        let mut evaluated = Vec::new();
+        trainer
+            .run(&AtomicBool::new(false), |event| {
+                if let Event::Eval(e) = event {
+                    evaluated.push((e.epoch, e.step));
+                }
+            })
+            .unwrap();
+        assert_eq!(evaluated, vec![(2, 8), (4, 16), (5, 20)]);
+    }
+
     /// `decay_minutes` scales the task's rate by the share of the fade left: with the fade as long as the
     /// limit, every step of a fast run takes a little less than the task's 0.1, and less each step.
     #[test]
