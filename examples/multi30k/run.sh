@@ -9,7 +9,8 @@
 # default 85 so that everything fits in 90), QKV (binary, default target/release/qkv), QKV_THREADS, LR_FACTOR
 # (default 1.25; the 2026-11-22 BLEU runs used 2.5, see below), SEED (default 1), MAX_STEPS and DECAY_STEPS
 # (a budget of steps whose last DECAY_STEPS fade the learning rate linearly to 0; unset: eq. (3) to the end),
-# DECAY_MINUTES (the same fade over the last DECAY_MINUTES of MINUTES instead: the budget holds on any host).
+# DECAY_MINUTES (the same fade over the last DECAY_MINUTES of MINUTES instead: the budget holds on any host),
+# TRAIN_ARGS (more flags for `qkv train translation`, e.g. "--eval-epochs 5"), MODEL_CONFIG (default tiny.json).
 set -euo pipefail
 view=${1:?usage: run.sh tok|raw [OUT]}
 out=${2:-runs/multi30k-$view}
@@ -37,8 +38,8 @@ start=$(date +%s)
 "$qkv" train translation --out "$out/run" \
   --train-src "$dir/train$suffix.en" --train-tgt "$dir/train$suffix.de" \
   --valid-src "$dir/val$suffix.en" --valid-tgt "$dir/val$suffix.de" \
-  --model-config "$here/tiny.json" --vocab-size 8000 --max-tokens 4096 \
-  --lr-factor "$lr_factor" --warmup 2000 --epochs 1000 --time-limit "$minutes" --keep-last 10 --seed "$seed" "${budget[@]}"
+  --model-config "${MODEL_CONFIG:-$here/tiny.json}" --vocab-size 8000 --max-tokens 4096 \
+  --lr-factor "$lr_factor" --warmup 2000 --epochs 1000 --time-limit "$minutes" --keep-last 10 --seed "$seed" "${budget[@]}" ${TRAIN_ARGS:-}
 "$qkv" average --run "$out/run" --last 10 --out "$out/averaged"
 trained=$(date +%s)
 

@@ -857,6 +857,7 @@ mod tests {
         assert_eq!(resumed, seen);
         fs::remove_dir_all(&dir).unwrap();
     }
+
     /// With `eval_epochs` = 2 a 5-epoch run evaluates after epochs 2 and 4, and after the last one.
     #[test]
     fn eval_epochs_skip_evaluations_but_not_the_last() {
