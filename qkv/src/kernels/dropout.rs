@@ -35,17 +35,22 @@ struct DropoutOp {
 }
 
 impl DropoutOp {
-    /// Block `index` of the output and its mask.
+    /// Block `index` of the output and its mask. The draws come first, as 32-bit halves (element 2i takes the
+    /// low half of draw i, 2i + 1 the high half), so that the pass that applies them has no generator in it and
+    /// vectorises.
     fn block(&self, index: usize, x: &[f32], y: &mut [f32], mask: &mut [u8]) {
         let mut rng = crate::rng::Rng::seed_from_u64(self.seed.wrapping_add(index as u64));
-        let factor = [0.0, self.keep];
-        for ((x, y), m) in x.chunks(2).zip(y.chunks_mut(2)).zip(mask.chunks_mut(2)) {
+        let mut halves = [0u32; BLOCK];
+        for pair in halves[..x.len().next_multiple_of(2)].chunks_exact_mut(2) {
             let draw = rng.next_u64();
-            for j in 0..x.len() {
-                let kept = ((draw >> (32 * j)) & 0xffff_ffff) >= self.threshold;
-                m[j] = kept as u8;
-                y[j] = x[j] * factor[kept as usize];
-            }
+            pair[0] = draw as u32;
+            pair[1] = (draw >> 32) as u32;
+        }
+        let (threshold, keep) = (self.threshold, self.keep);
+        for (((x, y), m), &half) in x.iter().zip(y.iter_mut()).zip(mask.iter_mut()).zip(&halves) {
+            let kept = half as u64 >= threshold;
+            *m = kept as u8;
+            *y = x * if kept { keep } else { 0.0 };
         }
     }
 }
@@ -117,5 +122,29 @@ mod tests {
         let grad = |y: Tensor| (y * weights.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
         let (a, b) = (grad(y2), grad((x.as_tensor() * &mask).unwrap()));
         assert_eq!(relative_error(a.get(&x).unwrap(), b.get(&x).unwrap()), 0.0);
+    }
+
+    /// The mask is the blocks' streams read in order: element 2i of a block is kept when the low 32 bits of
+    /// its generator's draw i are at least p·2³², element 2i + 1 by the high 32 bits (an odd-length last block
+    /// included). Written here draw by draw, as the kernel was first written; the outputs must be equal.
+    #[test]
+    fn mask_follows_each_blocks_stream() {
+        let (n, p, seed) = (2 * BLOCK + 7, 0.4f32, 99u64);
+        let threshold = ((p as f64) * 4_294_967_296.0) as u64;
+        let ones = Tensor::ones(n, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        let y = fused(&ones, p, 2.0, seed).unwrap().to_vec1::<f32>().unwrap();
+        let mut reference = Vec::with_capacity(n);
+        for (b, start) in (0..n).step_by(BLOCK).enumerate() {
+            let mut rng = crate::rng::Rng::seed_from_u64(seed.wrapping_add(b as u64));
+            let mut draw = 0u64;
+            for i in 0..BLOCK.min(n - start) {
+                if i % 2 == 0 {
+                    draw = rng.next_u64();
+                }
+                let kept = ((draw >> (32 * (i % 2))) & 0xffff_ffff) >= threshold;
+                reference.push(if kept { 2.0 } else { 0.0 });
+            }
+        }
+        assert_eq!(y, reference);
     }
 }
