@@ -7,8 +7,8 @@
 #
 # Environment: MULTI30K (data directory, default ../shared/data/multi30k), MINUTES (training time limit,
 # default 60), DECAY_MINUTES (the last minutes of it over which the learning rate fades linearly to 0, default
-# 30% of MINUTES; 0 for none), QKV (binary, default target/release/qkv), QKV_THREADS, LR_FACTOR (default 1.25; the
-# 2026-11-22 BLEU runs used 2.5, see below), SEED (default 1), MAX_STEPS and DECAY_STEPS (a budget of steps
+# 30% of MINUTES; 0 for none), QKV (binary, default target/release/qkv), QKV_THREADS, LR_FACTOR (default 1.25;
+# the 2026-11-22 BLEU runs used 2.5, see below), SEED (default 1), MAX_STEPS and DECAY_STEPS (a budget of steps
 # instead, whose last DECAY_STEPS fade the rate; it replaces DECAY_MINUTES), TRAIN_ARGS (more flags for `qkv
 # train translation`, e.g. "--eval-epochs 5"), MODEL_CONFIG (default tiny.json).
 set -euo pipefail
@@ -38,8 +38,9 @@ esac
 start=$(date +%s)
 # The recipe of Wu et al. (ACL 2021) for a 4-layer, 128-wide Transformer: joint BPE, shared embeddings,
 # dropout 0.3, label smoothing 0.1, 4096-token batches (8192 an update on their two GPUs), Adam after 2000
-# warm-up steps; here stopped by the clock instead of by patience. Their peak lr (factor 2.5, ≈ 0.0049) left three of five runs stuck at
-# validation BLEU ≈ 12; half of it (1.25) did not stick (BENCHMARKS.md, "the peak learning rate decides").
+# warm-up steps; here stopped by the clock instead of by patience. Their peak lr (factor 2.5, ≈ 0.0049) left
+# three of five runs stuck at validation BLEU ≈ 12; half of it (1.25) did not stick (BENCHMARKS.md, "the peak
+# learning rate decides").
 "$qkv" train translation --out "$out/run" \
   --train-src "$dir/train$suffix.en" --train-tgt "$dir/train$suffix.de" \
   --valid-src "$dir/val$suffix.en" --valid-tgt "$dir/val$suffix.de" \

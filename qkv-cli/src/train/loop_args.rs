@@ -91,11 +91,12 @@ impl LoopArgs {
                 *target = value;
             }
         }
-        if self.time_limit_minutes.is_some() {
-            s.time_limit_minutes = self.time_limit_minutes;
-        }
-        if self.decay_minutes.is_some() {
-            s.decay_minutes = self.decay_minutes;
+        for (value, target) in
+            [(self.time_limit_minutes, &mut s.time_limit_minutes), (self.decay_minutes, &mut s.decay_minutes)]
+        {
+            if value.is_some() {
+                *target = value;
+            }
         }
         if let Some(norm) = self.max_grad_norm {
             s.max_grad_norm = Some(norm);

@@ -215,13 +215,6 @@ pub(crate) fn exp(x: f32) -> f32 {
     }
 }
 
-/// Runs `f` compiled for the widest vector instructions this CPU has (AVX-512, AVX2+FMA, or baseline), so the
-/// plain loops inside it auto-vectorise. Pass closures marked `#[inline(always)]` and write index loops rather
-/// than iterator adapters inside them: pulp's target-feature function only lends its instruction set to code
-/// inlined into it, and LLVM declines to inline large closures or adapter `fold`s on its own (they then run at
-/// the baseline's 4-wide SSE).
-/// The CPU's features are detected once; kernels call this per row.
-#[inline(always)]
 /// Whether the kernels written with AVX-512 intrinsics may run: `QKV_NO_AVX512=1` turns all of them off at once
 /// (to measure or test the code beside them); each still checks the CPU's own features.
 pub(crate) fn avx512_allowed() -> bool {
@@ -229,6 +222,13 @@ pub(crate) fn avx512_allowed() -> bool {
     *ALLOWED.get_or_init(|| std::env::var_os("QKV_NO_AVX512").is_none())
 }
 
+/// Runs `f` compiled for the widest vector instructions this CPU has (AVX-512, AVX2+FMA, or baseline), so the
+/// plain loops inside it auto-vectorise. Pass closures marked `#[inline(always)]` and write index loops rather
+/// than iterator adapters inside them: pulp's target-feature function only lends its instruction set to code
+/// inlined into it, and LLVM declines to inline large closures or adapter `fold`s on its own (they then run at
+/// the baseline's 4-wide SSE).
+/// The CPU's features are detected once; kernels call this per row.
+#[inline(always)]
 pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     static ARCH: OnceLock<pulp::Arch> = OnceLock::new();
     ARCH.get_or_init(pulp::Arch::new).dispatch(f)

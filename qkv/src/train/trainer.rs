@@ -451,7 +451,7 @@ impl<T: Task> Trainer<T> {
         self.clock = Some((Instant::now(), self.state.seconds));
         // The step of the last evaluation (a resumed run's checkpoint counts as one).
         let mut evaluated = self.state.step;
-        while self.settings.num_train_epochs.is_none_or(|n| self.state.epoch < n) && !self.steps_exhausted() {
+        while !self.finished() {
             let batches = self.task.epoch_batches(self.state.epoch)?;
             while self.state.batches_done < batches.len() {
                 if stop.load(Ordering::Relaxed) {
@@ -478,9 +478,7 @@ impl<T: Task> Trainer<T> {
                 self.state.epoch += 1;
                 self.state.batches_done = 0;
             }
-            let ending =
-                self.steps_exhausted() || self.settings.num_train_epochs.is_some_and(|n| self.state.epoch >= n);
-            if !ending && !self.state.epoch.is_multiple_of(self.settings.eval_epochs) {
+            if !self.finished() && !self.state.epoch.is_multiple_of(self.settings.eval_epochs) {
                 self.save_checkpoint(false, log.as_mut(), &mut on_event)?;
                 continue;
             }
@@ -554,6 +552,11 @@ impl<T: Task> Trainer<T> {
             (Some(name), Some(best)) => eval.metric(name) > best,
             _ => eval.val_loss < best_loss,
         }
+    }
+
+    /// True once every epoch has run, or the steps or the time are used up.
+    fn finished(&self) -> bool {
+        self.settings.num_train_epochs.is_some_and(|n| self.state.epoch >= n) || self.steps_exhausted()
     }
 
     /// True once `max_steps` steps are taken or `time_limit_minutes` has passed.
